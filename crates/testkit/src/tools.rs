@@ -1,0 +1,214 @@
+//! Where the control plane's binaries are, and which build of them this checkout wants.
+//!
+//! The versions are pinned by the Go modules under `tools/` (and nowhere else). The binaries are built by
+//! `cargo xtask tools` into a cache directory outside the repository whose name is a hash of those module
+//! files, so changing a pin selects (and builds) a new directory while old checkouts keep theirs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use sha2::{Digest as _, Sha256};
+
+/// Bumped whenever the build recipe (flags, tags, the set of outputs) changes, to force a rebuild.
+pub const BUILD_RECIPE_VERSION: &str = "1";
+
+/// The Go modules that pin the tools, relative to the workspace root.
+pub const TOOL_MODULES: &[&str] = &["tools/k8s", "tools/kwok"];
+
+/// File in a tools directory that marks a complete build.
+pub const COMPLETE_MARKER: &str = ".complete";
+
+/// Environment variable that points at a directory of prebuilt tools, bypassing the cache.
+pub const TOOLS_DIR_ENV: &str = "DTO_TOOLS_DIR";
+
+/// Environment variable that moves the cache root (default `$XDG_CACHE_HOME/dynatrace-operator` or
+/// `~/.cache/dynatrace-operator`).
+pub const CACHE_DIR_ENV: &str = "DTO_CACHE_DIR";
+
+/// The workspace root of this checkout.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The cache root for everything this project builds outside the repository.
+pub fn cache_root() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("dynatrace-operator"));
+    }
+    let home = std::env::var_os("HOME").context(
+        "neither DTO_CACHE_DIR, XDG_CACHE_HOME nor HOME is set; set one to choose a cache directory",
+    )?;
+    Ok(PathBuf::from(home).join(".cache/dynatrace-operator"))
+}
+
+/// A hash of the files that pin the tools and of the build recipe.
+pub fn pins_hash(workspace: &Path) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(BUILD_RECIPE_VERSION.as_bytes());
+    for module in TOOL_MODULES {
+        for file in ["go.mod", "go.sum"] {
+            let path = workspace.join(module).join(file);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading the tool pin {}", path.display()))?;
+            hasher.update(
+                path.strip_prefix(workspace)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        }
+    }
+    let digest = hasher.finalize();
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+/// The Kubernetes version pinned in `tools/k8s/go.mod`, e.g. `1.36.3`.
+pub fn pinned_kubernetes_version(workspace: &Path) -> anyhow::Result<String> {
+    let path = workspace.join("tools/k8s/go.mod");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_required_version(&text, "k8s.io/kubernetes")
+        .map(|v| v.trim_start_matches('v').to_owned())
+        .with_context(|| format!("{} does not require k8s.io/kubernetes", path.display()))
+}
+
+/// Finds `module vX.Y.Z` in the require lines of a go.mod.
+pub fn parse_required_version<'a>(go_mod: &'a str, module: &str) -> Option<&'a str> {
+    go_mod.lines().find_map(|line| {
+        let mut words = line.trim().trim_start_matches("require").split_whitespace();
+        (words.next() == Some(module)).then(|| words.next()).flatten()
+    })
+}
+
+/// The directory this checkout's tools are built into.
+pub fn pinned_tools_dir() -> anyhow::Result<PathBuf> {
+    let workspace = workspace_root();
+    Ok(cache_root()?.join("tools").join(pins_hash(&workspace)?))
+}
+
+/// Paths of the built control plane tools.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// Directory holding everything below.
+    pub dir: PathBuf,
+    /// etcd server.
+    pub etcd: PathBuf,
+    /// kube-apiserver.
+    pub kube_apiserver: PathBuf,
+    /// kube-controller-manager.
+    pub kube_controller_manager: PathBuf,
+    /// kube-scheduler.
+    pub kube_scheduler: PathBuf,
+    /// kubectl.
+    pub kubectl: PathBuf,
+    /// kwok controller (plays the kubelet for fake nodes).
+    pub kwok: PathBuf,
+    /// kwok stage definitions (node and pod lifecycles).
+    pub kwok_stages: PathBuf,
+}
+
+impl Tools {
+    /// The tool paths inside `dir` (without checking that they exist).
+    pub fn in_dir(dir: &Path) -> Self {
+        let bin = dir.join("bin");
+        Self {
+            dir: dir.to_owned(),
+            etcd: bin.join("etcd"),
+            kube_apiserver: bin.join("kube-apiserver"),
+            kube_controller_manager: bin.join("kube-controller-manager"),
+            kube_scheduler: bin.join("kube-scheduler"),
+            kubectl: bin.join("kubectl"),
+            kwok: bin.join("kwok"),
+            kwok_stages: dir.join("kwok-stages.yaml"),
+        }
+    }
+
+    /// Every file that must exist for the tools to be usable.
+    pub fn files(&self) -> [&Path; 7] {
+        [
+            &self.etcd,
+            &self.kube_apiserver,
+            &self.kube_controller_manager,
+            &self.kube_scheduler,
+            &self.kubectl,
+            &self.kwok,
+            &self.kwok_stages,
+        ]
+    }
+
+    /// Finds the tools: `$DTO_TOOLS_DIR` if set, else this checkout's pinned build in the cache. Fails with
+    /// what to run when they are not built.
+    pub fn locate() -> anyhow::Result<Self> {
+        let (dir, from_env) = match std::env::var_os(TOOLS_DIR_ENV) {
+            Some(dir) => (PathBuf::from(dir), true),
+            None => (pinned_tools_dir()?, false),
+        };
+        let tools = Self::in_dir(&dir);
+        let missing: Vec<_> = tools.files().into_iter().filter(|f| !f.exists()).collect();
+        if !missing.is_empty() || (!from_env && !dir.join(COMPLETE_MARKER).exists()) {
+            let hint = if from_env {
+                format!(
+                    "{TOOLS_DIR_ENV} points at {}; unset it or build the tools there",
+                    dir.display()
+                )
+            } else {
+                "run `cargo xtask tools` to build them (about 30 minutes the first time on 2 cores)"
+                    .to_owned()
+            };
+            bail!(
+                "the Kubernetes test tools are not built in {} (missing: {}); {hint}",
+                dir.display(),
+                if missing.is_empty() {
+                    COMPLETE_MARKER.to_owned()
+                } else {
+                    missing
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+        }
+        Ok(tools)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_require_lines_in_blocks_and_single_lines() {
+        let go_mod = "module x\n\nrequire (\n\tgo.etcd.io/etcd/server/v3 v3.6.8\n\tk8s.io/kubernetes v1.36.3\n)\n\
+                      require sigs.k8s.io/kwok v0.8.0\n";
+        assert_eq!(
+            parse_required_version(go_mod, "k8s.io/kubernetes"),
+            Some("v1.36.3")
+        );
+        assert_eq!(parse_required_version(go_mod, "sigs.k8s.io/kwok"), Some("v0.8.0"));
+        assert_eq!(parse_required_version(go_mod, "k8s.io/api"), None);
+    }
+
+    #[test]
+    fn the_checkout_pins_a_kubernetes_version_and_hashes_stably() {
+        let root = workspace_root();
+        let version = pinned_kubernetes_version(&root).unwrap();
+        assert!(version.starts_with("1."), "{version}");
+        assert_eq!(pins_hash(&root).unwrap(), pins_hash(&root).unwrap());
+        assert_eq!(pins_hash(&root).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn tool_paths_stay_inside_their_directory() {
+        let dir = std::env::temp_dir().join("testkit-no-tools-here");
+        let tools = Tools::in_dir(&dir);
+        assert!(tools.files().iter().all(|f| f.starts_with(&dir)));
+    }
+}

@@ -1,0 +1,269 @@
+//! Developer tasks, run as `cargo xtask <task>`.
+
+mod tools;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use testkit::{Cluster, ClusterOptions, Lifetime};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer tasks of the dynatrace-operator project"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok)
+    /// from the Go module proxy, unless the pinned build is already cached.
+    Tools {
+        /// Rebuild even if the cache has them.
+        #[arg(long)]
+        force: bool,
+        /// Print the directory of the tools and nothing else.
+        #[arg(long)]
+        print_dir: bool,
+    },
+    /// Start or stop a local Kubernetes cluster with kwok nodes.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Run every check CI runs: formatting, clippy, and all tests against a real control plane.
+    Test,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Start a cluster and print its kubeconfig.
+    Up {
+        /// Name of the cluster; clusters with different names run side by side.
+        #[arg(long, default_value = "local")]
+        name: String,
+        /// Number of kwok nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Stop a cluster's processes and remove its data.
+    Down {
+        /// Name of the cluster.
+        #[arg(long, default_value = "local", conflicts_with = "all")]
+        name: String,
+        /// Stop every local cluster of this checkout.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the local clusters of this checkout.
+    Status,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::Tools { force, print_dir } => {
+            let tools = tools::ensure(force)?;
+            if print_dir {
+                println!("{}", tools.dir.display());
+            } else {
+                eprintln!("Test tools ready in {}", tools.dir.display());
+            }
+            Ok(())
+        }
+        Task::Cluster {
+            action: ClusterAction::Up { name, nodes },
+        } => cluster_up(&name, nodes),
+        Task::Cluster {
+            action: ClusterAction::Down { name, all },
+        } => {
+            let names = if all { cluster_names()? } else { vec![name] };
+            names.iter().try_for_each(|name| cluster_down(name))
+        }
+        Task::Cluster {
+            action: ClusterAction::Status,
+        } => cluster_status(),
+        Task::Test => test(),
+    }
+}
+
+/// Local clusters live in the checkout's target directory, one directory per name.
+fn clusters_dir() -> PathBuf {
+    testkit::tools::workspace_root().join("target/local-clusters")
+}
+
+fn cluster_names() -> anyhow::Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(clusters_dir()) else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn validate_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 40
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        bail!("cluster name {name:?} must be 1 to 40 characters of a-z, 0-9 and '-'");
+    }
+    Ok(())
+}
+
+fn cluster_up(name: &str, nodes: usize) -> anyhow::Result<()> {
+    validate_name(name)?;
+    let tools = tools::ensure(false)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let options = ClusterOptions {
+        name: name.to_owned(),
+        data_dir: clusters_dir().join(name),
+        nodes,
+        workloads: true,
+        lifetime: Lifetime::Detached,
+    };
+    eprintln!("Starting cluster {name:?} with {nodes} kwok nodes ...");
+    let cluster = runtime.block_on(Cluster::start(&tools, options))?;
+    let state = cluster.state().clone();
+    cluster.detach();
+    let kubeconfig = state.kubeconfig.display();
+    println!(
+        "Cluster {name:?} is up: API server {}, {nodes} nodes.",
+        state.api_server_url
+    );
+    println!("kubeconfig: {kubeconfig}");
+    println!();
+    println!("  export KUBECONFIG={kubeconfig}");
+    println!("  {} get nodes", tools.kubectl.display());
+    println!();
+    println!("Stop it with: cargo xtask cluster down --name {name}");
+    Ok(())
+}
+
+fn cluster_down(name: &str) -> anyhow::Result<()> {
+    validate_name(name)?;
+    let dir = clusters_dir().join(name);
+    if !dir.exists() {
+        eprintln!("No cluster named {name:?} (nothing in {}).", dir.display());
+        return Ok(());
+    }
+    match Cluster::load(&dir) {
+        Ok(cluster) => cluster
+            .stop()
+            .with_context(|| format!("stopping cluster {name:?}"))?,
+        // A start that failed before any process ran leaves a directory without state.
+        Err(_) => std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?,
+    }
+    eprintln!("Cluster {name:?} stopped and its data removed.");
+    Ok(())
+}
+
+fn cluster_status() -> anyhow::Result<()> {
+    let names = cluster_names()?;
+    if names.is_empty() {
+        println!("No local clusters.");
+    }
+    for name in names {
+        match Cluster::load(&clusters_dir().join(&name)) {
+            Ok(mut cluster) => {
+                let dead = cluster.dead_processes();
+                let state = cluster.state();
+                let health = if dead.is_empty() {
+                    "running".to_owned()
+                } else if dead.len() == state.processes.len() {
+                    "stopped".to_owned()
+                } else {
+                    format!("degraded (not running: {})", dead.join(", "))
+                };
+                println!(
+                    "{name}\t{health}\t{}\t{}",
+                    state.api_server_url,
+                    state.kubeconfig.display()
+                );
+                // The handle was rebuilt from the state file; dropping it stops nothing.
+            }
+            Err(err) => println!("{name}\tunknown\t{err:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// Every check CI runs, in order of cost.
+fn test() -> anyhow::Result<()> {
+    cargo(
+        &["fmt", "--all", "--", "--check"],
+        "formatting differs; run `cargo fmt --all`",
+    )?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        "clippy found problems",
+    )?;
+    tools::ensure(false)?;
+    cargo(
+        &["test", "--workspace", "--locked", "--no-fail-fast"],
+        "tests failed",
+    )
+}
+
+fn cargo(args: &[&str], failure: &str) -> anyhow::Result<()> {
+    eprintln!("==> cargo {}", args.join(" "));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(testkit::tools::workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("{failure} (`cargo {}` exited with {status})", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cluster_names_are_checked() {
+        assert!(validate_name("local").is_ok());
+        assert!(validate_name("ci-2").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("../etc").is_err());
+        assert!(validate_name("Upper").is_err());
+    }
+}
