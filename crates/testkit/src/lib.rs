@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount, Taint};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::sync::OnceCell;
 
@@ -38,6 +38,9 @@ pub const SHARED_CLUSTER_NODES: usize = 3;
 
 /// Label put on every test namespace, so webhooks under test can select them.
 pub const TEST_NAMESPACE_LABEL: &str = "testkit.dynatrace-operator.dev/test";
+
+/// Label on cluster-scoped objects a test creates, naming its namespace; they are deleted with it.
+pub const TEST_OWNER_LABEL: &str = "testkit.dynatrace-operator.dev/owner";
 
 static SHARED: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -149,6 +152,24 @@ impl TestNamespace {
         })
     }
 
+    /// Creates a kwok node named `<namespace>-<suffix>` with the usual labels plus `labels`, owned by this
+    /// test: it is deleted together with the namespace.
+    pub async fn create_node(
+        &self,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        taints: Vec<Taint>,
+    ) -> anyhow::Result<Node> {
+        let name = format!("{}-{suffix}", self.name);
+        let owner = [(TEST_OWNER_LABEL, self.name.as_str())];
+        let all_labels: Vec<_> = labels.iter().chain(owner.iter()).copied().collect();
+        let node = kwok_node(&name, cluster::ZONES[0], &all_labels, taints);
+        Api::<Node>::all(self.client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("creating test node {name}"))
+    }
+
     /// Path of the admin kubeconfig of the namespace's cluster.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
@@ -165,6 +186,10 @@ impl Drop for TestNamespace {
                 .build()?;
             runtime.block_on(async {
                 let client = client_from_kubeconfig(&kubeconfig).await?;
+                let owned = ListParams::default().labels(&format!("{TEST_OWNER_LABEL}={name}"));
+                Api::<Node>::all(client.clone())
+                    .delete_collection(&DeleteParams::background(), &owned)
+                    .await?;
                 Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::background())
                     .await?;
