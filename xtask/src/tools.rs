@@ -56,7 +56,7 @@ fn build(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     let started = Instant::now();
     eprintln!(
-        "Building Kubernetes {k8s_version}, etcd and kwok into {} (about 10 minutes cold on 2 cores; \
+        "Building Kubernetes {k8s_version}, etcd and kwok into {} (about 12 minutes cold on 2 cores; \
          cached afterwards)",
         dir.display()
     );
@@ -248,7 +248,6 @@ fn count_dependencies(module: &Path, packages: &[&str]) -> anyhow::Result<usize>
         .context("running `go list -deps`")?;
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter(|l| l.contains('.'))
         .count())
 }
 

@@ -159,7 +159,7 @@ impl Tools {
                     dir.display()
                 )
             } else {
-                "run `cargo xtask tools` to build them (about 30 minutes the first time on 2 cores)"
+                "run `cargo xtask tools` to build them (about 12 minutes the first time on 2 cores)"
                     .to_owned()
             };
             bail!(
