@@ -246,9 +246,7 @@ fn count_dependencies(module: &Path, packages: &[&str]) -> anyhow::Result<usize>
         .args(packages)
         .output()
         .context("running `go list -deps`")?;
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .count())
+    Ok(String::from_utf8_lossy(&output.stdout).lines().count())
 }
 
 fn write_kwok_stages(kwok_module: &Path, out: &Path) -> anyhow::Result<()> {

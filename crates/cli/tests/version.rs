@@ -1,5 +1,7 @@
 //! The built `dynatrace-operator` binary answers `version` and rejects unknown subcommands.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::process::Command;
 
 fn binary() -> Command {

@@ -1,6 +1,8 @@
 //! Smoke tests proving that the test cluster's parts are real: the DaemonSet controller, the scheduler with
 //! taints and tolerations, kwok running pods, and the API server calling an admission webhook over HTTPS.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The test harness leaves nothing behind: clusters and namespaces are removed when a test panics, and a
 //! cluster dies with the process that owns it even when that process is killed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;

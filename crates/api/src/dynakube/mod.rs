@@ -1,0 +1,349 @@
+//! The `DynaKube` custom resource.
+//!
+//! [`DynaKube`] is the internal model: the storage version, which every other served version converts to
+//! and from ([`conversion`]). Code outside this module uses only the internal model, so adding an API
+//! version does not touch it.
+
+pub mod conversion;
+pub mod feature_flags;
+pub mod v1alpha1;
+pub mod v1beta1;
+
+use kube::ResourceExt as _;
+use url::Url;
+
+pub use feature_flags::FeatureFlags;
+pub use v1beta1::{
+    AppInjectionSpec, ApplicationMonitoringSpec, CloudNativeFullStackSpec, DynaKube, DynaKubeSpec,
+    DynaKubeStatus, HostInjectSpec, OneAgentSpec,
+};
+
+/// The example API URL from the documentation, which is never a real environment.
+pub const EXAMPLE_API_URL: &str = "https://ENVIRONMENTID.live.dynatrace.com/api";
+
+/// The OneAgent deployment modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// `classicFullStack`
+    ClassicFullStack,
+    /// `cloudNativeFullStack`
+    CloudNativeFullStack,
+    /// `applicationMonitoring`
+    ApplicationMonitoring,
+    /// `hostMonitoring`
+    HostMonitoring,
+}
+
+impl Mode {
+    /// The field name in `spec.oneAgent`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::ClassicFullStack => "classicFullStack",
+            Self::CloudNativeFullStack => "cloudNativeFullStack",
+            Self::ApplicationMonitoring => "applicationMonitoring",
+            Self::HostMonitoring => "hostMonitoring",
+        }
+    }
+
+    /// The name used in the deployment-metadata string (`orchestration_tech=Operator-<name>`).
+    pub fn metadata_name(self) -> &'static str {
+        match self {
+            Self::ClassicFullStack => "classic_fullstack",
+            Self::CloudNativeFullStack => "cloud_native_fullstack",
+            Self::ApplicationMonitoring => "application_monitoring",
+            Self::HostMonitoring => "host_monitoring",
+        }
+    }
+}
+
+impl OneAgentSpec {
+    /// Every mode that is set, in field order (more than one is invalid).
+    pub fn modes(&self) -> Vec<Mode> {
+        [
+            (self.classic_full_stack.is_some(), Mode::ClassicFullStack),
+            (self.cloud_native_full_stack.is_some(), Mode::CloudNativeFullStack),
+            (self.application_monitoring.is_some(), Mode::ApplicationMonitoring),
+            (self.host_monitoring.is_some(), Mode::HostMonitoring),
+        ]
+        .into_iter()
+        .filter_map(|(set, mode)| set.then_some(mode))
+        .collect()
+    }
+}
+
+impl DynaKube {
+    /// The feature flags in this DynaKube's annotations.
+    pub fn feature_flags(&self) -> FeatureFlags<'_> {
+        FeatureFlags::new(self.metadata.annotations.as_ref())
+    }
+
+    /// The OneAgent mode, when exactly one is set.
+    pub fn mode(&self) -> Option<Mode> {
+        match self.spec.one_agent.as_ref()?.modes().as_slice() {
+            [mode] => Some(*mode),
+            _ => None,
+        }
+    }
+
+    /// The settings of the node OneAgent (classicFullStack, hostMonitoring or cloudNativeFullStack).
+    pub fn host_spec(&self) -> Option<&HostInjectSpec> {
+        let one_agent = self.spec.one_agent.as_ref()?;
+        match self.mode()? {
+            Mode::ClassicFullStack => one_agent.classic_full_stack.as_ref(),
+            Mode::HostMonitoring => one_agent.host_monitoring.as_ref(),
+            Mode::CloudNativeFullStack => one_agent.cloud_native_full_stack.as_ref().map(|c| &c.host),
+            Mode::ApplicationMonitoring => None,
+        }
+    }
+
+    /// The settings of code-module injection (cloudNativeFullStack or applicationMonitoring).
+    pub fn app_injection_spec(&self) -> Option<&AppInjectionSpec> {
+        let one_agent = self.spec.one_agent.as_ref()?;
+        match self.mode()? {
+            Mode::CloudNativeFullStack => one_agent.cloud_native_full_stack.as_ref().map(|c| &c.app),
+            Mode::ApplicationMonitoring => one_agent.application_monitoring.as_ref().map(|a| &a.app),
+            _ => None,
+        }
+    }
+
+    /// A OneAgent DaemonSet is needed (classicFullStack, hostMonitoring, cloudNativeFullStack).
+    pub fn needs_one_agent(&self) -> bool {
+        matches!(
+            self.mode(),
+            Some(Mode::ClassicFullStack | Mode::HostMonitoring | Mode::CloudNativeFullStack)
+        )
+    }
+
+    /// Code modules are injected into pods (cloudNativeFullStack, applicationMonitoring).
+    pub fn needs_app_injection(&self) -> bool {
+        matches!(
+            self.mode(),
+            Some(Mode::CloudNativeFullStack | Mode::ApplicationMonitoring)
+        )
+    }
+
+    /// OneAgents run with a read-only host file system (hostMonitoring and cloudNativeFullStack, unless the
+    /// feature flag turns it off).
+    pub fn needs_readonly_one_agents(&self) -> bool {
+        matches!(
+            self.mode(),
+            Some(Mode::HostMonitoring | Mode::CloudNativeFullStack)
+        ) && self.feature_flags().readonly_host_fs()
+    }
+
+    /// The CSI driver is needed: cloudNativeFullStack, applicationMonitoring with `useCSIDriver`, or
+    /// read-only OneAgents.
+    pub fn needs_csi_driver(&self) -> bool {
+        let app_monitoring_csi = self
+            .spec
+            .one_agent
+            .as_ref()
+            .and_then(|o| o.application_monitoring.as_ref())
+            .and_then(|a| a.use_csi_driver)
+            .unwrap_or(false);
+        matches!(self.mode(), Some(Mode::CloudNativeFullStack))
+            || (self.mode() == Some(Mode::ApplicationMonitoring) && app_monitoring_csi)
+            || self.needs_readonly_one_agents()
+    }
+
+    /// OneAgents follow the environment's latest version (`autoUpdate` unset or true; never for
+    /// applicationMonitoring).
+    pub fn should_auto_update_one_agent(&self) -> bool {
+        self.host_spec().is_some_and(|h| h.auto_update.unwrap_or(true))
+    }
+
+    /// The host group, from a `--set-host-group=<group>` argument (cloudNativeFullStack only).
+    pub fn host_group(&self) -> Option<&str> {
+        if self.mode() != Some(Mode::CloudNativeFullStack) {
+            return None;
+        }
+        self.host_spec()?.args.as_ref()?.iter().find_map(|arg| {
+            let mut parts = arg.split('=');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("--set-host-group"), Some(group), None) => Some(group),
+                _ => None,
+            }
+        })
+    }
+
+    /// Name of the token Secret: `spec.tokens`, or the DynaKube's name.
+    pub fn tokens_secret_name(&self) -> String {
+        self.spec
+            .tokens
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| self.name_any())
+    }
+
+    /// Name of the pull secret: `spec.customPullSecret`, or `<name>-pull-secret`.
+    pub fn pull_secret_name(&self) -> String {
+        self.spec
+            .custom_pull_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| names::pull_secret(&self.name_any()))
+    }
+
+    /// The environment id from the API URL: `<id>` of `/e/<id>/api`, else the first label of the host.
+    pub fn tenant_uuid(&self) -> Option<String> {
+        tenant_uuid_from_api_url(&self.spec.api_url)
+    }
+
+    /// The default OneAgent image in the environment's registry: `<host>/linux/oneagent:<tag>`, where the
+    /// tag is `latest` or the pinned version cut to `major.minor.patch`.
+    pub fn default_one_agent_image(&self) -> Option<String> {
+        let host = Url::parse(&self.spec.api_url).ok()?.host_str()?.to_owned();
+        let tag = self
+            .host_spec()
+            .and_then(|h| h.version.as_deref())
+            .filter(|v| !v.is_empty())
+            .map_or_else(
+                || "latest".to_owned(),
+                |v| v.split('.').take(3).collect::<Vec<_>>().join("."),
+            );
+        Some(format!("{host}/linux/oneagent:{tag}"))
+    }
+}
+
+/// The environment id in an API URL: `<id>` of a `/e/<id>/api` path (Managed), else the first label of
+/// the host name (SaaS).
+pub fn tenant_uuid_from_api_url(api_url: &str) -> Option<String> {
+    let url = Url::parse(api_url).ok()?;
+    let mut segments = url.path_segments()?;
+    if let (Some("e"), Some(id)) = (segments.next(), segments.next())
+        && !id.is_empty()
+    {
+        return Some(id.to_owned());
+    }
+    url.host_str()?
+        .split('.')
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+/// Names of the objects the operator derives from a DynaKube (in its namespace unless noted).
+pub mod names {
+    /// The OneAgent DaemonSet.
+    pub fn one_agent_daemonset(dynakube: &str) -> String {
+        format!("{dynakube}-oneagent")
+    }
+    /// The legacy DaemonSet name, deleted after a rollout.
+    pub fn legacy_classic_daemonset(dynakube: &str) -> String {
+        format!("{dynakube}-classic")
+    }
+    /// The Secret with the tenant token (key `tenant-token`).
+    pub fn tenant_secret(dynakube: &str) -> String {
+        format!("{dynakube}-oneagent-tenant-secret")
+    }
+    /// The ConfigMap with connection info (keys `tenant-uuid`, `communication-endpoints`).
+    pub fn connection_info_config_map(dynakube: &str) -> String {
+        format!("{dynakube}-oneagent-connection-info")
+    }
+    /// The deployment-metadata ConfigMap.
+    pub fn deployment_metadata_config_map(dynakube: &str) -> String {
+        format!("{dynakube}-deployment-metadata")
+    }
+    /// The generated pull secret.
+    pub fn pull_secret(dynakube: &str) -> String {
+        format!("{dynakube}-pull-secret")
+    }
+    /// Per-namespace Secret with the injection configuration.
+    pub const INIT_SECRET: &str = "dynatrace-dynakube-config";
+    /// Per-namespace Secret with the metadata-enrichment endpoint.
+    pub const ENRICHMENT_SECRET: &str = "dynatrace-data-ingest-endpoint";
+    /// The webhook certificate Secret (operator namespace).
+    pub const WEBHOOK_CERTS_SECRET: &str = "dynatrace-webhook-certs";
+    /// The CSI driver DaemonSet (operator namespace).
+    pub const CSI_DAEMONSET: &str = "dynatrace-oneagent-csi-driver";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dynakube(one_agent: serde_json::Value) -> DynaKube {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "dynatrace.com/v1beta1",
+            "kind": "DynaKube",
+            "metadata": { "name": "dk", "namespace": "dynatrace" },
+            "spec": { "apiUrl": "https://abc12345.live.dynatrace.com/api", "oneAgent": one_agent }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn mode_predicates_follow_the_reference() {
+        let classic = dynakube(serde_json::json!({ "classicFullStack": {} }));
+        assert_eq!(classic.mode(), Some(Mode::ClassicFullStack));
+        assert!(classic.needs_one_agent() && !classic.needs_app_injection() && !classic.needs_csi_driver());
+
+        let cloud = dynakube(serde_json::json!({ "cloudNativeFullStack": {} }));
+        assert!(cloud.needs_one_agent() && cloud.needs_app_injection() && cloud.needs_csi_driver());
+        assert!(cloud.needs_readonly_one_agents());
+
+        let host = dynakube(serde_json::json!({ "hostMonitoring": {} }));
+        assert!(host.needs_one_agent() && !host.needs_app_injection() && host.needs_csi_driver());
+
+        let app = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
+        assert!(!app.needs_one_agent() && app.needs_app_injection() && !app.needs_csi_driver());
+        assert!(!app.should_auto_update_one_agent());
+        let app_csi = dynakube(serde_json::json!({ "applicationMonitoring": { "useCSIDriver": true } }));
+        assert!(app_csi.needs_csi_driver());
+
+        let two = dynakube(serde_json::json!({ "classicFullStack": {}, "hostMonitoring": {} }));
+        assert_eq!(two.mode(), None);
+        assert_eq!(
+            two.spec.one_agent.unwrap().modes(),
+            vec![Mode::ClassicFullStack, Mode::HostMonitoring]
+        );
+    }
+
+    #[test]
+    fn readonly_host_fs_flag_turns_off_csi_for_host_monitoring() {
+        let mut host = dynakube(serde_json::json!({ "hostMonitoring": {} }));
+        host.metadata.annotations = Some(
+            [(
+                "feature.dynatrace.com/oneagent-readonly-host-fs".to_owned(),
+                "false".to_owned(),
+            )]
+            .into(),
+        );
+        assert!(!host.needs_csi_driver());
+    }
+
+    #[test]
+    fn host_group_only_from_a_well_formed_arg_in_cloud_native() {
+        let cloud =
+            dynakube(serde_json::json!({ "cloudNativeFullStack": { "args": ["--set-host-group=prod"] } }));
+        assert_eq!(cloud.host_group(), Some("prod"));
+        let odd =
+            dynakube(serde_json::json!({ "cloudNativeFullStack": { "args": ["--set-host-group=a=b"] } }));
+        assert_eq!(odd.host_group(), None);
+        let classic =
+            dynakube(serde_json::json!({ "classicFullStack": { "args": ["--set-host-group=prod"] } }));
+        assert_eq!(classic.host_group(), None);
+    }
+
+    #[test]
+    fn derived_names_and_urls() {
+        let mut dk =
+            dynakube(serde_json::json!({ "classicFullStack": { "version": "1.277.0.20230914-094321" } }));
+        assert_eq!(dk.tokens_secret_name(), "dk");
+        assert_eq!(dk.pull_secret_name(), "dk-pull-secret");
+        assert_eq!(dk.tenant_uuid().as_deref(), Some("abc12345"));
+        assert_eq!(
+            dk.default_one_agent_image().as_deref(),
+            Some("abc12345.live.dynatrace.com/linux/oneagent:1.277.0")
+        );
+        dk.spec.tokens = Some("my-tokens".into());
+        dk.spec.custom_pull_secret = Some("mine".into());
+        assert_eq!(dk.tokens_secret_name(), "my-tokens");
+        assert_eq!(dk.pull_secret_name(), "mine");
+        assert_eq!(
+            tenant_uuid_from_api_url("https://managed.example.com/e/1234-abcd/api").as_deref(),
+            Some("1234-abcd")
+        );
+        assert_eq!(names::one_agent_daemonset("dk"), "dk-oneagent");
+    }
+}

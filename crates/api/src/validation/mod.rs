@@ -1,0 +1,576 @@
+//! Validation of DynaKubes: every rule runs, every problem is reported at once, each message says what is
+//! wrong, where, and how to fix it.
+//!
+//! The rules are pure functions of the DynaKube and a [`ClusterView`], the part of the cluster's state some
+//! rules need (other DynaKubes, nodes, namespaces, whether the CSI driver is installed). The webhook server
+//! fills the view from its caches.
+
+pub mod messages;
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt as _;
+use regex::Regex;
+use url::Url;
+
+use crate::dynakube::{DynaKube, EXAMPLE_API_URL, Mode, feature_flags as ff, names};
+use crate::selector::{
+    Labels, is_dns1035_label, label_key_problem, label_value_problem, node_selector_matches,
+    selector_matches, selector_problems,
+};
+
+/// Environment variable of the OneAgent that turns volume storage on or off.
+pub const VOLUME_STORAGE_ENV: &str = "ONEAGENT_ENABLE_VOLUME_STORAGE";
+
+/// How many example nodes or namespaces a conflict message names.
+const EXAMPLES: usize = 3;
+
+/// The proxy Secret named by `spec.proxy.valueFrom`, as the webhook found it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxySecret {
+    /// `valueFrom` is not used, or the Secret was not looked up.
+    #[default]
+    NotLookedUp,
+    /// The value of the Secret's `proxy` key.
+    Value(String),
+    /// The Secret exists but has no `proxy` key.
+    MissingKey,
+    /// The Secret could not be read (the text says why).
+    Unreadable(String),
+}
+
+/// The cluster state some rules need. Unknown parts (`None`) skip the rules that need them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterView<'a> {
+    /// Every DynaKube in the cluster (the one being validated may be among them and is skipped).
+    pub dynakubes: &'a [DynaKube],
+    /// Every node's metadata (the rules need names and labels only).
+    pub nodes: &'a [ObjectMeta],
+    /// Every namespace's metadata.
+    pub namespaces: &'a [ObjectMeta],
+    /// Whether the CSI driver's DaemonSet exists in the DynaKube's namespace.
+    pub csi_driver_installed: Option<bool>,
+    /// Whether Istio's CRDs are installed.
+    pub istio_installed: Option<bool>,
+}
+
+/// The result of validating one DynaKube.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Problems that deny the request, in rule order.
+    pub errors: Vec<String>,
+    /// Advice returned with an allowed request.
+    pub warnings: Vec<String>,
+}
+
+impl Verdict {
+    /// The denial text for a DynaKube: a count header and the numbered errors, or `None` when there are
+    /// none.
+    pub fn denial(&self) -> Option<String> {
+        self.denial_for("Dynakube")
+    }
+
+    /// The denial text, naming `kind` in the header.
+    pub fn denial_for(&self, kind: &str) -> Option<String> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        let mut text = messages::denial_header(self.errors.len(), kind);
+        for (i, error) in self.errors.iter().enumerate() {
+            text.push_str(&format!("\n\n{}. {error}", i + 1));
+        }
+        Some(text)
+    }
+}
+
+/// Validates a DynaKube against every rule.
+pub fn validate(dynakube: &DynaKube, cluster: &ClusterView<'_>, proxy_secret: &ProxySecret) -> Verdict {
+    let mut errors = Vec::new();
+    errors.extend(api_url_errors(&dynakube.spec.api_url));
+    errors.extend(csi_driver_errors(dynakube, cluster));
+    errors.extend(proxy_errors(dynakube, proxy_secret));
+    errors.extend(one_agent_mode_errors(dynakube));
+    errors.extend(node_selector_errors(dynakube, cluster));
+    errors.extend(namespace_selector_errors(dynakube, cluster));
+    if !dynakube.feature_flags().readonly_host_fs() && dynakube.feature_flags().multiple_osagents_on_node() {
+        errors.push(messages::READONLY_FS_DISABLED_WITH_MULTIPLE_OSAGENTS.to_owned());
+    }
+    if dynakube.spec.enable_istio == Some(true) && cluster.istio_installed == Some(false) {
+        errors.push(
+            "The DynaKube sets spec.enableIstio, but Istio's resources (networking.istio.io) are not installed \
+             in the cluster. Install Istio first, or remove spec.enableIstio."
+                .to_owned(),
+        );
+    }
+    errors.extend(code_modules_image_errors(dynakube));
+    errors.extend(volume_storage_errors(dynakube));
+    let name = dynakube.name_any();
+    if !name.is_empty() && !is_dns1035_label(&name) {
+        errors.push(messages::NAME_VIOLATES_DNS1035.to_owned());
+    }
+    Verdict {
+        errors,
+        warnings: warnings(dynakube),
+    }
+}
+
+/// Validates a legacy OneAgent resource: its API URL, the syntax of its node selector, and its name.
+pub fn validate_oneagent(oneagent: &crate::oneagent::OneAgent) -> Verdict {
+    let mut errors: Vec<String> = api_url_errors(&oneagent.spec.api_url)
+        .into_iter()
+        .map(|e| e.replace("The DynaKube's", "The OneAgent's"))
+        .collect();
+    for (key, value) in oneagent.spec.node_selector.iter().flatten() {
+        let problems = label_key_problem(key)
+            .map(|p| format!("key {key:?} {p}"))
+            .into_iter()
+            .chain(label_value_problem(value).map(|p| format!("value {value:?} of {key:?} {p}")));
+        errors.extend(
+            problems
+                .map(|p| format!("spec.nodeSelector is invalid: {p}. Fix the label in the node selector.")),
+        );
+    }
+    let name = oneagent.name_any();
+    if !name.is_empty() && !is_dns1035_label(&name) {
+        errors.push(messages::NAME_VIOLATES_DNS1035.replace("DynaKube", "OneAgent"));
+    }
+    Verdict {
+        errors,
+        warnings: Vec::new(),
+    }
+}
+
+/// Rules 1 and 2: the API URL is set, not the example, and looks like an environment's API URL.
+fn api_url_errors(api_url: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    // Besides the exact example, catch an edited copy that still has the placeholder host.
+    if api_url.is_empty() || api_url == EXAMPLE_API_URL || api_url.contains("ENVIRONMENTID") {
+        errors.push(messages::NO_API_URL.to_owned());
+    }
+    let host_ok = Url::parse(api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "https" | "http"))
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| !h.split('.').next().unwrap_or_default().is_empty())
+        })
+        .unwrap_or(false);
+    if !api_url.ends_with("/api") || !host_ok {
+        errors.push(format!(
+            "The DynaKube's specification has an invalid API URL value set (spec.apiUrl: {api_url:?}). Make sure \
+             you correctly specify the URL in your custom resource (including the /api postfix): \
+             https://<environment-id>.live.dynatrace.com/api, or https://<host>/e/<environment-id>/api for \
+             Dynatrace Managed."
+        ));
+    }
+    errors
+}
+
+/// Rules 3 and 4: the CSI driver is installed when the mode needs it, and only then can the read-only CSI
+/// volume be used.
+fn csi_driver_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<String> {
+    let mut errors = Vec::new();
+    let needs_csi = dynakube.needs_csi_driver();
+    if needs_csi && cluster.csi_driver_installed == Some(false) {
+        let mode = dynakube.mode().map_or("this configuration", Mode::field);
+        errors.push(format!(
+            "The DynaKube uses {mode}, which needs the CSI driver, but the DaemonSet {} does not exist in \
+             namespace {:?}. Install the operator with the CSI driver (Helm value csidriver.enabled=true), \
+             or use a mode that does not need it.",
+            names::CSI_DAEMONSET,
+            dynakube.namespace().unwrap_or_default()
+        ));
+    }
+    if dynakube.feature_flags().injection_readonly_volume() && !needs_csi {
+        errors.push(format!(
+            "The DynaKube sets {}{}: \"true\", but its configuration does not use the CSI driver, so there is \
+             no CSI volume to mount read-only. Remove the annotation, or use cloudNativeFullStack or \
+             applicationMonitoring with useCSIDriver: true.",
+            ff::PREFIX,
+            ff::INJECTION_READONLY_VOLUME
+        ));
+    }
+    errors
+}
+
+/// Characters a proxy password must not contain: the OneAgent's proxy setting cannot escape them.
+const FORBIDDEN_PROXY_PASSWORD_CHARS: &[char] = &[' ', '\'', '`', ',', '&', '=', '+', '%', '\\'];
+
+/// Rule 9: the proxy URL parses, its password has no characters the agents cannot handle, and a proxy
+/// Secret can be read.
+fn proxy_errors(dynakube: &DynaKube, secret: &ProxySecret) -> Vec<String> {
+    let Some(proxy) = &dynakube.spec.proxy else {
+        return Vec::new();
+    };
+    let (url, field) = match (&proxy.value, &proxy.value_from) {
+        (Some(value), _) if !value.is_empty() => (value.clone(), "spec.proxy.value".to_owned()),
+        (_, Some(secret_name)) if !secret_name.is_empty() => {
+            let field = format!("the key \"proxy\" of Secret {secret_name:?} (spec.proxy.valueFrom)");
+            match secret {
+                ProxySecret::Value(value) => (value.clone(), field),
+                ProxySecret::MissingKey => {
+                    return vec![format!(
+                        "The proxy Secret {secret_name:?} named by spec.proxy.valueFrom has no key \"proxy\". \
+                         Put the proxy URL under the key \"proxy\"."
+                    )];
+                }
+                ProxySecret::Unreadable(reason) => {
+                    return vec![format!(
+                        "The proxy Secret {secret_name:?} named by spec.proxy.valueFrom cannot be read: \
+                         {reason}. Create it in the DynaKube's namespace with the proxy URL under the key \
+                         \"proxy\"."
+                    )];
+                }
+                ProxySecret::NotLookedUp => return Vec::new(),
+            }
+        }
+        _ => return Vec::new(),
+    };
+    let parsed = match Url::parse(&url) {
+        Ok(parsed) if parsed.host_str().is_some() => parsed,
+        _ => {
+            return vec![format!(
+                "The proxy URL in {field} is not a valid URL. Use the form http://[user:password@]host:port."
+            )];
+        }
+    };
+    let password = parsed.password().map(percent_decode).unwrap_or_default();
+    if password.contains(FORBIDDEN_PROXY_PASSWORD_CHARS) {
+        return vec![format!(
+            "The proxy password in {field} contains a character OneAgent cannot use (one of: space ' ` , & = + \
+             % \\). Choose a password without them."
+        )];
+    }
+    Vec::new()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Rule 10: at most one OneAgent mode.
+fn one_agent_mode_errors(dynakube: &DynaKube) -> Vec<String> {
+    let modes = dynakube
+        .spec
+        .one_agent
+        .as_ref()
+        .map(|o| o.modes())
+        .unwrap_or_default();
+    if modes.len() > 1 {
+        let set: Vec<_> = modes.iter().map(|m| m.field()).collect();
+        vec![format!(
+            "{} (set: {}.)",
+            messages::CONFLICTING_ONE_AGENT_MODES,
+            set.join(", ")
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+fn labels_of(meta: &ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn name_of(meta: &ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+fn same_object(a: &DynaKube, b: &DynaKube) -> bool {
+    a.name_any() == b.name_any() && a.namespace() == b.namespace()
+}
+
+fn qualified(dynakube: &DynaKube) -> String {
+    format!(
+        "{}/{}",
+        dynakube.namespace().unwrap_or_default(),
+        dynakube.name_any()
+    )
+}
+
+fn examples(items: &[String]) -> String {
+    let shown: Vec<_> = items.iter().take(EXAMPLES).cloned().collect();
+    let more = items.len().saturating_sub(EXAMPLES);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Rule 11, and the syntax of the node selector: a node runs one OneAgent, so two DynaKubes with OneAgents
+/// must not select the same node. With nodes in the cluster the nodes both select are compared (any
+/// overlap counts, not only subset selectors); without nodes, a selector that is empty or a subset of the
+/// other is a conflict. Every conflicting DynaKube is named.
+fn node_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<String> {
+    let Some(host) = dynakube.host_spec() else {
+        return Vec::new();
+    };
+    let mode = dynakube.mode().map_or("", Mode::field);
+    let selector = host.node_selector.clone().unwrap_or_default();
+    let mut errors: Vec<String> = selector
+        .iter()
+        .flat_map(|(key, value)| {
+            let key_problem = label_key_problem(key).map(|p| format!("key {key:?} {p}"));
+            let value_problem = label_value_problem(value).map(|p| format!("value {value:?} of {key:?} {p}"));
+            key_problem.into_iter().chain(value_problem)
+        })
+        .map(|problem| {
+            format!(
+                "spec.oneAgent.{mode}.nodeSelector is invalid: {problem}. Fix the label in the node selector."
+            )
+        })
+        .collect();
+    if !errors.is_empty() || dynakube.feature_flags().multiple_osagents_on_node() {
+        return errors;
+    }
+    for other in cluster.dynakubes {
+        if same_object(dynakube, other) || !other.needs_one_agent() {
+            continue;
+        }
+        let other_selector = other
+            .host_spec()
+            .and_then(|h| h.node_selector.clone())
+            .unwrap_or_default();
+        let conflict = if cluster.nodes.is_empty() {
+            let subset = |a: &Labels, b: &Labels| a.iter().all(|(k, v)| b.get(k) == Some(v));
+            (selector.is_empty()
+                || other_selector.is_empty()
+                || subset(&selector, &other_selector)
+                || subset(&other_selector, &selector))
+            .then(|| "its node selector is empty or contained in the other's".to_owned())
+        } else {
+            let shared: Vec<String> = cluster
+                .nodes
+                .iter()
+                .filter(|n| {
+                    let labels = labels_of(n);
+                    node_selector_matches(&selector, &labels)
+                        && node_selector_matches(&other_selector, &labels)
+                })
+                .map(name_of)
+                .collect();
+            (!shared.is_empty()).then(|| format!("both select the nodes {}", examples(&shared)))
+        };
+        if let Some(why) = conflict {
+            errors.push(format!(
+                "The node selector spec.oneAgent.{mode}.nodeSelector conflicts with DynaKube {}: {why}. A node \
+                 runs one OneAgent, so make the node selectors disjoint (or set \
+                 {}{}: \"true\" if several OneAgents per node are intended).",
+                qualified(other),
+                ff::PREFIX,
+                ff::MULTIPLE_OSAGENTS_ON_NODE
+            ));
+        }
+    }
+    errors
+}
+
+/// Namespaces a DynaKube never injects into: its own namespace and system namespaces, or the regexes of
+/// the `ignored-namespaces` flag.
+fn ignored_namespace_patterns(dynakube: &DynaKube) -> Vec<Regex> {
+    let defaults = || {
+        vec![
+            format!("^{}$", regex::escape(&dynakube.namespace().unwrap_or_default())),
+            "^kube-.*".to_owned(),
+            "^openshift(-.*)?".to_owned(),
+            "^gke-.*".to_owned(),
+            "^gmp-.*".to_owned(),
+        ]
+    };
+    let patterns = dynakube
+        .feature_flags()
+        .ignored_namespaces()
+        .unwrap_or_else(defaults);
+    patterns.iter().filter_map(|p| Regex::new(p).ok()).collect()
+}
+
+fn injects_into(dynakube: &DynaKube, namespace: &ObjectMeta, ignored: &[Regex]) -> bool {
+    if ignored.iter().any(|r| r.is_match(&name_of(namespace))) {
+        return false;
+    }
+    let selector = dynakube.spec.namespace_selector.clone().unwrap_or_default();
+    selector_matches(&selector, &labels_of(namespace))
+}
+
+/// Rule 12, and the syntax of the namespace selector: a namespace is injected by at most one DynaKube.
+fn namespace_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<String> {
+    let problems = dynakube
+        .spec
+        .namespace_selector
+        .as_ref()
+        .map(selector_problems)
+        .unwrap_or_default();
+    if !problems.is_empty() {
+        return problems
+            .into_iter()
+            .map(|p| format!("spec.namespaceSelector is invalid: {p}. Fix the label selector."))
+            .collect();
+    }
+    if !dynakube.needs_app_injection() {
+        return Vec::new();
+    }
+    let ignored = ignored_namespace_patterns(dynakube);
+    let mine: Vec<&ObjectMeta> = cluster
+        .namespaces
+        .iter()
+        .filter(|ns| injects_into(dynakube, ns, &ignored))
+        .collect();
+    let empty_selector = dynakube
+        .spec
+        .namespace_selector
+        .as_ref()
+        .is_none_or(|s| s == &Default::default());
+    let mut errors = Vec::new();
+    for other in cluster.dynakubes {
+        if same_object(dynakube, other) || !other.needs_app_injection() {
+            continue;
+        }
+        let other_ignored = ignored_namespace_patterns(other);
+        let shared: Vec<String> = mine
+            .iter()
+            .filter(|ns| injects_into(other, ns, &other_ignored))
+            .map(|ns| name_of(ns))
+            .collect();
+        if shared.is_empty() {
+            continue;
+        }
+        let what = if empty_selector {
+            "The DynaKube has no spec.namespaceSelector, so it would inject into every namespace, but"
+        } else {
+            "The DynaKube's spec.namespaceSelector selects namespaces that"
+        };
+        errors.push(format!(
+            "{what} DynaKube {} already injects into {}. A namespace can be injected by one DynaKube only: \
+             narrow spec.namespaceSelector so the two select different namespaces.",
+            qualified(other),
+            examples(&shared)
+        ));
+    }
+    errors
+}
+
+/// Rule 15: a code-modules image needs the CSI driver.
+fn code_modules_image_errors(dynakube: &DynaKube) -> Vec<String> {
+    let image_set = dynakube
+        .app_injection_spec()
+        .and_then(|a| a.code_modules_image.as_deref())
+        .is_some_and(|i| !i.is_empty());
+    if dynakube.mode() == Some(Mode::ApplicationMonitoring) && image_set && !dynakube.needs_csi_driver() {
+        vec![
+            "spec.oneAgent.applicationMonitoring.codeModulesImage is set, but code modules from an image are \
+             provided by the CSI driver, which this DynaKube does not use. Set \
+             spec.oneAgent.applicationMonitoring.useCSIDriver: true, or remove codeModulesImage."
+                .to_owned(),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Rule 16: read-only OneAgents need volume storage.
+fn volume_storage_errors(dynakube: &DynaKube) -> Vec<String> {
+    if !dynakube.needs_readonly_one_agents() {
+        return Vec::new();
+    }
+    let value = dynakube
+        .host_spec()
+        .and_then(|h| h.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == VOLUME_STORAGE_ENV))
+        .map(|e| e.value.clone().unwrap_or_default());
+    match value {
+        Some(value) if value != "true" => vec![format!(
+            "The OneAgent environment sets {VOLUME_STORAGE_ENV}={value:?}, but OneAgents with a read-only host \
+             file system (the default for hostMonitoring and cloudNativeFullStack) need volume storage. Remove \
+             the variable, or set {}{}: \"false\".",
+            ff::PREFIX,
+            ff::READONLY_HOST_FS
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Flags that still work but will become spec fields (the reference warns about them).
+const DEPRECATED_FLAGS: &[&str] = &[
+    ff::INJECTION_FAILURE_POLICY,
+    ff::LABEL_VERSION_DETECTION,
+    ff::AUTOMATIC_INJECTION,
+    ff::METADATA_ENRICHMENT,
+    ff::WEBHOOK_REINVOCATION_POLICY,
+    ff::READONLY_HOST_FS,
+    ff::HOSTS_REQUESTS,
+];
+
+/// Deprecated negative flags and their replacements.
+const DEPRECATED_DISABLE_FLAGS: &[(&str, &str)] = &[
+    (ff::DISABLE_HOSTS_REQUESTS, ff::HOSTS_REQUESTS),
+    (ff::DISABLE_READONLY_HOST_FS, ff::READONLY_HOST_FS),
+    (
+        ff::DISABLE_WEBHOOK_REINVOCATION_POLICY,
+        ff::WEBHOOK_REINVOCATION_POLICY,
+    ),
+    (ff::DISABLE_METADATA_ENRICHMENT, ff::METADATA_ENRICHMENT),
+];
+
+/// Advice for an allowed DynaKube.
+fn warnings(dynakube: &DynaKube) -> Vec<String> {
+    let flags = dynakube.feature_flags();
+    let mut warnings: Vec<String> = flags
+        .legacy_prefixed()
+        .into_iter()
+        .map(|(old, new)| format!("annotation {old} uses a deprecated prefix; rename it to {new}"))
+        .collect();
+    for (disable, replacement) in DEPRECATED_DISABLE_FLAGS {
+        if flags.raw(disable).is_some() {
+            warnings.push(format!(
+                "annotation {}{disable} is deprecated; use {}{replacement}: \"false\" instead",
+                ff::PREFIX,
+                ff::PREFIX
+            ));
+        }
+    }
+    if dynakube.mode() == Some(Mode::ClassicFullStack)
+        && (flags.raw(ff::READONLY_HOST_FS).is_some() || flags.raw(ff::DISABLE_READONLY_HOST_FS).is_some())
+    {
+        warnings.push(format!(
+            "annotation {}{} has no effect with classicFullStack; remove it",
+            ff::PREFIX,
+            ff::READONLY_HOST_FS
+        ));
+    }
+    let deprecated: BTreeSet<&str> = DEPRECATED_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| flags.raw(f).is_some())
+        .collect();
+    if !deprecated.is_empty() {
+        let list: Vec<_> = deprecated.into_iter().collect();
+        warnings.push(format!(
+            "these feature flags are deprecated and will become spec fields: {}",
+            list.join(", ")
+        ));
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests;

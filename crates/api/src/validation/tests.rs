@@ -1,0 +1,525 @@
+//! One passing and one failing case per rule, plus the denial format.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Value, json};
+
+use super::*;
+
+const API_URL: &str = "https://abc12345.live.dynatrace.com/api";
+
+fn dynakube_in(namespace: &str, name: &str, spec: Value, annotations: Value) -> DynaKube {
+    serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta1",
+        "kind": "DynaKube",
+        "metadata": { "name": name, "namespace": namespace, "annotations": annotations },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn dynakube(spec: Value) -> DynaKube {
+    dynakube_in("dynatrace", "dynakube", spec, json!({}))
+}
+
+fn with_flags(spec: Value, annotations: Value) -> DynaKube {
+    dynakube_in("dynatrace", "dynakube", spec, annotations)
+}
+
+fn meta(name: &str, labels: Value) -> ObjectMeta {
+    serde_json::from_value(json!({ "name": name, "labels": labels })).unwrap()
+}
+
+fn node(name: &str, labels: Value) -> ObjectMeta {
+    meta(name, labels)
+}
+
+fn namespace(name: &str, labels: Value) -> ObjectMeta {
+    meta(name, labels)
+}
+
+fn errors(dynakube: &DynaKube) -> Vec<String> {
+    validate(dynakube, &ClusterView::default(), &ProxySecret::NotLookedUp).errors
+}
+
+fn errors_in(dynakube: &DynaKube, cluster: ClusterView<'_>) -> Vec<String> {
+    validate(dynakube, &cluster, &ProxySecret::NotLookedUp).errors
+}
+
+/// Each table row: a description, a DynaKube, and a text every error must... contain (or none expected).
+fn check(cases: Vec<(&str, DynaKube, Option<&str>)>) {
+    for (what, dk, expected) in cases {
+        let found = errors(&dk);
+        match expected {
+            None => assert!(found.is_empty(), "{what}: expected no error, got {found:#?}"),
+            Some(text) => assert!(
+                found.iter().any(|e| e.contains(text)),
+                "{what}: expected an error containing {text:?}, got {found:#?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn every_mode_with_a_good_api_url_is_valid() {
+    for mode in [
+        "classicFullStack",
+        "cloudNativeFullStack",
+        "applicationMonitoring",
+        "hostMonitoring",
+    ] {
+        let dk = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { mode: {} } }));
+        assert_eq!(errors(&dk), Vec::<String>::new(), "{mode}");
+    }
+    let managed = dynakube(json!({ "apiUrl": "https://managed.example.com/e/1234/api" }));
+    assert!(errors(&managed).is_empty());
+}
+
+#[test]
+fn api_url_rules() {
+    check(vec![
+        ("good", dynakube(json!({ "apiUrl": API_URL })), None),
+        (
+            "example",
+            dynakube(json!({ "apiUrl": EXAMPLE_API_URL })),
+            Some("missing the API URL or still has the example"),
+        ),
+        (
+            "empty",
+            dynakube(json!({ "apiUrl": "" })),
+            Some("missing the API URL"),
+        ),
+        (
+            "no /api",
+            dynakube(json!({ "apiUrl": "https://abc.live.dynatrace.com" })),
+            Some("/api postfix"),
+        ),
+        (
+            "not a URL",
+            dynakube(json!({ "apiUrl": "abc.live.dynatrace.com/api" })),
+            Some("invalid API URL"),
+        ),
+        (
+            "empty first label",
+            dynakube(json!({ "apiUrl": "https://.example.com/api" })),
+            Some("invalid API URL"),
+        ),
+    ]);
+    // The seed's case: the example host without the postfix breaks both rules.
+    let seed = dynakube(json!({ "apiUrl": "https://ENVIRONMENTID.live.dynatrace.com" }));
+    assert_eq!(errors(&seed).len(), 2);
+    assert_eq!(
+        errors(&dynakube(json!({ "apiUrl": "" }))).len(),
+        2,
+        "an empty URL breaks both rules"
+    );
+}
+
+#[test]
+fn csi_driver_rules() {
+    let cloud = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": {} } }));
+    let without_csi = ClusterView {
+        csi_driver_installed: Some(false),
+        ..Default::default()
+    };
+    let with_csi = ClusterView {
+        csi_driver_installed: Some(true),
+        ..Default::default()
+    };
+    assert!(errors_in(&cloud, with_csi).is_empty());
+    let found = errors_in(&cloud, without_csi);
+    assert!(
+        found[0].contains("needs the CSI driver") && found[0].contains("csidriver.enabled"),
+        "{found:?}"
+    );
+    let classic = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": {} } }));
+    assert!(
+        errors_in(&classic, without_csi).is_empty(),
+        "classic does not need CSI"
+    );
+
+    let readonly = json!({ "feature.dynatrace.com/injection-readonly-volume": "true" });
+    check(vec![
+        (
+            "read-only volume with CSI",
+            with_flags(
+                json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": {} } }),
+                readonly.clone(),
+            ),
+            None,
+        ),
+        (
+            "read-only volume without CSI",
+            with_flags(
+                json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": {} } }),
+                readonly,
+            ),
+            Some("no CSI volume to mount read-only"),
+        ),
+    ]);
+}
+
+#[test]
+fn proxy_rules() {
+    let dk = |proxy: Value| dynakube(json!({ "apiUrl": API_URL, "proxy": proxy }));
+    let run = |dk: &DynaKube, secret: ProxySecret| validate(dk, &ClusterView::default(), &secret).errors;
+    assert!(
+        run(
+            &dk(json!({ "value": "http://user:pa55@proxy:3128" })),
+            ProxySecret::NotLookedUp
+        )
+        .is_empty()
+    );
+    let bad_url = run(&dk(json!({ "value": "::not a url" })), ProxySecret::NotLookedUp);
+    assert!(bad_url[0].contains("not a valid URL"), "{bad_url:?}");
+    let bad_password = run(
+        &dk(json!({ "value": "http://user:pa%26ss@proxy:3128" })),
+        ProxySecret::NotLookedUp,
+    );
+    assert!(bad_password[0].contains("password"), "{bad_password:?}");
+
+    let from_secret = dk(json!({ "valueFrom": "proxy-secret" }));
+    assert!(run(&from_secret, ProxySecret::Value("http://proxy:3128".into())).is_empty());
+    assert!(run(&from_secret, ProxySecret::MissingKey)[0].contains("has no key \"proxy\""));
+    let unreadable = run(
+        &from_secret,
+        ProxySecret::Unreadable("secrets \"proxy-secret\" not found".into()),
+    );
+    assert!(unreadable[0].contains("cannot be read") && unreadable[0].contains("not found"));
+    assert!(run(&from_secret, ProxySecret::Value("http://u:a b@proxy:1".into()))[0].contains("password"));
+}
+
+#[test]
+fn one_mode_only() {
+    check(vec![
+        (
+            "one",
+            dynakube(json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": {} } })),
+            None,
+        ),
+        (
+            "two",
+            dynakube(
+                json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": {}, "classicFullStack": {} } }),
+            ),
+            Some("multiple OneAgent modes"),
+        ),
+    ]);
+}
+
+#[test]
+fn node_selector_conflicts_use_the_nodes_both_select() {
+    let spec = |selector: Value| json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "nodeSelector": selector } } });
+    let mine = dynakube_in("dynatrace", "a", spec(json!({ "pool": "a" })), json!({}));
+    let overlapping = dynakube_in("dynatrace", "b", spec(json!({ "zone": "z1" })), json!({}));
+    let disjoint = dynakube_in("dynatrace", "c", spec(json!({ "pool": "c" })), json!({}));
+    let elsewhere = dynakube_in("other", "d", spec(json!({ "zone": "z1" })), json!({}));
+    let nodes = [
+        node("n1", json!({ "pool": "a", "zone": "z1" })),
+        node("n2", json!({ "pool": "c", "zone": "z2" })),
+    ];
+    let dynakubes = [mine.clone(), overlapping, disjoint, elsewhere];
+    let cluster = ClusterView {
+        dynakubes: &dynakubes,
+        nodes: &nodes,
+        ..Default::default()
+    };
+    let found = errors_in(&mine, cluster);
+    // {pool: a} and {zone: z1} are no subsets of each other, but both select n1; every conflict is named.
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].contains("dynatrace/b") && found[0].contains("n1"));
+    assert!(found[1].contains("other/d"));
+
+    let allowed = dynakube_in(
+        "dynatrace",
+        "a",
+        spec(json!({ "pool": "a" })),
+        json!({ "feature.dynatrace.com/multiple-osagents-on-node": "true" }),
+    );
+    assert!(errors_in(&allowed, cluster).is_empty());
+}
+
+#[test]
+fn node_selector_conflicts_without_nodes_use_the_subset_rule() {
+    let spec = |selector: Value| json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": { "nodeSelector": selector } } });
+    let mine = dynakube_in(
+        "dynatrace",
+        "a",
+        spec(json!({ "pool": "a", "zone": "z1" })),
+        json!({}),
+    );
+    let superset = dynakube_in("dynatrace", "b", spec(json!({ "pool": "a" })), json!({}));
+    let unrelated = dynakube_in("dynatrace", "c", spec(json!({ "pool": "c" })), json!({}));
+    let app_only = dynakube_in(
+        "dynatrace",
+        "e",
+        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": {} } }),
+        json!({}),
+    );
+    let dynakubes = [superset, unrelated, app_only];
+    let found = errors_in(
+        &mine,
+        ClusterView {
+            dynakubes: &dynakubes,
+            ..Default::default()
+        },
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("dynatrace/b") && found[0].contains("contained"));
+}
+
+#[test]
+fn invalid_node_selector_is_reported() {
+    let dk = dynakube(
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "nodeSelector": { "bad key": "x" } } } }),
+    );
+    let found = errors(&dk);
+    assert!(
+        found[0].contains("nodeSelector is invalid") && found[0].contains("bad key"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn namespace_selector_rules() {
+    let spec = |selector: Value| json!({ "apiUrl": API_URL, "namespaceSelector": selector, "oneAgent": { "applicationMonitoring": {} } });
+    let team_a = dynakube_in(
+        "dynatrace",
+        "a",
+        spec(json!({ "matchLabels": { "team": "a" } })),
+        json!({}),
+    );
+    let team_b = dynakube_in(
+        "dynatrace",
+        "b",
+        spec(json!({ "matchLabels": { "team": "b" } })),
+        json!({}),
+    );
+    let everything = dynakube_in(
+        "dynatrace",
+        "all",
+        json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": {} } }),
+        json!({}),
+    );
+    let namespaces = [
+        namespace("shop", json!({ "team": "a" })),
+        namespace("blog", json!({ "team": "b" })),
+        namespace("kube-system", json!({ "team": "a" })),
+    ];
+    let dynakubes = [team_a.clone(), team_b.clone()];
+    let cluster = ClusterView {
+        dynakubes: &dynakubes,
+        namespaces: &namespaces,
+        ..Default::default()
+    };
+    assert!(errors_in(&team_a, cluster).is_empty(), "disjoint selectors");
+
+    let found = errors_in(&everything, cluster);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].contains("no spec.namespaceSelector")
+            && found[0].contains("dynatrace/a")
+            && found[0].contains("shop")
+    );
+    assert!(
+        !found.iter().any(|e| e.contains("kube-system")),
+        "system namespaces are ignored"
+    );
+
+    let overlapping = dynakube_in(
+        "dynatrace",
+        "c",
+        spec(json!({ "matchExpressions": [{ "key": "team", "operator": "Exists" }] })),
+        json!({}),
+    );
+    let found = errors_in(&overlapping, cluster);
+    assert!(
+        found[0].contains("selects namespaces that DynaKube dynatrace/a"),
+        "{found:#?}"
+    );
+
+    let invalid = dynakube(spec(
+        json!({ "matchExpressions": [{ "key": "team", "operator": "Equals", "values": ["a"] }] }),
+    ));
+    assert!(errors(&invalid)[0].contains("spec.namespaceSelector is invalid"));
+}
+
+#[test]
+fn readonly_fs_with_multiple_osagents() {
+    check(vec![
+        (
+            "multiple agents, read-only",
+            with_flags(
+                json!({ "apiUrl": API_URL }),
+                json!({ "feature.dynatrace.com/multiple-osagents-on-node": "true" }),
+            ),
+            None,
+        ),
+        (
+            "multiple agents, writable",
+            with_flags(
+                json!({ "apiUrl": API_URL }),
+                json!({
+                    "feature.dynatrace.com/multiple-osagents-on-node": "true",
+                    "feature.dynatrace.com/oneagent-readonly-host-fs": "false"
+                }),
+            ),
+            Some("needs OneAgents with a read-only host file system"),
+        ),
+    ]);
+}
+
+#[test]
+fn istio_must_be_installed() {
+    let dk = dynakube(json!({ "apiUrl": API_URL, "enableIstio": true }));
+    assert!(
+        errors_in(
+            &dk,
+            ClusterView {
+                istio_installed: Some(true),
+                ..Default::default()
+            }
+        )
+        .is_empty()
+    );
+    let found = errors_in(
+        &dk,
+        ClusterView {
+            istio_installed: Some(false),
+            ..Default::default()
+        },
+    );
+    assert!(found[0].contains("Istio"));
+}
+
+#[test]
+fn code_modules_image_needs_csi() {
+    check(vec![
+        (
+            "with CSI",
+            dynakube(
+                json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "img", "useCSIDriver": true } } }),
+            ),
+            None,
+        ),
+        (
+            "without CSI",
+            dynakube(
+                json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "img" } } }),
+            ),
+            Some("codeModulesImage is set"),
+        ),
+    ]);
+}
+
+#[test]
+fn volume_storage_with_readonly_agents() {
+    let env = |value: &str| json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": { "env": [{ "name": VOLUME_STORAGE_ENV, "value": value }] } } });
+    check(vec![
+        ("on", dynakube(env("true")), None),
+        ("off", dynakube(env("false")), Some("need volume storage")),
+        (
+            "off, writable agents",
+            with_flags(
+                env("false"),
+                json!({ "feature.dynatrace.com/oneagent-readonly-host-fs": "false" }),
+            ),
+            None,
+        ),
+    ]);
+}
+
+#[test]
+fn dns1035_names() {
+    let named = |name: &str| dynakube_in("dynatrace", name, json!({ "apiUrl": API_URL }), json!({}));
+    check(vec![
+        ("good", named("dynakube-1"), None),
+        ("bad", named("1-Dynakube"), Some("DNS-1035")),
+    ]);
+}
+
+#[test]
+fn every_error_is_listed_in_one_numbered_denial() {
+    let dk = dynakube_in(
+        "dynatrace",
+        "Bad_Name",
+        json!({ "apiUrl": "", "oneAgent": { "hostMonitoring": {}, "classicFullStack": {} } }),
+        json!({}),
+    );
+    let verdict = validate(&dk, &ClusterView::default(), &ProxySecret::NotLookedUp);
+    let denial = verdict.denial().unwrap();
+    assert!(
+        denial.starts_with("4 error(s) found in the Dynakube\n\n1. "),
+        "{denial}"
+    );
+    assert!(
+        denial.contains("\n\n2. ") && denial.contains("\n\n3. ") && denial.contains("\n\n4. "),
+        "{denial}"
+    );
+    assert_eq!(Verdict::default().denial(), None);
+}
+
+#[test]
+fn warnings_for_deprecated_and_ineffective_flags() {
+    let dk = with_flags(
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": {} } }),
+        json!({
+            "alpha.operator.dynatrace.com/feature-automatic-injection": "false",
+            "feature.dynatrace.com/disable-hosts-requests": "true",
+            "feature.dynatrace.com/oneagent-readonly-host-fs": "true",
+        }),
+    );
+    let verdict = validate(&dk, &ClusterView::default(), &ProxySecret::NotLookedUp);
+    assert!(verdict.errors.is_empty());
+    let all = verdict.warnings.join("\n");
+    assert!(
+        all.contains("rename it to feature.dynatrace.com/automatic-injection"),
+        "{all}"
+    );
+    assert!(
+        all.contains("use feature.dynatrace.com/hosts-requests: \"false\""),
+        "{all}"
+    );
+    assert!(all.contains("no effect with classicFullStack"), "{all}");
+    assert!(
+        all.contains(
+            "deprecated and will become spec fields: automatic-injection, oneagent-readonly-host-fs"
+        ),
+        "{all}"
+    );
+    assert!(
+        validate(
+            &dynakube(json!({ "apiUrl": API_URL })),
+            &ClusterView::default(),
+            &ProxySecret::NotLookedUp
+        )
+        .warnings
+        .is_empty()
+    );
+}
+
+#[test]
+fn oneagent_resources_are_checked_too() {
+    let oneagent = |name: &str, spec: Value| -> crate::oneagent::OneAgent {
+        serde_json::from_value(json!({
+            "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
+            "metadata": { "name": name, "namespace": "dynatrace" }, "spec": spec,
+        }))
+        .unwrap()
+    };
+    assert!(
+        validate_oneagent(&oneagent("oneagent", json!({ "apiUrl": API_URL })))
+            .errors
+            .is_empty()
+    );
+    let bad = validate_oneagent(&oneagent(
+        "One_Agent",
+        json!({ "apiUrl": "", "nodeSelector": { "a b": "c" } }),
+    ));
+    assert_eq!(bad.errors.len(), 4, "{:#?}", bad.errors);
+    let denial = bad.denial_for("OneAgent").unwrap();
+    assert!(denial.starts_with("4 error(s) found in the OneAgent"), "{denial}");
+    assert!(
+        denial.contains("The OneAgent's specification is missing the API URL"),
+        "{denial}"
+    );
+}
