@@ -1,6 +1,7 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
 mod tools;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -38,6 +39,17 @@ enum Task {
     },
     /// Run every check CI runs: formatting, clippy, and all tests against a real control plane.
     Test,
+    /// Regenerate the files derived from the code (the CRDs in the Helm chart).
+    Generate,
+    /// Run the webhook server against a local cluster (CRDs and webhook registered by URL) until Ctrl-C.
+    Webhook {
+        /// Name of the local cluster.
+        #[arg(long, default_value = "local")]
+        name: String,
+        /// HTTPS port on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +110,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             action: ClusterAction::Status,
         } => cluster_status(),
         Task::Test => test(),
+        Task::Generate => generate(),
+        Task::Webhook { name, port } => {
+            validate_name(&name)?;
+            webhook::run(&clusters_dir().join(&name), port)
+        }
     }
 }
 
@@ -206,6 +223,17 @@ fn cluster_status() -> anyhow::Result<()> {
             Err(err) => println!("{name}\tunknown\t{err:#}"),
         }
     }
+    Ok(())
+}
+
+fn generate() -> anyhow::Result<()> {
+    let path = testkit::tools::workspace_root().join(api::crd::CHART_CRDS_PATH);
+    let yaml = api::crd::chart_yaml().context("rendering the CRDs")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("Wrote {}", path.display());
     Ok(())
 }
 

@@ -22,6 +22,51 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Serve the validating and conversion webhooks over HTTPS, with metrics on a separate port.
+    WebhookServer(WebhookServerArgs),
+    /// Print the CustomResourceDefinitions (DynaKube, OneAgent) as YAML, for `kubectl apply -f -`.
+    Crd {
+        /// Namespace of the `dynatrace-webhook` Service that converts between DynaKube versions.
+        #[arg(
+            long,
+            env = "POD_NAMESPACE",
+            default_value = "dynatrace",
+            conflicts_with = "webhook_url"
+        )]
+        webhook_namespace: String,
+        /// Send conversion requests to this URL instead of the Service (local runs and tests).
+        #[arg(long, requires = "ca_bundle_file")]
+        webhook_url: Option<String>,
+        /// PEM file of the CA that signed the webhook's certificate (with --webhook-url).
+        #[arg(long)]
+        ca_bundle_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// Options of `webhook-server`.
+#[derive(Debug, clap::Args)]
+struct WebhookServerArgs {
+    /// Directory holding tls.crt and tls.key; they are re-read within seconds when they change.
+    #[arg(long, env = "WEBHOOK_CERTS_DIR", default_value = "/tmp/webhook/certs")]
+    certs_dir: std::path::PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// HTTPS port of /validate, /convert, /livez and /readyz.
+    #[arg(long, default_value_t = webhook::DEFAULT_PORT)]
+    port: u16,
+    /// Plain-HTTP port of /metrics, /livez and /readyz.
+    #[arg(long, default_value_t = webhook::DEFAULT_METRICS_PORT)]
+    metrics_port: u16,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,6 +95,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version { output } => print_version(output),
+        Command::WebhookServer(args) => run_webhook_server(args),
+        Command::Crd {
+            webhook_namespace,
+            webhook_url,
+            ca_bundle_file,
+        } => print_crds(webhook_namespace, webhook_url, ca_bundle_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +109,77 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    init_logging(args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Fail on a missing or broken certificate before anything else, with the files named.
+    webhook::tls::ReloadingCertificate::load(&args.certs_dir)?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await.context(
+            "cannot build a Kubernetes client (in-cluster service account or KUBECONFIG); the webhook needs it \
+             for the rules that look at other DynaKubes, nodes and namespaces",
+        )?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let state = webhook::AppState {
+            cluster: Some(webhook::ClusterCache::start(client, &shutdown)),
+            metrics: webhook::Metrics::new(),
+        };
+        let config = webhook::ServerConfig {
+            bind: (args.bind_address, args.port).into(),
+            metrics_bind: (args.bind_address, args.metrics_port).into(),
+            certs_dir: args.certs_dir,
+        };
+        let server = webhook::start(&config, state, shutdown.clone()).await?;
+        wait_for_termination().await?;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Returns on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+async fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn print_crds(
+    namespace: String,
+    url: Option<String>,
+    ca_bundle_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let endpoint = match (url, ca_bundle_file) {
+        (Some(url), Some(file)) => api::crd::ConversionEndpoint::Url {
+            url,
+            ca_bundle_pem: std::fs::read_to_string(&file)
+                .with_context(|| format!("reading the CA bundle {}", file.display()))?,
+        },
+        _ => api::crd::ConversionEndpoint::Service { namespace },
+    };
+    let yaml = api::crd::to_yaml(&api::crd::all(&endpoint)).context("rendering the CRDs as YAML")?;
+    std::io::stdout().lock().write_all(yaml.as_bytes())?;
+    Ok(())
 }
 
 fn print_version(format: OutputFormat) -> anyhow::Result<()> {

@@ -1,0 +1,147 @@
+//! The `webhook-server` subcommand as a real process against the test cluster: ready once its caches sync,
+//! JSON logs, a clean exit on SIGTERM, and a clear error without a certificate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn get(port: u16, path: &str) -> Option<String> {
+    let mut tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.ok()?;
+    Some(answer)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn serves_until_sigterm_and_exits_cleanly() {
+    let cluster = testkit::shared_cluster().await.unwrap();
+    let client = cluster.client().await.unwrap();
+    // The DynaKube cache needs the CRD.
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let endpoint = api::crd::ConversionEndpoint::Service {
+        namespace: "dynatrace".into(),
+    };
+    for crd in api::crd::all(&endpoint) {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("cli-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+    let certs = std::env::temp_dir().join(format!("cli-webhook-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = testkit::pki::CertificateAuthority::new("cli-test-ca").unwrap();
+    let leaf = ca
+        .issue_server_cert("webhook", &["localhost"], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+        .unwrap();
+    std::fs::write(certs.join("tls.crt"), leaf.cert_pem).unwrap();
+    std::fs::write(certs.join("tls.key"), leaf.key_pem).unwrap();
+
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
+        .args([
+            "webhook-server",
+            "--bind-address",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--metrics-port",
+            &metrics_port.to_string(),
+        ])
+        .arg("--certs-dir")
+        .arg(&certs)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    testkit::eventually(
+        "the webhook server to be ready",
+        Duration::from_secs(60),
+        || async {
+            Ok(get(metrics_port, "/readyz")
+                .await
+                .filter(|a| a.starts_with("HTTP/1.1 200")))
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = get(metrics_port, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("application/openmetrics-text") && metrics.ends_with("# EOF\n"),
+        "{metrics}"
+    );
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(server.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait().unwrap();
+        let mut logs = String::new();
+        std::io::Read::read_to_string(&mut server.stdout.take().unwrap(), &mut logs).unwrap();
+        (status, logs)
+    });
+    let (status, logs) = tokio::time::timeout(Duration::from_secs(20), status)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}; logs:\n{logs}");
+    let lines: Vec<serde_json::Value> = logs.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "shutting down"),
+        "{logs}"
+    );
+    std::fs::remove_dir_all(certs).unwrap();
+}
+
+#[test]
+fn a_missing_certificate_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
+        .args([
+            "webhook-server",
+            "--certs-dir",
+            "/nonexistent/certs",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        // Any kubeconfig will do: the certificate is checked before the cluster is contacted.
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot read /nonexistent/certs/tls.crt"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tls.key"),
+        "the message names both files: {stderr}"
+    );
+}

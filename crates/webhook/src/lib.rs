@@ -1,0 +1,214 @@
+//! The webhook server: validates DynaKube and OneAgent objects, converts DynaKubes between API versions,
+//! and reports health and Prometheus metrics.
+//!
+//! HTTPS with rustls (TLS 1.2 minimum, 1.3 preferred); the certificate is re-read from its files when it
+//! changes. Metrics (`/metrics`) and plain-HTTP probes are served on a separate port.
+
+pub mod cluster;
+pub mod handlers;
+pub mod metrics;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use cluster::ClusterCache;
+pub use handlers::AppState;
+pub use metrics::Metrics;
+
+/// Default HTTPS port, as in the reference's Helm chart.
+pub const DEFAULT_PORT: u16 = 8443;
+/// Default metrics port.
+pub const DEFAULT_METRICS_PORT: u16 = 8383;
+/// Time a client gets for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to send request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are refused until one ends.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long in-flight requests may take to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how the server listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTPS address.
+    pub bind: SocketAddr,
+    /// Plain-HTTP address of `/metrics`, `/livez` and `/readyz`.
+    pub metrics_bind: SocketAddr,
+    /// Directory with `tls.crt` and `tls.key`.
+    pub certs_dir: PathBuf,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The certificate could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// rustls rejected the configuration.
+    #[error("cannot build the TLS configuration: {0}")]
+    TlsConfig(#[from] rustls::Error),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}; choose another port or stop what uses it")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// The HTTPS address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// The metrics address actually bound.
+    pub metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (up to 10 s), and returns when everything stopped.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Returns when the server has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Starts the HTTPS server and the metrics server. `shutdown` stops both.
+pub async fn start(
+    config: &ServerConfig,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, StartError> {
+    let certificate = tls::ReloadingCertificate::load(&config.certs_dir)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certificate.server_config()?));
+    let listener = bind(config.bind).await?;
+    let metrics_listener = bind(config.metrics_bind).await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.metrics_bind,
+        source,
+    })?;
+
+    let reload = tokio::spawn(certificate.watch(shutdown.clone()));
+    let https = tokio::spawn(serve_https(
+        listener,
+        acceptor,
+        handlers::router(state.clone()),
+        shutdown.clone(),
+    ));
+    let metrics = tokio::spawn(serve_metrics(metrics_listener, state, shutdown.clone()));
+    tracing::info!(%addr, %metrics_addr, certs = %config.certs_dir.display(), "webhook server listening");
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        shutdown,
+        tasks: vec![https, metrics, reload],
+    })
+}
+
+async fn serve_https(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(err) => {
+                    tracing::warn!(%err, "accepting a connection failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many open connections; refusing one");
+            continue;
+        };
+        let (acceptor, builder, router) = (acceptor.clone(), builder.clone(), router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(router));
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests did not finish within {DRAIN_TIMEOUT:?} of shutdown");
+    }
+}
+
+async fn serve_metrics(listener: TcpListener, state: AppState, shutdown: CancellationToken) {
+    let registry = state.metrics.clone();
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                    registry.encode(),
+                )
+            }),
+        )
+        .merge(handlers::probes(state));
+    if let Err(err) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(%err, "the metrics server stopped");
+    }
+}

@@ -1,0 +1,320 @@
+//! The webhook server over real HTTPS: TLS versions, certificate reload, malformed input, metrics,
+//! conversion, and graceful shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, https, https_with, start};
+use proptest::strategy::{Strategy as _, ValueTree as _};
+use serde_json::{Value, json};
+
+fn admission_review(kind: &str, api_version: &str, object: Value) -> Vec<u8> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0f1e2d3c-0000-4000-8000-000000000001",
+            "kind": { "group": group, "version": version, "kind": kind },
+            "resource": { "group": group, "version": version, "resource": format!("{}s", kind.to_lowercase()) },
+            "operation": "CREATE",
+            "userInfo": { "username": "test" },
+            "name": object["metadata"]["name"],
+            "namespace": "dynatrace",
+            "object": object,
+        }
+    }))
+    .unwrap()
+}
+
+fn dynakube(api_url: &str) -> Value {
+    json!({
+        "apiVersion": "dynatrace.com/v1beta1",
+        "kind": "DynaKube",
+        "metadata": { "name": "dynakube", "namespace": "dynatrace" },
+        "spec": { "apiUrl": api_url, "oneAgent": { "classicFullStack": {} } },
+    })
+}
+
+#[tokio::test]
+async fn probes_answer_over_tls13_and_tls12_is_the_minimum() {
+    let t = start(None).await;
+    let answer = https(t.server.addr, &t.ca_pem, "GET", "/livez", b"")
+        .await
+        .unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    assert_eq!(
+        answer.tls,
+        Some(rustls::ProtocolVersion::TLSv1_3),
+        "TLS 1.3 is preferred"
+    );
+    let tls12 = https_with(
+        t.server.addr,
+        &t.ca_pem,
+        &[&rustls::version::TLS12],
+        "GET",
+        "/readyz",
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (tls12.status, tls12.tls),
+        (200, Some(rustls::ProtocolVersion::TLSv1_2))
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn validate_denies_with_every_error_and_allows_a_good_dynakube() {
+    let t = start(None).await;
+    let review = admission_review(
+        "DynaKube",
+        "dynatrace.com/v1beta1",
+        dynakube("https://ENVIRONMENTID.live.dynatrace.com"),
+    );
+    let answer = https(t.server.addr, &t.ca_pem, "POST", "/validate", &review)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let response: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(response["response"]["allowed"], false);
+    let message = response["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("2 error(s) found in the Dynakube"),
+        "{message}"
+    );
+
+    let good = admission_review(
+        "DynaKube",
+        "dynatrace.com/v1beta1",
+        dynakube("https://abc.live.dynatrace.com/api"),
+    );
+    let answer = https(t.server.addr, &t.ca_pem, "POST", "/validate", &good)
+        .await
+        .unwrap();
+    let response: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(response["response"]["allowed"], true, "{}", answer.body);
+    assert_eq!(
+        response["response"]["uid"],
+        "0f1e2d3c-0000-4000-8000-000000000001"
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn convert_answers_a_conversion_review() {
+    let t = start(None).await;
+    let review = serde_json::to_vec(&json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "ConversionReview",
+        "request": {
+            "uid": "c0ffee00-0000-4000-8000-000000000002",
+            "desiredAPIVersion": "dynatrace.com/v1alpha1",
+            "objects": [dynakube("https://abc.live.dynatrace.com/api")],
+        }
+    }))
+    .unwrap();
+    let answer = https(t.server.addr, &t.ca_pem, "POST", "/convert", &review)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let response: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        response["response"]["result"]["status"], "Success",
+        "{}",
+        answer.body
+    );
+    let converted = &response["response"]["convertedObjects"][0];
+    assert_eq!(converted["apiVersion"], "dynatrace.com/v1alpha1");
+    assert_eq!(converted["spec"]["classicFullStack"]["enabled"], true);
+
+    let unsupported = serde_json::to_vec(&json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+        "request": { "uid": "u", "desiredAPIVersion": "dynatrace.com/v9", "objects": [dynakube("x")] }
+    }))
+    .unwrap();
+    let answer = https(t.server.addr, &t.ca_pem, "POST", "/convert", &unsupported)
+        .await
+        .unwrap();
+    let response: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(response["response"]["result"]["status"], "Failure");
+    assert!(
+        response["response"]["result"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dynatrace.com/v9")
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_clear_400_and_the_server_keeps_answering() {
+    let t = start(None).await;
+    let pod = admission_review(
+        "Pod",
+        "v1",
+        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p" } }),
+    );
+    let no_request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec();
+    let huge = vec![b'x'; webhook::handlers::MAX_BODY_BYTES + 1024];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "/validate",
+            b"not json".to_vec(),
+            "not an admission.k8s.io/v1 AdmissionReview",
+        ),
+        ("/validate", pod, "not Pod"),
+        ("/validate", no_request, "no usable request"),
+        ("/validate", huge.clone(), "at most"),
+        (
+            "/convert",
+            b"{\"kind\":".to_vec(),
+            "not an apiextensions.k8s.io/v1 ConversionReview",
+        ),
+        ("/convert", huge, "at most"),
+    ];
+    for (path, body, expected) in cases {
+        let answer = https(t.server.addr, &t.ca_pem, "POST", path, &body)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert!(
+            answer.body.contains(expected),
+            "{path}: expected {expected:?} in {:?}",
+            answer.body
+        );
+    }
+    assert_eq!(
+        https(t.server.addr, &t.ca_pem, "GET", "/livez", b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn random_bodies_never_break_the_server() {
+    let t = start(None).await;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let bytes = proptest::collection::vec(proptest::num::u8::ANY, 0..4096);
+    let json_like = "\\{\"(apiVersion|kind|request|uid|object)\":[\\[\\{\"a-z0-9,:\\]\\} ]{0,200}";
+    let bodies = proptest::strategy::Union::new(vec![
+        bytes.boxed(),
+        json_like.prop_map(String::into_bytes).boxed(),
+    ]);
+    for i in 0..150 {
+        let body = bodies.new_tree(&mut runner).unwrap().current();
+        let path = if i % 2 == 0 { "/validate" } else { "/convert" };
+        let answer = https(t.server.addr, &t.ca_pem, "POST", path, &body)
+            .await
+            .unwrap();
+        assert!(
+            matches!(answer.status, 200 | 400),
+            "{path} answered {} to {body:?}",
+            answer.status
+        );
+    }
+    let metrics = http(t.server.metrics_addr, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .body
+            .contains("dynatrace_webhook_requests_total{endpoint=\"validate\",outcome=\"bad_request\"}")
+    );
+    assert_eq!(
+        https(t.server.addr, &t.ca_pem, "GET", "/livez", b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_within_seconds_without_restart() {
+    let t = start(None).await;
+    let new_ca = common::write_certificate(&t.certs_dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if https(t.server.addr, &new_ca, "GET", "/livez", b"")
+            .await
+            .is_ok_and(|a| a.status == 200)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not served within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        https(t.server.addr, &t.ca_pem, "GET", "/livez", b"")
+            .await
+            .is_err(),
+        "the old certificate is gone"
+    );
+
+    // A broken pair (a key without its certificate) keeps the working certificate in place.
+    std::fs::write(t.certs_dir.join(webhook::tls::CERT_FILE), "garbage").unwrap();
+    tokio::time::sleep(webhook::tls::RELOAD_INTERVAL * 2).await;
+    assert_eq!(
+        https(t.server.addr, &new_ca, "GET", "/livez", b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_and_probes_on_the_plain_port_and_a_graceful_shutdown() {
+    let t = start(None).await;
+    let review = admission_review(
+        "DynaKube",
+        "dynatrace.com/v1beta1",
+        dynakube("https://abc.live.dynatrace.com/api"),
+    );
+    https(t.server.addr, &t.ca_pem, "POST", "/validate", &review)
+        .await
+        .unwrap();
+    let metrics = http(t.server.metrics_addr, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .body
+            .contains("dynatrace_webhook_requests_total{endpoint=\"validate\",outcome=\"allowed\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("dynatrace_webhook_request_duration_seconds_bucket")
+    );
+    assert_eq!(http(t.server.metrics_addr, "/readyz").await.unwrap().status, 200);
+    assert_eq!(
+        http(t.server.metrics_addr, "/validate").await.unwrap().status,
+        404,
+        "no admission on the plain port"
+    );
+
+    let (addr, metrics_addr) = (t.server.addr, t.server.metrics_addr);
+    tokio::time::timeout(Duration::from_secs(15), t.server.shutdown())
+        .await
+        .expect("shutdown finishes");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "HTTPS port closed"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(metrics_addr).await.is_err(),
+        "metrics port closed"
+    );
+}
