@@ -83,20 +83,19 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         &args,
         KUBERNETES_COMMANDS,
     )?;
-    let etcd = ["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o"]
-        .map(String::from)
-        .into_iter()
-        .chain([bin.join("etcd").display().to_string(), ETCD_PACKAGE.to_owned()])
-        .collect::<Vec<_>>();
-    go_build(&k8s_module, "etcd", &etcd, &[ETCD_PACKAGE])?;
-
+    go_build(
+        &k8s_module,
+        "etcd",
+        &single_binary_args(&bin.join("etcd"), ETCD_PACKAGE),
+        &[ETCD_PACKAGE],
+    )?;
     let kwok_module = workspace.join("tools/kwok");
-    let kwok = ["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o"]
-        .map(String::from)
-        .into_iter()
-        .chain([bin.join("kwok").display().to_string(), KWOK_PACKAGE.to_owned()])
-        .collect::<Vec<_>>();
-    go_build(&kwok_module, "kwok", &kwok, &[KWOK_PACKAGE])?;
+    go_build(
+        &kwok_module,
+        "kwok",
+        &single_binary_args(&bin.join("kwok"), KWOK_PACKAGE),
+        &[KWOK_PACKAGE],
+    )?;
     write_kwok_stages(&kwok_module, &staging.join("kwok-stages.yaml"))?;
 
     verify(&bin, &k8s_version)?;
@@ -115,6 +114,15 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// `go build` arguments for one stripped binary named `output`.
+fn single_binary_args(output: &Path, package: &str) -> Vec<String> {
+    let fixed = ["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o"].map(String::from);
+    fixed
+        .into_iter()
+        .chain([output.display().to_string(), package.to_owned()])
+        .collect()
 }
 
 /// The `-X` flags that stamp the version (without them `--version` says v0.0.0 and Helm's kubeVersion

@@ -6,13 +6,13 @@ use std::path::Path;
 use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Api, Client, ResourceExt as _};
+use kube::{Api, Client};
 use serde_json::json;
 use testkit::Cluster;
 use testkit::pki::CertificateAuthority;
 use tokio_util::sync::CancellationToken;
+use webhook::registration;
 
 /// Name of the ValidatingWebhookConfiguration, as in the Helm chart.
 const CONFIGURATION: &str = "dynatrace-webhook";
@@ -73,51 +73,26 @@ async fn serve(cluster: &Cluster, certs_dir: &Path, port: u16) -> anyhow::Result
 
 /// Installs the CRDs (conversion by URL), the `dynatrace` namespace, and the validating webhook.
 async fn register(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<()> {
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
     let endpoint = api::crd::ConversionEndpoint::Url {
         url: format!("{base}/convert"),
         ca_bundle_pem: ca_pem.to_owned(),
     };
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in api::crd::all(&endpoint) {
-        crds.patch(&crd.name_any(), &apply, &Patch::Apply(&crd))
-            .await
-            .context("installing the CRDs")?;
-    }
+    registration::apply_crds(client, &endpoint, FIELD_MANAGER)
+        .await
+        .context("installing the CRDs")?;
     let namespace: Namespace = serde_json::from_value(
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "dynatrace" } }),
     )?;
     Api::<Namespace>::all(client.clone())
-        .patch("dynatrace", &apply, &Patch::Apply(&namespace))
+        .patch(
+            "dynatrace",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&namespace),
+        )
         .await?;
-    let configuration: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": { "name": CONFIGURATION },
-        "webhooks": [{
-            "name": "webhook.dynatrace.com",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 10,
-            "clientConfig": { "url": format!("{base}/validate"), "caBundle": base64(ca_pem) },
-            "rules": [{
-                "apiGroups": ["dynatrace.com"],
-                "apiVersions": ["v1alpha1", "v1beta1"],
-                "operations": ["CREATE", "UPDATE"],
-                "resources": ["dynakubes", "oneagents"],
-                "scope": "Namespaced",
-            }],
-        }],
-    }))?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch(CONFIGURATION, &apply, &Patch::Apply(&configuration))
+    let configuration =
+        registration::validating_configuration(CONFIGURATION, &format!("{base}/validate"), ca_pem, None);
+    registration::apply_validating_configuration(client, &configuration, FIELD_MANAGER)
         .await
-        .context("registering the validating webhook")?;
-    Ok(())
-}
-
-fn base64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
+        .context("registering the validating webhook")
 }

@@ -7,9 +7,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn get(port: u16, path: &str) -> Option<String> {
@@ -36,19 +33,12 @@ async fn serves_until_sigterm_and_exits_cleanly() {
     let cluster = testkit::shared_cluster().await.unwrap();
     let client = cluster.client().await.unwrap();
     // The DynaKube cache needs the CRD.
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
     let endpoint = api::crd::ConversionEndpoint::Service {
         namespace: "dynatrace".into(),
     };
-    for crd in api::crd::all(&endpoint) {
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::apply("cli-tests").force(),
-            &Patch::Apply(&crd),
-        )
+    webhook::registration::apply_crds(&client, &endpoint, "cli-tests")
         .await
         .unwrap();
-    }
     let certs = std::env::temp_dir().join(format!("cli-webhook-certs-{}", std::process::id()));
     std::fs::create_dir_all(&certs).unwrap();
     let ca = testkit::pki::CertificateAuthority::new("cli-test-ca").unwrap();

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod handlers;
 pub mod metrics;
+pub mod registration;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use api::dynakube::{DynaKube, v1alpha1};
 use api::oneagent::OneAgent;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 use testkit::TestNamespace;
+use webhook::registration;
 
 const API_URL: &str = "https://abc12345.live.dynatrace.com/api";
 const WAIT: Duration = Duration::from_secs(60);
@@ -70,20 +71,15 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
     .await;
     let base = format!("https://{}", server.server.addr);
 
-    // CRDs with conversion through our server.
+    // CRDs with conversion through our server, and validation in test namespaces.
     let endpoint = api::crd::ConversionEndpoint::Url {
         url: format!("{base}/convert"),
         ca_bundle_pem: server.ca_pem.clone(),
     };
+    registration::apply_crds(&client, &endpoint, "webhook-tests").await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in api::crd::all(&endpoint) {
         let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("webhook-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
         testkit::eventually(&format!("CRD {name} to be established"), WAIT, || async {
             let crd = crds.get(&name).await?;
             let established = crd
@@ -96,36 +92,17 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
         })
         .await?;
     }
-
-    // Validation of DynaKubes and OneAgents in test namespaces.
-    let configuration: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": { "name": "dynatrace-webhook-tests" },
-        "webhooks": [{
-            "name": "webhook.dynatrace.com",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 10,
-            "clientConfig": { "url": format!("{base}/validate"), "caBundle": base64(&server.ca_pem) },
-            "namespaceSelector": { "matchLabels": { testkit::TEST_NAMESPACE_LABEL: "true" } },
-            "rules": [{
-                "apiGroups": ["dynatrace.com"],
-                "apiVersions": ["v1alpha1", "v1beta1"],
-                "operations": ["CREATE", "UPDATE"],
-                "resources": ["dynakubes", "oneagents"],
-                "scope": "Namespaced",
-            }],
-        }],
-    }))?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            "dynatrace-webhook-tests",
-            &PatchParams::apply("webhook-tests").force(),
-            &Patch::Apply(&configuration),
-        )
-        .await?;
+    let tests_only = LabelSelector {
+        match_labels: Some([(testkit::TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())].into()),
+        ..Default::default()
+    };
+    let configuration = registration::validating_configuration(
+        "dynatrace-webhook-tests",
+        &format!("{base}/validate"),
+        &server.ca_pem,
+        Some(tests_only),
+    );
+    registration::apply_validating_configuration(&client, &configuration, "webhook-tests").await?;
 
     // The API server picks webhook configurations up asynchronously: wait until it asks us.
     let probe = TestNamespace::create_in(cluster).await?;
@@ -149,11 +126,6 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
         },
         server,
     ))
-}
-
-fn base64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 fn dynakube(name: &str, spec: Value) -> DynaKube {
