@@ -161,6 +161,8 @@ async fn serve_https(
                 Ok(connection) => connection,
                 Err(err) => {
                     tracing::warn!(%err, "accepting a connection failed");
+                    // Out of file descriptors, for example: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },

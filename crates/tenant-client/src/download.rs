@@ -1,0 +1,241 @@
+//! Agent downloads: streamed to disk in constant memory, verified, then renamed into place. A failed or
+//! interrupted download leaves nothing under the destination's name.
+
+use std::path::{Path, PathBuf};
+
+use backon::Retryable as _;
+use futures::StreamExt as _;
+use reqwest::Method;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::{
+    DownloadFailure, DownloadRequest, DownloadedFile, Progress, TenantClient, TenantError, Token, error_from,
+    transport,
+};
+
+/// Header in which a server may announce the sha256 of a download (the fake tenant does).
+pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";
+const ENDPOINT: &str = "agent download";
+/// Write buffer; the only per-download memory besides the hasher.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+impl TenantClient {
+    /// Downloads the agent archive `request` describes to `destination`, retrying transient failures
+    /// (throttling, unavailability, broken or stalled connections) with backoff. `progress` is called as
+    /// bytes arrive. The file appears under `destination` only once its length and (when known) checksum
+    /// are verified; until then it is a hidden `.partial` file next to it, removed on failure.
+    pub async fn download_agent(
+        &self,
+        request: &DownloadRequest,
+        destination: &Path,
+        progress: impl FnMut(Progress),
+    ) -> Result<DownloadedFile, TenantError> {
+        let progress = std::sync::Mutex::new(progress);
+        let attempt = || async {
+            let mut report = |p: Progress| {
+                if let Ok(mut callback) = progress.lock() {
+                    callback(p);
+                }
+            };
+            self.download_once(request, destination, &mut report).await
+        };
+        attempt
+            .retry(self.retry.backoff())
+            .when(TenantError::is_transient)
+            .adjust(|error, backoff| self.retry.adjust(error, backoff))
+            .notify(|error, wait| tracing::info!(%error, ?wait, "retrying the download"))
+            .await
+    }
+
+    async fn download_once(
+        &self,
+        request: &DownloadRequest,
+        destination: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<DownloadedFile, TenantError> {
+        let agent = &request.agent;
+        let path = match &request.version {
+            Some(version) => format!(
+                "/v1/deployment/installer/agent/{}/{}/version/{version}",
+                agent.os, agent.installer_type
+            ),
+            None => format!(
+                "/v1/deployment/installer/agent/{}/{}/latest",
+                agent.os, agent.installer_type
+            ),
+        };
+        let mut query = vec![
+            ("bitness", "64".to_owned()),
+            ("flavor", agent.flavor.clone()),
+            ("arch", agent.arch.clone()),
+            ("skipMetadata", request.skip_metadata.to_string()),
+        ];
+        query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
+        // No overall timeout: a large archive may take long; stalls are caught per chunk below.
+        let response = self
+            .request(Method::GET, &path, Token::Paas)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| transport(ENDPOINT, &e))?;
+        if !response.status().is_success() {
+            return Err(error_from(ENDPOINT, response).await);
+        }
+        let total = response.content_length();
+        let expected_sha256 = request.expected_sha256.clone().or_else(|| {
+            response
+                .headers()
+                .get(CHECKSUM_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_lowercase())
+        });
+        let what = request
+            .version
+            .clone()
+            .unwrap_or_else(|| "the latest agent".to_owned());
+        let partial = partial_path(destination);
+        let result = self.stream_to(response, &partial, total, progress).await;
+        let finished = match result {
+            Ok((size, sha256)) => {
+                verify(&what, size, total, &sha256, expected_sha256.as_deref()).map(|()| (size, sha256))
+            }
+            Err(error) => Err(error),
+        };
+        let (size, sha256) = match finished {
+            Ok(done) => done,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(match error {
+                    StreamError::Io(source) => TenantError::Io {
+                        path: partial,
+                        source,
+                    },
+                    StreamError::Failed(reason) => TenantError::Download { what, reason },
+                });
+            }
+        };
+        tokio::fs::rename(&partial, destination)
+            .await
+            .map_err(|source| TenantError::Io {
+                path: destination.to_owned(),
+                source,
+            })?;
+        Ok(DownloadedFile {
+            path: destination.to_owned(),
+            size,
+            sha256,
+        })
+    }
+
+    async fn stream_to(
+        &self,
+        response: reqwest::Response,
+        partial: &Path,
+        total: Option<u64>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(u64, String), StreamError> {
+        let file = tokio::fs::File::create(partial).await.map_err(StreamError::Io)?;
+        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        let mut body = response.bytes_stream();
+        loop {
+            let next = tokio::time::timeout(self.download_idle_timeout, body.next()).await;
+            let chunk = match next {
+                Err(_) => {
+                    return Err(StreamError::Failed(DownloadFailure::Stalled(
+                        self.download_idle_timeout,
+                        received,
+                    )));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(error))) => {
+                    return Err(StreamError::Failed(DownloadFailure::Interrupted {
+                        received,
+                        reason: error.to_string(),
+                    }));
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(StreamError::Io)?;
+            received += chunk.len() as u64;
+            progress(Progress { received, total });
+        }
+        file.flush().await.map_err(StreamError::Io)?;
+        // On disk before it gets its final name: a crash cannot leave a complete-looking but empty file.
+        file.get_ref().sync_all().await.map_err(StreamError::Io)?;
+        Ok((received, hex::encode(hasher.finalize())))
+    }
+}
+
+enum StreamError {
+    Io(std::io::Error),
+    Failed(DownloadFailure),
+}
+
+fn verify(
+    _what: &str,
+    size: u64,
+    total: Option<u64>,
+    sha256: &str,
+    expected_sha256: Option<&str>,
+) -> Result<(), StreamError> {
+    if let Some(expected) = total
+        && size != expected
+    {
+        return Err(StreamError::Failed(DownloadFailure::Incomplete {
+            expected,
+            received: size,
+        }));
+    }
+    if let Some(expected) = expected_sha256
+        && !expected.eq_ignore_ascii_case(sha256)
+    {
+        return Err(StreamError::Failed(DownloadFailure::ChecksumMismatch {
+            expected: expected.to_owned(),
+            actual: sha256.to_owned(),
+        }));
+    }
+    Ok(())
+}
+
+/// `dir/.name.partial`: hidden, next to the destination so the rename stays on one file system.
+fn partial_path(destination: &Path) -> PathBuf {
+    let name = destination
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    destination.with_file_name(format!(".{name}.partial"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_files_are_hidden_next_to_the_destination() {
+        assert_eq!(
+            partial_path(Path::new("/data/agent.zip")),
+            PathBuf::from("/data/.agent.zip.partial")
+        );
+    }
+
+    #[test]
+    fn verification_checks_length_then_checksum() {
+        assert!(verify("x", 10, Some(10), "ab", Some("AB")).is_ok());
+        assert!(verify("x", 10, None, "ab", None).is_ok());
+        assert!(matches!(
+            verify("x", 5, Some(10), "ab", None),
+            Err(StreamError::Failed(DownloadFailure::Incomplete {
+                expected: 10,
+                received: 5
+            }))
+        ));
+        assert!(matches!(
+            verify("x", 10, Some(10), "ab", Some("cd")),
+            Err(StreamError::Failed(DownloadFailure::ChecksumMismatch { .. }))
+        ));
+    }
+}
