@@ -123,27 +123,41 @@ pub fn to_yaml(crds: &[CustomResourceDefinition]) -> Result<String, serde_saphyr
 /// rule placed here answers first; the apiUrl rules stay in the webhook, whose single answer lists every
 /// problem of a DynaKube.
 fn add_dynakube_rules(root: &mut JSONSchemaProps) {
+    use crate::validation::messages;
     root.x_kubernetes_validations = Some(vec![dns1035_name_rule()]);
-    let one_agent = root
+    let Some(one_agent) = root
         .properties
         .as_mut()
         .and_then(|p| p.get_mut("spec"))
         .and_then(|spec| spec.properties.as_mut())
-        .and_then(|p| p.get_mut("oneAgent"));
-    if let Some(one_agent) = one_agent
-        && one_agent
-            .properties
-            .as_ref()
-            .is_some_and(|p| p.contains_key("cloudNativeFullStack"))
-    {
-        one_agent.x_kubernetes_validations = Some(vec![ValidationRule {
-            rule: "[has(self.classicFullStack), has(self.cloudNativeFullStack), \
-                   has(self.applicationMonitoring), has(self.hostMonitoring)].filter(m, m).size() <= 1"
+        .and_then(|p| p.get_mut("oneAgent"))
+    else {
+        return;
+    };
+    // Only v1beta1 has the four modes; v1alpha1's oneAgent is the image settings.
+    let Some(modes) = one_agent
+        .properties
+        .as_mut()
+        .filter(|p| p.contains_key("cloudNativeFullStack"))
+    else {
+        return;
+    };
+    if let Some(app) = modes.get_mut("applicationMonitoring") {
+        app.x_kubernetes_validations = Some(vec![ValidationRule {
+            rule: "!has(self.codeModulesImage) || self.codeModulesImage == '' || \
+                   (has(self.useCSIDriver) && self.useCSIDriver)"
                 .to_owned(),
-            message: Some(crate::validation::messages::CONFLICTING_ONE_AGENT_MODES.to_owned()),
+            message: Some(messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()),
             ..Default::default()
         }]);
     }
+    one_agent.x_kubernetes_validations = Some(vec![ValidationRule {
+        rule: "[has(self.classicFullStack), has(self.cloudNativeFullStack), \
+               has(self.applicationMonitoring), has(self.hostMonitoring)].filter(m, m).size() <= 1"
+            .to_owned(),
+        message: Some(messages::CONFLICTING_ONE_AGENT_MODES.to_owned()),
+        ..Default::default()
+    }]);
 }
 
 fn dns1035_name_rule() -> ValidationRule {

@@ -334,6 +334,12 @@ async fn schema_rules_hold_without_the_webhook() -> anyhow::Result<()> {
     );
     let message = denial(dynakubes.create(&PostParams::default(), &two_modes).await);
     assert!(message.contains("multiple OneAgent modes"), "{message}");
+    let image_without_csi = dynakube(
+        "image-without-csi",
+        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "registry/cm:1" } } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &image_without_csi).await);
+    assert!(message.contains("codeModulesImage is set"), "{message}");
     let dotted = dynakube("dk.with.dots", json!({ "apiUrl": API_URL }));
     let message = denial(dynakubes.create(&PostParams::default(), &dotted).await);
     assert!(message.contains("DNS-1035"), "{message}");

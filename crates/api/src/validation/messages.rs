@@ -10,6 +10,11 @@ pub const CONFLICTING_ONE_AGENT_MODES: &str = "The DynaKube's specification trie
 the same time, which is not supported. Set exactly one of spec.oneAgent.classicFullStack, cloudNativeFullStack, \
 applicationMonitoring or hostMonitoring.";
 
+/// applicationMonitoring names a code-modules image but does not use the CSI driver.
+pub const CODE_MODULES_IMAGE_WITHOUT_CSI: &str = "spec.oneAgent.applicationMonitoring.codeModulesImage is set, but \
+code modules from an image are provided by the CSI driver, which this DynaKube does not use. Set \
+spec.oneAgent.applicationMonitoring.useCSIDriver: true, or remove codeModulesImage.";
+
 /// The DynaKube's name cannot be used in derived object names.
 pub const NAME_VIOLATES_DNS1035: &str = "The DynaKube's name violates DNS-1035: it must be at most 63 characters of \
 lowercase letters, digits and '-', start with a letter and end with a letter or digit (regex \

@@ -476,12 +476,7 @@ fn code_modules_image_errors(dynakube: &DynaKube) -> Vec<String> {
         .and_then(|a| a.code_modules_image.as_deref())
         .is_some_and(|i| !i.is_empty());
     if dynakube.mode() == Some(Mode::ApplicationMonitoring) && image_set && !dynakube.needs_csi_driver() {
-        vec![
-            "spec.oneAgent.applicationMonitoring.codeModulesImage is set, but code modules from an image are \
-             provided by the CSI driver, which this DynaKube does not use. Set \
-             spec.oneAgent.applicationMonitoring.useCSIDriver: true, or remove codeModulesImage."
-                .to_owned(),
-        ]
+        vec![messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()]
     } else {
         Vec::new()
     }
