@@ -136,11 +136,16 @@ impl FakeTenant {
         let archives = ArchiveCache::new().map_err(|source| StartError::CacheDir { source })?;
         let state = Arc::new(Shared::new(config, archives));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::serve(
+        let options = serving::ServeOptions {
+            drain_timeout: server::DRAIN_TIMEOUT,
+            ..Default::default()
+        };
+        let task = tokio::spawn(serving::serve(
             listener,
             tls.clone(),
             api::router(state.clone()),
             shutdown.clone(),
+            options,
         ));
         let tenant = FakeTenant {
             state,

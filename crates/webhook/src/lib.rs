@@ -17,11 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +29,6 @@ pub use metrics::Metrics;
 pub const DEFAULT_PORT: u16 = 8443;
 /// Default metrics port.
 pub const DEFAULT_METRICS_PORT: u16 = 8383;
-/// Time a client gets for the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client gets to send request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are refused until one ends.
 const MAX_CONNECTIONS: usize = 1024;
 /// How long in-flight requests may take to finish after shutdown begins.
@@ -123,11 +115,18 @@ pub async fn start(
     })?;
 
     let reload = tokio::spawn(certificate.watch(shutdown.clone()));
-    let https = tokio::spawn(serve_https(
+    let options = serving::ServeOptions {
+        max_connections: MAX_CONNECTIONS,
+        drain_timeout: DRAIN_TIMEOUT,
+        ..Default::default()
+    };
+    let router = handlers::router(state.clone());
+    let https = tokio::spawn(serving::serve(
         listener,
-        acceptor,
-        handlers::router(state.clone()),
+        Some(acceptor),
+        router,
         shutdown.clone(),
+        options,
     ));
     let metrics = tokio::spawn(serve_metrics(metrics_listener, state, shutdown.clone()));
     tracing::info!(%addr, %metrics_addr, certs = %config.certs_dir.display(), "webhook server listening");
@@ -137,62 +136,6 @@ pub async fn start(
         shutdown,
         tasks: vec![https, metrics, reload],
     })
-}
-
-async fn serve_https(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: Router,
-    shutdown: CancellationToken,
-) {
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(err) => {
-                    tracing::warn!(%err, "accepting a connection failed");
-                    // Out of file descriptors, for example: do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many open connections; refusing one");
-            continue;
-        };
-        let (acceptor, builder, router) = (acceptor.clone(), builder.clone(), router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(router));
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some requests did not finish within {DRAIN_TIMEOUT:?} of shutdown");
-    }
 }
 
 async fn serve_metrics(listener: TcpListener, state: AppState, shutdown: CancellationToken) {
