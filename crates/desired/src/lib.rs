@@ -5,18 +5,46 @@
 //! is tested with plain values. The reconcilers compare what this crate returns with the cluster and apply
 //! the difference.
 //!
+//! Objects:
 //! - [`oneagent_daemonset`]: the OneAgent DaemonSet of classicFullStack, hostMonitoring and
 //!   cloudNativeFullStack, with its template hash already set.
 //! - [`with_template_hash`]: the hash that tells whether a DaemonSet in the cluster is out of date.
+//! - [`tenant_secret`], [`connection_info_config_map`], [`deployment_metadata_config_map`],
+//!   [`pull_secret`]: the Secrets and ConfigMaps the OneAgents read.
+//!
+//! Decisions:
+//! - [`tokens_from_secret`], [`required_scopes`], [`missing_scopes`], [`tokens_condition_due`]: the token
+//!   Secret and the scopes its tokens need.
+//! - [`oneagent_version_plan`], [`codemodules_version_plan`], [`accept_version`]: which version source
+//!   applies, whether to look the version up now, and whether an automatic update is a downgrade.
+//! - [`request_due`], [`connection_info_due`]: the API request threshold. Times are unix seconds that the
+//!   caller passes in; nothing here reads the clock.
 //! - [`parse_version`], [`is_downgrade`], [`image_tag`]: OneAgent version rules.
 
 pub mod hash;
+pub mod objects;
 pub mod oneagent;
+pub mod throttle;
+pub mod tokens;
 pub mod version;
+pub mod versions;
 
 pub use hash::{TEMPLATE_HASH_ANNOTATION, template_hash, with_template_hash};
+pub use objects::{
+    connection_info_config_map, deployment_metadata, deployment_metadata_config_map, pull_secret,
+    tenant_secret,
+};
 pub use oneagent::{HealthCheck, OneAgentFacts, oneagent_daemonset};
+pub use throttle::{connection_info_due, request_due, unix_seconds};
+pub use tokens::{
+    TokenError, TokenKind, Tokens, missing_scopes, required_scopes, secret_ref, tokens_condition_due,
+    tokens_from_secret,
+};
 pub use version::{AgentVersion, image_tag, is_downgrade, parse_version};
+pub use versions::{
+    Decision, Lookup, ProbeReason, SkipReason, VersionPlan, VersionRejected, VersionSource, accept_version,
+    codemodules_version_plan, oneagent_version_plan, tenant_oneagent_image, tenant_registry,
+};
 
 /// Why a desired object cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +66,18 @@ pub enum DesiredError {
         field: &'static str,
         /// What to do about it.
         hint: &'static str,
+    },
+    /// `spec.apiUrl` is not a URL with a host, so the environment's registry is unknown.
+    #[error(
+        "DynaKube {dynakube:?}: spec.apiUrl {api_url:?} is not a URL with a host name; set it to \
+         https://<environment-id>.live.dynatrace.com/api (SaaS) or https://<host>/e/<environment-id>/api \
+         (Managed)"
+    )]
+    InvalidApiUrl {
+        /// The DynaKube's name.
+        dynakube: String,
+        /// The URL as given.
+        api_url: String,
     },
     /// A OneAgent version does not have the form `major.minor.revision.YYYYMMDD-HHMMSS`.
     #[error(
