@@ -22,6 +22,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Run the operator: reconcile DynaKubes into OneAgent DaemonSets (first slice: no leader election yet).
+    Operator {
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Serve the validating and conversion webhooks over HTTPS, with metrics on a separate port.
     WebhookServer(WebhookServerArgs),
     /// Print the CustomResourceDefinitions (DynaKube, OneAgent) as YAML, for `kubectl apply -f -`.
@@ -95,6 +101,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version { output } => print_version(output),
+        Command::Operator { log_format } => run_operator(log_format),
         Command::WebhookServer(args) => run_webhook_server(args),
         Command::Crd {
             webhook_namespace,
@@ -119,6 +126,26 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn run_operator(log_format: LogFormat) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    init_logging(log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot build a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+        let shutdown = async {
+            if let Err(err) = wait_for_termination().await {
+                tracing::error!(%err, "cannot listen for termination signals");
+            }
+        };
+        controller::run(client, BUILD_INFO.version.to_owned(), shutdown).await;
+        tracing::info!("operator stopped");
+        Ok(())
+    })
 }
 
 fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {

@@ -1,0 +1,541 @@
+//! The DynaKube reconciler: tokens, connection info, OneAgent version, the OneAgent DaemonSet, status.
+//!
+//! Each step reads what it needs, writes only when the desired object differs, and reports in the status.
+//! Tenant calls are throttled by the DynaKube's API request threshold; nothing sleeps: waiting is a requeue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::dynakube::v1beta1::{CommunicationHost, ConnectionInfoStatus, OneAgentStatus, VersionStatus};
+use api::dynakube::{DynaKube, DynaKubeStatus, names};
+use desired::Lookup;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Client, Resource as _, ResourceExt as _};
+use serde_json::json;
+use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, TenantError};
+
+/// Field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "dynatrace-operator";
+/// Condition type reporting the token Secret and scopes.
+pub const TOKENS_CONDITION: &str = "Tokens";
+/// Requeue after success: the version and connection info are re-checked at the threshold anyway.
+const RESYNC: Duration = Duration::from_secs(5 * 60);
+/// Requeue after a problem the user must fix (tokens, configuration).
+const FIX_BACKOFF: Duration = Duration::from_secs(30);
+/// Requeue after the tenant throttled us or was unavailable.
+const TENANT_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What every reconcile shares.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Version of this operator, written into the deployment metadata.
+    pub operator_version: String,
+}
+
+/// Why a reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A Kubernetes call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Something the user must fix (tokens, configuration); the message says what.
+    #[error("{0}")]
+    UserFixable(String),
+    /// The Dynatrace API failed.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    /// The desired objects could not be built.
+    #[error(transparent)]
+    Desired(#[from] desired::DesiredError),
+}
+
+fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let what = what.into();
+    move |source| ReconcileError::Kube { what, source }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Whether `last` is missing or older than `threshold_minutes`.
+fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
+    last.is_none_or(|t| Timestamp::now().as_second() - t.0.as_second() >= i64::from(threshold_minutes) * 60)
+}
+
+/// Reconciles one DynaKube and writes its status.
+pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let mut status = dynakube.status.clone().unwrap_or_default();
+    let result = converge(&dynakube, &ctx, &mut status).await;
+    let (phase, tokens_condition) = match &result {
+        Ok(phase) => (phase.to_owned(), None),
+        Err(ReconcileError::UserFixable(message)) => ("Error".to_owned(), Some(message.clone())),
+        // Throttling and outages do not change the phase (as in the reference).
+        Err(ReconcileError::Tenant(e)) if e.is_transient() => {
+            (status.phase.clone().unwrap_or_default(), None)
+        }
+        Err(_) => ("Error".to_owned(), None),
+    };
+    if let Some(message) = tokens_condition {
+        set_condition(&mut status, &dynakube, false, "TokenError", &message);
+    }
+    status.phase = (!phase.is_empty()).then_some(phase);
+    write_status(&dynakube, &ctx, status).await?;
+    match result {
+        Ok(_) => Ok(Action::requeue(RESYNC)),
+        Err(ReconcileError::UserFixable(_)) => Ok(Action::requeue(FIX_BACKOFF)),
+        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Action::requeue(TENANT_BACKOFF)),
+        Err(other) => Err(other),
+    }
+}
+
+/// Backs off after a failed reconcile.
+pub fn error_policy(dynakube: Arc<DynaKube>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(dynakube = %dynakube.name_any(), %error, "reconcile failed");
+    Action::requeue(FIX_BACKOFF)
+}
+
+async fn write_status(
+    dynakube: &DynaKube,
+    ctx: &Context,
+    mut status: DynaKubeStatus,
+) -> Result<(), ReconcileError> {
+    let mut previous = dynakube.status.clone().unwrap_or_default();
+    previous.updated_timestamp = None;
+    status.updated_timestamp = None;
+    if previous == status {
+        return Ok(());
+    }
+    status.updated_timestamp = Some(now());
+    let api: Api<DynaKube> = Api::namespaced(ctx.client.clone(), &dynakube.namespace().unwrap_or_default());
+    api.patch_status(
+        &dynakube.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "writing the status of DynaKube {}",
+        dynakube.name_any()
+    )))?;
+    Ok(())
+}
+
+fn set_condition(status: &mut DynaKubeStatus, dynakube: &DynaKube, ok: bool, reason: &str, message: &str) {
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    let value = if ok { "True" } else { "False" };
+    let changed = conditions
+        .iter()
+        .find(|c| c.type_ == TOKENS_CONDITION)
+        .is_none_or(|c| c.status != value || c.reason != reason || c.message != message);
+    if !changed {
+        return;
+    }
+    conditions.retain(|c| c.type_ != TOKENS_CONDITION);
+    conditions.push(Condition {
+        type_: TOKENS_CONDITION.to_owned(),
+        status: value.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: now(),
+        observed_generation: dynakube.metadata.generation,
+    });
+}
+
+/// Brings the cluster to the desired state; returns the phase.
+async fn converge(
+    dynakube: &DynaKube,
+    ctx: &Context,
+    status: &mut DynaKubeStatus,
+) -> Result<String, ReconcileError> {
+    let namespace = dynakube.namespace().unwrap_or_default();
+    let flags = dynakube.feature_flags();
+    let threshold = flags.api_request_threshold_minutes();
+
+    // Tokens.
+    let secret_name = dynakube.tokens_secret_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(kube_error(format!(
+            "reading the token Secret {namespace}:{secret_name}"
+        )))?
+        .ok_or_else(|| {
+            ReconcileError::UserFixable(format!(
+                "the token Secret {namespace}:{secret_name} does not exist; create it with the key apiToken \
+                 (and optionally paasToken)"
+            ))
+        })?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
+        .map_err(|e| ReconcileError::UserFixable(e.to_string()))?;
+    let tenant = tenant_client(dynakube, ctx, &tokens).await?;
+
+    let last_scopes = status
+        .dynatrace_api
+        .as_ref()
+        .and_then(|a| a.last_token_scope_request.as_ref());
+    if due(last_scopes, threshold) {
+        let mut granted = BTreeMap::new();
+        for kind in [
+            desired::TokenKind::Api,
+            desired::TokenKind::Paas,
+            desired::TokenKind::DataIngest,
+        ] {
+            if let Some(token) = tokens.get(kind) {
+                granted.insert(kind, tenant.token_scopes(token).await?);
+            }
+        }
+        let required = desired::required_scopes(dynakube, &tokens);
+        let missing = desired::missing_scopes(&required, &granted, &format!("{namespace}:{secret_name}"));
+        status
+            .dynatrace_api
+            .get_or_insert_with(Default::default)
+            .last_token_scope_request = Some(now());
+        if !missing.is_empty() {
+            return Err(ReconcileError::UserFixable(missing.join("; ")));
+        }
+        set_condition(
+            status,
+            dynakube,
+            true,
+            "TokenReady",
+            "the tokens are valid and have every needed scope",
+        );
+    } else if let Some(message) = failing_tokens_message(status) {
+        // Within the threshold, a failed check is repeated from the status instead of calling the tenant.
+        return Err(ReconcileError::UserFixable(message));
+    }
+
+    let one_agent = status.one_agent.get_or_insert_with(OneAgentStatus::default);
+    connection_info(dynakube, ctx, &tenant, one_agent, threshold).await?;
+    if let Some(pull_secret) = desired::pull_secret(dynakube, tokens.paas_or_api())? {
+        apply(ctx, &namespace, pull_secret).await?;
+    }
+    let metadata =
+        desired::deployment_metadata_config_map(dynakube, &cluster_id(ctx).await?, &ctx.operator_version)?;
+    apply(ctx, &namespace, metadata).await?;
+
+    if !dynakube.needs_one_agent() {
+        delete_daemonset(ctx, &namespace, &names::one_agent_daemonset(&dynakube.name_any())).await?;
+        return Ok("Running".to_owned());
+    }
+    resolve_version(dynakube, &tenant, one_agent, threshold).await?;
+    if one_agent
+        .connection_info_status
+        .as_ref()
+        .and_then(|c| c.communication_hosts.as_ref())
+        .is_none_or(Vec::is_empty)
+    {
+        tracing::info!(dynakube = %dynakube.name_any(), "no communication hosts yet; postponing the OneAgent DaemonSet");
+        return Ok("Deploying".to_owned());
+    }
+    let facts = desired::OneAgentFacts {
+        image: one_agent.version.image_id.clone().unwrap_or_default(),
+        version: one_agent.version.version.clone(),
+        cluster_id: cluster_id(ctx).await?,
+        operator_version: ctx.operator_version.clone(),
+        healthcheck: None,
+    };
+    let daemonset = desired::oneagent_daemonset(dynakube, &facts)?;
+    let applied = apply_daemonset(dynakube, ctx, daemonset).await?;
+    Ok(daemonset_phase(&applied).to_owned())
+}
+
+/// `Running` once the DaemonSet controller has seen the current spec and every pod it wants is ready; the
+/// reference compared scheduled with ready pods, which reads Running before any pod exists.
+fn daemonset_phase(daemonset: &DaemonSet) -> &'static str {
+    let Some(status) = &daemonset.status else {
+        return "Deploying";
+    };
+    let observed = status.observed_generation >= daemonset.metadata.generation;
+    if observed && status.desired_number_scheduled <= status.number_ready {
+        "Running"
+    } else {
+        "Deploying"
+    }
+}
+
+/// The message of a failed Tokens condition, if the last check failed.
+fn failing_tokens_message(status: &DynaKubeStatus) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == TOKENS_CONDITION && c.status == "False")
+        .map(|c| c.message.clone())
+}
+
+/// The UID of kube-system, the cluster's id.
+async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> {
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get("kube-system")
+        .await
+        .map_err(kube_error("reading namespace kube-system for the cluster id"))?;
+    Ok(namespace.uid().unwrap_or_default())
+}
+
+/// A tenant client configured from the DynaKube: API URL, tokens, proxy, trusted CAs, network zone.
+async fn tenant_client(
+    dynakube: &DynaKube,
+    ctx: &Context,
+    tokens: &desired::Tokens,
+) -> Result<TenantClient, ReconcileError> {
+    let namespace = dynakube.namespace().unwrap_or_default();
+    let spec = &dynakube.spec;
+    let mut config = ClientConfig::new(spec.api_url.clone(), tokens.api_token.clone());
+    config.paas_token = tokens.paas_token.clone();
+    config.skip_cert_check = spec.skip_cert_check.unwrap_or(false);
+    config.network_zone = spec.network_zone.clone();
+    config.no_proxy = Some(dynakube.feature_flags().no_proxy().to_owned()).filter(|p| !p.is_empty());
+    config.proxy =
+        match &spec.proxy {
+            Some(proxy) if proxy.value.as_deref().is_some_and(|v| !v.is_empty()) => proxy.value.clone(),
+            Some(proxy) => {
+                match proxy.value_from.as_deref().filter(|v| !v.is_empty()) {
+                    Some(name) => {
+                        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+                            .get_opt(name)
+                            .await
+                            .map_err(kube_error(format!("reading the proxy Secret {namespace}:{name}")))?;
+                        let value = secret.and_then(|s| s.data).and_then(|d| d.get("proxy").cloned());
+                        Some(value.map(|v| String::from_utf8_lossy(&v.0).into_owned()).ok_or_else(|| {
+                    ReconcileError::UserFixable(format!(
+                        "the proxy Secret {namespace}:{name} is missing or has no key \"proxy\""
+                    ))
+                })?)
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+    if let Some(name) = spec.trusted_cas.as_deref().filter(|n| !n.is_empty()) {
+        let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(name)
+            .await
+            .map_err(kube_error(format!(
+                "reading the trusted CAs ConfigMap {namespace}:{name}"
+            )))?;
+        config.trusted_cas_pem = Some(
+            map.and_then(|m| m.data)
+                .and_then(|d| d.get("certs").cloned())
+                .ok_or_else(|| {
+                    ReconcileError::UserFixable(format!(
+                        "the trusted CAs ConfigMap {namespace}:{name} is missing or has no key \"certs\""
+                    ))
+                })?,
+        );
+    }
+    TenantClient::new(config).map_err(|e| ReconcileError::UserFixable(e.to_string()))
+}
+
+/// Refreshes connection info when due or when the tenant-token Secret is missing.
+async fn connection_info(
+    dynakube: &DynaKube,
+    ctx: &Context,
+    tenant: &TenantClient,
+    one_agent: &mut OneAgentStatus,
+    threshold: u32,
+) -> Result<(), ReconcileError> {
+    let namespace = dynakube.namespace().unwrap_or_default();
+    let secret_name = names::tenant_secret(&dynakube.name_any());
+    let secret_exists = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .get_metadata_opt(&secret_name)
+        .await
+        .map_err(kube_error(format!("reading {namespace}:{secret_name}")))?
+        .is_some();
+    let last = one_agent
+        .connection_info_status
+        .as_ref()
+        .and_then(|c| c.last_request.as_ref());
+    if secret_exists && !due(last, threshold) {
+        return Ok(());
+    }
+    let info = tenant.connection_info().await?;
+    if info.tenant_uuid.is_empty() {
+        // HTTP 400 from the tenant (for example an unknown network zone): nothing to write yet.
+        return Ok(());
+    }
+    apply(
+        ctx,
+        &namespace,
+        desired::tenant_secret(dynakube, &info.tenant_token)?,
+    )
+    .await?;
+    let connection =
+        desired::connection_info_config_map(dynakube, &info.tenant_uuid, &info.formatted_endpoints)?;
+    apply(ctx, &namespace, connection).await?;
+    let hosts: Vec<CommunicationHost> = info
+        .communication_hosts
+        .iter()
+        .map(|h| CommunicationHost {
+            protocol: Some(h.protocol.clone()),
+            host: Some(h.host.clone()),
+            port: Some(u32::from(h.port)),
+        })
+        .collect();
+    let previous_last = one_agent
+        .connection_info_status
+        .as_ref()
+        .and_then(|c| c.last_request.clone());
+    one_agent.connection_info_status = Some(ConnectionInfoStatus {
+        tenant_uuid: Some(info.tenant_uuid),
+        endpoints: Some(info.formatted_endpoints),
+        // Only a successful answer with hosts counts as a request (as in the reference).
+        last_request: if hosts.is_empty() {
+            previous_last
+        } else {
+            Some(now())
+        },
+        communication_hosts: Some(hosts),
+    });
+    Ok(())
+}
+
+/// Looks the OneAgent version and image up when the plan says so (source or spec changed, or the last
+/// look-up is older than the threshold), refusing automatic downgrades.
+async fn resolve_version(
+    dynakube: &DynaKube,
+    tenant: &TenantClient,
+    one_agent: &mut OneAgentStatus,
+    threshold: u32,
+) -> Result<(), ReconcileError> {
+    let current = one_agent.version.source.is_some().then_some(&one_agent.version);
+    let now_seconds = Timestamp::now().as_second();
+    let Some(plan) = desired::oneagent_version_plan(dynakube, current, now_seconds, threshold)? else {
+        return Ok(());
+    };
+    if !plan.should_probe() {
+        return Ok(());
+    }
+    let (image, version) = match plan.lookup {
+        // No registry client yet: the image is used as written, without resolving its digest.
+        Lookup::CustomImage { image } => (image, None),
+        Lookup::PublicRegistry => {
+            let latest = tenant.latest_image(ImageComponent::OneAgent).await?;
+            (format!("{}:{}", latest.source, latest.tag), Some(latest.tag))
+        }
+        Lookup::TenantRegistry { image, version } => {
+            let target = match version {
+                Some(version) => version,
+                None => tenant.latest_agent_version(&AgentSelector::host_agent()).await?,
+            };
+            (image, Some(target))
+        }
+        // Only code-module plans look up a bare version.
+        Lookup::TenantVersion { .. } => return Ok(()),
+    };
+    if let Some(target) = &version
+        && let Err(rejected) = desired::accept_version(plan.downgrade_baseline.as_deref(), target)
+    {
+        tracing::warn!(dynakube = %dynakube.name_any(), %rejected, "keeping the current OneAgent version");
+        one_agent.version.last_probe_timestamp = Some(now());
+        return Ok(());
+    }
+    one_agent.version = VersionStatus {
+        source: Some(plan.source.as_str().to_owned()),
+        image_id: Some(image),
+        version,
+        last_probe_timestamp: Some(now()),
+    };
+    Ok(())
+}
+
+/// Server-side applies an object the DynaKube owns.
+async fn apply<K>(ctx: &Context, namespace: &str, object: K) -> Result<(), ReconcileError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.name_any();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "applying {} {namespace}:{name}",
+        K::kind(&())
+    )))?;
+    Ok(())
+}
+
+/// Creates or updates the DaemonSet when its template hash changed; recreates it when the selector
+/// changed (selectors are immutable).
+async fn apply_daemonset(
+    dynakube: &DynaKube,
+    ctx: &Context,
+    mut daemonset: DaemonSet,
+) -> Result<DaemonSet, ReconcileError> {
+    let namespace = dynakube.namespace().unwrap_or_default();
+    let name = daemonset.name_any();
+    if let Some(owner) = dynakube.controller_owner_ref(&()) {
+        daemonset.metadata.owner_references = Some(vec![owner]);
+    }
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_error(format!("reading DaemonSet {namespace}:{name}")))?;
+    if let Some(existing) = &existing {
+        let hash = |ds: &DaemonSet| ds.annotations().get(desired::TEMPLATE_HASH_ANNOTATION).cloned();
+        if hash(existing) == hash(&daemonset) {
+            return Ok(existing.clone());
+        }
+        let selector = |ds: &DaemonSet| ds.spec.as_ref().map(|s| s.selector.clone());
+        if selector(existing) != selector(&daemonset) {
+            delete_daemonset(ctx, &namespace, &name).await?;
+        }
+    }
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&daemonset),
+        )
+        .await
+        .map_err(kube_error(format!("applying DaemonSet {namespace}:{name}")))?;
+    delete_daemonset(
+        ctx,
+        &namespace,
+        &names::legacy_classic_daemonset(&dynakube.name_any()),
+    )
+    .await?;
+    Ok(applied)
+}
+
+async fn delete_daemonset(ctx: &Context, namespace: &str, name: &str) -> Result<(), ReconcileError> {
+    match Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_error(format!("deleting DaemonSet {namespace}:{name}"))(e)),
+    }
+}
