@@ -142,7 +142,13 @@ fn run_operator(log_format: LogFormat) -> anyhow::Result<()> {
                 tracing::error!(%err, "cannot listen for termination signals");
             }
         };
-        controller::run(client, BUILD_INFO.version.to_owned(), shutdown).await;
+        controller::run(
+            client,
+            BUILD_INFO.version.to_owned(),
+            controller::Requeue::default(),
+            shutdown,
+        )
+        .await;
         tracing::info!("operator stopped");
         Ok(())
     })

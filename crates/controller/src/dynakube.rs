@@ -24,12 +24,26 @@ use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, T
 pub const FIELD_MANAGER: &str = "dynatrace-operator";
 /// Condition type reporting the token Secret and scopes.
 pub const TOKENS_CONDITION: &str = "Tokens";
-/// Requeue after success: the version and connection info are re-checked at the threshold anyway.
-const RESYNC: Duration = Duration::from_secs(5 * 60);
-/// Requeue after a problem the user must fix (tokens, configuration).
-const FIX_BACKOFF: Duration = Duration::from_secs(30);
-/// Requeue after the tenant throttled us or was unavailable.
-const TENANT_BACKOFF: Duration = Duration::from_secs(60);
+/// When to reconcile again without a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeue {
+    /// After success: the version and connection info are re-checked at the threshold anyway.
+    pub resync: Duration,
+    /// After a problem the user must fix (tokens, configuration).
+    pub fix_backoff: Duration,
+    /// After the tenant throttled us or was unavailable.
+    pub tenant_backoff: Duration,
+}
+
+impl Default for Requeue {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(5 * 60),
+            fix_backoff: Duration::from_secs(30),
+            tenant_backoff: Duration::from_secs(60),
+        }
+    }
+}
 
 /// What every reconcile shares.
 #[derive(Clone)]
@@ -38,6 +52,8 @@ pub struct Context {
     pub client: Client,
     /// Version of this operator, written into the deployment metadata.
     pub operator_version: String,
+    /// Requeue intervals.
+    pub requeue: Requeue,
 }
 
 /// Why a reconcile did not finish.
@@ -95,17 +111,17 @@ pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Act
     status.phase = (!phase.is_empty()).then_some(phase);
     write_status(&dynakube, &ctx, status).await?;
     match result {
-        Ok(_) => Ok(Action::requeue(RESYNC)),
-        Err(ReconcileError::UserFixable(_)) => Ok(Action::requeue(FIX_BACKOFF)),
-        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Action::requeue(TENANT_BACKOFF)),
+        Ok(_) => Ok(Action::requeue(ctx.requeue.resync)),
+        Err(ReconcileError::UserFixable(_)) => Ok(Action::requeue(ctx.requeue.fix_backoff)),
+        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Action::requeue(ctx.requeue.tenant_backoff)),
         Err(other) => Err(other),
     }
 }
 
 /// Backs off after a failed reconcile.
-pub fn error_policy(dynakube: Arc<DynaKube>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(dynakube: Arc<DynaKube>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     tracing::warn!(dynakube = %dynakube.name_any(), %error, "reconcile failed");
-    Action::requeue(FIX_BACKOFF)
+    Action::requeue(ctx.requeue.fix_backoff)
 }
 
 async fn write_status(

@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt as _};
 
-pub use dynakube::{Context, ReconcileError};
+pub use dynakube::{Context, ReconcileError, Requeue};
 
 /// Runs the DynaKube controller until `shutdown` completes. It watches DynaKubes in every namespace, the
 /// DaemonSets they own, and Secret metadata: a token Secret created or changed reconciles the DynaKube of
@@ -23,11 +23,13 @@ pub use dynakube::{Context, ReconcileError};
 pub async fn run(
     client: Client,
     operator_version: String,
+    requeue: Requeue,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_version,
+        requeue,
     });
     Controller::new(Api::<DynaKube>::all(client.clone()), watcher::Config::default())
         .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())

@@ -52,7 +52,13 @@ fn env() -> &'static Env {
                     tenant,
                 })
                 .unwrap();
-                controller::run(client, "0.1.0-test".into(), std::future::pending()).await;
+                // Short requeues so that back-off and recovery are observable within a test.
+                let requeue = controller::Requeue {
+                    resync: Duration::from_secs(60),
+                    fix_backoff: Duration::from_secs(2),
+                    tenant_backoff: Duration::from_secs(2),
+                };
+                controller::run(client, "0.1.0-test".into(), requeue, std::future::pending()).await;
             });
         });
         rx.recv().unwrap()
@@ -267,4 +273,44 @@ async fn switching_to_application_monitoring_removes_the_daemonset() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_outage_backs_off_with_bounded_calls_and_recovers() {
+    env(); // starts the shared controller
+    // A fake tenant of this test's own, so that its fault hits no other test.
+    let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
+        .await
+        .unwrap();
+    tenant.set_fault(Endpoint::ConnectionInfo, fake_tenant::Fault::Unavailable, None);
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    token_secret(&ns, "outage").await;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dk = dynakube(
+        "outage",
+        &tenant.api_url(),
+        json!({ "classicFullStack": { "nodeSelector": { "none": ns.name.clone() } } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+
+    // During the outage: no OneAgent DaemonSet and no Error phase (an outage is not the user's mistake),
+    // and the operator backs off instead of hammering the tenant.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let calls = tenant.request_count(Endpoint::ConnectionInfo);
+    assert!((1..=24).contains(&calls), "{calls} connection-info calls in 12 s");
+    let status = dynakubes.get("outage").await.unwrap().status.unwrap_or_default();
+    assert_ne!(status.phase.as_deref(), Some("Error"), "{status:?}");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(daemonsets.get_opt("outage-oneagent").await.unwrap().is_none());
+
+    tenant.clear_faults();
+    testkit::eventually("the DynaKube to recover after the outage", WAIT, || async {
+        let status = dynakubes.get("outage").await?.status.unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(daemonsets.get_opt("outage-oneagent").await.unwrap().is_some());
+    tenant.shutdown().await;
 }
