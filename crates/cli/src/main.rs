@@ -27,6 +27,9 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Address of /livez, /readyz and /metrics (plain HTTP).
+        #[arg(long, default_value = "0.0.0.0:10080")]
+        health_address: std::net::SocketAddr,
     },
     /// Serve the validating and conversion webhooks over HTTPS, with metrics on a separate port.
     WebhookServer(WebhookServerArgs),
@@ -101,7 +104,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version { output } => print_version(output),
-        Command::Operator { log_format } => run_operator(log_format),
+        Command::Operator {
+            log_format,
+            health_address,
+        } => run_operator(log_format, health_address),
         Command::WebhookServer(args) => run_webhook_server(args),
         Command::Crd {
             webhook_namespace,
@@ -128,7 +134,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run_operator(log_format: LogFormat) -> anyhow::Result<()> {
+fn run_operator(log_format: LogFormat, health_address: std::net::SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context as _;
     init_logging(log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -142,13 +148,22 @@ fn run_operator(log_format: LogFormat) -> anyhow::Result<()> {
                 tracing::error!(%err, "cannot listen for termination signals");
             }
         };
-        controller::run(
-            client,
-            BUILD_INFO.version.to_owned(),
-            controller::Requeue::default(),
-            shutdown,
-        )
-        .await;
+        let metrics = controller::Metrics::new();
+        let listener = tokio::net::TcpListener::bind(health_address)
+            .await
+            .with_context(|| format!("cannot listen on {health_address} for the health endpoints"))?;
+        let stop_health = tokio_util::sync::CancellationToken::new();
+        let health = tokio::spawn(serving::serve(
+            listener,
+            None,
+            metrics.router(),
+            stop_health.clone(),
+            serving::ServeOptions::default(),
+        ));
+        let requeue = controller::Requeue::default();
+        controller::run(client, BUILD_INFO.version.to_owned(), requeue, metrics, shutdown).await;
+        stop_health.cancel();
+        let _ = health.await;
         tracing::info!("operator stopped");
         Ok(())
     })

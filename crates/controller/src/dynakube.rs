@@ -54,6 +54,8 @@ pub struct Context {
     pub operator_version: String,
     /// Requeue intervals.
     pub requeue: Requeue,
+    /// Metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Why a reconcile did not finish.
@@ -94,8 +96,32 @@ fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
 
 /// Reconciles one DynaKube and writes its status.
 pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = reconcile_and_report(&dynakube, &ctx).await;
+    let outcome = match &result {
+        Ok(Outcome::Converged) => "success",
+        Ok(Outcome::UserFixable) => "user_error",
+        Ok(Outcome::TenantUnavailable) => "tenant_unavailable",
+        Err(_) => "error",
+    };
+    ctx.metrics.observe("dynakube", outcome, started.elapsed());
+    result.map(|outcome| match outcome {
+        Outcome::Converged => Action::requeue(ctx.requeue.resync),
+        Outcome::UserFixable => Action::requeue(ctx.requeue.fix_backoff),
+        Outcome::TenantUnavailable => Action::requeue(ctx.requeue.tenant_backoff),
+    })
+}
+
+/// How a reconcile that wrote its status ended.
+enum Outcome {
+    Converged,
+    UserFixable,
+    TenantUnavailable,
+}
+
+async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outcome, ReconcileError> {
     let mut status = dynakube.status.clone().unwrap_or_default();
-    let result = converge(&dynakube, &ctx, &mut status).await;
+    let result = converge(dynakube, ctx, &mut status).await;
     let (phase, tokens_condition) = match &result {
         Ok(phase) => (phase.to_owned(), None),
         Err(ReconcileError::UserFixable(message)) => ("Error".to_owned(), Some(message.clone())),
@@ -106,14 +132,14 @@ pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Act
         Err(_) => ("Error".to_owned(), None),
     };
     if let Some(message) = tokens_condition {
-        set_condition(&mut status, &dynakube, false, "TokenError", &message);
+        set_condition(&mut status, dynakube, false, "TokenError", &message);
     }
     status.phase = (!phase.is_empty()).then_some(phase);
-    write_status(&dynakube, &ctx, status).await?;
+    write_status(dynakube, ctx, status).await?;
     match result {
-        Ok(_) => Ok(Action::requeue(ctx.requeue.resync)),
-        Err(ReconcileError::UserFixable(_)) => Ok(Action::requeue(ctx.requeue.fix_backoff)),
-        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Action::requeue(ctx.requeue.tenant_backoff)),
+        Ok(_) => Ok(Outcome::Converged),
+        Err(ReconcileError::UserFixable(_)) => Ok(Outcome::UserFixable),
+        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Outcome::TenantUnavailable),
         Err(other) => Err(other),
     }
 }

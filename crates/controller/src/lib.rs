@@ -2,12 +2,13 @@
 //! and the OneAgent DaemonSet, reported in the DynaKube's status.
 
 pub mod dynakube;
+pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use api::dynakube::DynaKube;
-use futures::StreamExt as _;
+use futures::{FutureExt, StreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PartialObjectMeta;
@@ -17,6 +18,11 @@ use kube::{Api, Client, ResourceExt as _};
 
 pub use dynakube::{Context, ReconcileError, Requeue};
 
+/// How long reconciles in flight may take to finish after shutdown begins (the kubelet's default grace
+/// period is 30 s).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub use metrics::Metrics;
+
 /// Runs the DynaKube controller until `shutdown` completes. It watches DynaKubes in every namespace, the
 /// DaemonSets they own, and Secret metadata: a token Secret created or changed reconciles the DynaKube of
 /// the same name (the default token Secret name) at once instead of after a backoff.
@@ -24,14 +30,20 @@ pub async fn run(
     client: Client,
     operator_version: String,
     requeue: Requeue,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    metrics.set_ready();
     let ctx = Arc::new(Context {
         client: client.clone(),
         operator_version,
         requeue,
+        metrics,
     });
-    Controller::new(Api::<DynaKube>::all(client.clone()), watcher::Config::default())
+    // Every reconcile is idempotent, so one cut short by the grace period is redone by the next operator.
+    let shutdown =
+        FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+    let controller = Controller::new(Api::<DynaKube>::all(client.clone()), watcher::Config::default())
         .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
         .watches(
             Api::<PartialObjectMeta<Secret>>::all(client),
@@ -41,13 +53,20 @@ pub async fn run(
                 Some(ObjectRef::<DynaKube>::new(&secret.name_any()).within(&namespace))
             },
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(dynakube::reconcile, dynakube::error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(dynakube = %object.name, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile did not finish"),
             }
-        })
-        .await;
+        });
+    let grace = async {
+        shutdown.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = controller => {}
+        () = grace => tracing::warn!("the controller did not stop within {SHUTDOWN_GRACE:?} of shutdown; stopping anyway"),
+    }
 }

@@ -21,6 +21,7 @@ const WAIT: Duration = Duration::from_secs(90);
 struct Env {
     api_url: String,
     tenant: &'static FakeTenant,
+    metrics: controller::Metrics,
 }
 
 fn env() -> &'static Env {
@@ -47,9 +48,11 @@ fn env() -> &'static Env {
                         .await
                         .unwrap(),
                 ));
+                let metrics = controller::Metrics::new();
                 tx.send(Env {
                     api_url: tenant.api_url(),
                     tenant,
+                    metrics: metrics.clone(),
                 })
                 .unwrap();
                 // Short requeues so that back-off and recovery are observable within a test.
@@ -58,7 +61,14 @@ fn env() -> &'static Env {
                     fix_backoff: Duration::from_secs(2),
                     tenant_backoff: Duration::from_secs(2),
                 };
-                controller::run(client, "0.1.0-test".into(), requeue, std::future::pending()).await;
+                controller::run(
+                    client,
+                    "0.1.0-test".into(),
+                    requeue,
+                    metrics,
+                    std::future::pending(),
+                )
+                .await;
             });
         });
         rx.recv().unwrap()
@@ -186,6 +196,9 @@ async fn classic_full_stack_becomes_oneagent_pods_on_exactly_the_selected_nodes(
         .unwrap();
     assert_eq!(tenant_secret.data.unwrap()["tenant-token"].0, b"tenant-token-abc");
     assert!(env.tenant.request_count(Endpoint::Metainfo) >= 1);
+    let metrics = env.metrics.encode();
+    let success = r#"dynatrace_operator_reconciles_total{controller="dynakube",outcome="success"}"#;
+    assert!(metrics.contains(success), "{metrics}");
 }
 
 #[tokio::test]

@@ -1,0 +1,67 @@
+//! The `operator` subcommand as a real process against the test cluster: probes and metrics on its health
+//! address, and a clean exit on SIGTERM within the shutdown grace period.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn get(port: u16, path: &str) -> Option<String> {
+    let mut tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.ok()?;
+    Some(answer)
+}
+
+#[tokio::test]
+async fn serves_probes_and_metrics_and_stops_on_sigterm() {
+    let cluster = testkit::shared_cluster().await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let endpoint = api::crd::ConversionEndpoint::Service {
+        namespace: "dynatrace".into(),
+    };
+    webhook::registration::apply_crds(&client, &endpoint, "cli-tests")
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
+        .args(["operator", "--health-address", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    testkit::eventually("the operator to be ready", Duration::from_secs(60), || async {
+        Ok(get(port, "/readyz")
+            .await
+            .filter(|a| a.starts_with("HTTP/1.1 200")))
+    })
+    .await
+    .unwrap();
+    assert!(get(port, "/livez").await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(get(port, "/metrics").await.unwrap().contains("# EOF"));
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(operator.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || operator.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < controller::SHUTDOWN_GRACE + Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
