@@ -35,13 +35,15 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
+    let operator = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args(["operator", "--health-address", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", cluster.kubeconfig())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed if the test fails before it stops the operator itself.
+    let mut operator = testkit::process::KillOnDrop(operator);
     testkit::eventually("the operator to be ready", Duration::from_secs(60), || async {
         Ok(get(port, "/readyz")
             .await
@@ -52,10 +54,10 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
     assert!(get(port, "/livez").await.unwrap().starts_with("HTTP/1.1 200"));
     assert!(get(port, "/metrics").await.unwrap().contains("# EOF"));
 
-    let pid = rustix::process::Pid::from_raw(i32::try_from(operator.id()).unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(operator.0.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || operator.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || operator.0.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");

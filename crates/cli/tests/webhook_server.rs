@@ -49,7 +49,7 @@ async fn serves_until_sigterm_and_exits_cleanly() {
     std::fs::write(certs.join("tls.key"), leaf.key_pem).unwrap();
 
     let (port, metrics_port) = (free_port(), free_port());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
+    let server = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args([
             "webhook-server",
             "--bind-address",
@@ -70,6 +70,8 @@ async fn serves_until_sigterm_and_exits_cleanly() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if the test fails before it stops the server itself.
+    let mut server = testkit::process::KillOnDrop(server);
     testkit::eventually(
         "the webhook server to be ready",
         Duration::from_secs(60),
@@ -87,12 +89,12 @@ async fn serves_until_sigterm_and_exits_cleanly() {
         "{metrics}"
     );
 
-    let pid = rustix::process::Pid::from_raw(i32::try_from(server.id()).unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(server.0.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let status = tokio::task::spawn_blocking(move || {
-        let status = server.wait().unwrap();
+        let status = server.0.wait().unwrap();
         let mut logs = String::new();
-        std::io::Read::read_to_string(&mut server.stdout.take().unwrap(), &mut logs).unwrap();
+        std::io::Read::read_to_string(&mut server.0.stdout.take().unwrap(), &mut logs).unwrap();
         (status, logs)
     });
     let (status, logs) = tokio::time::timeout(Duration::from_secs(20), status)

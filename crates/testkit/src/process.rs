@@ -248,6 +248,20 @@ fn detach_from_session(command: &mut Command) {
     }
 }
 
+/// A child process that is killed when this guard is dropped, so a test that fails half-way leaves no
+/// process of its own behind.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Whether `pid` is alive and runs `binary` (pids are reused, so a bare liveness check is not enough).
 pub fn pid_runs_binary(pid: i32, binary: &Path) -> bool {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
@@ -299,6 +313,14 @@ mod tests {
         assert!(!process.is_running());
         assert!(!pid_runs_binary(process.record.pid, &sleep));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn kill_on_drop_ends_a_child_that_is_still_running() {
+        let child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        drop(KillOnDrop(child));
+        assert!(!pid_runs_binary(pid, Path::new("/bin/sleep")));
     }
 
     #[test]
