@@ -3,22 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-async fn get(port: u16, path: &str) -> Option<String> {
-    let mut tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await.ok()?;
-    Some(answer)
-}
 
 #[tokio::test]
 async fn serves_probes_and_metrics_and_stops_on_sigterm() {
@@ -30,11 +16,7 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
     webhook::registration::apply_crds(&client, &endpoint, "cli-tests")
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testkit::cluster::free_port().unwrap();
     let operator = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args(["operator", "--health-address", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", cluster.kubeconfig())
@@ -45,14 +27,24 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
     // Killed if the test fails before it stops the operator itself.
     let mut operator = testkit::process::KillOnDrop(operator);
     testkit::eventually("the operator to be ready", Duration::from_secs(60), || async {
-        Ok(get(port, "/readyz")
+        Ok(testkit::http_get(port, "/readyz")
             .await
             .filter(|a| a.starts_with("HTTP/1.1 200")))
     })
     .await
     .unwrap();
-    assert!(get(port, "/livez").await.unwrap().starts_with("HTTP/1.1 200"));
-    assert!(get(port, "/metrics").await.unwrap().contains("# EOF"));
+    assert!(
+        testkit::http_get(port, "/livez")
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        testkit::http_get(port, "/metrics")
+            .await
+            .unwrap()
+            .contains("# EOF")
+    );
 
     let pid = rustix::process::Pid::from_raw(i32::try_from(operator.0.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();

@@ -7,27 +7,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-async fn get(port: u16, path: &str) -> Option<String> {
-    let mut tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await.ok()?;
-    Some(answer)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn serves_until_sigterm_and_exits_cleanly() {
     let cluster = testkit::shared_cluster().await.unwrap();
@@ -48,7 +27,10 @@ async fn serves_until_sigterm_and_exits_cleanly() {
     std::fs::write(certs.join("tls.crt"), leaf.cert_pem).unwrap();
     std::fs::write(certs.join("tls.key"), leaf.key_pem).unwrap();
 
-    let (port, metrics_port) = (free_port(), free_port());
+    let (port, metrics_port) = (
+        testkit::cluster::free_port().unwrap(),
+        testkit::cluster::free_port().unwrap(),
+    );
     let server = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args([
             "webhook-server",
@@ -76,14 +58,14 @@ async fn serves_until_sigterm_and_exits_cleanly() {
         "the webhook server to be ready",
         Duration::from_secs(60),
         || async {
-            Ok(get(metrics_port, "/readyz")
+            Ok(testkit::http_get(metrics_port, "/readyz")
                 .await
                 .filter(|a| a.starts_with("HTTP/1.1 200")))
         },
     )
     .await
     .unwrap();
-    let metrics = get(metrics_port, "/metrics").await.unwrap();
+    let metrics = testkit::http_get(metrics_port, "/metrics").await.unwrap();
     assert!(
         metrics.contains("application/openmetrics-text") && metrics.ends_with("# EOF\n"),
         "{metrics}"

@@ -89,9 +89,13 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Whether `last` is missing or older than `threshold_minutes`.
+/// Whether a tenant request last made at `last` may be made again (the shared throttling rule).
 fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
-    last.is_none_or(|t| Timestamp::now().as_second() - t.0.as_second() >= i64::from(threshold_minutes) * 60)
+    desired::request_due(
+        last.map(desired::unix_seconds),
+        Timestamp::now().as_second(),
+        threshold_minutes,
+    )
 }
 
 /// Reconciles one DynaKube and writes its status.
@@ -410,7 +414,13 @@ async fn connection_info(
         .connection_info_status
         .as_ref()
         .and_then(|c| c.last_request.as_ref());
-    if secret_exists && !due(last, threshold) {
+    let now_seconds = Timestamp::now().as_second();
+    if !desired::connection_info_due(
+        secret_exists,
+        last.map(desired::unix_seconds),
+        now_seconds,
+        threshold,
+    ) {
         return Ok(());
     }
     let info = tenant.connection_info().await?;

@@ -202,6 +202,20 @@ impl Drop for TestNamespace {
     }
 }
 
+/// One plain HTTP/1.1 GET to 127.0.0.1:`port`; the raw answer (status line, headers, body), or `None` when
+/// nothing answers. For tests of probes and metrics endpoints.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.ok()?;
+    Some(answer)
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, and fails after `timeout` naming `what` and the last
 /// error. Meant for tests waiting on controllers; product code reacts to watch events instead.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
