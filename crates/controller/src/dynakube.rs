@@ -352,6 +352,7 @@ async fn tenant_client(
     config.paas_token = tokens.paas_token.clone();
     config.skip_cert_check = spec.skip_cert_check.unwrap_or(false);
     config.network_zone = spec.network_zone.clone();
+    config.observer = Some(Arc::new(ctx.metrics.clone()));
     config.no_proxy = Some(dynakube.feature_flags().no_proxy().to_owned()).filter(|p| !p.is_empty());
     config.proxy =
         match &spec.proxy {

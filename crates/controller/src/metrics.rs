@@ -11,6 +11,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -33,12 +34,31 @@ pub struct ControllerLabels {
     pub controller: &'static str,
 }
 
+/// Labels of the tenant call metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantCallLabels {
+    /// The Dynatrace API endpoint, for example `connection-info`.
+    pub endpoint: &'static str,
+    /// `success`, `unauthorized`, `throttled`, `client_error`, `server_error` or `transport_error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of the leader gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    /// The Lease's name.
+    pub lease: String,
+}
+
 /// The operator's metrics and readiness.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     reconciles: Family<ReconcileLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
+    tenant_calls: Family<TenantCallLabels, Counter>,
+    tenant_call_durations: Family<TenantCallLabels, Histogram>,
+    leader: Family<LeaseLabels, Gauge>,
     ready: Arc<AtomicBool>,
 }
 
@@ -67,10 +87,34 @@ impl Metrics {
             "Time a reconcile took, by controller",
             durations.clone(),
         );
+        let tenant_calls = Family::<TenantCallLabels, Counter>::default();
+        registry.register(
+            "tenant_api_calls",
+            "HTTP attempts at the Dynatrace API (each retry counts), by endpoint and outcome",
+            tenant_calls.clone(),
+        );
+        // 5 ms to about 40 s: the client's request timeout is 30 s.
+        let tenant_call_durations = Family::<TenantCallLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register(
+            "tenant_api_call_duration_seconds",
+            "Time one HTTP attempt at the Dynatrace API took, by endpoint and outcome",
+            tenant_call_durations.clone(),
+        );
+        let leader = Family::<LeaseLabels, Gauge>::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controllers, else 0",
+            leader.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
             durations,
+            tenant_calls,
+            tenant_call_durations,
+            leader,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -83,6 +127,15 @@ impl Metrics {
         self.durations
             .get_or_create(&ControllerLabels { controller })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, lease: &str, leading: bool) {
+        self.leader
+            .get_or_create(&LeaseLabels {
+                lease: lease.to_owned(),
+            })
+            .set(i64::from(leading));
     }
 
     /// Marks the operator ready (its controllers run).
@@ -120,6 +173,19 @@ impl Metrics {
     }
 }
 
+impl tenant_client::CallObserver for Metrics {
+    fn observe(&self, endpoint: &'static str, outcome: tenant_client::CallOutcome, elapsed: Duration) {
+        let labels = TenantCallLabels {
+            endpoint,
+            outcome: outcome.as_str(),
+        };
+        self.tenant_calls.get_or_create(&labels).inc();
+        self.tenant_call_durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +206,29 @@ mod tests {
             text.contains(r#"dynatrace_operator_reconcile_duration_seconds_count{controller="dynakube"} 2"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn counts_tenant_calls_by_endpoint_and_outcome() {
+        use tenant_client::CallOutcome;
+        let metrics = Metrics::new();
+        metrics.observe_call("connection-info", CallOutcome::Throttled);
+        metrics.observe_call("connection-info", CallOutcome::Success);
+        metrics.observe_call("connection-info", CallOutcome::Success);
+        metrics.set_leader("dynatrace-operator-lock", true);
+        let text = metrics.encode();
+        for line in [
+            r#"dynatrace_operator_tenant_api_calls_total{endpoint="connection-info",outcome="success"} 2"#,
+            r#"dynatrace_operator_tenant_api_calls_total{endpoint="connection-info",outcome="throttled"} 1"#,
+            r#"dynatrace_operator_leader{lease="dynatrace-operator-lock"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    impl Metrics {
+        fn observe_call(&self, endpoint: &'static str, outcome: tenant_client::CallOutcome) {
+            tenant_client::CallObserver::observe(self, endpoint, outcome, Duration::from_millis(3));
+        }
     }
 }

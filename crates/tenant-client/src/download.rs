@@ -73,15 +73,20 @@ impl TenantClient {
         ];
         query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
         // No overall timeout: a large archive may take long; stalls are caught per chunk below.
-        let response = self
+        let started = std::time::Instant::now();
+        let response = match self
             .request(Method::GET, &path, Token::Paas)
             .query(&query)
             .send()
             .await
-            .map_err(|e| transport(ENDPOINT, &e))?;
-        if !response.status().is_success() {
-            return Err(error_from(ENDPOINT, response).await);
-        }
+        {
+            Err(e) => Err(transport(ENDPOINT, &e)),
+            Ok(response) if response.status().is_success() => Ok(response),
+            Ok(response) => Err(error_from(ENDPOINT, response).await),
+        };
+        // The outcome of the request itself; a broken body is reported by the error below.
+        self.report(ENDPOINT, &response, started);
+        let response = response?;
         let total = response.content_length();
         let expected_sha256 = request.expected_sha256.clone().or_else(|| {
             response

@@ -15,6 +15,7 @@ mod error;
 mod model;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
@@ -58,6 +59,59 @@ pub struct ClientConfig {
     pub download_idle_timeout: Duration,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
+    /// Told about every HTTP attempt (for metrics); retries are separate attempts.
+    pub observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// Receives one report per HTTP attempt: the endpoint, how it ended and how long it took.
+pub trait CallObserver: Send + Sync {
+    /// One attempt at `endpoint` ended with `outcome` after `elapsed`.
+    fn observe(&self, endpoint: &'static str, outcome: CallOutcome, elapsed: Duration);
+}
+
+/// How one HTTP attempt ended, coarse enough for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallOutcome {
+    /// A 2xx answer (or a status the endpoint accepts).
+    Success,
+    /// 401 or 403: the token is wrong or lacks a scope.
+    Unauthorized,
+    /// 429.
+    Throttled,
+    /// Another 4xx.
+    ClientError,
+    /// A 5xx.
+    ServerError,
+    /// No answer: connection, TLS or timeout.
+    Transport,
+}
+
+impl CallOutcome {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Unauthorized => "unauthorized",
+            Self::Throttled => "throttled",
+            Self::ClientError => "client_error",
+            Self::ServerError => "server_error",
+            Self::Transport => "transport_error",
+        }
+    }
+
+    fn of(result: &Result<Response, TenantError>) -> Self {
+        let status = match result {
+            Ok(_) => return Self::Success,
+            Err(error) => error.status(),
+        };
+        match status {
+            None => Self::Transport,
+            Some(401 | 403) => Self::Unauthorized,
+            Some(429) => Self::Throttled,
+            Some(500..) => Self::ServerError,
+            Some(_) => Self::ClientError,
+        }
+    }
 }
 
 /// Tokens and proxy credentials stay out of logs.
@@ -73,6 +127,7 @@ impl fmt::Debug for ClientConfig {
             .field("skip_cert_check", &self.skip_cert_check)
             .field("network_zone", &self.network_zone)
             .field("retry", &self.retry)
+            .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +148,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             download_idle_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            observer: None,
         }
     }
 }
@@ -153,6 +209,7 @@ pub struct TenantClient {
     retry: RetryPolicy,
     download_idle_timeout: Duration,
     request_timeout: Duration,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl fmt::Debug for TenantClient {
@@ -244,6 +301,7 @@ impl TenantClient {
             retry: config.retry,
             download_idle_timeout: config.download_idle_timeout,
             request_timeout: config.request_timeout,
+            observer: config.observer,
         })
     }
 
@@ -257,6 +315,18 @@ impl TenantClient {
             .header(reqwest::header::AUTHORIZATION, format!("Api-Token {token}"))
     }
 
+    /// Tells the observer, if any, how one attempt ended.
+    fn report(
+        &self,
+        endpoint: &'static str,
+        result: &Result<Response, TenantError>,
+        started: std::time::Instant,
+    ) {
+        if let Some(observer) = &self.observer {
+            observer.observe(endpoint, CallOutcome::of(result), started.elapsed());
+        }
+    }
+
     /// Sends a request built by `build`, retrying transient failures; returns the first answer that is
     /// not an error.
     async fn send(
@@ -266,12 +336,16 @@ impl TenantClient {
         accept: &[StatusCode],
     ) -> Result<Response, TenantError> {
         let attempt = || async {
-            let response = build().send().await.map_err(|e| transport(endpoint, &e))?;
-            if response.status().is_success() || accept.contains(&response.status()) {
-                Ok(response)
-            } else {
-                Err(error_from(endpoint, response).await)
-            }
+            let started = std::time::Instant::now();
+            let result = match build().send().await {
+                Err(e) => Err(transport(endpoint, &e)),
+                Ok(response) if response.status().is_success() || accept.contains(&response.status()) => {
+                    Ok(response)
+                }
+                Ok(response) => Err(error_from(endpoint, response).await),
+            };
+            self.report(endpoint, &result, started);
+            result
         };
         attempt
             .retry(self.retry.backoff())

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use fake_tenant::{Endpoint, FakeTenant, Fault, Listen, TenantConfig};
 use tenant_client::{
-    AgentSelector, ClientConfig, DownloadFailure, DownloadRequest, ImageComponent, RetryPolicy, TenantClient,
-    TenantError,
+    AgentSelector, CallObserver, CallOutcome, ClientConfig, DownloadFailure, DownloadRequest, ImageComponent,
+    RetryPolicy, TenantClient, TenantError,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
@@ -298,6 +298,43 @@ async fn transient_faults_end_in_success_after_retries() {
         .set_fault(Endpoint::Versions, Fault::Unavailable, Some(2));
     client.available_versions(&agent).await.unwrap();
     assert_eq!(t.tenant.request_count(Endpoint::Versions), 3);
+    t.tenant.shutdown().await;
+}
+
+/// Records every attempt the client reports.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(&'static str, CallOutcome)>>);
+
+impl CallObserver for Recorder {
+    fn observe(&self, endpoint: &'static str, outcome: CallOutcome, _elapsed: Duration) {
+        self.0.lock().unwrap().push((endpoint, outcome));
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_is_reported_to_the_observer_with_its_outcome() {
+    let t = https_tenant(TenantConfig::default()).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut config = ClientConfig::new(t.tenant.api_url(), TOKEN);
+    config.trusted_cas_pem = Some(t.ca_pem.clone());
+    config.retry = quick_retries();
+    config.observer = Some(recorder.clone());
+    let client = TenantClient::new(config).unwrap();
+
+    t.tenant
+        .set_fault(Endpoint::Versions, Fault::Unavailable, Some(1));
+    client
+        .available_versions(&AgentSelector::host_agent())
+        .await
+        .unwrap();
+    t.tenant
+        .set_fault(Endpoint::ConnectionInfo, Fault::Unauthorized, None);
+    client.connection_info().await.unwrap_err();
+    let seen = recorder.0.lock().unwrap().clone();
+    let outcomes: Vec<_> = seen.iter().map(|(_, outcome)| outcome.as_str()).collect();
+    assert_eq!(outcomes, ["server_error", "success", "unauthorized"], "{seen:?}");
+    assert_eq!(seen[0].0, seen[1].0, "a retry reports the same endpoint");
+    assert_ne!(seen[1].0, seen[2].0);
     t.tenant.shutdown().await;
 }
 
