@@ -299,6 +299,30 @@ mod tests {
         );
     }
 
+    /// The field names of the reference's manifests, where camelCase would spell them differently.
+    #[test]
+    fn trusted_cas_keeps_the_reference_spelling_in_every_type() {
+        let v1beta1: DynaKube = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube", "metadata": { "name": "dk" },
+            "spec": { "apiUrl": "https://x/api", "trustedCAs": "my-cas" },
+        }))
+        .unwrap();
+        assert_eq!(v1beta1.spec.trusted_cas.as_deref(), Some("my-cas"));
+        assert!(serde_json::to_string(&v1beta1.spec).unwrap().contains("\"trustedCAs\":\"my-cas\""));
+        let v1alpha1: crate::dynakube::v1alpha1::DynaKube = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dynatrace.com/v1alpha1", "kind": "DynaKube", "metadata": { "name": "dk" },
+            "spec": { "apiUrl": "https://x/api", "trustedCAs": "my-cas" },
+        }))
+        .unwrap();
+        assert_eq!(v1alpha1.spec.trusted_cas.as_deref(), Some("my-cas"));
+        let legacy: crate::oneagent::OneAgent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent", "metadata": { "name": "oa" },
+            "spec": { "apiUrl": "https://x/api", "trustedCAs": "my-cas" },
+        }))
+        .unwrap();
+        assert_eq!(legacy.spec.trusted_cas.as_deref(), Some("my-cas"));
+    }
+
     #[test]
     fn readonly_host_fs_flag_turns_off_csi_for_host_monitoring() {
         let mut host = dynakube(serde_json::json!({ "hostMonitoring": {} }));

@@ -47,6 +47,7 @@ pub struct DynaKubeSpec {
     pub proxy: Option<DynaKubeProxy>,
     /// Name of a ConfigMap whose key `certs` holds PEM certificates of CAs to trust.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "trustedCAs")]
     pub trusted_cas: Option<String>,
     /// Network zone for OneAgents.
     #[serde(default, skip_serializing_if = "Option::is_none")]

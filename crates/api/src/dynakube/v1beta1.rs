@@ -59,6 +59,7 @@ pub struct DynaKubeSpec {
     /// Name of a ConfigMap whose key `certs` holds PEM certificates of CAs to trust when calling the
     /// Dynatrace environment (and inside OneAgents and code modules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "trustedCAs")]
     pub trusted_cas: Option<String>,
 
     /// Network zone for OneAgents and for the connection-info query.
