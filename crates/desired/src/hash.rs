@@ -28,11 +28,11 @@ impl io::Write for Fnv1a {
     }
 }
 
-/// The DaemonSet without the hash annotation, and without an annotation map left empty by its removal,
-/// so that hashing a DaemonSet that already carries a hash gives the same result.
-fn without_hash(mut ds: DaemonSet) -> DaemonSet {
+/// The DaemonSet without the hash annotation `key`, and without an annotation map left empty by its
+/// removal, so that hashing a DaemonSet that already carries a hash gives the same result.
+fn without_hash(mut ds: DaemonSet, key: &str) -> DaemonSet {
     if let Some(annotations) = ds.metadata.annotations.as_mut() {
-        annotations.remove(TEMPLATE_HASH_ANNOTATION);
+        annotations.remove(key);
         if annotations.is_empty() {
             ds.metadata.annotations = None;
         }
@@ -51,18 +51,30 @@ fn hash_of(ds: &DaemonSet) -> String {
 /// The template hash of a DaemonSet: FNV-1a 32-bit over its JSON serialization without the hash
 /// annotation, in decimal. The same DaemonSet always gives the same hash: every map in it is ordered.
 pub fn template_hash(ds: &DaemonSet) -> String {
-    hash_of(&without_hash(ds.clone()))
+    template_hash_under(ds, TEMPLATE_HASH_ANNOTATION)
 }
 
 /// The DaemonSet with its template hash stored under [`TEMPLATE_HASH_ANNOTATION`] in its metadata
 /// annotations (replacing any hash already there).
 pub fn with_template_hash(ds: DaemonSet) -> DaemonSet {
-    let mut ds = without_hash(ds);
+    with_template_hash_under(ds, TEMPLATE_HASH_ANNOTATION)
+}
+
+/// [`template_hash`] for a DaemonSet that keeps its hash under the annotation `key` (the legacy
+/// `OneAgent` DaemonSet uses `internal.oneagent.dynatrace.com/template-hash`).
+pub fn template_hash_under(ds: &DaemonSet, key: &str) -> String {
+    hash_of(&without_hash(ds.clone(), key))
+}
+
+/// [`with_template_hash`] with the hash stored under the annotation `key` (replacing any hash already
+/// there).
+pub fn with_template_hash_under(ds: DaemonSet, key: &str) -> DaemonSet {
+    let mut ds = without_hash(ds, key);
     let hash = hash_of(&ds);
     ds.metadata
         .annotations
         .get_or_insert_with(Default::default)
-        .insert(TEMPLATE_HASH_ANNOTATION.to_owned(), hash);
+        .insert(key.to_owned(), hash);
     ds
 }
 
@@ -121,5 +133,21 @@ mod tests {
         let annotations = hashed.metadata.annotations.unwrap();
         assert_eq!(annotations["x"], "y");
         assert_ne!(annotations[TEMPLATE_HASH_ANNOTATION], template_hash(&ds("a")));
+    }
+
+    #[test]
+    fn hash_under_another_key_matches_the_default_and_ignores_itself() {
+        const KEY: &str = "internal.oneagent.dynatrace.com/template-hash";
+        let hashed = with_template_hash_under(ds("a"), KEY);
+        let annotations = hashed.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations[KEY], template_hash(&ds("a")), "same hash, other key");
+        assert_eq!(template_hash_under(&hashed, KEY), annotations[KEY]);
+        assert_eq!(with_template_hash_under(hashed.clone(), KEY), hashed);
+        // The default key is not special to the keyed variant: it is hashed like any other annotation.
+        assert_ne!(
+            template_hash_under(&with_template_hash(ds("a")), KEY),
+            template_hash(&ds("a"))
+        );
     }
 }

@@ -20,8 +20,13 @@
 //! - [`request_due`], [`connection_info_due`]: the API request threshold. Times are unix seconds that the
 //!   caller passes in; nothing here reads the clock.
 //! - [`parse_version`], [`is_downgrade`], [`image_tag`]: OneAgent version rules.
+//!
+//! Legacy `OneAgent` resource (module [`legacy`], spec §7.4): [`legacy_oneagent_daemonset`],
+//! [`legacy_pull_secret`], the token rules ([`legacy_tokens_secret_name`], [`legacy_required_scopes`],
+//! [`legacy_token_condition`]) and [`legacy_phase`].
 
 pub mod hash;
+pub mod legacy;
 pub mod objects;
 pub mod oneagent;
 pub mod throttle;
@@ -29,7 +34,18 @@ pub mod tokens;
 pub mod version;
 pub mod versions;
 
-pub use hash::{TEMPLATE_HASH_ANNOTATION, template_hash, with_template_hash};
+pub use hash::{
+    TEMPLATE_HASH_ANNOTATION, template_hash, template_hash_under, with_template_hash,
+    with_template_hash_under,
+};
+pub use legacy::{
+    LEGACY_TEMPLATE_HASH_ANNOTATION, LegacyFacts, LegacyProxy, LegacyToken, LegacyTokenCheck,
+    LegacyTokenCondition, legacy_immutable_image, legacy_installer_image, legacy_oneagent_daemonset,
+    legacy_phase, legacy_proxy, legacy_pull_secret, legacy_pull_secret_name, legacy_registry,
+    legacy_required_scopes, legacy_secret_not_found_conditions, legacy_selector_labels,
+    legacy_token_condition, legacy_token_from_secret, legacy_token_probe_due, legacy_tokens_secret_name,
+    legacy_uses_immutable_image,
+};
 pub use objects::{
     connection_info_config_map, deployment_metadata, deployment_metadata_config_map, pull_secret,
     tenant_secret,
@@ -76,6 +92,29 @@ pub enum DesiredError {
     InvalidApiUrl {
         /// The DynaKube's name.
         dynakube: String,
+        /// The URL as given.
+        api_url: String,
+    },
+    /// A value the legacy `OneAgent`'s objects need is missing or empty.
+    #[error("OneAgent {oneagent:?}: {field} is missing or empty; {hint}")]
+    LegacyMissing {
+        /// The `OneAgent`'s name (empty when the name itself is missing).
+        oneagent: String,
+        /// The field or fact that is missing.
+        field: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// The legacy `OneAgent`'s `spec.apiUrl` is not a URL with a host, so neither the installer URL nor
+    /// the registry is known.
+    #[error(
+        "OneAgent {oneagent:?}: spec.apiUrl {api_url:?} is not a URL with a host name; set it to \
+         https://<environment-id>.live.dynatrace.com/api (SaaS) or https://<host>/e/<environment-id>/api \
+         (Managed)"
+    )]
+    LegacyInvalidApiUrl {
+        /// The `OneAgent`'s name.
+        oneagent: String,
         /// The URL as given.
         api_url: String,
     },

@@ -475,7 +475,12 @@ fn env(
 /// The user's resources, with a CPU request of 100m when none is given. A CPU limit below 100m is used as
 /// the request instead, because a request above the limit would make the DaemonSet invalid.
 fn resources(host: &HostInjectSpec) -> ResourceRequirements {
-    let mut resources = host.one_agent_resources.clone().unwrap_or_default();
+    with_default_cpu_request(host.one_agent_resources.clone().unwrap_or_default())
+}
+
+/// `resources` with a CPU request of 100m when none is given, or the CPU limit when that is below 100m.
+/// Shared with the legacy `OneAgent` DaemonSet.
+pub(crate) fn with_default_cpu_request(mut resources: ResourceRequirements) -> ResourceRequirements {
     let limit = resources
         .limits
         .as_ref()
