@@ -22,15 +22,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
-    /// Run the operator: reconcile DynaKubes into OneAgent DaemonSets (first slice: no leader election yet).
-    Operator {
-        /// Log format.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        /// Address of /livez, /readyz and /metrics (plain HTTP).
-        #[arg(long, default_value = "0.0.0.0:10080")]
-        health_address: std::net::SocketAddr,
-    },
+    /// Run the operator: reconcile DynaKubes into OneAgent DaemonSets. With several replicas, one leads
+    /// (Lease `dynatrace-operator-lock`) and the others stand by.
+    Operator(OperatorArgs),
     /// Serve the validating and conversion webhooks over HTTPS, with metrics on a separate port.
     WebhookServer(WebhookServerArgs),
     /// Print the CustomResourceDefinitions (DynaKube, OneAgent) as YAML, for `kubectl apply -f -`.
@@ -52,12 +46,46 @@ enum Command {
     },
 }
 
+/// Options of `operator`.
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Address of /livez, /readyz and /metrics (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:10080")]
+    health_address: std::net::SocketAddr,
+    /// The operator's namespace: its Lease, and (with the Helm chart) its webhook and certificates.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dynatrace")]
+    namespace: String,
+    /// This replica's name, used in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Elect a leader among the replicas (`false`: run the controllers at once; only for a single replica).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Seconds a Lease that is not renewed stays with its holder.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value_t = 30)]
+    lease_duration: u64,
+    /// Seconds the leader may take to renew the Lease before it gives up leading.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value_t = 20)]
+    renew_deadline: u64,
+}
+
 /// Options of `webhook-server`.
 #[derive(Debug, clap::Args)]
 struct WebhookServerArgs {
-    /// Directory holding tls.crt and tls.key; they are re-read within seconds when they change.
+    /// Directory holding tls.crt and tls.key; they are re-read within seconds when they change. Not used
+    /// with --certs-secret.
     #[arg(long, env = "WEBHOOK_CERTS_DIR", default_value = "/tmp/webhook/certs")]
     certs_dir: std::path::PathBuf,
+    /// Serve tls.crt and tls.key of this Secret in --namespace (the operator writes
+    /// dynatrace-webhook-certs), taking every change at once, instead of files from --certs-dir.
+    #[arg(long, env = "WEBHOOK_CERTS_SECRET")]
+    certs_secret: Option<String>,
+    /// Namespace of the certificate Secret: the webhook's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dynatrace")]
+    namespace: String,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: std::net::IpAddr,
@@ -104,10 +132,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version { output } => print_version(output),
-        Command::Operator {
-            log_format,
-            health_address,
-        } => run_operator(log_format, health_address),
+        Command::Operator(args) => run_operator(args),
         Command::WebhookServer(args) => run_webhook_server(args),
         Command::Crd {
             webhook_namespace,
@@ -134,9 +159,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run_operator(log_format: LogFormat, health_address: std::net::SocketAddr) -> anyhow::Result<()> {
+fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    init_logging(log_format);
+    init_logging(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -149,6 +174,7 @@ fn run_operator(log_format: LogFormat, health_address: std::net::SocketAddr) -> 
             }
         };
         let metrics = controller::Metrics::new();
+        let health_address = args.health_address;
         let listener = tokio::net::TcpListener::bind(health_address)
             .await
             .with_context(|| format!("cannot listen on {health_address} for the health endpoints"))?;
@@ -161,11 +187,31 @@ fn run_operator(log_format: LogFormat, health_address: std::net::SocketAddr) -> 
             serving::ServeOptions::default(),
         ));
         let requeue = controller::Requeue::default();
-        controller::run(client, BUILD_INFO.version.to_owned(), requeue, metrics, shutdown).await;
+        let version = BUILD_INFO.version.to_owned();
+        let result = if args.leader_elect {
+            let mut leader = controller::leader::LeaderConfig::new(
+                &args.namespace,
+                controller::leader::identity(args.pod_name.as_deref()),
+            );
+            leader.lease_duration = std::time::Duration::from_secs(args.lease_duration);
+            leader.renew_deadline = std::time::Duration::from_secs(args.renew_deadline);
+            let lead_client = client.clone();
+            let lead_metrics = metrics.clone();
+            controller::leader::run_as_leader(client, leader, metrics, shutdown, move |stop| {
+                controller::run(lead_client, version, requeue, lead_metrics, async move {
+                    let _ = stop.await;
+                })
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        } else {
+            controller::run(client, version, requeue, metrics, shutdown).await;
+            Ok(())
+        };
         stop_health.cancel();
         let _ = health.await;
         tracing::info!("operator stopped");
-        Ok(())
+        result
     })
 }
 
@@ -174,14 +220,25 @@ fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    // Fail on a missing or broken certificate before anything else, with the files named.
-    webhook::tls::ReloadingCertificate::load(&args.certs_dir)?;
+    if args.certs_secret.is_none() {
+        // Fail on a missing or broken certificate before anything else, with the files named.
+        webhook::tls::ReloadingCertificate::load(&args.certs_dir)?;
+    }
     runtime.block_on(async {
         let client = kube::Client::try_default().await.context(
             "cannot build a Kubernetes client (in-cluster service account or KUBECONFIG); the webhook needs it \
              for the rules that look at other DynaKubes, nodes and namespaces",
         )?;
         let shutdown = tokio_util::sync::CancellationToken::new();
+        // With a Secret the server starts at once; /readyz is 503 until the Secret holds a certificate.
+        let certificate_source = match args.certs_secret {
+            Some(name) => webhook::CertificateSource::Secret {
+                client: client.clone(),
+                namespace: args.namespace,
+                name,
+            },
+            None => webhook::CertificateSource::Dir(args.certs_dir),
+        };
         let state = webhook::AppState {
             cluster: Some(webhook::ClusterCache::start(client, &shutdown)),
             metrics: webhook::Metrics::new(),
@@ -189,7 +246,7 @@ fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
         let config = webhook::ServerConfig {
             bind: (args.bind_address, args.port).into(),
             metrics_bind: (args.bind_address, args.metrics_port).into(),
-            certs_dir: args.certs_dir,
+            certificate_source,
         };
         let server = webhook::start(&config, state, shutdown.clone()).await?;
         wait_for_termination().await?;

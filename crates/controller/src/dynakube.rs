@@ -11,11 +11,14 @@ use api::dynakube::v1beta1::{CommunicationHost, ConnectionInfoStatus, OneAgentSt
 use api::dynakube::{DynaKube, DynaKubeStatus, names};
 use desired::Lookup;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::json;
 use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, TenantError};
@@ -56,6 +59,76 @@ pub struct Context {
     pub requeue: Requeue,
     /// Metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Who publishes the Kubernetes events about notable changes.
+    pub reporter: Reporter,
+    /// Per object (`namespace/name`), the resourceVersion of the token Secret whose scopes were last
+    /// checked. A changed Secret is checked at once instead of after the request threshold.
+    pub checked_secrets: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+impl Context {
+    /// Whether the token Secret at `version` differs from the one last checked for `key`.
+    pub(crate) fn secret_changed(&self, key: &str, version: Option<&str>) -> bool {
+        let checked = self
+            .checked_secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        checked.get(key).map(String::as_str) != version
+    }
+
+    /// Remembers that the token Secret at `version` was checked for `key`.
+    pub(crate) fn secret_checked(&self, key: String, version: Option<String>) {
+        let mut checked = self
+            .checked_secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match version {
+            Some(version) => checked.insert(key, version),
+            None => checked.remove(&key),
+        };
+    }
+}
+
+/// Events a reconcile collects and publishes at its end (publishing failures are only logged).
+#[derive(Default)]
+pub(crate) struct Notes(Vec<Event>);
+
+impl Notes {
+    /// A normal event: something changed as intended.
+    pub(crate) fn normal(&mut self, reason: &str, note: String) {
+        self.push(EventType::Normal, reason, note);
+    }
+
+    /// A warning: something the user should look at.
+    pub(crate) fn warning(&mut self, reason: &str, note: String) {
+        self.push(EventType::Warning, reason, note);
+    }
+
+    fn push(&mut self, type_: EventType, reason: &str, note: String) {
+        self.0.push(Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        });
+    }
+
+    /// Publishes the events about `object`.
+    pub(crate) async fn publish(self, ctx: &Context, object: &ObjectReference) {
+        if self.0.is_empty() {
+            return;
+        }
+        // A recorder of its own: a shared one folds events of the same reason into a series that keeps
+        // the first note, which would hide what changed (for example the new version). Events are only
+        // published on changes, so there is nothing to fold.
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        for event in self.0 {
+            if let Err(error) = recorder.publish(&event, object).await {
+                tracing::warn!(%error, reason = %event.reason, "cannot publish an event");
+            }
+        }
+    }
 }
 
 /// Why a reconcile did not finish.
@@ -80,12 +153,12 @@ pub enum ReconcileError {
     Desired(#[from] desired::DesiredError),
 }
 
-fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+pub(crate) fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let what = what.into();
     move |source| ReconcileError::Kube { what, source }
 }
 
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
@@ -125,7 +198,8 @@ enum Outcome {
 
 async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outcome, ReconcileError> {
     let mut status = dynakube.status.clone().unwrap_or_default();
-    let result = converge(dynakube, ctx, &mut status).await;
+    let mut notes = Notes::default();
+    let result = converge(dynakube, ctx, &mut status, &mut notes).await;
     let (phase, tokens_condition) = match &result {
         Ok(phase) => (phase.to_owned(), None),
         Err(ReconcileError::UserFixable(message)) => ("Error".to_owned(), Some(message.clone())),
@@ -135,11 +209,14 @@ async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outc
         }
         Err(_) => ("Error".to_owned(), None),
     };
-    if let Some(message) = tokens_condition {
-        set_condition(&mut status, dynakube, false, "TokenError", &message);
+    if let Some(message) = tokens_condition
+        && set_condition(&mut status, dynakube, false, "TokenError", &message)
+    {
+        notes.warning("TokenError", message);
     }
     status.phase = (!phase.is_empty()).then_some(phase);
     write_status(dynakube, ctx, status).await?;
+    notes.publish(ctx, &dynakube.object_ref(&())).await;
     match result {
         Ok(_) => Ok(Outcome::Converged),
         Err(ReconcileError::UserFixable(_)) => Ok(Outcome::UserFixable),
@@ -180,25 +257,51 @@ async fn write_status(
     Ok(())
 }
 
-fn set_condition(status: &mut DynaKubeStatus, dynakube: &DynaKube, ok: bool, reason: &str, message: &str) {
-    let conditions = status.conditions.get_or_insert_with(Vec::new);
+/// Sets the Tokens condition; returns whether it changed.
+fn set_condition(
+    status: &mut DynaKubeStatus,
+    dynakube: &DynaKube,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) -> bool {
     let value = if ok { "True" } else { "False" };
+    upsert_condition(
+        status.conditions.get_or_insert_with(Vec::new),
+        TOKENS_CONDITION,
+        value,
+        reason,
+        message,
+        dynakube.metadata.generation,
+    )
+}
+
+/// Sets a condition, keeping its transition time when nothing changed; returns whether it changed.
+pub(crate) fn upsert_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> bool {
     let changed = conditions
         .iter()
-        .find(|c| c.type_ == TOKENS_CONDITION)
-        .is_none_or(|c| c.status != value || c.reason != reason || c.message != message);
+        .find(|c| c.type_ == type_)
+        .is_none_or(|c| c.status != status || c.reason != reason || c.message != message);
     if !changed {
-        return;
+        return false;
     }
-    conditions.retain(|c| c.type_ != TOKENS_CONDITION);
+    conditions.retain(|c| c.type_ != type_);
     conditions.push(Condition {
-        type_: TOKENS_CONDITION.to_owned(),
-        status: value.to_owned(),
+        type_: type_.to_owned(),
+        status: status.to_owned(),
         reason: reason.to_owned(),
         message: message.to_owned(),
         last_transition_time: now(),
-        observed_generation: dynakube.metadata.generation,
+        observed_generation: generation,
     });
+    true
 }
 
 /// Brings the cluster to the desired state; returns the phase.
@@ -206,6 +309,7 @@ async fn converge(
     dynakube: &DynaKube,
     ctx: &Context,
     status: &mut DynaKubeStatus,
+    notes: &mut Notes,
 ) -> Result<String, ReconcileError> {
     let namespace = dynakube.namespace().unwrap_or_default();
     let flags = dynakube.feature_flags();
@@ -226,6 +330,7 @@ async fn converge(
                  (and optionally paasToken)"
             ))
         })?;
+    let secret_version = secret.resource_version();
     let data: BTreeMap<String, Vec<u8>> = secret
         .data
         .unwrap_or_default()
@@ -240,7 +345,10 @@ async fn converge(
         .dynatrace_api
         .as_ref()
         .and_then(|a| a.last_token_scope_request.as_ref());
-    if due(last_scopes, threshold) {
+    let check_key = format!("{namespace}/{}", dynakube.name_any());
+    // A changed Secret is checked at once: the user fixed (or broke) a token and expects to see it.
+    if due(last_scopes, threshold) || ctx.secret_changed(&check_key, secret_version.as_deref()) {
+        ctx.secret_checked(check_key, secret_version);
         let mut granted = BTreeMap::new();
         for kind in [
             desired::TokenKind::Api,
@@ -260,13 +368,17 @@ async fn converge(
         if !missing.is_empty() {
             return Err(ReconcileError::UserFixable(missing.join("; ")));
         }
-        set_condition(
+        let was_failing = failing_tokens_message(status).is_some();
+        if set_condition(
             status,
             dynakube,
             true,
             "TokenReady",
             "the tokens are valid and have every needed scope",
-        );
+        ) && was_failing
+        {
+            notes.normal("TokenReady", "the tokens are valid again".to_owned());
+        }
     } else if let Some(message) = failing_tokens_message(status) {
         // Within the threshold, a failed check is repeated from the status instead of calling the tenant.
         return Err(ReconcileError::UserFixable(message));
@@ -282,10 +394,16 @@ async fn converge(
     apply(ctx, &namespace, metadata).await?;
 
     if !dynakube.needs_one_agent() {
-        delete_daemonset(ctx, &namespace, &names::one_agent_daemonset(&dynakube.name_any())).await?;
+        let name = names::one_agent_daemonset(&dynakube.name_any());
+        if delete_daemonset(ctx, &namespace, &name).await? {
+            notes.normal(
+                "DaemonSetDeleted",
+                format!("deleted the OneAgent DaemonSet {name}: the mode runs no OneAgent on the nodes"),
+            );
+        }
         return Ok("Running".to_owned());
     }
-    resolve_version(dynakube, &tenant, one_agent, threshold).await?;
+    resolve_version(dynakube, &tenant, one_agent, threshold, notes).await?;
     if one_agent
         .connection_info_status
         .as_ref()
@@ -303,13 +421,27 @@ async fn converge(
         healthcheck: None,
     };
     let daemonset = desired::oneagent_daemonset(dynakube, &facts)?;
-    let applied = apply_daemonset(dynakube, ctx, daemonset).await?;
+    let owner = dynakube.controller_owner_ref(&());
+    let applied = apply_daemonset(
+        ctx,
+        &namespace,
+        owner,
+        (daemonset, desired::TEMPLATE_HASH_ANNOTATION),
+        notes,
+    )
+    .await?;
+    delete_daemonset(
+        ctx,
+        &namespace,
+        &names::legacy_classic_daemonset(&dynakube.name_any()),
+    )
+    .await?;
     Ok(daemonset_phase(&applied).to_owned())
 }
 
 /// `Running` once the DaemonSet controller has seen the current spec and every pod it wants is ready; the
 /// reference compared scheduled with ready pods, which reads Running before any pod exists.
-fn daemonset_phase(daemonset: &DaemonSet) -> &'static str {
+pub(crate) fn daemonset_phase(daemonset: &DaemonSet) -> &'static str {
     let Some(status) = &daemonset.status else {
         return "Deploying";
     };
@@ -332,12 +464,53 @@ fn failing_tokens_message(status: &DynaKubeStatus) -> Option<String> {
 }
 
 /// The UID of kube-system, the cluster's id.
-async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> {
+pub(crate) async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> {
     let namespace = Api::<Namespace>::all(ctx.client.clone())
         .get("kube-system")
         .await
         .map_err(kube_error("reading namespace kube-system for the cluster id"))?;
     Ok(namespace.uid().unwrap_or_default())
+}
+
+/// Where a tenant client's settings come from: a DynaKube's or a legacy OneAgent's spec.
+pub(crate) struct TenantSettings<'a> {
+    /// Namespace of the proxy Secret and the trusted-CAs ConfigMap.
+    pub namespace: &'a str,
+    /// `spec.apiUrl`.
+    pub api_url: &'a str,
+    /// `spec.skipCertCheck`.
+    pub skip_cert_check: bool,
+    /// `spec.networkZone`.
+    pub network_zone: Option<&'a str>,
+    /// Hosts that bypass the proxy.
+    pub no_proxy: Option<String>,
+    /// The proxy URL written in the spec.
+    pub proxy_value: Option<&'a str>,
+    /// The Secret whose key `proxy` holds the proxy URL.
+    pub proxy_secret: Option<&'a str>,
+    /// The ConfigMap whose key `certs` holds CAs to trust.
+    pub trusted_cas: Option<&'a str>,
+}
+
+impl<'a> TenantSettings<'a> {
+    /// A DynaKube's settings: a literal proxy wins over `valueFrom`.
+    fn of_dynakube(dynakube: &'a DynaKube, namespace: &'a str) -> Self {
+        let spec = &dynakube.spec;
+        let proxy = spec.proxy.as_ref();
+        let proxy_value = proxy.and_then(|p| p.value.as_deref()).filter(|v| !v.is_empty());
+        Self {
+            namespace,
+            api_url: &spec.api_url,
+            skip_cert_check: spec.skip_cert_check.unwrap_or(false),
+            network_zone: spec.network_zone.as_deref(),
+            no_proxy: Some(dynakube.feature_flags().no_proxy().to_owned()).filter(|p| !p.is_empty()),
+            proxy_value,
+            proxy_secret: proxy
+                .and_then(|p| p.value_from.as_deref())
+                .filter(|v| proxy_value.is_none() && !v.is_empty()),
+            trusted_cas: spec.trusted_cas.as_deref().filter(|n| !n.is_empty()),
+        }
+    }
 }
 
 /// A tenant client configured from the DynaKube: API URL, tokens, proxy, trusted CAs, network zone.
@@ -347,37 +520,49 @@ async fn tenant_client(
     tokens: &desired::Tokens,
 ) -> Result<TenantClient, ReconcileError> {
     let namespace = dynakube.namespace().unwrap_or_default();
-    let spec = &dynakube.spec;
-    let mut config = ClientConfig::new(spec.api_url.clone(), tokens.api_token.clone());
-    config.paas_token = tokens.paas_token.clone();
-    config.skip_cert_check = spec.skip_cert_check.unwrap_or(false);
-    config.network_zone = spec.network_zone.clone();
+    let settings = TenantSettings::of_dynakube(dynakube, &namespace);
+    build_tenant_client(
+        ctx,
+        &settings,
+        tokens.api_token.clone(),
+        tokens.paas_token.clone(),
+    )
+    .await
+}
+
+/// A tenant client from resolved settings: reads the proxy Secret and the trusted-CAs ConfigMap.
+pub(crate) async fn build_tenant_client(
+    ctx: &Context,
+    settings: &TenantSettings<'_>,
+    api_token: String,
+    paas_token: Option<String>,
+) -> Result<TenantClient, ReconcileError> {
+    let namespace = settings.namespace;
+    let mut config = ClientConfig::new(settings.api_url.to_owned(), api_token);
+    config.paas_token = paas_token;
+    config.skip_cert_check = settings.skip_cert_check;
+    config.network_zone = settings.network_zone.map(str::to_owned);
     config.observer = Some(Arc::new(ctx.metrics.clone()));
-    config.no_proxy = Some(dynakube.feature_flags().no_proxy().to_owned()).filter(|p| !p.is_empty());
-    config.proxy =
-        match &spec.proxy {
-            Some(proxy) if proxy.value.as_deref().is_some_and(|v| !v.is_empty()) => proxy.value.clone(),
-            Some(proxy) => {
-                match proxy.value_from.as_deref().filter(|v| !v.is_empty()) {
-                    Some(name) => {
-                        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-                            .get_opt(name)
-                            .await
-                            .map_err(kube_error(format!("reading the proxy Secret {namespace}:{name}")))?;
-                        let value = secret.and_then(|s| s.data).and_then(|d| d.get("proxy").cloned());
-                        Some(value.map(|v| String::from_utf8_lossy(&v.0).into_owned()).ok_or_else(|| {
+    config.no_proxy = settings.no_proxy.clone();
+    config.proxy = settings.proxy_value.map(str::to_owned);
+    if let Some(name) = settings.proxy_secret {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(kube_error(format!("reading the proxy Secret {namespace}:{name}")))?;
+        let value = secret.and_then(|s| s.data).and_then(|d| d.get("proxy").cloned());
+        config.proxy = Some(
+            value
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .ok_or_else(|| {
                     ReconcileError::UserFixable(format!(
                         "the proxy Secret {namespace}:{name} is missing or has no key \"proxy\""
                     ))
-                })?)
-                    }
-                    None => None,
-                }
-            }
-            None => None,
-        };
-    if let Some(name) = spec.trusted_cas.as_deref().filter(|n| !n.is_empty()) {
-        let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
+                })?,
+        );
+    }
+    if let Some(name) = settings.trusted_cas {
+        let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await
             .map_err(kube_error(format!(
@@ -472,6 +657,7 @@ async fn resolve_version(
     tenant: &TenantClient,
     one_agent: &mut OneAgentStatus,
     threshold: u32,
+    notes: &mut Notes,
 ) -> Result<(), ReconcileError> {
     let current = one_agent.version.source.is_some().then_some(&one_agent.version);
     let now_seconds = Timestamp::now().as_second();
@@ -502,8 +688,20 @@ async fn resolve_version(
         && let Err(rejected) = desired::accept_version(plan.downgrade_baseline.as_deref(), target)
     {
         tracing::warn!(dynakube = %dynakube.name_any(), %rejected, "keeping the current OneAgent version");
+        // Once per probe, at most every threshold minutes; the recorder folds repeats into a series.
+        notes.warning("DowngradeRefused", rejected.to_string());
         one_agent.version.last_probe_timestamp = Some(now());
         return Ok(());
+    }
+    if one_agent.version.image_id.as_deref() != Some(image.as_str()) {
+        notes.normal(
+            "OneAgentVersion",
+            format!(
+                "OneAgent {} from {} ({image})",
+                version.as_deref().unwrap_or("of the image"),
+                plan.source.as_str()
+            ),
+        );
     }
     one_agent.version = VersionStatus {
         source: Some(plan.source.as_str().to_owned()),
@@ -515,7 +713,7 @@ async fn resolve_version(
 }
 
 /// Server-side applies an object the DynaKube owns.
-async fn apply<K>(ctx: &Context, namespace: &str, object: K) -> Result<(), ReconcileError>
+pub(crate) async fn apply<K>(ctx: &Context, namespace: &str, object: K) -> Result<(), ReconcileError>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -539,32 +737,46 @@ where
 }
 
 /// Creates or updates the DaemonSet when its template hash changed; recreates it when the selector
-/// changed (selectors are immutable).
-async fn apply_daemonset(
-    dynakube: &DynaKube,
+/// changed (selectors are immutable). Returns the DaemonSet as the cluster has it.
+pub(crate) async fn apply_daemonset(
     ctx: &Context,
-    mut daemonset: DaemonSet,
+    namespace: &str,
+    owner: Option<OwnerReference>,
+    (mut daemonset, hash_annotation): (DaemonSet, &str),
+    notes: &mut Notes,
 ) -> Result<DaemonSet, ReconcileError> {
-    let namespace = dynakube.namespace().unwrap_or_default();
     let name = daemonset.name_any();
-    if let Some(owner) = dynakube.controller_owner_ref(&()) {
-        daemonset.metadata.owner_references = Some(vec![owner]);
-    }
-    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    daemonset.metadata.owner_references = owner.map(|o| vec![o]);
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = api
         .get_opt(&name)
         .await
         .map_err(kube_error(format!("reading DaemonSet {namespace}:{name}")))?;
-    if let Some(existing) = &existing {
-        let hash = |ds: &DaemonSet| ds.annotations().get(desired::TEMPLATE_HASH_ANNOTATION).cloned();
-        if hash(existing) == hash(&daemonset) {
-            return Ok(existing.clone());
+    let (reason, note) = match &existing {
+        None => (
+            "DaemonSetCreated",
+            format!("created the OneAgent DaemonSet {name}"),
+        ),
+        Some(existing) => {
+            let hash = |ds: &DaemonSet| ds.annotations().get(hash_annotation).cloned();
+            if hash(existing) == hash(&daemonset) {
+                return Ok(existing.clone());
+            }
+            let selector = |ds: &DaemonSet| ds.spec.as_ref().map(|s| s.selector.clone());
+            if selector(existing) == selector(&daemonset) {
+                (
+                    "DaemonSetUpdated",
+                    format!("updated the OneAgent DaemonSet {name}: its desired spec changed"),
+                )
+            } else {
+                delete_daemonset(ctx, namespace, &name).await?;
+                (
+                    "DaemonSetRecreated",
+                    format!("recreated the OneAgent DaemonSet {name}: its pod selector changed"),
+                )
+            }
         }
-        let selector = |ds: &DaemonSet| ds.spec.as_ref().map(|s| s.selector.clone());
-        if selector(existing) != selector(&daemonset) {
-            delete_daemonset(ctx, &namespace, &name).await?;
-        }
-    }
+    };
     let applied = api
         .patch(
             &name,
@@ -573,22 +785,22 @@ async fn apply_daemonset(
         )
         .await
         .map_err(kube_error(format!("applying DaemonSet {namespace}:{name}")))?;
-    delete_daemonset(
-        ctx,
-        &namespace,
-        &names::legacy_classic_daemonset(&dynakube.name_any()),
-    )
-    .await?;
+    notes.normal(reason, note);
     Ok(applied)
 }
 
-async fn delete_daemonset(ctx: &Context, namespace: &str, name: &str) -> Result<(), ReconcileError> {
+/// Deletes a DaemonSet; returns whether there was one.
+pub(crate) async fn delete_daemonset(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, ReconcileError> {
     match Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
         .delete(name, &DeleteParams::background())
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(kube_error(format!("deleting DaemonSet {namespace}:{name}"))(e)),
     }
 }

@@ -1,13 +1,17 @@
-//! The operator's controllers. For now the DynaKube controller: tokens, connection info, OneAgent version
-//! and the OneAgent DaemonSet, reported in the DynaKube's status.
+//! The operator's controllers: DynaKube and legacy OneAgent (tokens, connection info, OneAgent version
+//! and the OneAgent DaemonSet, reported in the status), the webhook certificates, and leader election.
 
+pub mod certificates;
 pub mod dynakube;
+pub mod leader;
+pub mod legacy;
 pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use api::dynakube::DynaKube;
+use api::oneagent::OneAgent;
 use futures::{FutureExt, StreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
@@ -23,9 +27,10 @@ pub use dynakube::{Context, ReconcileError, Requeue};
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 pub use metrics::Metrics;
 
-/// Runs the DynaKube controller until `shutdown` completes. It watches DynaKubes in every namespace, the
-/// DaemonSets they own, and Secret metadata: a token Secret created or changed reconciles the DynaKube of
-/// the same name (the default token Secret name) at once instead of after a backoff.
+/// Runs the DynaKube and legacy OneAgent controllers until `shutdown` completes. They watch their
+/// resources in every namespace, the DaemonSets they own, and Secret metadata: a token Secret created or
+/// changed reconciles the resource of the same name (the default token Secret name) at once instead of
+/// after a backoff.
 pub async fn run(
     client: Client,
     operator_version: String,
@@ -34,8 +39,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     metrics.set_ready();
+    let reporter = kube::runtime::events::Reporter {
+        controller: "dynatrace-operator".to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(Context {
+        reporter,
         client: client.clone(),
+        checked_secrets: Arc::default(),
         operator_version,
         requeue,
         metrics,
@@ -43,10 +54,10 @@ pub async fn run(
     // Every reconcile is idempotent, so one cut short by the grace period is redone by the next operator.
     let shutdown =
         FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
-    let controller = Controller::new(Api::<DynaKube>::all(client.clone()), watcher::Config::default())
+    let dynakubes = Controller::new(Api::<DynaKube>::all(client.clone()), watcher::Config::default())
         .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
         .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
             |secret| {
                 let namespace = secret.namespace()?;
@@ -54,19 +65,46 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown.clone())
-        .run(dynakube::reconcile, dynakube::error_policy, ctx)
+        .run(dynakube::reconcile, dynakube::error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(dynakube = %object.name, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile did not finish"),
             }
         });
+    // The legacy OneAgent resource, through the same steps (see `legacy`).
+    let oneagents = Controller::new(Api::<OneAgent>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watcher::Config::default(),
+            |secret| {
+                let namespace = secret.namespace()?;
+                Some(ObjectRef::<OneAgent>::new(&secret.name_any()).within(&namespace))
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            legacy::reconcile,
+            |oneagent: Arc<OneAgent>, error: &ReconcileError, ctx: Arc<Context>| {
+                tracing::warn!(oneagent = %oneagent.name_any(), %error, "reconcile failed");
+                kube::runtime::controller::Action::requeue(ctx.requeue.fix_backoff)
+            },
+            ctx,
+        )
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(oneagent = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not finish"),
+            }
+        });
+    let controller = futures::future::join(dynakubes, oneagents);
     let grace = async {
         shutdown.clone().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        () = controller => {}
+        _ = controller => {}
         () = grace => tracing::warn!("the controller did not stop within {SHUTDOWN_GRACE:?} of shutdown; stopping anyway"),
     }
 }

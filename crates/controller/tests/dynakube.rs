@@ -327,3 +327,493 @@ async fn a_tenant_outage_backs_off_with_bounded_calls_and_recovers() {
     assert!(daemonsets.get_opt("outage-oneagent").await.unwrap().is_some());
     tenant.shutdown().await;
 }
+
+/// Names of the nodes with a Running OneAgent pod of `daemonset` in the namespace.
+async fn nodes_with_running_pods(ns: &TestNamespace, daemonset: &str) -> anyhow::Result<BTreeSet<String>> {
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=oneagent"))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.owner_references().iter().any(|o| o.name == daemonset))
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect())
+}
+
+/// Waits until exactly `expected` nodes run a OneAgent pod of `daemonset`.
+async fn wait_for_pods_on(ns: &TestNamespace, daemonset: &str, expected: &BTreeSet<String>) {
+    testkit::eventually(
+        &format!("pods of {daemonset} on exactly {expected:?}"),
+        WAIT,
+        || async {
+            let nodes = nodes_with_running_pods(ns, daemonset).await?;
+            Ok((&nodes == expected).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Reasons of the events about the DynaKube `name`.
+async fn event_reasons(ns: &TestNamespace, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some("DynaKube") && r.name.as_deref() == Some(name))
+        })
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn host_monitoring_reaches_tainted_nodes_only_with_a_toleration() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let pool = format!("pool-{}", ns.name);
+    let labels = [(pool.as_str(), "monitored")];
+    let plain = ns
+        .create_node("plain", &labels, Vec::new())
+        .await
+        .unwrap()
+        .name_any();
+    let taint = k8s_openapi::api::core::v1::Taint {
+        key: "dedicated".into(),
+        value: Some("database".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    let tainted = ns
+        .create_node("tainted", &labels, vec![taint])
+        .await
+        .unwrap()
+        .name_any();
+    oneagent_service_account(&ns).await;
+    token_secret(&ns, "taints").await;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dk = dynakube(
+        "taints",
+        &env.api_url,
+        json!({ "hostMonitoring": { "nodeSelector": { pool.clone(): "monitored" } } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    wait_for_pods_on(&ns, "taints-oneagent", &BTreeSet::from([plain.clone()])).await;
+
+    let toleration = json!({ "spec": { "oneAgent": { "hostMonitoring": { "tolerations": [
+        { "key": "dedicated", "operator": "Equal", "value": "database", "effect": "NoSchedule" }
+    ] } } } });
+    dynakubes
+        .patch(
+            "taints",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&toleration),
+        )
+        .await
+        .unwrap();
+    wait_for_pods_on(&ns, "taints-oneagent", &BTreeSet::from([plain, tainted])).await;
+    let reasons = event_reasons(&ns, "taints").await;
+    for reason in ["DaemonSetCreated", "DaemonSetUpdated", "OneAgentVersion"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} missing in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_dynakubes_monitor_disjoint_node_groups_for_different_tenants() {
+    env(); // starts the shared controller
+    let second = TenantConfig {
+        environment_id: "xyz98765".into(),
+        tokens: vec![fake_tenant::TokenConfig {
+            value: "dt0c01.second".into(),
+            scopes: TenantConfig::default().tokens[0].scopes.clone(),
+        }],
+        tenant_token: "tenant-token-xyz".into(),
+        communication_endpoints: vec!["https://xyz98765.live.dynatrace.com:443/communication".into()],
+        ..TenantConfig::default()
+    };
+    let tenants = [
+        FakeTenant::start(TenantConfig::default(), Listen::Http)
+            .await
+            .unwrap(),
+        FakeTenant::start(second, Listen::Http).await.unwrap(),
+    ];
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    let pool = format!("pool-{}", ns.name);
+    let mut groups = [BTreeSet::new(), BTreeSet::new()];
+    for (group, suffixes) in [(0, ["a1", "a2"].as_slice()), (1, ["b1"].as_slice())] {
+        for suffix in suffixes {
+            let value = if group == 0 { "first" } else { "second" };
+            let node = ns
+                .create_node(suffix, &[(pool.as_str(), value)], Vec::new())
+                .await
+                .unwrap();
+            groups[group].insert(node.name_any());
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (name, group, token, tenant) in [
+        ("first", "first", "dt0c01.test", &tenants[0]),
+        ("second", "second", "dt0c01.second", &tenants[1]),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name },
+            "stringData": { "apiToken": token },
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        let dk = dynakube(
+            name,
+            &tenant.api_url(),
+            json!({ "classicFullStack": { "nodeSelector": { pool.clone(): group } } }),
+        );
+        dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    }
+    wait_for_pods_on(&ns, "first-oneagent", &groups[0]).await;
+    wait_for_pods_on(&ns, "second-oneagent", &groups[1]).await;
+
+    // Each DynaKube's objects come from its own tenant.
+    for (name, uuid, tenant_token) in [
+        ("first", "abc12345", "tenant-token-abc"),
+        ("second", "xyz98765", "tenant-token-xyz"),
+    ] {
+        let status = dynakubes.get(name).await.unwrap().status.unwrap();
+        let info = status.one_agent.unwrap().connection_info_status.unwrap();
+        assert_eq!(info.tenant_uuid.as_deref(), Some(uuid));
+        let secret = secrets
+            .get(&format!("{name}-oneagent-tenant-secret"))
+            .await
+            .unwrap();
+        assert_eq!(secret.data.unwrap()["tenant-token"].0, tenant_token.as_bytes());
+        let daemonset = Api::<DaemonSet>::namespaced(ns.client.clone(), &ns.name)
+            .get(&format!("{name}-oneagent"))
+            .await
+            .unwrap();
+        let image = daemonset.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap();
+        assert!(
+            image.contains(&format!(
+                "127.0.0.1:{}",
+                tenant_port(&tenants[usize::from(name == "second")])
+            )),
+            "{image}"
+        );
+    }
+    for tenant in &tenants {
+        assert!(tenant.request_count(Endpoint::ConnectionInfo) >= 1);
+        let foreign = tenant.requests().into_iter().filter(|r| r.status == 401).count();
+        assert_eq!(foreign, 0, "a tenant got another tenant's token");
+    }
+    for tenant in tenants {
+        tenant.shutdown().await;
+    }
+}
+
+fn tenant_port(tenant: &FakeTenant) -> u16 {
+    tenant.addr().port()
+}
+
+#[tokio::test]
+async fn a_token_without_a_needed_scope_is_reported_with_bounded_calls_and_recovers() {
+    env(); // starts the shared controller
+    let config = TenantConfig {
+        tokens: vec![
+            fake_tenant::TokenConfig {
+                value: "dt0c01.narrow".into(),
+                scopes: vec!["DataExport".into()],
+            },
+            TenantConfig::default().tokens[0].clone(),
+        ],
+        ..TenantConfig::default()
+    };
+    let tenant = FakeTenant::start(config, Listen::Http).await.unwrap();
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "scopes" },
+        "stringData": { "apiToken": "dt0c01.narrow" },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dk = dynakube(
+        "scopes",
+        &tenant.api_url(),
+        json!({ "classicFullStack": { "nodeSelector": { "none": ns.name.clone() } } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let message = testkit::eventually("a failed Tokens condition", WAIT, || async {
+        let status = dynakubes.get("scopes").await?.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Tokens" && c.status == "False")
+            .filter(|_| status.phase.as_deref() == Some("Error"))
+            .map(|c| c.message))
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.contains("lacks scope InstallerDownload") && message.contains(&format!("{}:scopes", ns.name)),
+        "{message}"
+    );
+    // The controller requeues every 2 s here, but the failed check is repeated from the status: the
+    // tenant is asked once until the threshold passes or the Secret changes.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(tenant.request_count(Endpoint::TokenLookup), 1);
+    assert_eq!(tenant.request_count(Endpoint::ConnectionInfo), 0);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    assert!(daemonsets.get_opt("scopes-oneagent").await.unwrap().is_none());
+    assert!(
+        event_reasons(&ns, "scopes")
+            .await
+            .contains(&"TokenError".to_owned())
+    );
+
+    let fixed = json!({ "stringData": { "apiToken": "dt0c01.test" } });
+    secrets
+        .patch(
+            "scopes",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&fixed),
+        )
+        .await
+        .unwrap();
+    testkit::eventually(
+        "the Tokens condition to recover",
+        Duration::from_secs(30),
+        || async {
+            let status = dynakubes.get("scopes").await?.status.unwrap_or_default();
+            Ok(status
+                .conditions
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Tokens" && c.status == "True")
+                .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(daemonsets.get_opt("scopes-oneagent").await.unwrap().is_some());
+    assert_eq!(
+        tenant.request_count(Endpoint::TokenLookup),
+        2,
+        "one check per Secret version"
+    );
+    assert!(
+        event_reasons(&ns, "scopes")
+            .await
+            .contains(&"TokenReady".to_owned())
+    );
+    tenant.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_applied_daemonset_matches_the_reviewed_snapshot_field_by_field() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    token_secret(&ns, "fields").await;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dk = dynakube(
+        "fields",
+        &env.api_url,
+        json!({ "cloudNativeFullStack": {
+            "nodeSelector": { "none": ns.name.clone() },
+            "tolerations": [{ "key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule" }],
+            "priorityClassName": "system-node-critical",
+            "args": ["--set-host-group=production"],
+            "env": [{ "name": "ONEAGENT_ENABLE_VOLUME_STORAGE", "value": "true" }],
+            "oneAgentResources": { "requests": { "cpu": "100m", "memory": "512Mi" }, "limits": { "cpu": "300m", "memory": "1Gi" } },
+            "labels": { "team": "platform" },
+            "annotations": { "example.com/owner": "platform" },
+        } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut daemonset = testkit::eventually("the OneAgent DaemonSet", WAIT, || async {
+        daemonsets.get_opt("fields-oneagent").await.map_err(Into::into)
+    })
+    .await
+    .unwrap();
+    // What the API server or this run decides (identity, times, ports), not what the operator builds.
+    daemonset.metadata.managed_fields = None;
+    daemonset.metadata.resource_version = None;
+    daemonset.metadata.uid = None;
+    daemonset.metadata.creation_timestamp = None;
+    daemonset.metadata.generation = None;
+    for owner in daemonset.metadata.owner_references.iter_mut().flatten() {
+        owner.uid = "DYNAKUBE-UID".into();
+    }
+    daemonset.status = None;
+    let cluster_id = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
+        .get("kube-system")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    let mut yaml = serde_saphyr::to_string(&daemonset).unwrap();
+    let hash = daemonset.annotations()[desired::TEMPLATE_HASH_ANNOTATION].clone();
+    for (value, placeholder) in [
+        (hash.as_str(), "TEMPLATE-HASH"),
+        (cluster_id.as_str(), "CLUSTER-ID"),
+        (
+            &format!("127.0.0.1:{}", env.tenant.addr().port()),
+            "TENANT-ADDRESS",
+        ),
+        (ns.name.as_str(), "NAMESPACE"),
+    ] {
+        yaml = yaml.replace(value, placeholder);
+    }
+    insta::assert_snapshot!(yaml);
+}
+
+#[tokio::test]
+async fn two_legacy_oneagents_monitor_disjoint_node_groups_for_different_tenants() {
+    use api::oneagent::OneAgent;
+    env(); // starts the shared controller
+    let second = TenantConfig {
+        environment_id: "lmn45678".into(),
+        tokens: vec![fake_tenant::TokenConfig {
+            value: "dt0c01.legacy".into(),
+            scopes: TenantConfig::default().tokens[0].scopes.clone(),
+        }],
+        versions: vec!["1.279.0.20231020-101010".into()],
+        ..TenantConfig::default()
+    };
+    let tenants = [
+        FakeTenant::start(TenantConfig::default(), Listen::Http)
+            .await
+            .unwrap(),
+        FakeTenant::start(second, Listen::Http).await.unwrap(),
+    ];
+    let ns = TestNamespace::create().await.unwrap();
+    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let pool = format!("legacy-{}", ns.name);
+    let mut groups = [BTreeSet::new(), BTreeSet::new()];
+    for (group, suffix) in [(0, "x1"), (0, "x2"), (1, "y1")] {
+        let value = ["east", "west"][group];
+        let node = ns
+            .create_node(suffix, &[(pool.as_str(), value)], Vec::new())
+            .await
+            .unwrap();
+        groups[group].insert(node.name_any());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (name, token, tenant) in [
+        ("east", "dt0c01.test", &tenants[0]),
+        ("west", "dt0c01.legacy", &tenants[1]),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name },
+            "stringData": { "apiToken": token, "paasToken": token },
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        let oneagent: OneAgent = serde_json::from_value(json!({
+            "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
+            "metadata": { "name": name },
+            "spec": {
+                "apiUrl": tenant.api_url(),
+                "nodeSelector": { pool.clone(): name },
+                "tolerations": [{ "effect": "NoSchedule", "key": "node-role.kubernetes.io/master", "operator": "Exists" }],
+            },
+        }))
+        .unwrap();
+        oneagents.create(&PostParams::default(), &oneagent).await.unwrap();
+    }
+    let pods_on = |name: &'static str| {
+        let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("dynatrace=oneagent,oneagent={name}")))
+                .await?;
+            anyhow::Ok(
+                list.items
+                    .iter()
+                    .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                    .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                    .collect::<BTreeSet<_>>(),
+            )
+        }
+    };
+    for (name, group, uuid, version) in [
+        ("east", &groups[0], "abc12345", "1.277.0.20230914-094321"),
+        ("west", &groups[1], "lmn45678", "1.279.0.20231020-101010"),
+    ] {
+        testkit::eventually(&format!("pods of OneAgent {name}"), WAIT, || async {
+            Ok((&pods_on(name).await? == group).then_some(()))
+        })
+        .await
+        .unwrap();
+        let status = testkit::eventually(&format!("OneAgent {name} Running"), WAIT, || async {
+            let status = oneagents.get(name).await?.status.unwrap_or_default();
+            let instances = status.instances.clone().unwrap_or_default();
+            Ok(
+                (status.phase.as_deref() == Some("Running") && instances.len() == group.len())
+                    .then_some(status),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.environment_id.as_deref(), Some(uuid));
+        assert_eq!(status.version.as_deref(), Some(version));
+        assert_eq!(status.tokens.as_deref(), Some(name));
+        let instances = status.instances.unwrap();
+        assert_eq!(&instances.keys().cloned().collect::<BTreeSet<_>>(), group);
+        for condition in ["APIToken", "PaaSToken"] {
+            let found = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == condition)
+                .unwrap();
+            assert_eq!(
+                (found.status.as_str(), found.reason.as_str()),
+                ("True", "TokenReady")
+            );
+        }
+    }
+    for tenant in &tenants {
+        assert!(
+            tenant.requests().iter().all(|r| r.status != 401),
+            "a tenant got another tenant's token"
+        );
+    }
+
+    // Deleting a OneAgent removes its DaemonSet (owner reference) and leaves the other alone.
+    oneagents.delete("west", &Default::default()).await.unwrap();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    testkit::eventually("the west DaemonSet to be collected", WAIT, || async {
+        Ok(daemonsets.get_opt("west").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(daemonsets.get_opt("east").await.unwrap().is_some());
+    for tenant in tenants {
+        tenant.shutdown().await;
+    }
+}

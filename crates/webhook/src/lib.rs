@@ -2,7 +2,8 @@
 //! and reports health and Prometheus metrics.
 //!
 //! HTTPS with rustls (TLS 1.2 minimum, 1.3 preferred); the certificate is re-read from its files when it
-//! changes. Metrics (`/metrics`) and plain-HTTP probes are served on a separate port.
+//! changes, or taken from the operator's certificate Secret on every change of it. Metrics (`/metrics`) and
+//! plain-HTTP probes are served on a separate port.
 
 pub mod cluster;
 pub mod handlers;
@@ -16,6 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,8 +46,49 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Plain-HTTP address of `/metrics`, `/livez` and `/readyz`.
     pub metrics_bind: SocketAddr,
-    /// Directory with `tls.crt` and `tls.key`.
-    pub certs_dir: PathBuf,
+    /// Where `tls.crt` and `tls.key` come from.
+    pub certificate_source: CertificateSource,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Clone)]
+pub enum CertificateSource {
+    /// A directory with `tls.crt` and `tls.key`, checked for changes every
+    /// [`tls::RELOAD_INTERVAL`]. Missing or broken files stop the start.
+    Dir(PathBuf),
+    /// The keys `tls.crt` and `tls.key` of a Secret (the operator's `dynatrace-webhook-certs`), watched so
+    /// that a new certificate is served as soon as it is written. The server starts at once; until the
+    /// Secret holds a usable pair, TLS handshakes fail and the plain-HTTP `/readyz` answers 503.
+    Secret {
+        /// Client that reads the Secret.
+        client: kube::Client,
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
+}
+
+impl std::fmt::Debug for CertificateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => f.debug_tuple("Dir").field(dir).finish(),
+            Self::Secret { namespace, name, .. } => f
+                .debug_struct("Secret")
+                .field("namespace", namespace)
+                .field("name", name)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl std::fmt::Display for CertificateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "directory {}", dir.display()),
+            Self::Secret { namespace, name, .. } => write!(f, "Secret {namespace}/{name}"),
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -70,11 +116,17 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The metrics address actually bound.
     pub metrics_addr: SocketAddr,
+    certificate: Arc<tls::ReloadingCertificate>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
+    /// Whether a certificate is being served (with a Secret source, not before the Secret held one).
+    pub fn certificate_loaded(&self) -> bool {
+        self.certificate.is_loaded()
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to 10 s), and returns when everything stopped.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -101,7 +153,10 @@ pub async fn start(
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, StartError> {
-    let certificate = tls::ReloadingCertificate::load(&config.certs_dir)?;
+    let certificate = match &config.certificate_source {
+        CertificateSource::Dir(dir) => tls::ReloadingCertificate::load(dir)?,
+        source @ CertificateSource::Secret { .. } => tls::ReloadingCertificate::pending(source.to_string()),
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certificate.server_config()?));
     let listener = bind(config.bind).await?;
     let metrics_listener = bind(config.metrics_bind).await?;
@@ -114,7 +169,19 @@ pub async fn start(
         source,
     })?;
 
-    let reload = tokio::spawn(certificate.watch(shutdown.clone()));
+    let reload = match &config.certificate_source {
+        CertificateSource::Dir(_) => tokio::spawn(certificate.clone().watch(shutdown.clone())),
+        CertificateSource::Secret {
+            client,
+            namespace,
+            name,
+        } => tokio::spawn(certificate.clone().watch_secret(
+            client.clone(),
+            namespace.clone(),
+            name.clone(),
+            shutdown.clone(),
+        )),
+    };
     let options = serving::ServeOptions {
         max_connections: MAX_CONNECTIONS,
         drain_timeout: DRAIN_TIMEOUT,
@@ -128,17 +195,28 @@ pub async fn start(
         shutdown.clone(),
         options,
     ));
-    let metrics = tokio::spawn(serve_metrics(metrics_listener, state, shutdown.clone()));
-    tracing::info!(%addr, %metrics_addr, certs = %config.certs_dir.display(), "webhook server listening");
+    let metrics = tokio::spawn(serve_metrics(
+        metrics_listener,
+        state,
+        certificate.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(%addr, %metrics_addr, certs = %config.certificate_source, "webhook server listening");
     Ok(RunningServer {
         addr,
         metrics_addr,
+        certificate,
         shutdown,
         tasks: vec![https, metrics, reload],
     })
 }
 
-async fn serve_metrics(listener: TcpListener, state: AppState, shutdown: CancellationToken) {
+async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    certificate: Arc<tls::ReloadingCertificate>,
+    shutdown: CancellationToken,
+) {
     let registry = state.metrics.clone();
     let router = Router::new()
         .route(
@@ -150,7 +228,21 @@ async fn serve_metrics(listener: TcpListener, state: AppState, shutdown: Cancell
                 )
             }),
         )
-        .merge(handlers::probes(state));
+        .merge(handlers::probes(state))
+        // Not ready while there is no certificate to serve (a Secret source before its first write).
+        .layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+            let certificate = certificate.clone();
+            async move {
+                if request.uri().path() == "/readyz" && !certificate.is_loaded() {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for the serving certificate",
+                    )
+                        .into_response();
+                }
+                next.run(request).await
+            }
+        }));
     if let Err(err) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -46,7 +46,7 @@ pub async fn start(cluster: Option<ClusterCache>) -> TestServer {
     let config = ServerConfig {
         bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        certs_dir: certs_dir.clone(),
+        certificate_source: webhook::CertificateSource::Dir(certs_dir.clone()),
     };
     let state = AppState {
         cluster,
