@@ -308,7 +308,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(v1beta1.spec.trusted_cas.as_deref(), Some("my-cas"));
-        assert!(serde_json::to_string(&v1beta1.spec).unwrap().contains("\"trustedCAs\":\"my-cas\""));
+        assert!(
+            serde_json::to_string(&v1beta1.spec)
+                .unwrap()
+                .contains("\"trustedCAs\":\"my-cas\"")
+        );
         let v1alpha1: crate::dynakube::v1alpha1::DynaKube = serde_json::from_value(serde_json::json!({
             "apiVersion": "dynatrace.com/v1alpha1", "kind": "DynaKube", "metadata": { "name": "dk" },
             "spec": { "apiUrl": "https://x/api", "trustedCAs": "my-cas" },
