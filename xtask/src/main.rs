@@ -1,9 +1,10 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
+mod run;
 mod tools;
 mod webhook;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
@@ -41,6 +42,9 @@ enum Task {
     Test,
     /// Regenerate the files derived from the code (the CRDs in the Helm chart).
     Generate,
+    /// Run the product locally until Ctrl-C: a local cluster, the fake tenant, the operator and the webhook
+    /// server, and a sample DynaKube whose OneAgent pods run on the kwok nodes.
+    Run(run::Options),
     /// Run the webhook server against a local cluster (CRDs and webhook registered by URL) until Ctrl-C.
     Webhook {
         /// Name of the local cluster.
@@ -111,6 +115,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => cluster_status(),
         Task::Test => test(),
         Task::Generate => generate(),
+        Task::Run(options) => {
+            validate_name(&options.name)?;
+            run::run(&options)
+        }
         Task::Webhook { name, port } => {
             validate_name(&name)?;
             webhook::run(&clusters_dir().join(&name), port)
@@ -153,29 +161,43 @@ fn cluster_up(name: &str, nodes: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let cluster = runtime.block_on(start_cluster(&tools, name, nodes, Lifetime::Detached))?;
+    let state = cluster.state().clone();
+    cluster.detach();
+    println!(
+        "Cluster {name:?} is up: API server {}, {nodes} nodes.",
+        state.api_server_url
+    );
+    println!("kubeconfig: {}", state.kubeconfig.display());
+    println!();
+    print_kubectl_usage(&state.kubeconfig, &tools.kubectl, "get nodes");
+    println!();
+    println!("Stop it with: cargo xtask cluster down --name {name}");
+    Ok(())
+}
+
+/// Starts the local cluster `name` with `nodes` kwok nodes in its directory under [`clusters_dir`].
+async fn start_cluster(
+    tools: &testkit::Tools,
+    name: &str,
+    nodes: usize,
+    lifetime: Lifetime,
+) -> anyhow::Result<Cluster> {
     let options = ClusterOptions {
         name: name.to_owned(),
         data_dir: clusters_dir().join(name),
         nodes,
         workloads: true,
-        lifetime: Lifetime::Detached,
+        lifetime,
     };
     eprintln!("Starting cluster {name:?} with {nodes} kwok nodes ...");
-    let cluster = runtime.block_on(Cluster::start(&tools, options))?;
-    let state = cluster.state().clone();
-    cluster.detach();
-    let kubeconfig = state.kubeconfig.display();
-    println!(
-        "Cluster {name:?} is up: API server {}, {nodes} nodes.",
-        state.api_server_url
-    );
-    println!("kubeconfig: {kubeconfig}");
-    println!();
-    println!("  export KUBECONFIG={kubeconfig}");
-    println!("  {} get nodes", tools.kubectl.display());
-    println!();
-    println!("Stop it with: cargo xtask cluster down --name {name}");
-    Ok(())
+    Cluster::start(tools, options).await
+}
+
+/// Prints how to point the pinned kubectl at a cluster, with an example command.
+fn print_kubectl_usage(kubeconfig: &Path, kubectl: &Path, example: &str) {
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  {} {example}", kubectl.display());
 }
 
 fn cluster_down(name: &str) -> anyhow::Result<()> {

@@ -1,4 +1,6 @@
-//! `cargo xtask webhook`: runs the webhook server against a local cluster, registered by URL, until Ctrl-C.
+//! The webhook on a local cluster, registered by URL: `cargo xtask webhook` serves it in this process until
+//! Ctrl-C; `cargo xtask run` uses the same certificates and registration for a `dynatrace-operator
+//! webhook-server` child process.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -15,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use webhook::registration;
 
 /// Name of the ValidatingWebhookConfiguration, as in the Helm chart.
-const CONFIGURATION: &str = "dynatrace-webhook";
+pub const CONFIGURATION: &str = "dynatrace-webhook";
+/// Namespace the CRD registration creates, where the examples and `cargo xtask run` put their DynaKubes.
+pub const NAMESPACE: &str = "dynatrace";
 const FIELD_MANAGER: &str = "xtask-webhook";
 
 /// Starts the webhook for the local cluster `cluster_dir` and serves until Ctrl-C.
@@ -29,15 +33,7 @@ pub fn run(cluster_dir: &Path, port: u16) -> anyhow::Result<()> {
 
 async fn serve(cluster: &Cluster, certs_dir: &Path, port: u16) -> anyhow::Result<()> {
     let client = cluster.client().await?;
-    let ca = CertificateAuthority::new("dynatrace-webhook-local-ca")?;
-    let serving = ca.issue_server_cert(
-        "dynatrace-webhook",
-        &["localhost"],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-    )?;
-    std::fs::create_dir_all(certs_dir).with_context(|| format!("creating {}", certs_dir.display()))?;
-    std::fs::write(certs_dir.join(webhook::tls::CERT_FILE), &serving.cert_pem)?;
-    std::fs::write(certs_dir.join(webhook::tls::KEY_FILE), &serving.key_pem)?;
+    let ca_pem = write_certificates(certs_dir)?;
 
     let shutdown = CancellationToken::new();
     let state = webhook::AppState {
@@ -47,11 +43,12 @@ async fn serve(cluster: &Cluster, certs_dir: &Path, port: u16) -> anyhow::Result
     let config = webhook::ServerConfig {
         bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        certs_dir: certs_dir.to_owned(),
+        certificate_source: webhook::CertificateSource::Dir(certs_dir.to_owned()),
     };
     let server = webhook::start(&config, state, shutdown.clone()).await?;
     let base = format!("https://{}", server.addr);
-    register(&client, &base, &ca.cert_pem()).await?;
+    install_crds(&client, &base, &ca_pem).await?;
+    register_validating(&client, &base, &ca_pem).await?;
 
     println!(
         "Webhook server on {base} (metrics on http://{}/metrics), registered with the cluster.",
@@ -64,15 +61,34 @@ async fn serve(cluster: &Cluster, certs_dir: &Path, port: u16) -> anyhow::Result
     );
     println!("Stop with Ctrl-C (the ValidatingWebhookConfiguration is removed then).");
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    Api::<ValidatingWebhookConfiguration>::all(client)
-        .delete(CONFIGURATION, &DeleteParams::default())
-        .await?;
+    unregister(&client).await?;
     server.shutdown().await;
     Ok(())
 }
 
-/// Installs the CRDs (conversion by URL), the `dynatrace` namespace, and the validating webhook.
-async fn register(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<()> {
+/// Writes a new CA's serving certificate for 127.0.0.1 and `localhost` as `tls.crt` and `tls.key` into
+/// `certs_dir`, the files `webhook-server --certs-dir` reads. Returns the CA (PEM) the API server must trust.
+pub fn write_certificates(certs_dir: &Path) -> anyhow::Result<String> {
+    let ca = CertificateAuthority::new("dynatrace-webhook-local-ca")?;
+    let serving = ca.issue_server_cert(
+        "dynatrace-webhook",
+        &["localhost"],
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    )?;
+    std::fs::create_dir_all(certs_dir).with_context(|| format!("creating {}", certs_dir.display()))?;
+    for (file, pem) in [
+        (webhook::tls::CERT_FILE, &serving.cert_pem),
+        (webhook::tls::KEY_FILE, &serving.key_pem),
+    ] {
+        let path = certs_dir.join(file);
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ca.cert_pem())
+}
+
+/// Installs the CRDs with conversion by URL (`<base>/convert`, trusting `ca_pem`) and the `dynatrace`
+/// namespace.
+pub async fn install_crds(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<()> {
     let endpoint = api::crd::ConversionEndpoint::Url {
         url: format!("{base}/convert"),
         ca_bundle_pem: ca_pem.to_owned(),
@@ -81,18 +97,41 @@ async fn register(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<(
         .await
         .context("installing the CRDs")?;
     let namespace: Namespace = serde_json::from_value(
-        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "dynatrace" } }),
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE } }),
     )?;
     Api::<Namespace>::all(client.clone())
         .patch(
-            "dynatrace",
+            NAMESPACE,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&namespace),
         )
-        .await?;
+        .await
+        .with_context(|| format!("creating the namespace {NAMESPACE}"))?;
+    Ok(())
+}
+
+/// Registers the validating webhook at `<base>/validate`, trusting `ca_pem`, for every namespace.
+pub async fn register_validating(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<()> {
     let configuration =
         registration::validating_configuration(CONFIGURATION, &format!("{base}/validate"), ca_pem, None);
     registration::apply_validating_configuration(client, &configuration, FIELD_MANAGER)
         .await
         .context("registering the validating webhook")
+}
+
+/// Removes the ValidatingWebhookConfiguration; one that is already gone is fine.
+pub async fn unregister(client: &Client) -> anyhow::Result<()> {
+    match Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .delete(CONFIGURATION, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "removing the ValidatingWebhookConfiguration {CONFIGURATION}; remove it with \
+                 `kubectl delete validatingwebhookconfiguration {CONFIGURATION}`"
+            )
+        }),
+    }
 }

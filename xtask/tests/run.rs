@@ -1,0 +1,110 @@
+//! `cargo xtask run --exit-when-ready` end to end, on a cluster of its own: OneAgent pods on the kwok nodes,
+//! exit 0, and no process left behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Environment variable set on xtask only; every process it starts inherits it.
+const MARKER_VAR: &str = "XTASK_RUN_TEST_MARKER";
+
+/// The directory of the workspace's binaries: this test runs as `target/debug/deps/run-<hash>`.
+fn binaries_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+/// Pids of the processes whose environment holds `MARKER_VAR=marker`.
+fn marked_processes(marker: &str) -> Vec<(u32, String)> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+#[test]
+fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
+    let binaries = binaries_dir();
+    for name in ["dynatrace-operator", "fake-tenant"] {
+        assert!(
+            binaries.join(name).is_file(),
+            "{} is missing. This test runs the built binaries and cannot build them itself (a running \
+             `cargo test` holds cargo's build lock): `cargo test --workspace` builds them, or run `cargo build \
+             -p dynatrace-operator -p fake-tenant` before `cargo test -p xtask`.",
+            binaries.join(name).display()
+        );
+    }
+    if let Err(err) = testkit::Tools::locate() {
+        panic!("{err:#}");
+    }
+
+    let name = format!("xtask-run-test-{}", std::process::id());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let marker = format!("{name}-{nanos}");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("run")
+        .arg("--exit-when-ready")
+        .arg("--binaries")
+        .arg(&binaries)
+        .args(["--name", &name])
+        .env(MARKER_VAR, &marker)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let root = testkit::tools::workspace_root();
+    let _ = std::fs::remove_dir_all(root.join("target/local-run-logs").join(&name));
+    assert!(
+        output.status.success(),
+        "xtask run failed ({}) after {elapsed:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+
+    let nodes: BTreeSet<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("dynakube-oneagent-"))
+        .map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(columns.get(2), Some(&"Running"), "{line}");
+            columns[1]
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["kwok-node-0", "kwok-node-1", "kwok-node-2"]),
+        "{stdout}"
+    );
+    assert!(stdout.contains("phase Running"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("target/local-clusters/{name}/logs")),
+        "{stdout}"
+    );
+
+    // Killed children are reaped by init a moment after xtask exits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = marked_processes(&marker);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = marked_processes(&marker);
+    }
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    let cluster_dir = root.join("target/local-clusters").join(&name);
+    assert!(!cluster_dir.exists(), "{} was not removed", cluster_dir.display());
+    eprintln!("xtask run --exit-when-ready took {elapsed:?}");
+}
