@@ -159,7 +159,10 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
     wait_reconciled(&client, ns, "before-failover", Duration::from_secs(30)).await;
     let (standby_leads, standby_reconciles) = leader_state(replicas[standby].1).await.unwrap();
     assert!(!standby_leads, "the standby claims to lead");
-    assert_eq!(standby_reconciles, 0, "the standby reconciled while the other replica led");
+    assert_eq!(
+        standby_reconciles, 0,
+        "the standby reconciled while the other replica led"
+    );
 
     // SIGKILL: no chance to release the Lease, so the standby must wait for it to expire.
     let (mut dead, _) = replicas.remove(leader);

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::dynakube::v1beta1::{CommunicationHost, ConnectionInfoStatus, OneAgentStatus, VersionStatus};
+use api::dynakube::v1beta1::{
+    CommunicationHost, ConnectionInfoStatus, OneAgentInstance, OneAgentStatus, VersionStatus,
+};
 use api::dynakube::{DynaKube, DynaKubeStatus, names};
 use desired::Lookup;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -436,7 +438,67 @@ async fn converge(
         &names::legacy_classic_daemonset(&dynakube.name_any()),
     )
     .await?;
+    let selector = applied
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    let instances: BTreeMap<String, OneAgentInstance> = daemonset_pods(ctx, &namespace, &selector)
+        .await?
+        .into_iter()
+        .map(|pod| {
+            let instance = OneAgentInstance {
+                pod_name: Some(pod.name),
+                ip_address: pod.host_ip,
+            };
+            (pod.node, instance)
+        })
+        .collect();
+    if one_agent.instances.as_ref() != Some(&instances) {
+        one_agent.instances = Some(instances);
+        one_agent.last_instance_status_update = Some(now());
+    }
     Ok(daemonset_phase(&applied).to_owned())
+}
+
+/// A OneAgent pod on a node.
+pub(crate) struct NodePod {
+    /// The node's name.
+    pub node: String,
+    /// The pod's name.
+    pub name: String,
+    /// The node's IP, as the pod reports it.
+    pub host_ip: Option<String>,
+}
+
+/// The scheduled pods matching a DaemonSet's selector labels.
+pub(crate) async fn daemonset_pods(
+    ctx: &Context,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<Vec<NodePod>, ReconcileError> {
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error(format!(
+            "listing the OneAgent pods in {namespace} ({selector})"
+        )))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|pod| {
+            Some(NodePod {
+                node: pod.spec.as_ref()?.node_name.clone()?,
+                name: pod.name_any(),
+                host_ip: pod.status.and_then(|s| s.host_ip),
+            })
+        })
+        .collect())
 }
 
 /// `Running` once the DaemonSet controller has seen the current spec and every pod it wants is ready; the

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use api::oneagent::{OneAgent, OneAgentInstance, OneAgentStatus};
 use desired::legacy::{LegacyProxy, LegacyToken, LegacyTokenCheck, LegacyTokenCondition};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource as _, ResourceExt as _};
 use serde_json::json;
@@ -20,7 +20,7 @@ use tenant_client::{AgentSelector, TenantClient, TenantError};
 
 use crate::dynakube::{
     Context, Notes, ReconcileError, TenantSettings, apply, apply_daemonset, build_tenant_client, cluster_id,
-    kube_error, now, upsert_condition,
+    daemonset_pods, kube_error, now, upsert_condition,
 };
 
 /// Reconciles one legacy OneAgent resource and writes its status.
@@ -306,29 +306,17 @@ async fn instances(
     version: Option<&str>,
 ) -> Result<BTreeMap<String, OneAgentInstance>, ReconcileError> {
     let namespace = oneagent.namespace().unwrap_or_default();
-    let selector = desired::legacy_selector_labels(&oneagent.name_any())
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_error(format!(
-            "listing the OneAgent pods of {namespace}:{}",
-            oneagent.name_any()
-        )))?;
-    Ok(pods
-        .items
+    let labels = desired::legacy_selector_labels(&oneagent.name_any());
+    Ok(daemonset_pods(ctx, &namespace, &labels)
+        .await?
         .into_iter()
-        .filter_map(|pod| {
-            let node = pod.spec.as_ref()?.node_name.clone()?;
+        .map(|pod| {
             let instance = OneAgentInstance {
-                pod_name: Some(pod.name_any()),
+                pod_name: Some(pod.name),
                 version: version.map(str::to_owned),
-                ip_address: pod.status.and_then(|s| s.host_ip),
+                ip_address: pod.host_ip,
             };
-            Some((node, instance))
+            (pod.node, instance)
         })
         .collect())
 }

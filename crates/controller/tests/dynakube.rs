@@ -182,6 +182,17 @@ async fn classic_full_stack_becomes_oneagent_pods_on_exactly_the_selected_nodes(
         one_agent.version.version.as_deref(),
         Some("1.277.0.20230914-094321")
     );
+    let instances = one_agent.instances.clone().unwrap_or_default();
+    assert_eq!(
+        instances.keys().cloned().collect::<BTreeSet<_>>(),
+        selected,
+        "{instances:?}"
+    );
+    assert!(instances.values().all(|i| {
+        i.pod_name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("dynakube-oneagent-"))
+    }));
     assert_eq!(
         one_agent.connection_info_status.unwrap().tenant_uuid.as_deref(),
         Some("abc12345")
