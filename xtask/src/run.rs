@@ -285,10 +285,15 @@ impl Session {
             crds_established(&client)
         })
         .await?;
+        // The operator issues the webhook's certificates (Secret dynatrace-webhook-certs, with 127.0.0.1 in
+        // the serving certificate because the webhooks are registered by URL) and writes every caBundle;
+        // the webhook server reads its certificate straight from that Secret.
         let webhook_args = [
             "webhook-server",
-            "--certs-dir",
-            &self.dir.join("webhook").display().to_string(),
+            "--certs-secret",
+            "dynatrace-webhook-certs",
+            "--namespace",
+            NAMESPACE,
             "--bind-address",
             "127.0.0.1",
             "--port",
@@ -312,6 +317,10 @@ impl Session {
             "operator".to_owned(),
             "--health-address".to_owned(),
             format!("127.0.0.1:{health_port}"),
+            "--namespace".to_owned(),
+            NAMESPACE.to_owned(),
+            "--webhook-cert-ip".to_owned(),
+            "127.0.0.1".to_owned(),
         ];
         self.spawn(
             "operator",
@@ -324,15 +333,19 @@ impl Session {
             "operator",
             &format!("metrics http://127.0.0.1:{health_port}/metrics"),
         );
-        self.wait("the webhook server to be ready", START_TIMEOUT, || {
-            is_ready(metrics_port)
-        })
-        .await?;
+        // Registered first: the operator's certificate controller acts once a webhook configuration exists,
+        // and the webhook server is ready once the operator has written the certificate.
         webhook::register_validating(&client, &base, &ca_pem).await?;
         self.webhook_registered = true;
         self.wait("the operator to be ready", START_TIMEOUT, || {
             is_ready(health_port)
         })
+        .await?;
+        self.wait(
+            "the webhook server to load the operator's certificate",
+            START_TIMEOUT,
+            || is_ready(metrics_port),
+        )
         .await?;
 
         eprintln!(

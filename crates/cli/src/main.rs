@@ -70,6 +70,16 @@ struct OperatorArgs {
     /// Seconds the leader may take to renew the Lease before it gives up leading.
     #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value_t = 20)]
     renew_deadline: u64,
+    /// Manage the webhook's CA and serving certificate (Secret `dynatrace-webhook-certs`) and every
+    /// caBundle; `false` where something else issues them (OLM, cert-manager).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    webhook_certificates: bool,
+    /// Extra IP address in the webhook's serving certificate, for a webhook registered by URL (local runs).
+    #[arg(long = "webhook-cert-ip")]
+    webhook_cert_ips: Vec<std::net::IpAddr>,
+    /// Extra DNS name in the webhook's serving certificate.
+    #[arg(long = "webhook-cert-dns")]
+    webhook_cert_dns_names: Vec<String>,
 }
 
 /// Options of `webhook-server`.
@@ -188,6 +198,12 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         ));
         let requeue = controller::Requeue::default();
         let version = BUILD_INFO.version.to_owned();
+        let certificates = args.webhook_certificates.then(|| {
+            let mut config = controller::certificates::CertificateConfig::for_namespace(&args.namespace);
+            config.policy.extra_ips = args.webhook_cert_ips.clone();
+            config.policy.extra_dns_names = args.webhook_cert_dns_names.clone();
+            config
+        });
         let result = if args.leader_elect {
             let mut leader = controller::leader::LeaderConfig::new(
                 &args.namespace,
@@ -198,14 +214,21 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             let lead_client = client.clone();
             let lead_metrics = metrics.clone();
             controller::leader::run_as_leader(client, leader, metrics, shutdown, move |stop| {
-                controller::run(lead_client, version, requeue, lead_metrics, async move {
-                    let _ = stop.await;
-                })
+                controller::run_all(
+                    lead_client,
+                    version,
+                    requeue,
+                    lead_metrics,
+                    certificates,
+                    async move {
+                        let _ = stop.await;
+                    },
+                )
             })
             .await
             .map_err(anyhow::Error::from)
         } else {
-            controller::run(client, version, requeue, metrics, shutdown).await;
+            controller::run_all(client, version, requeue, metrics, certificates, shutdown).await;
             Ok(())
         };
         stop_health.cancel();

@@ -27,6 +27,34 @@ pub use dynakube::{Context, ReconcileError, Requeue};
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 pub use metrics::Metrics;
 
+/// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent
+/// and, when `certificates` is given, the webhook certificates. With leader election, this is what the
+/// leader runs.
+pub async fn run_all(
+    client: Client,
+    operator_version: String,
+    requeue: Requeue,
+    metrics: Metrics,
+    certificates: Option<certificates::CertificateConfig>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown =
+        FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+    let certificates = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        async move {
+            if let Some(config) = certificates {
+                certificates::run(client, config, shutdown).await;
+            }
+        }
+    };
+    futures::future::join(
+        run(client, operator_version, requeue, metrics, shutdown),
+        certificates,
+    )
+    .await;
+}
+
 /// Runs the DynaKube and legacy OneAgent controllers until `shutdown` completes. They watch their
 /// resources in every namespace, the DaemonSets they own, and Secret metadata: a token Secret created or
 /// changed reconciles the resource of the same name (the default token Secret name) at once instead of
