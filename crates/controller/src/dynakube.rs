@@ -29,6 +29,8 @@ use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, T
 pub const FIELD_MANAGER: &str = "dynatrace-operator";
 /// Condition type reporting the token Secret and scopes.
 pub const TOKENS_CONDITION: &str = "Tokens";
+/// Condition type reporting whether the Dynatrace API answers.
+pub const API_CONDITION: &str = "DynatraceAPI";
 /// When to reconcile again without a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requeue {
@@ -215,6 +217,32 @@ async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outc
         && set_condition(&mut status, dynakube, false, "TokenError", &message)
     {
         notes.warning("TokenError", message);
+    }
+    let api_condition = match &result {
+        Ok(_) => Some((
+            "True",
+            "Reachable",
+            "the Dynatrace API answered the last calls".to_owned(),
+        )),
+        Err(ReconcileError::Tenant(e)) => {
+            let (reason, then) = if e.is_transient() {
+                let wait = ctx.requeue.tenant_backoff.as_secs();
+                ("Unavailable", format!("retrying in {wait} s"))
+            } else {
+                ("Error", "check spec.apiUrl, the proxy and the tokens".to_owned())
+            };
+            Some(("False", reason, format!("{e}; {then}")))
+        }
+        Err(_) => None,
+    };
+    if let Some((value, reason, message)) = api_condition {
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        let generation = dynakube.metadata.generation;
+        if upsert_condition(conditions, API_CONDITION, value, reason, &message, generation)
+            && value == "False"
+        {
+            notes.warning("DynatraceAPIUnavailable", message);
+        }
     }
     status.phase = (!phase.is_empty()).then_some(phase);
     write_status(dynakube, ctx, status).await?;

@@ -43,6 +43,16 @@ fn env() -> &'static Env {
                 webhook::registration::apply_crds(&client, &endpoint, "controller-tests")
                     .await
                     .unwrap();
+                // The tests create resources at once: wait until the API server serves the new types.
+                testkit::eventually("the CRDs to be served", WAIT, || async {
+                    Api::<DynaKube>::all(client.clone()).list(&ListParams::default()).await?;
+                    Api::<api::oneagent::OneAgent>::all(client.clone())
+                        .list(&ListParams::default())
+                        .await?;
+                    Ok(Some(()))
+                })
+                .await
+                .unwrap();
                 let tenant: &'static FakeTenant = Box::leak(Box::new(
                     FakeTenant::start(TenantConfig::default(), Listen::Http)
                         .await
@@ -325,13 +335,33 @@ async fn a_tenant_outage_backs_off_with_bounded_calls_and_recovers() {
     assert!((1..=24).contains(&calls), "{calls} connection-info calls in 12 s");
     let status = dynakubes.get("outage").await.unwrap().status.unwrap_or_default();
     assert_ne!(status.phase.as_deref(), Some("Error"), "{status:?}");
+    let api = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DynatraceAPI")
+        .unwrap_or_else(|| panic!("no DynatraceAPI condition: {status:?}"));
+    assert_eq!(
+        (api.status.as_str(), api.reason.as_str()),
+        ("False", "Unavailable")
+    );
+    assert!(
+        api.message.contains("connection") && api.message.contains("retrying in"),
+        "{}",
+        api.message
+    );
     let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
     assert!(daemonsets.get_opt("outage-oneagent").await.unwrap().is_none());
 
     tenant.clear_faults();
     testkit::eventually("the DynaKube to recover after the outage", WAIT, || async {
         let status = dynakubes.get("outage").await?.status.unwrap_or_default();
-        Ok((status.phase.as_deref() == Some("Running")).then_some(()))
+        let reachable = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "DynatraceAPI" && c.status == "True");
+        Ok((status.phase.as_deref() == Some("Running") && reachable).then_some(()))
     })
     .await
     .unwrap();
@@ -826,5 +856,48 @@ async fn two_legacy_oneagents_monitor_disjoint_node_groups_for_different_tenants
     assert!(daemonsets.get_opt("east").await.unwrap().is_some());
     for tenant in tenants {
         tenant.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn every_mode_with_a_daemonset_runs_pods_on_exactly_its_selected_nodes() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    let pool = format!("modes-{}", ns.name);
+    let modes = ["classicFullStack", "hostMonitoring", "cloudNativeFullStack"];
+    let mut expected = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        let group = mode.to_lowercase();
+        let mut nodes = BTreeSet::new();
+        for n in 0..=i {
+            let node = ns
+                .create_node(
+                    &format!("{group}-{n}"),
+                    &[(pool.as_str(), group.as_str())],
+                    Vec::new(),
+                )
+                .await
+                .unwrap();
+            nodes.insert(node.name_any());
+        }
+        expected.push((group, nodes));
+    }
+    // A node no DynaKube selects.
+    ns.create_node("unselected", &[(pool.as_str(), "none")], Vec::new())
+        .await
+        .unwrap();
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (mode, (group, _)) in modes.iter().zip(&expected) {
+        token_secret(&ns, group).await;
+        let dk = dynakube(
+            group,
+            &env.api_url,
+            json!({ *mode: { "nodeSelector": { pool.clone(): group } } }),
+        );
+        dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    }
+    for (group, nodes) in &expected {
+        wait_for_pods_on(&ns, &format!("{group}-oneagent"), nodes).await;
     }
 }

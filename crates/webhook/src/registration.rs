@@ -50,20 +50,39 @@ pub fn validating_configuration(
     }
 }
 
-/// Applies the CRDs (server-side, as `field_manager`) with conversion through `endpoint`.
+/// Applies the CRDs (server-side, as `field_manager`) with conversion through `endpoint`, and waits up to
+/// 30 s until the API server serves them, so that the caller can create resources at once.
 pub async fn apply_crds(
     client: &Client,
     endpoint: &ConversionEndpoint,
     field_manager: &str,
 ) -> kube::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in api::crd::all(endpoint) {
+    let all = api::crd::all(endpoint);
+    for crd in &all {
         crds.patch(
             &crd.name_any(),
             &PatchParams::apply(field_manager).force(),
-            &Patch::Apply(&crd),
+            &Patch::Apply(crd),
         )
         .await?;
+    }
+    for crd in &all {
+        let name = crd.name_any();
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(30), established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(crd = %name, %error, "cannot watch the CRD until it is established")
+            }
+            Err(_) => {
+                tracing::warn!(crd = %name, "the CRD is not established after 30 s; creating resources may fail")
+            }
+        }
     }
     Ok(())
 }
