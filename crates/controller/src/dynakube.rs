@@ -166,6 +166,18 @@ pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// A Secret's resourceVersion and data.
+pub(crate) fn secret_data(secret: Secret) -> (Option<String>, BTreeMap<String, Vec<u8>>) {
+    let version = secret.resource_version();
+    let data = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    (version, data)
+}
+
 /// Whether a tenant request last made at `last` may be made again (the shared throttling rule).
 fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
     desired::request_due(
@@ -360,13 +372,7 @@ async fn converge(
                  (and optionally paasToken)"
             ))
         })?;
-    let secret_version = secret.resource_version();
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let (secret_version, data) = secret_data(secret);
     let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
         .map_err(|e| ReconcileError::UserFixable(e.to_string()))?;
     let tenant = tenant_client(dynakube, ctx, &tokens).await?;

@@ -20,7 +20,7 @@ use tenant_client::{AgentSelector, TenantClient, TenantError};
 
 use crate::dynakube::{
     Context, Notes, ReconcileError, TenantSettings, apply, apply_daemonset, build_tenant_client, cluster_id,
-    daemonset_pods, kube_error, now, upsert_condition,
+    daemonset_pods, kube_error, now, secret_data, upsert_condition,
 };
 
 /// Reconciles one legacy OneAgent resource and writes its status.
@@ -137,13 +137,7 @@ async fn converge(
         );
         return Err(ReconcileError::UserFixable(failing.join("; ")));
     };
-    let secret_version = secret.resource_version();
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
+    let (secret_version, data) = secret_data(secret);
     let mut tokens = BTreeMap::new();
     let mut unreadable = Vec::new();
     for token in LegacyToken::ALL {

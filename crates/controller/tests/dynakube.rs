@@ -45,7 +45,9 @@ fn env() -> &'static Env {
                     .unwrap();
                 // The tests create resources at once: wait until the API server serves the new types.
                 testkit::eventually("the CRDs to be served", WAIT, || async {
-                    Api::<DynaKube>::all(client.clone()).list(&ListParams::default()).await?;
+                    Api::<DynaKube>::all(client.clone())
+                        .list(&ListParams::default())
+                        .await?;
                     Api::<api::oneagent::OneAgent>::all(client.clone())
                         .list(&ListParams::default())
                         .await?;

@@ -869,6 +869,7 @@ mod tests {
 
     use super::*;
     use crate::hash::template_hash_under;
+    use crate::test_support::{container, pod, template};
     use crate::tokens::missing_scopes;
 
     const API_URL: &str = "https://abc12345.live.dynatrace.com/api";
@@ -899,20 +900,6 @@ mod tests {
 
     fn build(oa: &OneAgent) -> DaemonSet {
         legacy_oneagent_daemonset(oa, &facts()).unwrap()
-    }
-
-    fn template(ds: &DaemonSet) -> &PodTemplateSpec {
-        &ds.spec.as_ref().unwrap().template
-    }
-
-    fn pod(ds: &DaemonSet) -> &PodSpec {
-        template(ds).spec.as_ref().unwrap()
-    }
-
-    fn container(ds: &DaemonSet) -> &Container {
-        let containers = &pod(ds).containers;
-        assert_eq!(containers.len(), 1);
-        &containers[0]
     }
 
     fn image(ds: &DaemonSet) -> &str {

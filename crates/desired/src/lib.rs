@@ -29,6 +29,8 @@ pub mod hash;
 pub mod legacy;
 pub mod objects;
 pub mod oneagent;
+#[cfg(test)]
+mod test_support;
 pub mod throttle;
 pub mod tokens;
 pub mod version;

@@ -668,6 +668,7 @@ fn probe(health: &HealthCheck, readiness: bool) -> Option<Probe> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::{container, pod, template};
     use api::dynakube::v1beta1::DynaKubeProxy;
     use serde_json::json;
 
@@ -716,20 +717,6 @@ mod tests {
 
     fn build(dk: &DynaKube) -> DaemonSet {
         oneagent_daemonset(dk, &facts()).unwrap()
-    }
-
-    fn template(ds: &DaemonSet) -> &PodTemplateSpec {
-        &ds.spec.as_ref().unwrap().template
-    }
-
-    fn pod(ds: &DaemonSet) -> &PodSpec {
-        template(ds).spec.as_ref().unwrap()
-    }
-
-    fn container(ds: &DaemonSet) -> &Container {
-        let containers = &pod(ds).containers;
-        assert_eq!(containers.len(), 1);
-        &containers[0]
     }
 
     fn args_of(ds: &DaemonSet) -> Vec<&str> {
