@@ -271,6 +271,7 @@ impl Cluster {
 
         let stages = std::fs::read_to_string(&tools.kwok_stages)
             .with_context(|| format!("reading kwok stages {}", tools.kwok_stages.display()))?;
+        let stages = with_never_ready_pods(&stages)?;
         let kwok_config = dir.join("kwok.yaml");
         std::fs::write(
             &kwok_config,
@@ -600,6 +601,27 @@ fn kubeconfig_yaml(name: &str, server: &str, ca_pem: &str, token: &str) -> Strin
          contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}-admin\n    \
          namespace: default\ncurrent-context: {name}\n"
     )
+}
+
+/// Pods with this annotation never become ready on kwok nodes (they stay Pending), as a pod whose
+/// container never passes its readiness probe: for tests of rollouts that must stop at such a pod.
+pub const NEVER_READY_ANNOTATION: &str = "testkit.dynatrace-operator.dev/never-ready";
+
+/// kwok's stages with the pod-ready stage skipping pods that carry [`NEVER_READY_ANNOTATION`].
+fn with_never_ready_pods(stages: &str) -> anyhow::Result<String> {
+    let anchor = "  name: pod-ready\n";
+    let start = stages
+        .find(anchor)
+        .context("kwok's stages have no pod-ready stage; update with_never_ready_pods for this kwok")?;
+    let expressions = "    matchExpressions:\n";
+    let at = stages[start..]
+        .find(expressions)
+        .map(|i| start + i + expressions.len())
+        .context("kwok's pod-ready stage has no matchExpressions; update with_never_ready_pods")?;
+    let exclusion = format!(
+        "    - key: '.metadata.annotations[\"{NEVER_READY_ANNOTATION}\"]'\n      operator: 'DoesNotExist'\n"
+    );
+    Ok(format!("{}{exclusion}{}", &stages[..at], &stages[at..]))
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

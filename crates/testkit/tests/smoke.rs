@@ -118,6 +118,36 @@ async fn daemonset_with_node_selector_runs_only_on_matching_nodes() -> anyhow::R
 }
 
 #[tokio::test]
+async fn a_pod_marked_never_ready_is_scheduled_but_never_becomes_ready() -> anyhow::Result<()> {
+    let ns = TestNamespace::create().await?;
+    ns.create_node("ready", &[("smoke/ready", &ns.name)], Vec::new())
+        .await?;
+    let selector = json!({ "smoke/ready": ns.name });
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut stuck = pod("stuck", selector.clone(), json!([]))?;
+    stuck.metadata.annotations = Some(
+        [(
+            testkit::cluster::NEVER_READY_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]
+        .into(),
+    );
+    pods.create(&PostParams::default(), &stuck).await?;
+    pods.create(&PostParams::default(), &pod("fine", selector, json!([]))?)
+        .await?;
+    testkit::eventually("the unmarked pod to run", WAIT, || async {
+        Ok(is_running_and_ready(&pods.get("fine").await?).then_some(()))
+    })
+    .await?;
+    // kwok handles both pods in the same pass; give it a moment more to be sure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stuck = pods.get("stuck").await?;
+    assert!(!is_running_and_ready(&stuck), "{:?}", stuck.status);
+    assert!(stuck.spec.and_then(|s| s.node_name).is_some(), "it was scheduled");
+    Ok(())
+}
+
+#[tokio::test]
 async fn only_a_pod_with_a_toleration_lands_on_a_tainted_node() -> anyhow::Result<()> {
     let ns = TestNamespace::create().await?;
     let taint = Taint {
