@@ -80,6 +80,10 @@ struct OperatorArgs {
     /// Extra DNS name in the webhook's serving certificate.
     #[arg(long = "webhook-cert-dns")]
     webhook_cert_dns_names: Vec<String>,
+    /// Seconds a new OneAgent pod may take to become ready before its node is reported as blocking the
+    /// rollout (status, condition OneAgentRollout and an event).
+    #[arg(long, default_value_t = 300)]
+    oneagent_ready_timeout: u64,
 }
 
 /// Options of `webhook-server`.
@@ -196,7 +200,10 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             stop_health.clone(),
             serving::ServeOptions::default(),
         ));
-        let requeue = controller::Requeue::default();
+        let requeue = controller::Requeue {
+            ready_timeout: std::time::Duration::from_secs(args.oneagent_ready_timeout),
+            ..Default::default()
+        };
         let version = BUILD_INFO.version.to_owned();
         let certificates = args.webhook_certificates.then(|| {
             let mut config = controller::certificates::CertificateConfig::for_namespace(&args.namespace);

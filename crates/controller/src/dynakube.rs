@@ -40,6 +40,8 @@ pub struct Requeue {
     pub fix_backoff: Duration,
     /// After the tenant throttled us or was unavailable.
     pub tenant_backoff: Duration,
+    /// How long a new OneAgent pod may take to become ready before its node blocks the rollout.
+    pub ready_timeout: Duration,
 }
 
 impl Default for Requeue {
@@ -48,6 +50,9 @@ impl Default for Requeue {
             resync: Duration::from_secs(5 * 60),
             fix_backoff: Duration::from_secs(30),
             tenant_backoff: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(
+                desired::rollout::DEFAULT_READY_TIMEOUT_SECONDS.unsigned_abs(),
+            ),
         }
     }
 }
@@ -192,14 +197,17 @@ pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Act
     let started = std::time::Instant::now();
     let result = reconcile_and_report(&dynakube, &ctx).await;
     let outcome = match &result {
-        Ok(Outcome::Converged) => "success",
+        Ok(Outcome::Converged(_)) => "success",
         Ok(Outcome::UserFixable) => "user_error",
         Ok(Outcome::TenantUnavailable) => "tenant_unavailable",
         Err(_) => "error",
     };
     ctx.metrics.observe("dynakube", outcome, started.elapsed());
     result.map(|outcome| match outcome {
-        Outcome::Converged => Action::requeue(ctx.requeue.resync),
+        // A rollout waiting for a pod looks again when that pod times out, not later.
+        Outcome::Converged(recheck) => {
+            Action::requeue(recheck.map_or(ctx.requeue.resync, |r| r.min(ctx.requeue.resync)))
+        }
         Outcome::UserFixable => Action::requeue(ctx.requeue.fix_backoff),
         Outcome::TenantUnavailable => Action::requeue(ctx.requeue.tenant_backoff),
     })
@@ -207,7 +215,7 @@ pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Act
 
 /// How a reconcile that wrote its status ended.
 enum Outcome {
-    Converged,
+    Converged(Option<Duration>),
     UserFixable,
     TenantUnavailable,
 }
@@ -217,7 +225,7 @@ async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outc
     let mut notes = Notes::default();
     let result = converge(dynakube, ctx, &mut status, &mut notes).await;
     let (phase, tokens_condition) = match &result {
-        Ok(phase) => (phase.to_owned(), None),
+        Ok(converged) => (converged.phase.clone(), None),
         Err(ReconcileError::UserFixable(message)) => ("Error".to_owned(), Some(message.clone())),
         // Throttling and outages do not change the phase (as in the reference).
         Err(ReconcileError::Tenant(e)) if e.is_transient() => {
@@ -260,7 +268,7 @@ async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outc
     write_status(dynakube, ctx, status).await?;
     notes.publish(ctx, &dynakube.object_ref(&())).await;
     match result {
-        Ok(_) => Ok(Outcome::Converged),
+        Ok(converged) => Ok(Outcome::Converged(converged.recheck)),
         Err(ReconcileError::UserFixable(_)) => Ok(Outcome::UserFixable),
         Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Outcome::TenantUnavailable),
         Err(other) => Err(other),
@@ -346,13 +354,30 @@ pub(crate) fn upsert_condition(
     true
 }
 
+/// What a successful reconcile reached.
+struct Converged {
+    /// The DynaKube's phase.
+    phase: String,
+    /// When to look again at the latest, if sooner than the resync.
+    recheck: Option<Duration>,
+}
+
+impl Converged {
+    fn phase(phase: &str) -> Self {
+        Self {
+            phase: phase.to_owned(),
+            recheck: None,
+        }
+    }
+}
+
 /// Brings the cluster to the desired state; returns the phase.
 async fn converge(
     dynakube: &DynaKube,
     ctx: &Context,
     status: &mut DynaKubeStatus,
     notes: &mut Notes,
-) -> Result<String, ReconcileError> {
+) -> Result<Converged, ReconcileError> {
     let namespace = dynakube.namespace().unwrap_or_default();
     let flags = dynakube.feature_flags();
     let threshold = flags.api_request_threshold_minutes();
@@ -437,7 +462,8 @@ async fn converge(
                 format!("deleted the OneAgent DaemonSet {name}: the mode runs no OneAgent on the nodes"),
             );
         }
-        return Ok("Running".to_owned());
+        one_agent.rollout = None;
+        return Ok(Converged::phase("Running"));
     }
     resolve_version(dynakube, &tenant, one_agent, threshold, notes).await?;
     if one_agent
@@ -447,7 +473,7 @@ async fn converge(
         .is_none_or(Vec::is_empty)
     {
         tracing::info!(dynakube = %dynakube.name_any(), "no communication hosts yet; postponing the OneAgent DaemonSet");
-        return Ok("Deploying".to_owned());
+        return Ok(Converged::phase("Deploying"));
     }
     let facts = desired::OneAgentFacts {
         image: one_agent.version.image_id.clone().unwrap_or_default(),
@@ -477,22 +503,29 @@ async fn converge(
         .as_ref()
         .and_then(|s| s.selector.match_labels.clone())
         .unwrap_or_default();
-    let instances: BTreeMap<String, OneAgentInstance> = daemonset_pods(ctx, &namespace, &selector)
-        .await?
-        .into_iter()
+    let pods = daemonset_pods(ctx, &namespace, &selector).await?;
+    let instances: BTreeMap<String, OneAgentInstance> = pods
+        .iter()
         .map(|pod| {
             let instance = OneAgentInstance {
-                pod_name: Some(pod.name),
-                ip_address: pod.host_ip,
+                pod_name: Some(pod.name.clone()),
+                ip_address: pod.host_ip.clone(),
             };
-            (pod.node, instance)
+            (pod.node.clone(), instance)
         })
         .collect();
     if one_agent.instances.as_ref() != Some(&instances) {
         one_agent.instances = Some(instances);
         one_agent.last_instance_status_update = Some(now());
     }
-    Ok(daemonset_phase(&applied).to_owned())
+    let progress = rollout(&applied, &pods, one_agent.version.version.as_deref(), ctx);
+    report_rollout(status, dynakube, &progress, notes);
+    Ok(Converged {
+        phase: daemonset_phase(&applied).to_owned(),
+        recheck: progress
+            .recheck_in
+            .map(|seconds| Duration::from_secs(seconds.unsigned_abs() + 1)),
+    })
 }
 
 /// A OneAgent pod on a node.
@@ -503,6 +536,8 @@ pub(crate) struct NodePod {
     pub name: String,
     /// The node's IP, as the pod reports it.
     pub host_ip: Option<String>,
+    /// What the rollout needs to know about it.
+    pub rollout: desired::RolloutPod,
 }
 
 /// The scheduled pods matching a DaemonSet's selector labels.
@@ -526,13 +561,96 @@ pub(crate) async fn daemonset_pods(
         .items
         .into_iter()
         .filter_map(|pod| {
+            let node = pod.spec.as_ref()?.node_name.clone()?;
+            let rollout = desired::RolloutPod {
+                name: pod.name_any(),
+                node: node.clone(),
+                template_generation: pod
+                    .labels()
+                    .get(desired::rollout::POD_TEMPLATE_GENERATION_LABEL)
+                    .and_then(|g| g.parse().ok()),
+                ready: pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+                created: pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(0, desired::unix_seconds),
+            };
             Some(NodePod {
-                node: pod.spec.as_ref()?.node_name.clone()?,
+                node,
                 name: pod.name_any(),
                 host_ip: pod.status.and_then(|s| s.host_ip),
+                rollout,
             })
         })
         .collect())
+}
+
+/// Condition type reporting the OneAgent rollout.
+pub const ROLLOUT_CONDITION: &str = "OneAgentRollout";
+
+/// The rollout's progress from the applied DaemonSet and its pods.
+fn rollout(
+    daemonset: &DaemonSet,
+    pods: &[NodePod],
+    version: Option<&str>,
+    ctx: &Context,
+) -> desired::RolloutProgress {
+    let status = daemonset.status.as_ref();
+    let view = desired::RolloutDaemonSet {
+        template_generation: daemonset
+            .annotations()
+            .get(desired::rollout::TEMPLATE_GENERATION_ANNOTATION)
+            .and_then(|g| g.parse().ok()),
+        desired_nodes: status.map_or(0, |s| s.desired_number_scheduled),
+        observed: status.is_some_and(|s| s.observed_generation >= daemonset.metadata.generation),
+    };
+    let pods: Vec<desired::RolloutPod> = pods.iter().map(|p| p.rollout.clone()).collect();
+    let timeout = i64::try_from(ctx.requeue.ready_timeout.as_secs()).unwrap_or(i64::MAX);
+    desired::rollout_progress(&view, &pods, version, Timestamp::now().as_second(), timeout)
+}
+
+/// Puts the rollout into the status and its condition, with an event when it gets blocked or completes.
+fn report_rollout(
+    status: &mut DynaKubeStatus,
+    dynakube: &DynaKube,
+    progress: &desired::RolloutProgress,
+    notes: &mut Notes,
+) {
+    let message = progress.status.message.clone().unwrap_or_default();
+    let (value, reason) = match (&progress.status.blocked_node, progress.complete) {
+        (Some(_), _) => ("False", "Blocked"),
+        (None, true) => ("True", "RolledOut"),
+        (None, false) => ("False", "Progressing"),
+    };
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    let before = conditions
+        .iter()
+        .find(|c| c.type_ == ROLLOUT_CONDITION)
+        .map(|c| c.reason.clone());
+    if upsert_condition(
+        conditions,
+        ROLLOUT_CONDITION,
+        value,
+        reason,
+        &message,
+        dynakube.metadata.generation,
+    ) && before.as_deref() != Some(reason)
+    {
+        match reason {
+            "Blocked" => notes.warning("RolloutBlocked", message.clone()),
+            "RolledOut" if before.is_some() => notes.normal("RolloutComplete", message.clone()),
+            _ => {}
+        }
+    }
+    if let Some(one_agent) = status.one_agent.as_mut() {
+        one_agent.rollout = Some(progress.status.clone());
+    }
 }
 
 /// `Running` once the DaemonSet controller has seen the current spec and every pod it wants is ready; the

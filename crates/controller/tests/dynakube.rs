@@ -72,6 +72,7 @@ fn env() -> &'static Env {
                     resync: Duration::from_secs(60),
                     fix_backoff: Duration::from_secs(2),
                     tenant_backoff: Duration::from_secs(2),
+                    ..Default::default()
                 };
                 controller::run(
                     client,

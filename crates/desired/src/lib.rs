@@ -20,6 +20,7 @@
 //! - [`request_due`], [`connection_info_due`]: the API request threshold. Times are unix seconds that the
 //!   caller passes in; nothing here reads the clock.
 //! - [`parse_version`], [`is_downgrade`], [`image_tag`]: OneAgent version rules.
+//! - [`rollout_progress`]: how far a OneAgent rollout got and which node stops it.
 //!
 //! Legacy `OneAgent` resource (module [`legacy`], spec §7.4): [`legacy_oneagent_daemonset`],
 //! [`legacy_pull_secret`], the token rules ([`legacy_tokens_secret_name`], [`legacy_required_scopes`],
@@ -29,6 +30,7 @@ pub mod hash;
 pub mod legacy;
 pub mod objects;
 pub mod oneagent;
+pub mod rollout;
 #[cfg(test)]
 mod test_support;
 pub mod throttle;
@@ -53,6 +55,7 @@ pub use objects::{
     tenant_secret,
 };
 pub use oneagent::{HealthCheck, OneAgentFacts, oneagent_daemonset};
+pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, rollout_progress};
 pub use throttle::{connection_info_due, request_due, unix_seconds};
 pub use tokens::{
     TokenError, TokenKind, Tokens, missing_scopes, required_scopes, secret_ref, tokens_condition_due,

@@ -337,6 +337,28 @@ pub struct OneAgentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
     pub healthcheck: Option<serde_json::Value>,
+    /// Progress of bringing every OneAgent pod to the current DaemonSet spec (a new version, for example).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Progress of a OneAgent rollout: how many nodes run the current spec, and where it is stuck.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The OneAgent version being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+    /// Nodes whose OneAgent pod runs the current spec and is ready.
+    pub nodes_done: i32,
+    /// Nodes still waiting for it.
+    pub nodes_pending: i32,
+    /// The node whose new pod did not become ready in time: the rollout waits there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_node: Option<String>,
+    /// What is happening, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One OneAgent pod.
