@@ -220,12 +220,14 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             leader.renew_deadline = std::time::Duration::from_secs(args.renew_deadline);
             let lead_client = client.clone();
             let lead_metrics = metrics.clone();
+            let namespace = args.namespace.clone();
             controller::leader::run_as_leader(client, leader, metrics, shutdown, move |stop| {
                 controller::run_all(
                     lead_client,
                     version,
                     requeue,
                     lead_metrics,
+                    namespace,
                     certificates,
                     async move {
                         let _ = stop.await;
@@ -235,7 +237,16 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
         } else {
-            controller::run_all(client, version, requeue, metrics, certificates, shutdown).await;
+            controller::run_all(
+                client,
+                version,
+                requeue,
+                metrics,
+                args.namespace.clone(),
+                certificates,
+                shutdown,
+            )
+            .await;
             Ok(())
         };
         stop_health.cancel();

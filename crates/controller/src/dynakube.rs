@@ -42,6 +42,9 @@ pub struct Requeue {
     pub tenant_backoff: Duration,
     /// How long a new OneAgent pod may take to become ready before its node blocks the rollout.
     pub ready_timeout: Duration,
+    /// How often a legacy OneAgent resource asks the tenant for its tokens, environment and latest
+    /// version (the reference: tokens every 5 min, versions every 15 min).
+    pub legacy_probe_interval: Duration,
 }
 
 impl Default for Requeue {
@@ -52,6 +55,9 @@ impl Default for Requeue {
             tenant_backoff: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(
                 desired::rollout::DEFAULT_READY_TIMEOUT_SECONDS.unsigned_abs(),
+            ),
+            legacy_probe_interval: Duration::from_secs(
+                u64::from(desired::legacy::LEGACY_TOKEN_PROBE_MINUTES) * 60,
             ),
         }
     }
@@ -708,7 +714,7 @@ pub(crate) struct TenantSettings<'a> {
 
 impl<'a> TenantSettings<'a> {
     /// A DynaKube's settings: a literal proxy wins over `valueFrom`.
-    fn of_dynakube(dynakube: &'a DynaKube, namespace: &'a str) -> Self {
+    pub(crate) fn of_dynakube(dynakube: &'a DynaKube, namespace: &'a str) -> Self {
         let spec = &dynakube.spec;
         let proxy = spec.proxy.as_ref();
         let proxy_value = proxy.and_then(|p| p.value.as_deref()).filter(|v| !v.is_empty());

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use api::oneagent::{OneAgent, OneAgentInstance, OneAgentStatus};
 use desired::legacy::{LegacyProxy, LegacyToken, LegacyTokenCheck, LegacyTokenCondition};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -30,7 +31,7 @@ pub async fn reconcile(oneagent: Arc<OneAgent>, ctx: Arc<Context>) -> Result<Act
     let mut notes = Notes::default();
     let result = converge(&oneagent, &ctx, &mut status, &mut notes).await;
     let outcome = match &result {
-        Ok(()) => "success",
+        Ok(_) => "success",
         Err(ReconcileError::UserFixable(message)) => {
             tracing::info!(oneagent = %oneagent.name_any(), %message, "waiting for a fix");
             "user_error"
@@ -46,7 +47,10 @@ pub async fn reconcile(oneagent: Arc<OneAgent>, ctx: Arc<Context>) -> Result<Act
     notes.publish(&ctx, &oneagent.object_ref(&())).await;
     ctx.metrics.observe("oneagent", outcome, started.elapsed());
     match result {
-        Ok(()) => Ok(Action::requeue(ctx.requeue.resync)),
+        // An update waiting for a replacement looks again when it times out.
+        Ok(recheck) => Ok(Action::requeue(
+            recheck.map_or(ctx.requeue.resync, |r| r.min(ctx.requeue.resync)),
+        )),
         Err(ReconcileError::UserFixable(_)) => Ok(Action::requeue(ctx.requeue.fix_backoff)),
         Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Action::requeue(ctx.requeue.tenant_backoff)),
         Err(other) => Err(other),
@@ -104,12 +108,13 @@ fn set_token_conditions(
     failing
 }
 
+/// Brings the cluster to the desired state; returns when to look again if sooner than the resync.
 async fn converge(
     oneagent: &OneAgent,
     ctx: &Context,
     status: &mut OneAgentStatus,
     notes: &mut Notes,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<std::time::Duration>, ReconcileError> {
     let namespace = oneagent.namespace().unwrap_or_default();
     let name = oneagent.name_any();
     let spec = &oneagent.spec;
@@ -180,9 +185,12 @@ async fn converge(
         .as_ref()
         .map(desired::unix_seconds);
     let check_key = format!("oneagent/{namespace}/{name}");
-    if desired::legacy_token_probe_due(last_probe, Timestamp::now().as_second())
-        || ctx.secret_changed(&check_key, secret_version.as_deref())
-    {
+    let interval = i64::try_from(ctx.requeue.legacy_probe_interval.as_secs()).unwrap_or(i64::MAX);
+    let probe_due = last_probe.is_none_or(|last| {
+        let elapsed = Timestamp::now().as_second() - last;
+        elapsed < 0 || elapsed >= interval
+    });
+    if probe_due || ctx.secret_changed(&check_key, secret_version.as_deref()) {
         ctx.secret_checked(check_key, secret_version);
         let mut conditions = Vec::new();
         for token in LegacyToken::ALL {
@@ -230,13 +238,215 @@ async fn converge(
         notes,
     )
     .await?;
-    status.instances = Some(instances(ctx, oneagent, status.version.as_deref()).await?);
-    let phase = desired::legacy_phase(&applied);
+    let labels = desired::legacy_selector_labels(&name);
+    let pods = daemonset_pods(ctx, &namespace, &labels).await?;
+    let mut phase = desired::legacy_phase(&applied);
+    let mut recheck = None;
+    let updates =
+        !spec.disable_agent_update.unwrap_or(false) && !desired::legacy_uses_immutable_image(oneagent);
+    let host_versions = match (status.version.clone(), updates) {
+        (Some(target), true) => {
+            let since = target_since(ctx, &applied, &target).await?;
+            let versions = host_versions(&tenant, &pods, status).await?;
+            let plan = update_step(
+                ctx, oneagent, &pods, &versions, &target, since, &applied, notes, status,
+            )
+            .await?;
+            if plan.blocked.is_some() || !plan.outdated.is_empty() {
+                phase = desired::legacy::LEGACY_PHASE_DEPLOYING;
+            }
+            recheck = plan
+                .recheck_in
+                .map(|seconds| std::time::Duration::from_secs(seconds.unsigned_abs() + 1));
+            versions
+        }
+        _ => BTreeMap::new(),
+    };
+    status.instances = Some(
+        pods.iter()
+            .map(|pod| {
+                let version = pod.host_ip.as_ref().and_then(|ip| host_versions.get(ip)).cloned();
+                let instance = OneAgentInstance {
+                    pod_name: Some(pod.name.clone()),
+                    version: version.or_else(|| status.version.clone()),
+                    ip_address: pod.host_ip.clone(),
+                };
+                (pod.node.clone(), instance)
+            })
+            .collect(),
+    );
     if status.phase.as_deref() != Some(phase) && phase == desired::legacy::LEGACY_PHASE_RUNNING {
         notes.normal("Running", format!("every OneAgent pod of {name} is ready"));
     }
     status.phase = Some(phase.to_owned());
-    Ok(())
+    Ok(recheck)
+}
+
+/// Annotations on the legacy DaemonSet that record which version the per-node update brings the pods to,
+/// and since when: pods created after that already run it. Kept in the cluster, so a restarted operator
+/// resumes without recycling a node twice.
+const TARGET_VERSION_ANNOTATION: &str = "internal.oneagent.dynatrace.com/target-version";
+const TARGET_SINCE_ANNOTATION: &str = "internal.oneagent.dynatrace.com/target-since";
+
+/// When `target` was adopted (unix seconds), recording it on the DaemonSet the first time.
+async fn target_since(ctx: &Context, daemonset: &DaemonSet, target: &str) -> Result<i64, ReconcileError> {
+    let annotations = daemonset.annotations();
+    if annotations.get(TARGET_VERSION_ANNOTATION).map(String::as_str) == Some(target)
+        && let Some(since) = annotations
+            .get(TARGET_SINCE_ANNOTATION)
+            .and_then(|s| s.parse().ok())
+    {
+        return Ok(since);
+    }
+    let now = Timestamp::now().as_second();
+    let namespace = daemonset.namespace().unwrap_or_default();
+    let name = daemonset.name_any();
+    // A merge patch under another field manager: the server-side apply of the DaemonSet leaves it alone.
+    let patch = json!({ "metadata": { "annotations": {
+        TARGET_VERSION_ANNOTATION: target,
+        TARGET_SINCE_ANNOTATION: now.to_string(),
+    } } });
+    Api::<DaemonSet>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &name,
+            &PatchParams::apply("dynatrace-operator-updates"),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(kube_error(format!(
+            "recording the target version on DaemonSet {namespace}:{name}"
+        )))?;
+    Ok(now)
+}
+
+/// The agent version of each pod's host, by IP, from the hosts API. Between probes (and when the API
+/// fails with something other than throttling) the versions last written in the status are used.
+async fn host_versions(
+    tenant: &TenantClient,
+    pods: &[crate::dynakube::NodePod],
+    status: &OneAgentStatus,
+) -> Result<BTreeMap<String, String>, ReconcileError> {
+    let known: BTreeMap<String, String> = status
+        .instances
+        .iter()
+        .flatten()
+        .filter_map(|(_, i)| Some((i.ip_address.clone()?, i.version.clone()?)))
+        .collect();
+    match tenant.hosts().await {
+        Ok(hosts) => {
+            let mut versions = BTreeMap::new();
+            for pod in pods {
+                let Some(ip) = &pod.host_ip else { continue };
+                let reported = hosts
+                    .iter()
+                    .find(|h| h.ip_addresses.iter().any(|a| a == ip))
+                    .and_then(|h| h.agent_version.clone());
+                if let Some(version) = reported.or_else(|| known.get(ip).cloned()) {
+                    versions.insert(ip.clone(), version);
+                }
+            }
+            Ok(versions)
+        }
+        Err(error) if error.status() == Some(429) => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(%error, "the hosts API failed; using the host versions last seen");
+            Ok(known)
+        }
+    }
+}
+
+/// One step of the per-node update: deletes at most one outdated pod, and reports progress or the node
+/// that blocks it in the condition `OneAgentRollout`.
+#[allow(clippy::too_many_arguments)]
+async fn update_step(
+    ctx: &Context,
+    oneagent: &OneAgent,
+    pods: &[crate::dynakube::NodePod],
+    versions: &BTreeMap<String, String>,
+    target: &str,
+    since: i64,
+    daemonset: &DaemonSet,
+    notes: &mut Notes,
+    status: &mut OneAgentStatus,
+) -> Result<desired::RecyclePlan, ReconcileError> {
+    let namespace = oneagent.namespace().unwrap_or_default();
+    let view: Vec<desired::NodeAgentPod> = pods
+        .iter()
+        .map(|p| desired::NodeAgentPod {
+            name: p.name.clone(),
+            node: p.node.clone(),
+            host_ip: p.host_ip.clone(),
+            ready: p.rollout.ready,
+            terminating: p.rollout.terminating,
+            created: p.rollout.created,
+        })
+        .collect();
+    let desired_nodes = daemonset
+        .status
+        .as_ref()
+        .map_or(0, |s| s.desired_number_scheduled);
+    let wait = i64::from(
+        oneagent
+            .spec
+            .wait_ready_seconds
+            .unwrap_or(api::oneagent::DEFAULT_WAIT_READY_SECONDS),
+    );
+    let now = Timestamp::now().as_second();
+    let plan = desired::recycle_plan(&view, versions, target, since, desired_nodes, now, wait);
+    if let Some(pod) = &plan.delete {
+        let node = pods
+            .iter()
+            .find(|p| &p.name == pod)
+            .map(|p| p.node.clone())
+            .unwrap_or_default();
+        match Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), &namespace)
+            .delete(pod, &Default::default())
+            .await
+        {
+            Ok(_) => notes.normal(
+                "PodRecycled",
+                format!("deleted OneAgent pod {pod} on node {node} so that it comes back with {target}"),
+            ),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(kube_error(format!("deleting OneAgent pod {namespace}:{pod}"))(e)),
+        }
+    }
+    let done = view.len().saturating_sub(plan.outdated.len());
+    let (value, reason, message) = match (&plan.blocked, plan.outdated.is_empty()) {
+        (Some((node, waited)), _) => (
+            "False",
+            "Blocked",
+            format!(
+                "blocked on node {node}: its new OneAgent pod has not become ready for {waited} s \
+                 (waitReadySeconds {wait}); {} of {} nodes are outdated. Look at the pod's events and logs",
+                plan.outdated.len(),
+                view.len()
+            ),
+        ),
+        (None, true) => ("True", "UpToDate", format!("all {done} nodes run {target}")),
+        (None, false) => (
+            "False",
+            "Progressing",
+            format!(
+                "{} of {} nodes still run an older OneAgent than {target}",
+                plan.outdated.len(),
+                view.len()
+            ),
+        ),
+    };
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    if upsert_condition(
+        conditions,
+        crate::dynakube::ROLLOUT_CONDITION,
+        value,
+        reason,
+        &message,
+        oneagent.metadata.generation,
+    ) && reason == "Blocked"
+    {
+        notes.warning("RolloutBlocked", message);
+    }
+    Ok(plan)
 }
 
 /// Checks one token's scopes at the tenant. Transient failures end the reconcile (it is requeued);
@@ -291,26 +501,4 @@ async fn resolve_version(
     notes.normal("OneAgentVersion", format!("OneAgent version {target}"));
     status.version = Some(target);
     Ok(())
-}
-
-/// The DaemonSet's pods by node: pod name, the version they are meant to run, and the node's address.
-async fn instances(
-    ctx: &Context,
-    oneagent: &OneAgent,
-    version: Option<&str>,
-) -> Result<BTreeMap<String, OneAgentInstance>, ReconcileError> {
-    let namespace = oneagent.namespace().unwrap_or_default();
-    let labels = desired::legacy_selector_labels(&oneagent.name_any());
-    Ok(daemonset_pods(ctx, &namespace, &labels)
-        .await?
-        .into_iter()
-        .map(|pod| {
-            let instance = OneAgentInstance {
-                pod_name: Some(pod.name),
-                version: version.map(str::to_owned),
-                ip_address: pod.host_ip,
-            };
-            (pod.node, instance)
-        })
-        .collect())
 }

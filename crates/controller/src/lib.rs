@@ -6,6 +6,8 @@ pub mod dynakube;
 pub mod leader;
 pub mod legacy;
 pub mod metrics;
+pub mod namespaces;
+pub mod nodes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,14 +29,16 @@ pub use dynakube::{Context, ReconcileError, Requeue};
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 pub use metrics::Metrics;
 
-/// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent
-/// and, when `certificates` is given, the webhook certificates. With leader election, this is what the
-/// leader runs.
+/// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent,
+/// namespace mapping, node lifecycle and, when `certificates` is given, the webhook certificates. With
+/// leader election, this is what the leader runs. `operator_namespace` is never labelled for injection and
+/// holds the node cache.
 pub async fn run_all(
     client: Client,
     operator_version: String,
     requeue: Requeue,
     metrics: Metrics,
+    operator_namespace: String,
     certificates: Option<certificates::CertificateConfig>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -48,9 +52,19 @@ pub async fn run_all(
             }
         }
     };
-    futures::future::join(
+    let mut mapping = namespaces::NamespaceConfig::new(&operator_namespace);
+    mapping.metrics = Some(metrics.clone());
+    let namespaces = namespaces::run(client.clone(), mapping, shutdown.clone());
+    let nodes = nodes::run(
+        client.clone(),
+        nodes::NodeConfig::new(&operator_namespace, metrics.clone()),
+        shutdown.clone(),
+    );
+    futures::future::join4(
         run(client, operator_version, requeue, metrics, shutdown),
         certificates,
+        namespaces,
+        nodes,
     )
     .await;
 }

@@ -31,6 +31,7 @@ fn requeue() -> controller::Requeue {
         fix_backoff: Duration::from_secs(2),
         tenant_backoff: Duration::from_secs(2),
         ready_timeout: Duration::from_secs(6),
+        legacy_probe_interval: Duration::from_secs(2),
     }
 }
 
@@ -184,15 +185,33 @@ struct Timeline {
 /// Watches the OneAgent pods in the namespace and records, event by event, how many of `nodes` had no
 /// ready pod.
 fn watch_pods(client: &Client, namespace: &str, nodes: BTreeSet<String>) -> Arc<Mutex<Timeline>> {
+    watch_pods_with(client, namespace, nodes, "app.kubernetes.io/name=oneagent")
+}
+
+/// [`watch_pods`] for the pods matching `selector`.
+fn watch_pods_with(
+    client: &Client,
+    namespace: &str,
+    nodes: BTreeSet<String>,
+    selector: &str,
+) -> Arc<Mutex<Timeline>> {
     let timeline = Arc::new(Mutex::new(Timeline::default()));
     let api = Api::<Pod>::namespaced(client.clone(), namespace);
     let record = timeline.clone();
-    let config = watcher::Config::default().labels("app.kubernetes.io/name=oneagent");
+    let config = watcher::Config::default().labels(selector);
     tokio::spawn(async move {
         let mut initial = BTreeSet::new();
         let mut listing = true;
         let mut events = std::pin::pin!(watcher(api, config));
-        while let Ok(Some(event)) = events.try_next().await {
+        loop {
+            let event = match events.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("pod watch: {error}");
+                    continue;
+                }
+            };
             let mut t = record.lock().unwrap();
             match event {
                 watcher::Event::Init => listing = true,
@@ -505,5 +524,164 @@ async fn an_operator_killed_mid_rollout_finishes_it_after_restart_without_recycl
         .map(|p| p.name_any())
         .collect();
     assert_eq!(remaining.len(), nodes.len(), "{remaining:?}");
+    tenant.shutdown().await;
+}
+
+/// Gives a kwok node an InternalIP of its own (kwok's default is one address for every node), so that
+/// the hosts API can tell the nodes apart.
+async fn set_node_ip(client: &Client, node: &str, ip: &str) {
+    let patch = json!({ "status": { "addresses": [
+        { "type": "InternalIP", "address": ip },
+        { "type": "Hostname", "address": node },
+    ] } });
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// A legacy OneAgent on `pool`, its Secret and ServiceAccount, and a host per node at the tenant.
+async fn legacy_setup(
+    ns: &TestNamespace,
+    tenant: &FakeTenant,
+    name: &str,
+    pool: &str,
+    nodes: &BTreeSet<String>,
+    subnet: u8,
+    extra: serde_json::Value,
+) -> Api<api::oneagent::OneAgent> {
+    for (i, node) in nodes.iter().enumerate() {
+        let ip = format!("10.{subnet}.0.{}", i + 1);
+        set_node_ip(&ns.client, node, &ip).await;
+        tenant.add_host(fake_tenant::Host {
+            entity_id: format!("HOST-{subnet}-{i}"),
+            ip_addresses: vec![ip],
+            agent_version: OLD_VERSION.into(),
+            network_zone: None,
+        });
+    }
+    let accounts = Api::<ServiceAccount>::namespaced(ns.client.clone(), &ns.name);
+    if accounts.get_opt("dynatrace-oneagent").await.unwrap().is_none() {
+        let account: ServiceAccount = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
+        }))
+        .unwrap();
+        accounts.create(&PostParams::default(), &account).await.unwrap();
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name },
+        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut spec =
+        json!({ "apiUrl": tenant.api_url(), "nodeSelector": { "pool": pool }, "waitReadySeconds": 30 });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let oneagent: api::oneagent::OneAgent = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent", "metadata": { "name": name }, "spec": spec,
+    }))
+    .unwrap();
+    let oneagents = Api::<api::oneagent::OneAgent>::namespaced(ns.client.clone(), &ns.name);
+    oneagents.create(&PostParams::default(), &oneagent).await.unwrap();
+    oneagents
+}
+
+/// Waits until the legacy OneAgent reports every node up to date with `version`.
+async fn wait_legacy_up_to_date(oneagents: &Api<api::oneagent::OneAgent>, name: &str, version: &str) {
+    testkit::eventually(
+        &format!("OneAgent {name} up to date with {version}"),
+        WAIT,
+        || async {
+            let status = oneagents.get(name).await?.status.unwrap_or_default();
+            let up_to_date = status.conditions.iter().flatten().any(|c| {
+                c.type_ == "OneAgentRollout" && c.reason == "UpToDate" && c.message.ends_with(version)
+            });
+            Ok((up_to_date && status.phase.as_deref() == Some("Running")).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_legacy_oneagent_recycles_outdated_hosts_one_at_a_time_and_each_once() {
+    shared_controller();
+    let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
+        .await
+        .unwrap();
+    let ns = TestNamespace::create().await.unwrap();
+    let pool = format!("legacy-{}", ns.name);
+    let nodes = create_nodes(&ns, &pool, 3).await;
+    let oneagents = legacy_setup(&ns, &tenant, "legacy", &pool, &nodes, 61, json!({})).await;
+    wait_legacy_up_to_date(&oneagents, "legacy", OLD_VERSION).await;
+
+    let timeline = watch_pods_with(&ns.client, &ns.name, nodes.clone(), "dynatrace=oneagent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The hosts keep reporting the old version: the agents of this test never really update. The
+    // operator must still recycle each node once, not over and over.
+    tenant.publish_version(NEW_VERSION);
+    wait_legacy_up_to_date(&oneagents, "legacy", NEW_VERSION).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // a few more reconciles: nothing more happens
+    let t = timeline.lock().unwrap().clone();
+    assert!(t.max_unavailable <= 1, "{t:?}");
+    for node in &nodes {
+        let created = t.created.get(node).map_or(0, BTreeSet::len);
+        assert_eq!(created, 1, "node {node} was recycled {created} times: {t:?}");
+    }
+    let status = oneagents.get("legacy").await.unwrap().status.unwrap();
+    assert_eq!(status.version.as_deref(), Some(NEW_VERSION));
+    let instances = status.instances.unwrap();
+    assert_eq!(instances.keys().cloned().collect::<BTreeSet<_>>(), nodes);
+    assert!(
+        instances
+            .values()
+            .all(|i| i.ip_address.is_some() && i.pod_name.is_some()),
+        "{instances:?}"
+    );
+    tenant.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_legacy_oneagent_with_agent_updates_disabled_recycles_nothing() {
+    shared_controller();
+    let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
+        .await
+        .unwrap();
+    let ns = TestNamespace::create().await.unwrap();
+    let pool = format!("frozen-{}", ns.name);
+    let nodes = create_nodes(&ns, &pool, 2).await;
+    let oneagents = legacy_setup(
+        &ns,
+        &tenant,
+        "frozen",
+        &pool,
+        &nodes,
+        62,
+        json!({ "disableAgentUpdate": true }),
+    )
+    .await;
+    testkit::eventually("OneAgent frozen Running", WAIT, || async {
+        let status = oneagents.get("frozen").await?.status.unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then_some(()))
+    })
+    .await
+    .unwrap();
+    let timeline = watch_pods_with(&ns.client, &ns.name, nodes.clone(), "dynatrace=oneagent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tenant.publish_version(NEW_VERSION);
+    testkit::eventually("the new version in the status", WAIT, || async {
+        let status = oneagents.get("frozen").await?.status.unwrap_or_default();
+        Ok((status.version.as_deref() == Some(NEW_VERSION)).then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let t = timeline.lock().unwrap().clone();
+    assert!(t.created.is_empty(), "pods were recycled: {t:?}");
     tenant.shutdown().await;
 }

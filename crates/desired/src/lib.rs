@@ -20,7 +20,14 @@
 //! - [`request_due`], [`connection_info_due`]: the API request threshold. Times are unix seconds that the
 //!   caller passes in; nothing here reads the clock.
 //! - [`parse_version`], [`is_downgrade`], [`image_tag`]: OneAgent version rules.
-//! - [`rollout_progress`]: how far a OneAgent rollout got and which node stops it.
+//! - [`rollout_progress`]: how far a OneAgent rollout got and which node stops it; [`recycle_plan`]: the
+//!   legacy resource's per-node update, one pod at a time.
+//! - Node lifecycle (module [`nodes`], spec §9): the node cache ConfigMap ([`NodeCache`]), which DynaKube
+//!   owns a node ([`node_owners`]), when a node is marked for termination ([`termination_reason`],
+//!   [`observe_node`], [`plan_cleanup`]) and the event ([`termination_event`]).
+//! - Namespace mapping (module [`mapping`], spec §4): which DynaKube injects into which namespace
+//!   ([`map_namespaces`], [`label_patch`]) and the Secrets of mapped namespaces ([`init_secret`],
+//!   [`data_ingest_secret`], [`monitoring_nodes`]).
 //!
 //! Legacy `OneAgent` resource (module [`legacy`], spec §7.4): [`legacy_oneagent_daemonset`],
 //! [`legacy_pull_secret`], the token rules ([`legacy_tokens_secret_name`], [`legacy_required_scopes`],
@@ -28,8 +35,11 @@
 
 pub mod hash;
 pub mod legacy;
+pub mod mapping;
+pub mod nodes;
 pub mod objects;
 pub mod oneagent;
+pub mod recycle;
 pub mod rollout;
 #[cfg(test)]
 mod test_support;
@@ -50,11 +60,20 @@ pub use legacy::{
     legacy_token_condition, legacy_token_from_secret, legacy_token_probe_due, legacy_tokens_secret_name,
     legacy_uses_immutable_image,
 };
+pub use mapping::{
+    DynaKubeRef, InitSecretFacts, Injector, Mapping, NamespaceView, SecretTemplate, data_ingest_secret,
+    init_secret, label_patch, map_namespaces, monitoring_nodes,
+};
+pub use nodes::{
+    CleanupPlan, MarkRequest, NodeCache, NodeCacheEntry, NodeOwner, TerminationEvent, TerminationReason,
+    node_owners, observe_node, plan_cleanup, termination_event, termination_reason,
+};
 pub use objects::{
     connection_info_config_map, deployment_metadata, deployment_metadata_config_map, pull_secret,
     tenant_secret,
 };
 pub use oneagent::{HealthCheck, OneAgentFacts, oneagent_daemonset};
+pub use recycle::{NodeAgentPod, RecyclePlan, recycle_plan};
 pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, rollout_progress};
 pub use throttle::{connection_info_due, request_due, unix_seconds};
 pub use tokens::{

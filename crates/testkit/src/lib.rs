@@ -85,6 +85,7 @@ pub async fn shared_cluster() -> anyhow::Result<&'static Cluster> {
         .get_or_init(|| async {
             sweep_stale_test_dirs();
             let tools = Tools::locate().map_err(|e| format!("{e:#}"))?;
+            let _one_at_a_time = STARTING.lock().await;
             Cluster::start(&tools, test_cluster_options(SHARED_CLUSTER_NODES))
                 .await
                 .map_err(|e| format!("{e:#}"))
@@ -98,8 +99,14 @@ pub async fn shared_cluster() -> anyhow::Result<&'static Cluster> {
 /// Starts a cluster owned by the caller; it is stopped and its data removed when dropped.
 pub async fn start_private_cluster(nodes: usize) -> anyhow::Result<Cluster> {
     sweep_stale_test_dirs();
-    Cluster::start(&Tools::locate()?, test_cluster_options(nodes)).await
+    let tools = Tools::locate()?;
+    let _one_at_a_time = STARTING.lock().await;
+    Cluster::start(&tools, test_cluster_options(nodes)).await
 }
+
+/// Clusters of one test binary start one after the other: each picks free ports just before its
+/// processes bind them, and two starting at once could pick the same one.
+static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fresh namespace on the shared cluster, with an admin client. Deleted on drop.
 pub struct TestNamespace {
