@@ -45,6 +45,10 @@ pub struct Options {
     /// with `cargo build` first.
     #[arg(long, value_name = "DIR")]
     pub binaries: Option<PathBuf>,
+    /// Once the pods run, publish this OneAgent version on the fake tenant and show the operator rolling it
+    /// through the nodes (for example `1.278.0.20231001-000000`).
+    #[arg(long, value_name = "VERSION")]
+    pub update_to: Option<String>,
 }
 
 /// Name of the sample DynaKube and of its token Secret.
@@ -196,6 +200,8 @@ struct Session {
     /// When the start began (after the build), for the summary.
     started: Instant,
     exit_when_ready: bool,
+    /// The fake tenant's API URL, once it runs.
+    tenant_api_url: Option<String>,
 }
 
 impl Session {
@@ -214,6 +220,7 @@ impl Session {
             wrote_pid_file: false,
             started,
             exit_when_ready: options.exit_when_ready,
+            tenant_api_url: None,
         })
     }
 
@@ -228,7 +235,17 @@ impl Session {
                 return Ok(());
             }
         }
+        if let Some(version) = &options.update_to {
+            tokio::select! {
+                result = self.update(version) => result?,
+                signal = signals.recv() => {
+                    eprintln!("{signal} received during the update; cleaning up.");
+                    return Ok(());
+                }
+            }
+        }
         if options.exit_when_ready {
+            println!("--exit-when-ready: stopping everything again.");
             return Ok(());
         }
         tokio::select! {
@@ -275,6 +292,7 @@ impl Session {
             })
             .await?;
         self.set_endpoint("fake-tenant", &api_url);
+        self.tenant_api_url = Some(api_url.clone());
 
         // The CRDs (conversion by URL) before the webhook and the operator, whose watches need them.
         let ca_pem = webhook::write_certificates(&self.dir.join("webhook"))?;
@@ -371,6 +389,69 @@ impl Session {
             .await?;
 
         self.print_summary(&pods, &status, &api_server, &logs, &tools.kubectl);
+        Ok(())
+    }
+
+    /// Publishes `version` on the fake tenant and follows the operator's rollout of it until every node
+    /// runs it, printing each step.
+    async fn update(&mut self, version: &str) -> anyhow::Result<()> {
+        let client = self.client.clone().context("no Kubernetes client")?;
+        let api_url = self
+            .tenant_api_url
+            .clone()
+            .context("the fake tenant is not running")?;
+        publish_version(&api_url, version).await?;
+        // The operator asks the tenant when it reconciles; a touch of the DynaKube makes it reconcile now
+        // instead of at its next periodic check.
+        let touch = json!({ "metadata": { "annotations": {
+            "xtask.dynatrace-operator.dev/update-requested": version,
+        } } });
+        Api::<DynaKube>::namespaced(client.clone(), NAMESPACE)
+            .patch(DYNAKUBE, &PatchParams::default(), &Patch::Merge(&touch))
+            .await
+            .context("touching the sample DynaKube")?;
+        println!("\nPublished OneAgent {version} on the fake tenant; the operator rolls it out:");
+        let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let wanted = version.to_owned();
+        self.wait("the rollout of the new version", ROLLOUT_TIMEOUT, || {
+            let (client, wanted, last) = (client.clone(), wanted.clone(), last.clone());
+            async move {
+                let status = Api::<DynaKube>::namespaced(client, NAMESPACE)
+                    .get(DYNAKUBE)
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                let rollout = status.one_agent.and_then(|o| o.rollout).unwrap_or_default();
+                let message = rollout.message.clone().unwrap_or_default();
+                {
+                    let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if !message.is_empty() && message != *last {
+                        println!("  {message}");
+                        last.clone_from(&message);
+                    }
+                }
+                let done = rollout.target_version.as_deref() == Some(wanted.as_str())
+                    && rollout.nodes_pending == 0
+                    && status
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "OneAgentRollout" && c.status == "True");
+                if done { Ok(Some(())) } else { bail!("{message}") }
+            }
+        })
+        .await?;
+        let pods = self
+            .wait("every OneAgent pod on the new version", ROLLOUT_TIMEOUT, || {
+                let (client, wanted) = (client.clone(), wanted.clone());
+                async move {
+                    let pods = oneagent_pods(&client).await?;
+                    Ok(pods.filter(|rows| rows.iter().all(|r| r[3] == wanted)))
+                }
+            })
+            .await?;
+        let header = ["POD", "NODE", "PHASE", "VERSION"].map(String::from);
+        println!("\n{}", table(std::iter::once(&header).chain(&pods)));
         Ok(())
     }
 
@@ -511,7 +592,7 @@ impl Session {
             self.started.elapsed().as_secs_f64()
         );
         println!();
-        let header = ["POD", "NODE", "PHASE", "IMAGE"].map(String::from);
+        let header = ["POD", "NODE", "PHASE", "VERSION"].map(String::from);
         print!("{}", table(std::iter::once(&header).chain(pods)));
         println!();
         let version = status
@@ -552,7 +633,6 @@ impl Session {
         );
         println!();
         if self.exit_when_ready {
-            println!("--exit-when-ready: stopping everything again.");
             return;
         }
         let cluster = if !self.started_cluster {
@@ -729,7 +809,11 @@ async fn apply_prerequisites(client: &Client) -> anyhow::Result<()> {
 fn sample_dynakube(api_url: &str) -> serde_json::Value {
     json!({
         "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
-        "metadata": { "name": DYNAKUBE, "namespace": NAMESPACE },
+        // The fake tenant may be asked on every reconcile, so that a published version shows at once
+        // (the default is every 15 minutes).
+        "metadata": { "name": DYNAKUBE, "namespace": NAMESPACE, "annotations": {
+            "feature.dynatrace.com/dynatrace-api-request-threshold": "0",
+        } },
         "spec": { "apiUrl": api_url, "oneAgent": { "classicFullStack": {} } },
     })
 }
@@ -747,7 +831,7 @@ async fn apply_dynakube(client: &Client, dynakube: &serde_json::Value) -> anyhow
     Ok(Some(()))
 }
 
-/// The OneAgent pods (pod, node, phase, image) once as many run as the DaemonSet wants, sorted by node.
+/// The OneAgent pods (pod, node, phase, OneAgent version) once as many run as the DaemonSet wants, sorted by node.
 async fn oneagent_pods(client: &Client) -> anyhow::Result<Option<Vec<[String; 4]>>> {
     let daemonset_name = api::dynakube::names::one_agent_daemonset(DYNAKUBE);
     let Some(daemonset) = Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE)
@@ -787,8 +871,9 @@ async fn oneagent_pods(client: &Client) -> anyhow::Result<Option<Vec<[String; 4]
                     .as_ref()
                     .and_then(|s| s.phase.clone())
                     .unwrap_or_default(),
-                spec.and_then(|s| s.containers.first())
-                    .and_then(|c| c.image.clone())
+                p.labels()
+                    .get("app.kubernetes.io/version")
+                    .cloned()
                     .unwrap_or_default(),
             ]
         })
@@ -826,6 +911,32 @@ async fn dynakube_running(client: &Client) -> anyhow::Result<Option<DynaKubeStat
         status.phase.as_deref().unwrap_or("none"),
         conditions.join("; ")
     )
+}
+
+/// Publishes a OneAgent version on the fake tenant (`POST /admin/versions`).
+async fn publish_version(api_url: &str, version: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = api_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .with_context(|| format!("the fake tenant's URL {api_url} is not http://host:port/..."))?;
+    let body = json!({ "version": version }).to_string();
+    let request = format!(
+        "POST /admin/versions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to the fake tenant at {authority}"))?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let status_line = answer.lines().next().unwrap_or_default();
+    if !status_line.contains(" 2") {
+        bail!("the fake tenant refused version {version}: {answer}");
+    }
+    Ok(())
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -36,6 +36,9 @@ fn marked_processes(marker: &str) -> Vec<(u32, String)> {
     found
 }
 
+/// The version the run publishes on the fake tenant once the pods run.
+const NEW_VERSION: &str = "1.278.0.20231001-000000";
+
 #[test]
 fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
     let binaries = binaries_dir();
@@ -62,6 +65,7 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
         .arg("--binaries")
         .arg(&binaries)
         .args(["--name", &name])
+        .args(["--update-to", NEW_VERSION])
         .env(MARKER_VAR, &marker)
         .output()
         .unwrap();
@@ -91,6 +95,24 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
         "{stdout}"
     );
     assert!(stdout.contains("phase Running"), "{stdout}");
+    // The update: every pod listed after the rollout runs the new version, on the same three nodes.
+    let (_, after) = stdout
+        .split_once(&format!("Published OneAgent {NEW_VERSION}"))
+        .unwrap_or_else(|| panic!("no update in the output:\n{stdout}"));
+    assert!(
+        after.contains(&format!("all 3 nodes run {NEW_VERSION}")),
+        "{after}"
+    );
+    let updated: BTreeSet<&str> = after
+        .lines()
+        .filter(|line| line.starts_with("dynakube-oneagent-"))
+        .map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(columns.get(3), Some(&NEW_VERSION), "{line}");
+            columns[1]
+        })
+        .collect();
+    assert_eq!(updated, nodes, "{after}");
     assert!(
         stdout.contains(&format!("target/local-clusters/{name}/logs")),
         "{stdout}"
