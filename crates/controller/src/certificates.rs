@@ -204,15 +204,8 @@ pub async fn run(client: Client, config: CertificateConfig, shutdown: impl Futur
                 wait
             }
         };
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(wait) => {}
-            () = trigger.notified() => {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(DEBOUNCE) => {}
-                }
-            }
+        if !crate::wake::next_pass(&mut shutdown, &trigger, wait, DEBOUNCE).await {
+            break;
         }
     }
     tracing::info!("webhook certificate controller stopped");

@@ -177,6 +177,32 @@ pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// The DynaKube's token Secret: its resourceVersion and tokens. A missing Secret or key is the user's to
+/// fix, and the message says how.
+pub(crate) async fn read_tokens(
+    ctx: &Context,
+    dynakube: &DynaKube,
+) -> Result<(Option<String>, desired::Tokens), ReconcileError> {
+    let namespace = dynakube.namespace().unwrap_or_default();
+    let secret_name = dynakube.tokens_secret_name();
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&secret_name)
+        .await
+        .map_err(kube_error(format!(
+            "reading the token Secret {namespace}:{secret_name}"
+        )))?
+        .ok_or_else(|| {
+            ReconcileError::UserFixable(format!(
+                "the token Secret {namespace}:{secret_name} does not exist; create it with the key apiToken \
+                 (and optionally paasToken)"
+            ))
+        })?;
+    let (version, data) = secret_data(secret);
+    let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
+        .map_err(|e| ReconcileError::UserFixable(e.to_string()))?;
+    Ok((version, tokens))
+}
+
 /// A Secret's resourceVersion and data.
 pub(crate) fn secret_data(secret: Secret) -> (Option<String>, BTreeMap<String, Vec<u8>>) {
     let version = secret.resource_version();
@@ -388,24 +414,7 @@ async fn converge(
     let flags = dynakube.feature_flags();
     let threshold = flags.api_request_threshold_minutes();
 
-    // Tokens.
-    let secret_name = dynakube.tokens_secret_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_error(format!(
-            "reading the token Secret {namespace}:{secret_name}"
-        )))?
-        .ok_or_else(|| {
-            ReconcileError::UserFixable(format!(
-                "the token Secret {namespace}:{secret_name} does not exist; create it with the key apiToken \
-                 (and optionally paasToken)"
-            ))
-        })?;
-    let (secret_version, data) = secret_data(secret);
-    let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
-        .map_err(|e| ReconcileError::UserFixable(e.to_string()))?;
+    let (secret_version, tokens) = read_tokens(ctx, dynakube).await?;
     let tenant = tenant_client(dynakube, ctx, &tokens).await?;
 
     let last_scopes = status
@@ -427,7 +436,8 @@ async fn converge(
             }
         }
         let required = desired::required_scopes(dynakube, &tokens);
-        let missing = desired::missing_scopes(&required, &granted, &format!("{namespace}:{secret_name}"));
+        let secret = format!("{namespace}:{}", dynakube.tokens_secret_name());
+        let missing = desired::missing_scopes(&required, &granted, &secret);
         status
             .dynatrace_api
             .get_or_insert_with(Default::default)

@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
+mod wake;
 
 use std::future::Future;
 use std::sync::Arc;

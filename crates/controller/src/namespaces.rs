@@ -245,15 +245,8 @@ pub async fn run(client: Client, config: NamespaceConfig, shutdown: impl Future<
             backoff = (backoff * 2).min(MAX_BACKOFF);
             wait
         };
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(wait) => {}
-            () = trigger.notified() => {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(DEBOUNCE) => {}
-                }
-            }
+        if !crate::wake::next_pass(&mut shutdown, &trigger, wait, DEBOUNCE).await {
+            break;
         }
     }
     tracing::info!("namespace mapping stopped");

@@ -35,7 +35,7 @@ use desired::nodes::{
     node_owners, observe_node, plan_cleanup, termination_event, termination_reason,
 };
 use futures::{FutureExt, Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, PostParams};
@@ -47,7 +47,7 @@ use kube::{Api, Client, ResourceExt as _};
 use tenant_client::{AttachRules, Event, TenantClient};
 
 use crate::dynakube::{
-    Context, ReconcileError, Requeue, TenantSettings, build_tenant_client, kube_error, secret_data,
+    Context, ReconcileError, Requeue, TenantSettings, build_tenant_client, kube_error, read_tokens,
 };
 use crate::metrics::Metrics;
 
@@ -439,23 +439,7 @@ impl Shared {
     /// (the token scopes are not checked here; the DynaKube controller reports them).
     async fn tenant_client(&self, dynakube: &DynaKube) -> Result<TenantClient, ReconcileError> {
         let namespace = dynakube.namespace().unwrap_or_default();
-        let secret_name = dynakube.tokens_secret_name();
-        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &namespace)
-            .get_opt(&secret_name)
-            .await
-            .map_err(kube_error(format!(
-                "reading the token Secret {namespace}:{secret_name}"
-            )))?
-            .ok_or_else(|| {
-                ReconcileError::UserFixable(format!(
-                    "the token Secret {namespace}:{secret_name} of DynaKube {} does not exist; create it with \
-                     the key apiToken",
-                    dynakube.name_any()
-                ))
-            })?;
-        let (_, data) = secret_data(secret);
-        let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
-            .map_err(|e| ReconcileError::UserFixable(e.to_string()))?;
+        let (_, tokens) = read_tokens(&self.ctx, dynakube).await?;
         let settings = TenantSettings::of_dynakube(dynakube, &namespace);
         build_tenant_client(
             &self.ctx,
