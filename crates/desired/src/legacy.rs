@@ -21,10 +21,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ExecAction,
-    HostPathVolumeSource, KeyToPath, LocalObjectReference, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EnvVar, EnvVarSource, ExecAction, LocalObjectReference, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Probe, Secret, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -33,7 +32,11 @@ use url::Url;
 use crate::DesiredError;
 use crate::hash::with_template_hash_under;
 use crate::objects::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE};
-use crate::oneagent::{APPARMOR_ANNOTATION, CAPABILITIES, CONTAINER_NAME, with_default_cpu_request};
+use crate::oneagent::{
+    APPARMOR_ANNOTATION, CAPABILITIES, CERTS_PATH, CONTAINER_NAME, DEFAULT_DNS_POLICY, HOST_ROOT_PATH,
+    HOST_ROOT_VOLUME, PROXY_ENV, env_from, host_root_volume, literal_env, mount, trusted_cas_volume,
+    with_default_cpu_request,
+};
 use crate::throttle::request_due;
 use crate::tokens::{SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TokenKind, secret_ref};
 
@@ -65,12 +68,7 @@ pub const LEGACY_PHASE_DEPLOYING: &str = "Deploying";
 /// Minutes between two lookups of the same token (`/v1/tokens/lookup`).
 pub const LEGACY_TOKEN_PROBE_MINUTES: u32 = 5;
 
-const HOST_ROOT_VOLUME: &str = "host-root";
-const HOST_ROOT_PATH: &str = "/mnt/root";
 const CERTS_VOLUME: &str = "certs";
-const CERTS_PATH: &str = "/mnt/dynatrace/certs";
-const DEFAULT_DNS_POLICY: &str = "ClusterFirstWithHostNet";
-const PROXY_ENV: &str = "https_proxy";
 const INSTALLER_TOKEN_ENV: &str = "ONEAGENT_INSTALLER_TOKEN";
 const HINT_FROM_API_SERVER: &str = "pass the OneAgent as read from the API server, which always sets it";
 
@@ -664,22 +662,6 @@ fn args(oneagent: &OneAgent, facts: &LegacyFacts, has_proxy: bool) -> Vec<String
     args
 }
 
-fn literal_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: Some(value.to_owned()),
-        value_from: None,
-    }
-}
-
-fn env_from(name: &str, source: EnvVarSource) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: None,
-        value_from: Some(source),
-    }
-}
-
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     env_from(
         name,
@@ -797,41 +779,17 @@ fn trusted_cas(oneagent: &OneAgent) -> Option<&str> {
 }
 
 fn volumes(oneagent: &OneAgent) -> Vec<Volume> {
-    let mut volumes = vec![Volume {
-        name: HOST_ROOT_VOLUME.to_owned(),
-        host_path: Some(HostPathVolumeSource {
-            path: "/".to_owned(),
-            type_: None,
-        }),
-        ..Default::default()
-    }];
+    let mut volumes = vec![host_root_volume()];
     if let Some(config_map) = trusted_cas(oneagent) {
-        volumes.push(Volume {
-            name: CERTS_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map.to_owned(),
-                items: Some(vec![KeyToPath {
-                    key: "certs".to_owned(),
-                    path: "certs.pem".to_owned(),
-                    mode: None,
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(trusted_cas_volume(CERTS_VOLUME, config_map));
     }
     volumes
 }
 
 fn volume_mounts(oneagent: &OneAgent) -> Vec<VolumeMount> {
-    let mount = |name: &str, path: &str| VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
-        ..Default::default()
-    };
-    let mut mounts = vec![mount(HOST_ROOT_VOLUME, HOST_ROOT_PATH)];
+    let mut mounts = vec![mount(HOST_ROOT_VOLUME, HOST_ROOT_PATH, false)];
     if trusted_cas(oneagent).is_some() {
-        mounts.push(mount(CERTS_VOLUME, CERTS_PATH));
+        mounts.push(mount(CERTS_VOLUME, CERTS_PATH, false));
     }
     mounts
 }

@@ -46,7 +46,7 @@ pub const INJECT_ANNOTATION: &str = "dynatrace.com/inject";
 pub const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/dynatrace-oneagent";
 
 const TERMINATION_GRACE_SECONDS: i64 = 80;
-const DEFAULT_DNS_POLICY: &str = "ClusterFirstWithHostNet";
+pub(crate) const DEFAULT_DNS_POLICY: &str = "ClusterFirstWithHostNet";
 const DEFAULT_CPU_REQUEST_MILLIS: f64 = 100.0;
 const READONLY_USER: i64 = 1000;
 
@@ -72,14 +72,14 @@ pub const CAPABILITIES: &[&str] = &[
 const TENANT_TOKEN_VOLUME: &str = "connection-info-secret";
 const TENANT_TOKEN_KEY: &str = "tenant-token";
 const TENANT_TOKEN_PATH: &str = "/var/lib/dynatrace/secrets/tokens/tenant-token";
-const HOST_ROOT_VOLUME: &str = "host-root";
-const HOST_ROOT_PATH: &str = "/mnt/root";
+pub(crate) const HOST_ROOT_VOLUME: &str = "host-root";
+pub(crate) const HOST_ROOT_PATH: &str = "/mnt/root";
 const STORAGE_VOLUME: &str = "osagent-storage";
 const STORAGE_PATH: &str = "/mnt/volume_storage_mount";
 const CERTS_VOLUME: &str = "certificates";
-const CERTS_PATH: &str = "/mnt/dynatrace/certs";
+pub(crate) const CERTS_PATH: &str = "/mnt/dynatrace/certs";
 
-const PROXY_ENV: &str = "https_proxy";
+pub(crate) const PROXY_ENV: &str = "https_proxy";
 const READONLY_MODE_ENV: &str = "ONEAGENT_READ_ONLY_MODE";
 const DISABLE_CONTAINER_INJECTION_ENV: &str = "ONEAGENT_DISABLE_CONTAINER_INJECTION";
 
@@ -368,7 +368,8 @@ fn args(dynakube: &DynaKube, mode: Mode, host: &HostInjectSpec, has_proxy: bool)
     args
 }
 
-fn literal_env(name: &str, value: &str) -> EnvVar {
+/// A variable with a literal value.
+pub(crate) fn literal_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.to_owned()),
@@ -376,7 +377,8 @@ fn literal_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn env_from(name: &str, source: EnvVarSource) -> EnvVar {
+/// A variable read from `source`.
+pub(crate) fn env_from(name: &str, source: EnvVarSource) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: None,
@@ -545,14 +547,7 @@ fn volumes(dynakube: &DynaKube, name: &str, readonly: bool) -> Vec<Volume> {
             }),
             ..Default::default()
         },
-        Volume {
-            name: HOST_ROOT_VOLUME.to_owned(),
-            host_path: Some(HostPathVolumeSource {
-                path: "/".to_owned(),
-                type_: None,
-            }),
-            ..Default::default()
-        },
+        host_root_volume(),
     ];
     if readonly {
         volumes.push(Volume {
@@ -569,24 +564,42 @@ fn volumes(dynakube: &DynaKube, name: &str, readonly: bool) -> Vec<Volume> {
         });
     }
     if let Some(config_map) = trusted_cas(dynakube) {
-        volumes.push(Volume {
-            name: CERTS_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map.to_owned(),
-                items: Some(vec![KeyToPath {
-                    key: "certs".to_owned(),
-                    path: "certs.pem".to_owned(),
-                    mode: None,
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(trusted_cas_volume(CERTS_VOLUME, config_map));
     }
     volumes
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+/// The node's root file system, `host-root`.
+pub(crate) fn host_root_volume() -> Volume {
+    Volume {
+        name: HOST_ROOT_VOLUME.to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: "/".to_owned(),
+            type_: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Volume `name` with the key `certs` of the trusted-CAs ConfigMap as `certs.pem`.
+pub(crate) fn trusted_cas_volume(name: &str, config_map: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            items: Some(vec![KeyToPath {
+                key: "certs".to_owned(),
+                path: "certs.pem".to_owned(),
+                mode: None,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A mount of volume `name` at `path`.
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
