@@ -236,40 +236,14 @@ async fn a_missing_token_secret_is_reported_and_recovers_once_created() {
         json!({ "classicFullStack": { "nodeSelector": { "none": ns.name.clone() } } }),
     );
     dynakubes.create(&PostParams::default(), &dk).await.unwrap();
-    let message = testkit::eventually("a failed Tokens condition", WAIT, || async {
-        let status = dynakubes.get("no-secret").await?.status.unwrap_or_default();
-        let condition = status
-            .conditions
-            .into_iter()
-            .flatten()
-            .find(|c| c.type_ == "Tokens" && c.status == "False");
-        Ok(condition
-            .filter(|_| status.phase.as_deref() == Some("Error"))
-            .map(|c| c.message))
-    })
-    .await
-    .unwrap();
+    let message = wait_tokens_condition(&dynakubes, "no-secret", false).await;
     assert!(
         message.contains(&format!("{}:no-secret", ns.name)) && message.contains("apiToken"),
         "{message}"
     );
 
     token_secret(&ns, "no-secret").await;
-    testkit::eventually(
-        "the Tokens condition to recover",
-        Duration::from_secs(30),
-        || async {
-            let status = dynakubes.get("no-secret").await?.status.unwrap_or_default();
-            Ok(status
-                .conditions
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Tokens" && c.status == "True")
-                .then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    wait_tokens_condition(&dynakubes, "no-secret", true).await;
 }
 
 #[tokio::test]
@@ -370,6 +344,29 @@ async fn a_tenant_outage_backs_off_with_bounded_calls_and_recovers() {
     .unwrap();
     assert!(daemonsets.get_opt("outage-oneagent").await.unwrap().is_some());
     tenant.shutdown().await;
+}
+
+/// Waits until the DynaKube's Tokens condition is `ok` (a failure also sets the phase Error); returns its
+/// message. A recovery must come within 30 s: the Secret's change triggers it.
+async fn wait_tokens_condition(dynakubes: &Api<DynaKube>, name: &str, ok: bool) -> String {
+    let (wanted, within) = if ok {
+        ("True", Duration::from_secs(30))
+    } else {
+        ("False", WAIT)
+    };
+    testkit::eventually(&format!("Tokens={wanted} on {name}"), within, || async {
+        let status = dynakubes.get(name).await?.status.unwrap_or_default();
+        let phase_fits = ok || status.phase.as_deref() == Some("Error");
+        Ok(status
+            .conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Tokens" && c.status == wanted)
+            .filter(|_| phase_fits)
+            .map(|c| c.message))
+    })
+    .await
+    .unwrap()
 }
 
 /// Names of the nodes with a Running OneAgent pod of `daemonset` in the namespace.
@@ -601,18 +598,7 @@ async fn a_token_without_a_needed_scope_is_reported_with_bounded_calls_and_recov
         json!({ "classicFullStack": { "nodeSelector": { "none": ns.name.clone() } } }),
     );
     dynakubes.create(&PostParams::default(), &dk).await.unwrap();
-    let message = testkit::eventually("a failed Tokens condition", WAIT, || async {
-        let status = dynakubes.get("scopes").await?.status.unwrap_or_default();
-        Ok(status
-            .conditions
-            .into_iter()
-            .flatten()
-            .find(|c| c.type_ == "Tokens" && c.status == "False")
-            .filter(|_| status.phase.as_deref() == Some("Error"))
-            .map(|c| c.message))
-    })
-    .await
-    .unwrap();
+    let message = wait_tokens_condition(&dynakubes, "scopes", false).await;
     assert!(
         message.contains("lacks scope InstallerDownload") && message.contains(&format!("{}:scopes", ns.name)),
         "{message}"
@@ -639,21 +625,7 @@ async fn a_token_without_a_needed_scope_is_reported_with_bounded_calls_and_recov
         )
         .await
         .unwrap();
-    testkit::eventually(
-        "the Tokens condition to recover",
-        Duration::from_secs(30),
-        || async {
-            let status = dynakubes.get("scopes").await?.status.unwrap_or_default();
-            Ok(status
-                .conditions
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Tokens" && c.status == "True")
-                .then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    wait_tokens_condition(&dynakubes, "scopes", true).await;
     assert!(daemonsets.get_opt("scopes-oneagent").await.unwrap().is_some());
     assert_eq!(
         tenant.request_count(Endpoint::TokenLookup),
