@@ -79,6 +79,8 @@ pub struct Context {
     /// Per object (`namespace/name`), the resourceVersion of the token Secret whose scopes were last
     /// checked. A changed Secret is checked at once instead of after the request threshold.
     pub checked_secrets: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// The cluster's id (the UID of kube-system), read on first use.
+    pub cluster_id: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Context {
@@ -694,12 +696,18 @@ fn failing_tokens_message(status: &DynaKubeStatus) -> Option<String> {
 }
 
 /// The UID of kube-system, the cluster's id.
+/// Read once per process: the UID of a namespace never changes.
 pub(crate) async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> {
-    let namespace = Api::<Namespace>::all(ctx.client.clone())
-        .get("kube-system")
+    ctx.cluster_id
+        .get_or_try_init(|| async {
+            let namespace = Api::<Namespace>::all(ctx.client.clone())
+                .get("kube-system")
+                .await
+                .map_err(kube_error("reading namespace kube-system for the cluster id"))?;
+            Ok(namespace.uid().unwrap_or_default())
+        })
         .await
-        .map_err(kube_error("reading namespace kube-system for the cluster id"))?;
-    Ok(namespace.uid().unwrap_or_default())
+        .cloned()
 }
 
 /// Where a tenant client's settings come from: a DynaKube's or a legacy OneAgent's spec.

@@ -190,7 +190,8 @@ async fn converge(
         let elapsed = Timestamp::now().as_second() - last;
         elapsed < 0 || elapsed >= interval
     });
-    if probe_due || ctx.secret_changed(&check_key, secret_version.as_deref()) {
+    let probe = probe_due || ctx.secret_changed(&check_key, secret_version.as_deref());
+    if probe {
         ctx.secret_checked(check_key, secret_version);
         let mut conditions = Vec::new();
         for token in LegacyToken::ALL {
@@ -247,7 +248,13 @@ async fn converge(
     let host_versions = match (status.version.clone(), updates) {
         (Some(target), true) => {
             let since = target_since(ctx, &applied, &target).await?;
-            let versions = host_versions(&tenant, &pods, status).await?;
+            // The hosts API is asked at the probe interval, and on every step while an update runs.
+            let updating = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == crate::dynakube::ROLLOUT_CONDITION && c.reason != "UpToDate");
+            let versions = host_versions(&tenant, &pods, status, probe || updating).await?;
             let plan = update_step(
                 ctx, oneagent, &pods, &versions, &target, since, &applied, notes, status,
             )
@@ -319,12 +326,13 @@ async fn target_since(ctx: &Context, daemonset: &DaemonSet, target: &str) -> Res
     Ok(now)
 }
 
-/// The agent version of each pod's host, by IP, from the hosts API. Between probes (and when the API
-/// fails with something other than throttling) the versions last written in the status are used.
+/// The agent version of each pod's host, by IP: from the hosts API when `ask`, else (and when the API
+/// fails with something other than throttling) the versions last written in the status.
 async fn host_versions(
     tenant: &TenantClient,
     pods: &[crate::dynakube::NodePod],
     status: &OneAgentStatus,
+    ask: bool,
 ) -> Result<BTreeMap<String, String>, ReconcileError> {
     let known: BTreeMap<String, String> = status
         .instances
@@ -332,6 +340,9 @@ async fn host_versions(
         .flatten()
         .filter_map(|(_, i)| Some((i.ip_address.clone()?, i.version.clone()?)))
         .collect();
+    if !ask {
+        return Ok(known);
+    }
     match tenant.hosts().await {
         Ok(hosts) => {
             let mut versions = BTreeMap::new();

@@ -90,6 +90,7 @@ pub async fn run(
         reporter,
         client: client.clone(),
         checked_secrets: Arc::default(),
+        cluster_id: Arc::default(),
         operator_version,
         requeue,
         metrics,

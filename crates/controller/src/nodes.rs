@@ -199,6 +199,7 @@ pub async fn run(
                 instance: None,
             },
             checked_secrets: Arc::default(),
+            cluster_id: Arc::default(),
         },
         config,
         dynakubes,
