@@ -186,10 +186,7 @@ async fn converge(
         .map(desired::unix_seconds);
     let check_key = format!("oneagent/{namespace}/{name}");
     let interval = i64::try_from(ctx.requeue.legacy_probe_interval.as_secs()).unwrap_or(i64::MAX);
-    let probe_due = last_probe.is_none_or(|last| {
-        let elapsed = Timestamp::now().as_second() - last;
-        elapsed < 0 || elapsed >= interval
-    });
+    let probe_due = desired::legacy_probe_due(last_probe, Timestamp::now().as_second(), interval);
     let probe = probe_due || ctx.secret_changed(&check_key, secret_version.as_deref());
     if probe {
         ctx.secret_checked(check_key, secret_version);

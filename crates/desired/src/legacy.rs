@@ -37,7 +37,6 @@ use crate::oneagent::{
     HOST_ROOT_VOLUME, PROXY_ENV, env_from, host_root_volume, literal_env, mount, trusted_cas_volume,
     with_default_cpu_request,
 };
-use crate::throttle::request_due;
 use crate::tokens::{SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TokenKind, secret_ref};
 
 /// Annotation on the DaemonSet that holds its template hash (the old operator's key, so that a DaemonSet
@@ -607,10 +606,14 @@ pub fn legacy_secret_not_found_conditions(oneagent: &OneAgent) -> Vec<LegacyToke
         .collect()
 }
 
-/// Whether a token may be looked up again: never looked up, or at least
-/// [`LEGACY_TOKEN_PROBE_MINUTES`] ago (unix seconds; see [`request_due`]).
-pub fn legacy_token_probe_due(last_probe: Option<i64>, now: i64) -> bool {
-    request_due(last_probe, now, LEGACY_TOKEN_PROBE_MINUTES)
+/// Whether the tenant may be asked again (tokens, environment, latest version): never asked, at least
+/// `interval_seconds` ago ([`LEGACY_TOKEN_PROBE_MINUTES`] in the reference), or the clock went back.
+/// Times are unix seconds.
+pub fn legacy_probe_due(last_probe: Option<i64>, now: i64, interval_seconds: i64) -> bool {
+    last_probe.is_none_or(|last| {
+        let elapsed = now - last;
+        elapsed < 0 || elapsed >= interval_seconds
+    })
 }
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
@@ -1780,10 +1783,11 @@ mod tests {
     }
 
     #[test]
-    fn token_probe_every_five_minutes() {
-        assert!(legacy_token_probe_due(None, 1_000));
-        assert!(!legacy_token_probe_due(Some(1_000 - 299), 1_000));
-        assert!(legacy_token_probe_due(Some(1_000 - 300), 1_000));
+    fn probe_at_the_interval_or_after_the_clock_went_back() {
+        assert!(legacy_probe_due(None, 1_000, 300));
+        assert!(!legacy_probe_due(Some(1_000 - 299), 1_000, 300));
+        assert!(legacy_probe_due(Some(1_000 - 300), 1_000, 300));
+        assert!(legacy_probe_due(Some(1_010), 1_000, 300));
     }
 
     fn with_status(generation: Option<i64>, status: Option<DaemonSetStatus>) -> DaemonSet {

@@ -13,7 +13,7 @@
 //!   [`pull_secret`]: the Secrets and ConfigMaps the OneAgents read.
 //!
 //! Decisions:
-//! - [`tokens_from_secret`], [`required_scopes`], [`missing_scopes`], [`tokens_condition_due`]: the token
+//! - [`tokens_from_secret`], [`required_scopes`], [`missing_scopes`]: the token
 //!   Secret and the scopes its tokens need.
 //! - [`oneagent_version_plan`], [`codemodules_version_plan`], [`accept_version`]: which version source
 //!   applies, whether to look the version up now, and whether an automatic update is a downgrade.
@@ -55,10 +55,9 @@ pub use hash::{
 pub use legacy::{
     LEGACY_TEMPLATE_HASH_ANNOTATION, LegacyFacts, LegacyProxy, LegacyToken, LegacyTokenCheck,
     LegacyTokenCondition, legacy_immutable_image, legacy_installer_image, legacy_oneagent_daemonset,
-    legacy_phase, legacy_proxy, legacy_pull_secret, legacy_pull_secret_name, legacy_registry,
-    legacy_required_scopes, legacy_secret_not_found_conditions, legacy_selector_labels,
-    legacy_token_condition, legacy_token_from_secret, legacy_token_probe_due, legacy_tokens_secret_name,
-    legacy_uses_immutable_image,
+    legacy_phase, legacy_probe_due, legacy_proxy, legacy_pull_secret, legacy_pull_secret_name,
+    legacy_registry, legacy_required_scopes, legacy_secret_not_found_conditions, legacy_selector_labels,
+    legacy_token_condition, legacy_token_from_secret, legacy_tokens_secret_name, legacy_uses_immutable_image,
 };
 pub use mapping::{
     DynaKubeRef, InitSecretFacts, Injector, Mapping, NamespaceView, SecretTemplate, data_ingest_secret,
@@ -77,8 +76,7 @@ pub use recycle::{NodeAgentPod, RecyclePlan, recycle_plan};
 pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, rollout_progress};
 pub use throttle::{connection_info_due, request_due, unix_seconds};
 pub use tokens::{
-    TokenError, TokenKind, Tokens, missing_scopes, required_scopes, secret_ref, tokens_condition_due,
-    tokens_from_secret,
+    TokenError, TokenKind, Tokens, missing_scopes, required_scopes, secret_ref, tokens_from_secret,
 };
 pub use version::{AgentVersion, image_tag, is_downgrade, parse_version};
 pub use versions::{

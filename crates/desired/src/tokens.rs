@@ -8,7 +8,6 @@ use std::fmt;
 
 use api::dynakube::DynaKube;
 
-use crate::throttle::request_due;
 
 /// Scope to download installers and images.
 pub const SCOPE_INSTALLER_DOWNLOAD: &str = "InstallerDownload";
@@ -231,13 +230,6 @@ pub fn missing_scopes(
                 })
         })
         .collect()
-}
-
-/// Whether the token scopes may be checked again (`status.dynatraceApi.lastTokenScopeRequest`, unix
-/// seconds): never checked, or at least `threshold_minutes` ago. Otherwise the caller reports the previous
-/// `Tokens` condition again (as an error, when it was not ready). See [`request_due`].
-pub fn tokens_condition_due(last_request: Option<i64>, now: i64, threshold_minutes: u32) -> bool {
-    request_due(last_request, now, threshold_minutes)
 }
 
 #[cfg(test)]
@@ -490,15 +482,6 @@ mod tests {
             ],
             "scopes are case-sensitive; a token without an entry has no scopes"
         );
-    }
-
-    #[test]
-    fn tokens_condition_throttle() {
-        assert!(tokens_condition_due(None, 1_000, 15));
-        assert!(!tokens_condition_due(Some(1_000 - 14 * 60), 1_000, 15));
-        assert!(tokens_condition_due(Some(1_000 - 15 * 60), 1_000, 15));
-        assert!(!tokens_condition_due(Some(1_000 - 4 * 60), 1_000, 5));
-        assert!(tokens_condition_due(Some(1_000 - 5 * 60), 1_000, 5));
     }
 
     #[test]
