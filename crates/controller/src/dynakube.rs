@@ -539,7 +539,7 @@ async fn converge(
     let progress = rollout(&applied, &pods, one_agent.version.version.as_deref(), ctx);
     report_rollout(status, dynakube, &progress, notes);
     Ok(Converged {
-        phase: daemonset_phase(&applied).to_owned(),
+        phase: desired::daemonset_phase(&applied).to_owned(),
         recheck: progress
             .recheck_in
             .map(|seconds| Duration::from_secs(seconds.unsigned_abs() + 1)),
@@ -668,20 +668,6 @@ fn report_rollout(
     }
     if let Some(one_agent) = status.one_agent.as_mut() {
         one_agent.rollout = Some(progress.status.clone());
-    }
-}
-
-/// `Running` once the DaemonSet controller has seen the current spec and every pod it wants is ready; the
-/// reference compared scheduled with ready pods, which reads Running before any pod exists.
-pub(crate) fn daemonset_phase(daemonset: &DaemonSet) -> &'static str {
-    let Some(status) = &daemonset.status else {
-        return "Deploying";
-    };
-    let observed = status.observed_generation >= daemonset.metadata.generation;
-    if observed && status.desired_number_scheduled <= status.number_ready {
-        "Running"
-    } else {
-        "Deploying"
     }
 }
 

@@ -238,7 +238,7 @@ async fn converge(
     .await?;
     let labels = desired::legacy_selector_labels(&name);
     let pods = daemonset_pods(ctx, &namespace, &labels).await?;
-    let mut phase = desired::legacy_phase(&applied);
+    let mut phase = desired::daemonset_phase(&applied);
     let mut recheck = None;
     let updates =
         !spec.disable_agent_update.unwrap_or(false) && !desired::legacy_uses_immutable_image(oneagent);

@@ -61,9 +61,9 @@ pub const LEGACY_OPENSHIFT_INSTALLER_IMAGE: &str = "registry.connect.redhat.com/
 /// default the old operator relied on, and the DynaKube DaemonSet's default.
 pub const LEGACY_MAX_UNAVAILABLE: i32 = 1;
 /// Phase when every wanted OneAgent pod is ready.
-pub const LEGACY_PHASE_RUNNING: &str = "Running";
+pub const LEGACY_PHASE_RUNNING: &str = crate::rollout::PHASE_RUNNING;
 /// Phase while OneAgent pods are being created or replaced.
-pub const LEGACY_PHASE_DEPLOYING: &str = "Deploying";
+pub const LEGACY_PHASE_DEPLOYING: &str = crate::rollout::PHASE_DEPLOYING;
 /// Minutes between two lookups of the same token (`/v1/tokens/lookup`).
 pub const LEGACY_TOKEN_PROBE_MINUTES: u32 = 5;
 
@@ -403,22 +403,6 @@ pub fn legacy_oneagent_daemonset(
         status: None,
     };
     Ok(with_template_hash_under(ds, LEGACY_TEMPLATE_HASH_ANNOTATION))
-}
-
-/// The phase the DaemonSet gives the `OneAgent`: [`LEGACY_PHASE_RUNNING`] once the DaemonSet controller
-/// has observed the current generation and every pod it wants is ready, else [`LEGACY_PHASE_DEPLOYING`].
-/// The reference compared `numberReady` with `currentNumberScheduled`, which reads Running before the
-/// DaemonSet controller has seen an update (or created any pod); this is the DynaKube controller's rule.
-pub fn legacy_phase(daemonset: &DaemonSet) -> &'static str {
-    let Some(status) = &daemonset.status else {
-        return LEGACY_PHASE_DEPLOYING;
-    };
-    let observed = status.observed_generation >= daemonset.metadata.generation;
-    if observed && status.number_ready >= status.desired_number_scheduled {
-        LEGACY_PHASE_RUNNING
-    } else {
-        LEGACY_PHASE_DEPLOYING
-    }
 }
 
 /// The two tokens of the legacy token Secret. Each has its own condition and one required scope.
@@ -1823,7 +1807,7 @@ mod tests {
             (with_status(Some(2), status(Some(3), 0, 0)), "Running"),
         ] {
             assert_eq!(
-                legacy_phase(&ds),
+                crate::rollout::daemonset_phase(&ds),
                 phase,
                 "{:?} {:?}",
                 ds.metadata.generation,

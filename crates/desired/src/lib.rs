@@ -31,7 +31,7 @@
 //!
 //! Legacy `OneAgent` resource (module [`legacy`], spec §7.4): [`legacy_oneagent_daemonset`],
 //! [`legacy_pull_secret`], the token rules ([`legacy_tokens_secret_name`], [`legacy_required_scopes`],
-//! [`legacy_token_condition`]) and [`legacy_phase`].
+//! [`legacy_token_condition`]).
 
 pub mod hash;
 pub mod legacy;
@@ -55,8 +55,8 @@ pub use hash::{
 pub use legacy::{
     LEGACY_TEMPLATE_HASH_ANNOTATION, LegacyFacts, LegacyProxy, LegacyToken, LegacyTokenCheck,
     LegacyTokenCondition, legacy_immutable_image, legacy_installer_image, legacy_oneagent_daemonset,
-    legacy_phase, legacy_probe_due, legacy_proxy, legacy_pull_secret, legacy_pull_secret_name,
-    legacy_registry, legacy_required_scopes, legacy_secret_not_found_conditions, legacy_selector_labels,
+    legacy_probe_due, legacy_proxy, legacy_pull_secret, legacy_pull_secret_name, legacy_registry,
+    legacy_required_scopes, legacy_secret_not_found_conditions, legacy_selector_labels,
     legacy_token_condition, legacy_token_from_secret, legacy_tokens_secret_name, legacy_uses_immutable_image,
 };
 pub use mapping::{
@@ -73,7 +73,7 @@ pub use objects::{
 };
 pub use oneagent::{HealthCheck, OneAgentFacts, oneagent_daemonset};
 pub use recycle::{NodeAgentPod, RecyclePlan, recycle_plan};
-pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, rollout_progress};
+pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, daemonset_phase, rollout_progress};
 pub use throttle::{connection_info_due, request_due, unix_seconds};
 pub use tokens::{
     TokenError, TokenKind, Tokens, missing_scopes, required_scopes, secret_ref, tokens_from_secret,

@@ -8,11 +8,33 @@
 //! stops the rollout because its new pod did not become ready in time.
 
 use api::dynakube::v1beta1::RolloutStatus;
+use k8s_openapi::api::apps::v1::DaemonSet;
 
 /// The DaemonSet's template generation: its pods carry it in the label [`POD_TEMPLATE_GENERATION_LABEL`].
 pub const TEMPLATE_GENERATION_ANNOTATION: &str = "deprecated.daemonset.template.generation";
 /// The label the DaemonSet controller puts on its pods with the template generation they were made from.
 pub const POD_TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
+/// Phase of a resource whose OneAgent pods all run and are ready.
+pub const PHASE_RUNNING: &str = "Running";
+/// Phase while the DaemonSet controller has not caught up or pods are not ready yet.
+pub const PHASE_DEPLOYING: &str = "Deploying";
+
+/// The phase a OneAgent DaemonSet gives its DynaKube or OneAgent: [`PHASE_RUNNING`] once the DaemonSet
+/// controller has observed the current generation and every pod it wants is ready, else
+/// [`PHASE_DEPLOYING`]. The reference compared scheduled with ready pods, which reads Running before any
+/// pod exists.
+pub fn daemonset_phase(daemonset: &DaemonSet) -> &'static str {
+    let Some(status) = &daemonset.status else {
+        return PHASE_DEPLOYING;
+    };
+    let observed = status.observed_generation >= daemonset.metadata.generation;
+    if observed && status.number_ready >= status.desired_number_scheduled {
+        PHASE_RUNNING
+    } else {
+        PHASE_DEPLOYING
+    }
+}
+
 /// How long a new OneAgent pod may take to become ready before the rollout counts as blocked.
 pub const DEFAULT_READY_TIMEOUT_SECONDS: i64 = 300;
 

@@ -8,7 +8,6 @@ use std::fmt;
 
 use api::dynakube::DynaKube;
 
-
 /// Scope to download installers and images.
 pub const SCOPE_INSTALLER_DOWNLOAD: &str = "InstallerDownload";
 /// Scope to read the hosts API.
