@@ -230,28 +230,54 @@ fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
 pub async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
     let result = reconcile_and_report(&dynakube, &ctx).await;
-    let outcome = match &result {
-        Ok(Outcome::Converged(_)) => "success",
-        Ok(Outcome::UserFixable) => "user_error",
-        Ok(Outcome::TenantUnavailable) => "tenant_unavailable",
-        Err(_) => "error",
-    };
-    ctx.metrics.observe("dynakube", outcome, started.elapsed());
-    result.map(|outcome| match outcome {
-        // A rollout waiting for a pod looks again when that pod times out, not later.
-        Outcome::Converged(recheck) => {
-            Action::requeue(recheck.map_or(ctx.requeue.resync, |r| r.min(ctx.requeue.resync)))
-        }
-        Outcome::UserFixable => Action::requeue(ctx.requeue.fix_backoff),
-        Outcome::TenantUnavailable => Action::requeue(ctx.requeue.tenant_backoff),
-    })
+    ctx.metrics
+        .observe("dynakube", Outcome::label(&result), started.elapsed());
+    result.map(|outcome| outcome.action(&ctx.requeue))
 }
 
 /// How a reconcile that wrote its status ended.
-enum Outcome {
+pub(crate) enum Outcome {
+    /// Done; look again at the latest after this (if sooner than the resync).
     Converged(Option<Duration>),
+    /// Waiting for the user to fix something.
     UserFixable,
+    /// The tenant throttled us or was down.
     TenantUnavailable,
+}
+
+impl Outcome {
+    /// Sorts a reconcile's result: problems the user or the tenant must solve are outcomes with their own
+    /// backoff; anything else stays an error for the controller's error policy.
+    pub(crate) fn of(result: Result<Option<Duration>, ReconcileError>) -> Result<Self, ReconcileError> {
+        match result {
+            Ok(recheck) => Ok(Self::Converged(recheck)),
+            Err(ReconcileError::UserFixable(_)) => Ok(Self::UserFixable),
+            Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Self::TenantUnavailable),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The metric label of a result.
+    pub(crate) fn label(result: &Result<Self, ReconcileError>) -> &'static str {
+        match result {
+            Ok(Self::Converged(_)) => "success",
+            Ok(Self::UserFixable) => "user_error",
+            Ok(Self::TenantUnavailable) => "tenant_unavailable",
+            Err(_) => "error",
+        }
+    }
+
+    /// When to reconcile again.
+    pub(crate) fn action(&self, requeue: &Requeue) -> Action {
+        match self {
+            // A rollout or update waiting for a pod looks again when that pod times out, not later.
+            Self::Converged(recheck) => {
+                Action::requeue(recheck.map_or(requeue.resync, |r| r.min(requeue.resync)))
+            }
+            Self::UserFixable => Action::requeue(requeue.fix_backoff),
+            Self::TenantUnavailable => Action::requeue(requeue.tenant_backoff),
+        }
+    }
 }
 
 async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outcome, ReconcileError> {
@@ -301,12 +327,7 @@ async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outc
     status.phase = (!phase.is_empty()).then_some(phase);
     write_status(dynakube, ctx, status).await?;
     notes.publish(ctx, &dynakube.object_ref(&())).await;
-    match result {
-        Ok(converged) => Ok(Outcome::Converged(converged.recheck)),
-        Err(ReconcileError::UserFixable(_)) => Ok(Outcome::UserFixable),
-        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Outcome::TenantUnavailable),
-        Err(other) => Err(other),
-    }
+    Outcome::of(result.map(|converged| converged.recheck))
 }
 
 /// Backs off after a failed reconcile.

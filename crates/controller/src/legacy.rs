@@ -20,8 +20,8 @@ use serde_json::json;
 use tenant_client::{AgentSelector, TenantClient, TenantError};
 
 use crate::dynakube::{
-    Context, Notes, ReconcileError, TenantSettings, apply, apply_daemonset, build_tenant_client, cluster_id,
-    daemonset_pods, kube_error, now, secret_data, upsert_condition,
+    Context, Notes, Outcome, ReconcileError, TenantSettings, apply, apply_daemonset, build_tenant_client,
+    cluster_id, daemonset_pods, kube_error, now, secret_data, upsert_condition,
 };
 
 /// Reconciles one legacy OneAgent resource and writes its status.
@@ -30,31 +30,19 @@ pub async fn reconcile(oneagent: Arc<OneAgent>, ctx: Arc<Context>) -> Result<Act
     let mut status = oneagent.status.clone().unwrap_or_default();
     let mut notes = Notes::default();
     let result = converge(&oneagent, &ctx, &mut status, &mut notes).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(ReconcileError::UserFixable(message)) => {
-            tracing::info!(oneagent = %oneagent.name_any(), %message, "waiting for a fix");
-            "user_error"
+    if let Err(error) = &result {
+        tracing::info!(oneagent = %oneagent.name_any(), %error, "reconcile did not converge");
+        // An outage keeps the phase: it is not the user's mistake.
+        if !matches!(error, ReconcileError::Tenant(e) if e.is_transient()) {
+            status.phase = Some("Error".to_owned());
         }
-        Err(ReconcileError::Tenant(e)) if e.is_transient() => "tenant_unavailable",
-        Err(_) => "error",
-    };
-    // An outage keeps the phase: it is not the user's mistake.
-    if matches!(outcome, "user_error" | "error") {
-        status.phase = Some("Error".to_owned());
     }
     write_status(&oneagent, &ctx, status).await?;
     notes.publish(&ctx, &oneagent.object_ref(&())).await;
-    ctx.metrics.observe("oneagent", outcome, started.elapsed());
-    match result {
-        // An update waiting for a replacement looks again when it times out.
-        Ok(recheck) => Ok(Action::requeue(
-            recheck.map_or(ctx.requeue.resync, |r| r.min(ctx.requeue.resync)),
-        )),
-        Err(ReconcileError::UserFixable(_)) => Ok(Action::requeue(ctx.requeue.fix_backoff)),
-        Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Action::requeue(ctx.requeue.tenant_backoff)),
-        Err(other) => Err(other),
-    }
+    let outcome = Outcome::of(result);
+    ctx.metrics
+        .observe("oneagent", Outcome::label(&outcome), started.elapsed());
+    outcome.map(|outcome| outcome.action(&ctx.requeue))
 }
 
 async fn write_status(
