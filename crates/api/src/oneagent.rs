@@ -141,6 +141,9 @@ pub struct OneAgentStatus {
     pub last_image_version_probe_timestamp: Option<Time>,
     /// Conditions, for example `APIToken` and `PaaSToken`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // A list map keyed by type: each controller server-side applies its own conditions and never
+    // removes another's.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
     /// The environment's id.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "environmentID")]

@@ -16,14 +16,16 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
-use serde_json::json;
 use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, TenantError};
+
+use crate::status;
+pub(crate) use crate::status::{now, upsert_condition};
 
 /// Field manager of everything the operator applies.
 pub const FIELD_MANAGER: &str = "dynatrace-operator";
@@ -161,7 +163,7 @@ pub enum ReconcileError {
     },
     /// Something the user must fix (tokens, configuration); the message says what.
     #[error("{0}")]
-    UserFixable(String),
+    UserFixable(Fix),
     /// The Dynatrace API failed.
     #[error(transparent)]
     Tenant(#[from] TenantError),
@@ -170,13 +172,111 @@ pub enum ReconcileError {
     Desired(#[from] desired::DesiredError),
 }
 
+/// A problem the user must fix: the condition that reports it, the condition's (and event's) reason, and
+/// what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fix {
+    /// The condition type that reports it.
+    pub condition: &'static str,
+    /// The reason of the condition and of the warning event.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Fix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ReconcileError {
+    /// A problem with the token Secret or the tokens, reported in the `Tokens` condition.
+    pub(crate) fn token(message: impl Into<String>) -> Self {
+        Self::UserFixable(Fix {
+            condition: TOKENS_CONDITION,
+            reason: "TokenError",
+            message: message.into(),
+        })
+    }
+
+    /// A setting that keeps the operator from using the Dynatrace API (proxy, trusted CAs, network zone),
+    /// reported in the `DynatraceAPI` condition.
+    pub(crate) fn settings(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::UserFixable(Fix {
+            condition: API_CONDITION,
+            reason,
+            message: message.into(),
+        })
+    }
+}
+
+/// How the end of a reconcile shows in the status and events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdict {
+    /// The new phase; `None` keeps the phase (throttling and outages are nobody's mistake).
+    phase: Option<String>,
+    /// The condition to set: type, status, reason and message.
+    condition: Option<(&'static str, &'static str, &'static str, String)>,
+    /// The warning event's reason when the condition changes to or within `False`.
+    warning: Option<&'static str>,
+}
+
+/// Sorts a reconcile's result into its phase, condition and warning (pure).
+fn verdict(result: &Result<Converged, ReconcileError>, tenant_backoff: Duration) -> Verdict {
+    match result {
+        Ok(converged) => Verdict {
+            phase: Some(converged.phase.clone()),
+            condition: Some((
+                API_CONDITION,
+                "True",
+                "Reachable",
+                "the Dynatrace API answered the last calls".to_owned(),
+            )),
+            warning: None,
+        },
+        Err(ReconcileError::UserFixable(fix)) => Verdict {
+            phase: Some("Error".to_owned()),
+            condition: Some((fix.condition, "False", fix.reason, fix.message.clone())),
+            warning: Some(fix.reason),
+        },
+        // A rejected token is the user's to fix, not an outage of the API.
+        Err(ReconcileError::Tenant(e @ TenantError::Unauthorized { .. })) => Verdict {
+            phase: Some("Error".to_owned()),
+            condition: Some((TOKENS_CONDITION, "False", "TokenError", e.to_string())),
+            warning: Some("TokenError"),
+        },
+        Err(ReconcileError::Tenant(e)) if e.is_transient() => Verdict {
+            phase: None,
+            condition: Some((
+                API_CONDITION,
+                "False",
+                "Unavailable",
+                format!("{e}; retrying in {} s", tenant_backoff.as_secs()),
+            )),
+            warning: Some("DynatraceAPIUnavailable"),
+        },
+        Err(ReconcileError::Tenant(e)) => Verdict {
+            phase: Some("Error".to_owned()),
+            condition: Some((
+                API_CONDITION,
+                "False",
+                "Error",
+                format!("{e}; check spec.apiUrl, the proxy and the tokens"),
+            )),
+            warning: Some("DynatraceAPIError"),
+        },
+        Err(_) => Verdict {
+            phase: Some("Error".to_owned()),
+            condition: None,
+            warning: None,
+        },
+    }
+}
+
 pub(crate) fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let what = what.into();
     move |source| ReconcileError::Kube { what, source }
-}
-
-pub(crate) fn now() -> Time {
-    Time(Timestamp::now())
 }
 
 /// The DynaKube's token Secret: its resourceVersion and tokens. A missing Secret or key is the user's to
@@ -194,14 +294,14 @@ pub(crate) async fn read_tokens(
             "reading the token Secret {namespace}:{secret_name}"
         )))?
         .ok_or_else(|| {
-            ReconcileError::UserFixable(format!(
+            ReconcileError::token(format!(
                 "the token Secret {namespace}:{secret_name} does not exist; create it with the key apiToken \
                  (and optionally paasToken)"
             ))
         })?;
     let (version, data) = secret_data(secret);
     let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
-        .map_err(|e| ReconcileError::UserFixable(e.to_string()))?;
+        .map_err(|e| ReconcileError::token(e.to_string()))?;
     Ok((version, tokens))
 }
 
@@ -251,7 +351,9 @@ impl Outcome {
     pub(crate) fn of(result: Result<Option<Duration>, ReconcileError>) -> Result<Self, ReconcileError> {
         match result {
             Ok(recheck) => Ok(Self::Converged(recheck)),
-            Err(ReconcileError::UserFixable(_)) => Ok(Self::UserFixable),
+            Err(
+                ReconcileError::UserFixable(_) | ReconcileError::Tenant(TenantError::Unauthorized { .. }),
+            ) => Ok(Self::UserFixable),
             Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Self::TenantUnavailable),
             Err(other) => Err(other),
         }
@@ -281,50 +383,22 @@ impl Outcome {
 }
 
 async fn reconcile_and_report(dynakube: &DynaKube, ctx: &Context) -> Result<Outcome, ReconcileError> {
-    let mut status = dynakube.status.clone().unwrap_or_default();
+    let mut status = reported_status(dynakube.status.as_ref());
     let mut notes = Notes::default();
     let result = converge(dynakube, ctx, &mut status, &mut notes).await;
-    let (phase, tokens_condition) = match &result {
-        Ok(converged) => (converged.phase.clone(), None),
-        Err(ReconcileError::UserFixable(message)) => ("Error".to_owned(), Some(message.clone())),
-        // Throttling and outages do not change the phase (as in the reference).
-        Err(ReconcileError::Tenant(e)) if e.is_transient() => {
-            (status.phase.clone().unwrap_or_default(), None)
-        }
-        Err(_) => ("Error".to_owned(), None),
-    };
-    if let Some(message) = tokens_condition
-        && set_condition(&mut status, dynakube, false, "TokenError", &message)
-    {
-        notes.warning("TokenError", message);
-    }
-    let api_condition = match &result {
-        Ok(_) => Some((
-            "True",
-            "Reachable",
-            "the Dynatrace API answered the last calls".to_owned(),
-        )),
-        Err(ReconcileError::Tenant(e)) => {
-            let (reason, then) = if e.is_transient() {
-                let wait = ctx.requeue.tenant_backoff.as_secs();
-                ("Unavailable", format!("retrying in {wait} s"))
-            } else {
-                ("Error", "check spec.apiUrl, the proxy and the tokens".to_owned())
-            };
-            Some(("False", reason, format!("{e}; {then}")))
-        }
-        Err(_) => None,
-    };
-    if let Some((value, reason, message)) = api_condition {
+    let verdict = verdict(&result, ctx.requeue.tenant_backoff);
+    if let Some((type_, value, reason, message)) = verdict.condition {
         let conditions = status.conditions.get_or_insert_with(Vec::new);
         let generation = dynakube.metadata.generation;
-        if upsert_condition(conditions, API_CONDITION, value, reason, &message, generation)
-            && value == "False"
+        if upsert_condition(conditions, type_, value, reason, &message, generation)
+            && let Some(warning) = verdict.warning
         {
-            notes.warning("DynatraceAPIUnavailable", message);
+            notes.warning(warning, message);
         }
     }
-    status.phase = (!phase.is_empty()).then_some(phase);
+    if let Some(phase) = verdict.phase {
+        status.phase = Some(phase);
+    }
     write_status(dynakube, ctx, status).await?;
     notes.publish(ctx, &dynakube.object_ref(&())).await;
     Outcome::of(result.map(|converged| converged.recheck))
@@ -336,34 +410,51 @@ pub fn error_policy(dynakube: Arc<DynaKube>, error: &ReconcileError, ctx: Arc<Co
     Action::requeue(ctx.requeue.fix_backoff)
 }
 
+/// The condition types the DynaKube controller owns; the namespace controller owns `NamespaceConflict`.
+pub const OWNED_CONDITIONS: [&str; 3] = [TOKENS_CONDITION, API_CONDITION, ROLLOUT_CONDITION];
+
+/// What this controller reported last: the start of this reconcile's status. Fields it never writes and
+/// other controllers' conditions are left out, so they are neither re-applied nor taken over.
+fn reported_status(stored: Option<&DynaKubeStatus>) -> DynaKubeStatus {
+    let Some(stored) = stored else {
+        return DynaKubeStatus::default();
+    };
+    DynaKubeStatus {
+        phase: stored.phase.clone(),
+        updated_timestamp: stored.updated_timestamp.clone(),
+        conditions: status::owned_conditions(stored.conditions.as_ref(), &OWNED_CONDITIONS),
+        one_agent: stored.one_agent.clone(),
+        dynatrace_api: stored.dynatrace_api.clone(),
+        ..DynaKubeStatus::default()
+    }
+}
+
+/// Applies the status when it differs from what this controller reported last.
 async fn write_status(
     dynakube: &DynaKube,
     ctx: &Context,
     mut status: DynaKubeStatus,
 ) -> Result<(), ReconcileError> {
-    let mut previous = dynakube.status.clone().unwrap_or_default();
+    let mut previous = reported_status(dynakube.status.as_ref());
     previous.updated_timestamp = None;
     status.updated_timestamp = None;
     if previous == status {
         return Ok(());
     }
     status.updated_timestamp = Some(now());
-    let api: Api<DynaKube> = Api::namespaced(ctx.client.clone(), &dynakube.namespace().unwrap_or_default());
-    api.patch_status(
-        &dynakube.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(kube_error(format!(
-        "writing the status of DynaKube {}",
-        dynakube.name_any()
-    )))?;
+    status::apply_status(&ctx.client, dynakube, status::DYNAKUBE_MANAGER, &status)
+        .await
+        .map_err(kube_error(format!(
+            "writing the status of DynaKube {}:{}",
+            dynakube.namespace().unwrap_or_default(),
+            dynakube.name_any()
+        )))?;
+    ctx.metrics.status_written("dynakube");
     Ok(())
 }
 
 /// Sets the Tokens condition; returns whether it changed.
-fn set_condition(
+fn set_tokens_condition(
     status: &mut DynaKubeStatus,
     dynakube: &DynaKube,
     ok: bool,
@@ -379,34 +470,6 @@ fn set_condition(
         message,
         dynakube.metadata.generation,
     )
-}
-
-/// Sets a condition, keeping its transition time when nothing changed; returns whether it changed.
-pub(crate) fn upsert_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> bool {
-    let changed = conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .is_none_or(|c| c.status != status || c.reason != reason || c.message != message);
-    if !changed {
-        return false;
-    }
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        last_transition_time: now(),
-        observed_generation: generation,
-    });
-    true
 }
 
 /// What a successful reconcile reached.
@@ -466,10 +529,10 @@ async fn converge(
             .get_or_insert_with(Default::default)
             .last_token_scope_request = Some(now());
         if !missing.is_empty() {
-            return Err(ReconcileError::UserFixable(missing.join("; ")));
+            return Err(ReconcileError::token(missing.join("; ")));
         }
         let was_failing = failing_tokens_message(status).is_some();
-        if set_condition(
+        if set_tokens_condition(
             status,
             dynakube,
             true,
@@ -481,7 +544,7 @@ async fn converge(
         }
     } else if let Some(message) = failing_tokens_message(status) {
         // Within the threshold, a failed check is repeated from the status instead of calling the tenant.
-        return Err(ReconcileError::UserFixable(message));
+        return Err(ReconcileError::token(message));
     }
 
     let one_agent = status.one_agent.get_or_insert_with(OneAgentStatus::default);
@@ -501,7 +564,13 @@ async fn converge(
                 format!("deleted the OneAgent DaemonSet {name}: the mode runs no OneAgent on the nodes"),
             );
         }
+        // Nothing of the OneAgent on the nodes is reported any more.
+        one_agent.version = VersionStatus::default();
+        one_agent.instances = None;
+        one_agent.last_instance_status_update = None;
+        one_agent.healthcheck = None;
         one_agent.rollout = None;
+        status::remove_condition(&mut status.conditions, ROLLOUT_CONDITION);
         return Ok(Converged::phase("Running"));
     }
     resolve_version(dynakube, &tenant, one_agent, threshold, notes).await?;
@@ -800,9 +869,10 @@ pub(crate) async fn build_tenant_client(
             value
                 .map(|v| String::from_utf8_lossy(&v.0).into_owned())
                 .ok_or_else(|| {
-                    ReconcileError::UserFixable(format!(
-                        "the proxy Secret {namespace}:{name} is missing or has no key \"proxy\""
-                    ))
+                    ReconcileError::settings(
+                        "ProxySecretError",
+                        format!("the proxy Secret {namespace}:{name} is missing or has no key \"proxy\""),
+                    )
                 })?,
         );
     }
@@ -817,13 +887,16 @@ pub(crate) async fn build_tenant_client(
             map.and_then(|m| m.data)
                 .and_then(|d| d.get("certs").cloned())
                 .ok_or_else(|| {
-                    ReconcileError::UserFixable(format!(
-                        "the trusted CAs ConfigMap {namespace}:{name} is missing or has no key \"certs\""
-                    ))
+                    ReconcileError::settings(
+                        "TrustedCAsError",
+                        format!(
+                            "the trusted CAs ConfigMap {namespace}:{name} is missing or has no key \"certs\""
+                        ),
+                    )
                 })?,
         );
     }
-    TenantClient::new(config).map_err(|e| ReconcileError::UserFixable(e.to_string()))
+    TenantClient::new(config).map_err(|e| ReconcileError::settings("ClientConfigError", e.to_string()))
 }
 
 /// Refreshes connection info when due or when the tenant-token Secret is missing.
@@ -854,11 +927,10 @@ async fn connection_info(
     ) {
         return Ok(());
     }
-    let info = tenant.connection_info().await?;
-    if info.tenant_uuid.is_empty() {
-        // HTTP 400 from the tenant (for example an unknown network zone): nothing to write yet.
-        return Ok(());
-    }
+    let info = tenant
+        .connection_info()
+        .await
+        .map_err(|e| connection_info_error(e, dynakube.spec.network_zone.as_deref()))?;
     apply(
         ctx,
         &namespace,
@@ -893,6 +965,39 @@ async fn connection_info(
         communication_hosts: Some(hosts),
     });
     Ok(())
+}
+
+/// A connection-info request the environment rejected (HTTP 400) is the user's to fix: most often a
+/// network zone it does not accept. The message names the zone and what to change.
+pub(crate) fn connection_info_error(error: TenantError, network_zone: Option<&str>) -> ReconcileError {
+    match (&error, network_zone.filter(|z| !z.is_empty())) {
+        (
+            TenantError::Server {
+                status: 400, message, ..
+            },
+            Some(zone),
+        ) => ReconcileError::settings(
+            "NetworkZoneRejected",
+            format!(
+                "the Dynatrace API rejected the connection info for network zone \"{zone}\" (HTTP 400: {message}); \
+                 set spec.networkZone to a network zone that exists in the environment, or remove it to use \
+                 the default zone"
+            ),
+        ),
+        (
+            TenantError::Server {
+                status: 400, message, ..
+            },
+            None,
+        ) => ReconcileError::settings(
+            "ConnectionInfoRejected",
+            format!(
+                "the Dynatrace API rejected the connection info request (HTTP 400: {message}); check spec.apiUrl \
+                 and the environment's deployment settings"
+            ),
+        ),
+        _ => ReconcileError::Tenant(error),
+    }
 }
 
 /// Looks the OneAgent version and image up when the plan says so (source or spec changed, or the last

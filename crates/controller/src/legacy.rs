@@ -45,6 +45,7 @@ pub async fn reconcile(oneagent: Arc<OneAgent>, ctx: Arc<Context>) -> Result<Act
     outcome.map(|outcome| outcome.action(&ctx.requeue))
 }
 
+/// Applies the status when it changed. This controller is the only writer of a OneAgent's status.
 async fn write_status(
     oneagent: &OneAgent,
     ctx: &Context,
@@ -53,18 +54,14 @@ async fn write_status(
     if oneagent.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let name = oneagent.name_any();
-    let namespace = oneagent.namespace().unwrap_or_default();
-    Api::<OneAgent>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
+    crate::status::apply_status(&ctx.client, oneagent, crate::status::ONEAGENT_MANAGER, &status)
         .await
         .map_err(kube_error(format!(
-            "writing the status of OneAgent {namespace}:{name}"
+            "writing the status of OneAgent {}:{}",
+            oneagent.namespace().unwrap_or_default(),
+            oneagent.name_any()
         )))?;
+    ctx.metrics.status_written("oneagent");
     Ok(())
 }
 
@@ -107,9 +104,12 @@ async fn converge(
     let name = oneagent.name_any();
     let spec = &oneagent.spec;
     if spec.api_url.trim().is_empty() {
-        return Err(ReconcileError::UserFixable(format!(
-            "OneAgent {namespace}:{name} has an empty spec.apiUrl; set it to https://<environment>/api"
-        )));
+        return Err(ReconcileError::settings(
+            "InvalidApiUrl",
+            format!(
+                "OneAgent {namespace}:{name} has an empty spec.apiUrl; set it to https://<environment>/api"
+            ),
+        ));
     }
 
     // Tokens: the Secret and both keys, before any tenant call.
@@ -128,7 +128,7 @@ async fn converge(
             &desired::legacy_secret_not_found_conditions(oneagent),
             notes,
         );
-        return Err(ReconcileError::UserFixable(failing.join("; ")));
+        return Err(ReconcileError::token(failing.join("; ")));
     };
     let (secret_version, data) = secret_data(secret);
     let mut tokens = BTreeMap::new();
@@ -143,7 +143,7 @@ async fn converge(
     }
     if !unreadable.is_empty() {
         let failing = set_token_conditions(status, oneagent, &unreadable, notes);
-        return Err(ReconcileError::UserFixable(failing.join("; ")));
+        return Err(ReconcileError::token(failing.join("; ")));
     }
     let api_token = tokens.get(&LegacyToken::Api).cloned().unwrap_or_default();
     let paas_token = tokens.get(&LegacyToken::Paas).cloned().unwrap_or_default();
@@ -187,16 +187,17 @@ async fn converge(
         let failing = set_token_conditions(status, oneagent, &conditions, notes);
         if !failing.is_empty() {
             status.last_update_probe_timestamp = Some(now());
-            return Err(ReconcileError::UserFixable(failing.join("; ")));
+            return Err(ReconcileError::token(failing.join("; ")));
         }
-        let info = tenant.connection_info().await?;
-        if !info.tenant_uuid.is_empty() {
-            status.environment_id = Some(info.tenant_uuid);
-        }
+        let info = tenant
+            .connection_info()
+            .await
+            .map_err(|e| crate::dynakube::connection_info_error(e, settings.network_zone))?;
+        status.environment_id = Some(info.tenant_uuid).filter(|id| !id.is_empty());
         resolve_version(oneagent, &tenant, status, notes).await?;
         status.last_update_probe_timestamp = Some(now());
     } else if let Some(message) = failing_token_message(status) {
-        return Err(ReconcileError::UserFixable(message));
+        return Err(ReconcileError::token(message));
     }
 
     // Pull secret (immutable mode with the tenant's image).

@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
+pub mod status;
 mod wake;
 
 use std::future::Future;

@@ -59,6 +59,7 @@ pub struct Metrics {
     tenant_calls: Family<TenantCallLabels, Counter>,
     tenant_call_durations: Family<TenantCallLabels, Histogram>,
     leader: Family<LeaseLabels, Gauge>,
+    status_writes: Family<ControllerLabels, Counter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -108,7 +109,14 @@ impl Metrics {
             "1 while this replica holds the leader Lease and runs the controllers, else 0",
             leader.clone(),
         );
+        let status_writes = Family::<ControllerLabels, Counter>::default();
+        registry.register(
+            "status_writes",
+            "Status writes to the API server, by controller (none when nothing changed)",
+            status_writes.clone(),
+        );
         Self {
+            status_writes,
             registry: Arc::new(registry),
             reconciles,
             durations,
@@ -127,6 +135,20 @@ impl Metrics {
         self.durations
             .get_or_create(&ControllerLabels { controller })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one status write of `controller`.
+    pub fn status_written(&self, controller: &'static str) {
+        self.status_writes
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+    }
+
+    /// How many status writes `controller` made.
+    pub fn status_writes(&self, controller: &'static str) -> u64 {
+        self.status_writes
+            .get_or_create(&ControllerLabels { controller })
+            .get()
     }
 
     /// Records whether this replica leads.

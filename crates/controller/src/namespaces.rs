@@ -51,8 +51,6 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest retry interval after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Attempts to write the conflict condition when the DynaKube keeps changing underneath (HTTP 409).
-const CONDITION_ATTEMPTS: usize = 5;
 /// Event notes are limited to 1 kB.
 const MAX_NOTE_BYTES: usize = 1000;
 /// The per-namespace Secrets.
@@ -98,15 +96,6 @@ pub enum Error {
         action: String,
         /// The client's error.
         source: kube::Error,
-    },
-    /// The DynaKube changed between every read and write of its status.
-    #[error(
-        "cannot write the {NAMESPACE_CONFLICT_CONDITION} condition of DynaKube {dynakube}: it changed during \
-         each of {CONDITION_ATTEMPTS} attempts (retrying)"
-    )]
-    ConditionContended {
-        /// The DynaKube.
-        dynakube: DynaKubeRef,
     },
 }
 
@@ -711,52 +700,30 @@ impl Controller {
         }
     }
 
-    /// Writes the conflict condition, keeping every other condition: a merge patch of the whole list with
-    /// the resourceVersion it was read at, so that a concurrent status write (the DynaKube reconcile) makes
-    /// it fail with 409 instead of being overwritten; then it reads again and retries. Returns what was
-    /// written, or `None` when nothing needed writing (anymore).
+    /// Applies the conflict condition as the only condition of this controller's field manager: the
+    /// DynaKube's other conditions belong to the DynaKube controller and stay as they are. Returns what was
+    /// written, or `None` when nothing needed writing (or the DynaKube is gone).
     async fn write_condition(
         &self,
         dynakube: &DynaKube,
         dk_ref: &DynaKubeRef,
         conflicts: &[&mapping::Conflict],
     ) -> Result<Option<ConditionUpdate>, Error> {
-        let api: Api<DynaKube> = Api::namespaced(self.client.clone(), &dk_ref.namespace);
-        let mut current = dynakube.clone();
-        for _ in 0..CONDITION_ATTEMPTS {
-            let existing = conflict_condition_of(&current);
-            let Some(update) = mapping::conflict_condition(dk_ref, conflicts, existing) else {
-                return Ok(None);
-            };
-            let conditions = with_condition(&current, existing, &update);
-            let mut patch = json!({ "status": { "conditions": conditions } });
-            if let Some(version) = current.resource_version() {
-                patch["metadata"] = json!({ "resourceVersion": version });
-            }
-            match api
-                .patch_status(&dk_ref.name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => return Ok(Some(update)),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    match api.get_opt(&dk_ref.name).await.map_err(kube_error(format!(
-                        "read DynaKube {dk_ref} to write its {NAMESPACE_CONFLICT_CONDITION} condition"
-                    )))? {
-                        Some(fresh) => current = fresh,
-                        None => return Ok(None),
-                    }
-                }
-                Err(error) if is_not_found(&error) => return Ok(None),
-                Err(error) => {
-                    return Err(kube_error(format!(
-                        "write the {NAMESPACE_CONFLICT_CONDITION} condition of DynaKube {dk_ref}"
-                    ))(error));
-                }
-            }
+        let existing = conflict_condition_of(dynakube);
+        let Some(update) = mapping::conflict_condition(dk_ref, conflicts, existing) else {
+            return Ok(None);
+        };
+        let condition = conflict_condition(dynakube, existing, &update);
+        let status = json!({ "conditions": [condition] });
+        match crate::status::apply_status(&self.client, dynakube, crate::status::NAMESPACES_MANAGER, &status)
+            .await
+        {
+            Ok(_) => Ok(Some(update)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(kube_error(format!(
+                "write the {NAMESPACE_CONFLICT_CONDITION} condition of DynaKube {dk_ref}"
+            ))(error)),
         }
-        Err(Error::ConditionContended {
-            dynakube: dk_ref.clone(),
-        })
     }
 
     /// Publishes the event of a condition change, unless the same note was published last for the
@@ -1115,33 +1082,23 @@ fn conflict_condition_of(dynakube: &DynaKube) -> Option<&Condition> {
         .find(|c| c.type_ == NAMESPACE_CONFLICT_CONDITION)
 }
 
-/// The DynaKube's conditions with the conflict condition set to `update`; every other condition is kept
-/// as it is. The transition time changes only with the status.
-fn with_condition(
+/// The conflict condition as `update` says; the transition time changes only with the status.
+fn conflict_condition(
     dynakube: &DynaKube,
     existing: Option<&Condition>,
     update: &ConditionUpdate,
-) -> Vec<Condition> {
-    let mut conditions: Vec<Condition> = dynakube
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c.type_ != NAMESPACE_CONFLICT_CONDITION)
-        .collect();
+) -> Condition {
     let last_transition_time = existing
         .filter(|c| c.status == update.status)
         .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
-    conditions.push(Condition {
+    Condition {
         type_: NAMESPACE_CONFLICT_CONDITION.to_owned(),
         status: update.status.to_owned(),
         reason: update.reason.to_owned(),
         message: update.message.clone(),
         last_transition_time,
         observed_generation: dynakube.metadata.generation,
-    });
-    conditions
+    }
 }
 
 fn data_hash(data: &BTreeMap<String, k8s_openapi::ByteString>) -> u64 {
@@ -1178,8 +1135,8 @@ mod tests {
     }
 
     #[test]
-    fn with_condition_keeps_other_conditions_and_the_transition_time() {
-        let mut dynakube: DynaKube = serde_json::from_value(json!({
+    fn the_conflict_condition_keeps_its_transition_time_while_its_status_stays() {
+        let dynakube: DynaKube = serde_json::from_value(json!({
             "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
             "metadata": { "name": "dk", "namespace": "dynatrace", "generation": 3 },
             "spec": { "apiUrl": "https://x/api" },
@@ -1197,13 +1154,12 @@ mod tests {
             message: "new".into(),
         };
         let existing = conflict_condition_of(&dynakube).cloned();
-        let conditions = with_condition(&dynakube, existing.as_ref(), &update);
-        assert_eq!(conditions.len(), 2);
-        assert_eq!(conditions[0].type_, "Tokens");
-        assert_eq!(conditions[1].message, "new");
-        assert_eq!(conditions[1].observed_generation, Some(3));
+        let condition = conflict_condition(&dynakube, existing.as_ref(), &update);
+        assert_eq!(condition.type_, NAMESPACE_CONFLICT_CONDITION);
+        assert_eq!(condition.message, "new");
+        assert_eq!(condition.observed_generation, Some(3));
         assert_eq!(
-            conditions[1].last_transition_time,
+            condition.last_transition_time,
             existing.as_ref().unwrap().last_transition_time,
             "same status, same transition time"
         );
@@ -1212,13 +1168,12 @@ mod tests {
             reason: mapping::NO_CONFLICT_REASON,
             message: "fine".into(),
         };
-        let conditions = with_condition(&dynakube, existing.as_ref(), &resolved);
+        let condition = conflict_condition(&dynakube, existing.as_ref(), &resolved);
         assert_ne!(
-            conditions[1].last_transition_time,
+            condition.last_transition_time,
             existing.unwrap().last_transition_time
         );
-        dynakube.status = None;
-        assert_eq!(with_condition(&dynakube, None, &update).len(), 1);
+        assert_eq!(conflict_condition(&dynakube, None, &update).status, "True");
     }
 
     #[test]

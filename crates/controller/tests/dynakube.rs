@@ -10,7 +10,7 @@ use api::dynakube::DynaKube;
 use fake_tenant::{Endpoint, FakeTenant, Listen, TenantConfig};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use testkit::TestNamespace;
@@ -874,5 +874,168 @@ async fn every_mode_with_a_daemonset_runs_pods_on_exactly_its_selected_nodes() {
     }
     for (group, nodes) in &expected {
         wait_for_pods_on(&ns, &format!("{group}-oneagent"), nodes).await;
+    }
+}
+
+/// The condition types whose entries `manager` owns in the status of `object` (from its managedFields).
+fn owned_condition_types(object: &impl kube::Resource, manager: &str) -> BTreeSet<String> {
+    object
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.manager.as_deref() == Some(manager))
+        .filter_map(|entry| entry.fields_v1.as_ref())
+        .filter_map(|fields| fields.0.pointer("/f:status/f:conditions")?.as_object().cloned())
+        .flat_map(|conditions| conditions.into_iter().map(|(key, _)| key))
+        .filter_map(|key| {
+            let item: serde_json::Value = serde_json::from_str(key.strip_prefix("k:")?).ok()?;
+            Some(item["type"].as_str()?.to_owned())
+        })
+        .collect()
+}
+
+/// Deletes a node; the pod garbage collector then removes its pods.
+async fn delete_node(ns: &TestNamespace, node: &str) {
+    Api::<k8s_openapi::api::core::v1::Node>::all(ns.client.clone())
+        .delete(node, &Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controllers_conditions() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let pool = format!("status-{}", ns.name);
+    let mut nodes = Vec::new();
+    for suffix in ["s1", "s2"] {
+        let node = ns
+            .create_node(suffix, &[(pool.as_str(), "oneagent")], Vec::new())
+            .await
+            .unwrap();
+        nodes.push(node.name_any());
+    }
+    oneagent_service_account(&ns).await;
+    token_secret(&ns, "status").await;
+    let dk = dynakube(
+        "status",
+        &env.api_url,
+        json!({ "classicFullStack": { "nodeSelector": { pool.clone(): "oneagent" } } }),
+    );
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let instances_are = |expected: Vec<String>| {
+        let dynakubes = dynakubes.clone();
+        async move {
+            testkit::eventually(&format!("instances {expected:?}"), WAIT, || async {
+                let status = dynakubes.get("status").await?.status.unwrap_or_default();
+                let one_agent = status.one_agent.clone().unwrap_or_default();
+                let instances: Vec<String> = one_agent.instances.unwrap_or_default().into_keys().collect();
+                Ok((status.phase.as_deref() == Some("Running") && instances == expected).then_some(status))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    instances_are(nodes.clone()).await;
+
+    // The namespace controller's condition, written as that controller writes it.
+    let conflict = json!({
+        "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+        "metadata": { "name": "status", "namespace": ns.name },
+        "status": { "conditions": [ {
+            "type": "NamespaceConflict", "status": "True", "reason": "SelectedByOtherDynaKubes",
+            "message": "shared (also other/dk; not injected)", "lastTransitionTime": "2026-01-01T00:00:00Z",
+        } ] },
+    });
+    dynakubes
+        .patch_status(
+            "status",
+            &PatchParams::apply(controller::status::NAMESPACES_MANAGER).force(),
+            &Patch::Apply(&conflict),
+        )
+        .await
+        .unwrap();
+
+    // A node that is gone leaves `instances`.
+    delete_node(&ns, &nodes[1]).await;
+    instances_are(vec![nodes[0].clone()]).await;
+
+    // Without OneAgents on the nodes, nothing about them stays in the status.
+    let switch = json!({ "spec": { "oneAgent": { "classicFullStack": null, "applicationMonitoring": {} } } });
+    dynakubes
+        .patch("status", &PatchParams::default(), &Patch::Merge(&switch))
+        .await
+        .unwrap();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    testkit::eventually("the DaemonSet to be removed", WAIT, || async {
+        Ok(daemonsets
+            .get_opt("status-oneagent")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let dk = testkit::eventually("the status without OneAgent instances", WAIT, || async {
+        let dk = dynakubes.get("status").await?;
+        let one_agent = dk
+            .status
+            .clone()
+            .unwrap_or_default()
+            .one_agent
+            .unwrap_or_default();
+        Ok((one_agent.instances.is_none() && one_agent.rollout.is_none()).then_some(dk))
+    })
+    .await
+    .unwrap();
+    let status = dk.status.clone().unwrap();
+    let types: BTreeSet<String> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| c.type_.clone())
+        .collect();
+    assert_eq!(
+        types,
+        BTreeSet::from([
+            "DynatraceAPI".to_owned(),
+            "NamespaceConflict".to_owned(),
+            "Tokens".to_owned()
+        ]),
+        "no rollout condition without a rollout, and the namespace controller's condition stays"
+    );
+    let one_agent = status.one_agent.clone().unwrap();
+    assert_eq!(one_agent.version.version, None, "{one_agent:?}");
+    assert!(one_agent.connection_info_status.is_some(), "{one_agent:?}");
+    assert_eq!(
+        owned_condition_types(&dk, controller::status::DYNAKUBE_MANAGER),
+        BTreeSet::from(["DynatraceAPI".to_owned(), "Tokens".to_owned()])
+    );
+    assert_eq!(
+        owned_condition_types(&dk, controller::status::NAMESPACES_MANAGER),
+        BTreeSet::from(["NamespaceConflict".to_owned()])
+    );
+
+    // A steady DynaKube's status is not written again: reconciles caused by a metadata change find
+    // nothing to report.
+    for round in 0..3 {
+        let touched = dynakubes
+            .patch(
+                "status",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { "touch": round.to_string() } } })),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = dynakubes.get("status").await.unwrap();
+        assert_eq!(
+            now.resource_version(),
+            touched.resource_version(),
+            "round {round}: the status was written again without a change: {:?}",
+            now.status
+        );
     }
 }

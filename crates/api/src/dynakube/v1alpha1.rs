@@ -165,6 +165,9 @@ pub struct DynaKubeStatus {
     pub kube_system_uuid: Option<String>,
     /// Conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // A list map keyed by type: each controller server-side applies its own conditions and never
+    // removes another's.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
     /// OneAgent version and instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]

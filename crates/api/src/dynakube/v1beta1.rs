@@ -280,6 +280,9 @@ pub struct DynaKubeStatus {
 
     /// Conditions, for example `Tokens`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // A list map keyed by type: each controller server-side applies its own conditions and never
+    // removes another's.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<Condition>>,
 
     /// OneAgent version, instances and connection info.
