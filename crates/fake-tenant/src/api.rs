@@ -269,6 +269,7 @@ fn fault_response(fault: &Fault) -> Response {
             1,
             "The service is unavailable; retry after 1 s (fault injected by the fake tenant)".into(),
         ),
+        Fault::BadRequest { message } => error(StatusCode::BAD_REQUEST, message.clone()),
         // Latency and the download-only faults never get here; 401 is the remaining kind.
         _ => error(
             StatusCode::UNAUTHORIZED,

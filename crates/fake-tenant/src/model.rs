@@ -162,6 +162,12 @@ pub enum Fault {
     Unavailable,
     /// 401 as for a wrong token.
     Unauthorized,
+    /// 400 with this message, as the environment answers a request it rejects (for example a network
+    /// zone it does not accept).
+    BadRequest {
+        /// The error message.
+        message: String,
+    },
     /// Download only: the headers (with the full `Content-Length`) and this many body bytes, then the
     /// connection is dropped.
     CutAfter {

@@ -417,8 +417,9 @@ impl TenantClient {
     }
 
     /// How OneAgents connect: tenant UUID, tenant token and communication endpoints, for the configured
-    /// network zone (falling back to the default zone). An HTTP 400 (for example an unknown zone without
-    /// fallback) gives empty information, as in the reference.
+    /// network zone (falling back to the default zone). An HTTP 400 (for example a network zone the
+    /// environment rejects) is a [`TenantError::Server`] with status 400 and the server's message: the
+    /// reference returned empty information instead, which left the user without a hint.
     pub async fn connection_info(&self) -> Result<ConnectionInfo, TenantError> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -443,10 +444,7 @@ impl TenantClient {
                 .query(&query)
                 .timeout(self.request_timeout)
         };
-        let response = self.send(ENDPOINT, build, &[StatusCode::BAD_REQUEST]).await?;
-        if response.status() == StatusCode::BAD_REQUEST {
-            return Ok(ConnectionInfo::default());
-        }
+        let response = self.send(ENDPOINT, build, &[]).await?;
         let raw: Raw = decode(ENDPOINT, response).await?;
         Ok(ConnectionInfo {
             communication_hosts: communication_hosts(raw.communication_endpoints.iter().map(String::as_str)),
