@@ -627,13 +627,74 @@ async fn converge(
         one_agent.last_instance_status_update = Some(now());
     }
     let progress = rollout(&applied, &pods, one_agent.version.version.as_deref(), ctx);
-    report_rollout(status, dynakube, &progress, notes);
+    let not_created = pods_not_created(ctx, &applied).await?;
+    report_rollout(status, dynakube, &progress, not_created.as_deref(), notes);
     Ok(Converged {
-        phase: desired::daemonset_phase(&applied).to_owned(),
+        // Pods the cluster refuses need the user: the DynaKube is not on its way to Running.
+        phase: if not_created.is_some() {
+            "Error".to_owned()
+        } else {
+            desired::daemonset_phase(&applied).to_owned()
+        },
         recheck: progress
             .recheck_in
-            .map(|seconds| Duration::from_secs(seconds.unsigned_abs() + 1)),
+            .map(|seconds| Duration::from_secs(seconds.unsigned_abs() + 1))
+            .into_iter()
+            .chain(missing_pods(&applied).then_some(MISSING_PODS_RECHECK))
+            .min(),
     })
+}
+
+/// How soon to look again while nodes lack their OneAgent pod: the DaemonSet controller's `FailedCreate`
+/// event, which says why, does not cause a reconcile by itself.
+pub(crate) const MISSING_PODS_RECHECK: Duration = Duration::from_secs(10);
+
+/// Whether nodes the DaemonSet wants a pod on have none.
+pub(crate) fn missing_pods(daemonset: &DaemonSet) -> bool {
+    daemonset
+        .status
+        .as_ref()
+        .is_some_and(|s| s.current_number_scheduled < s.desired_number_scheduled)
+}
+
+/// Why the DaemonSet cannot create its pods, when nodes lack their pod and the DaemonSet controller
+/// reported a `FailedCreate` (a missing ServiceAccount, Pod Security, an SCC, a quota). Events are read only
+/// while pods are missing, so a healthy DaemonSet costs no call.
+pub(crate) async fn pods_not_created(
+    ctx: &Context,
+    daemonset: &DaemonSet,
+) -> Result<Option<String>, ReconcileError> {
+    let Some(ds_status) = daemonset.status.as_ref().filter(|_| missing_pods(daemonset)) else {
+        return Ok(None);
+    };
+    let namespace = daemonset.namespace().unwrap_or_default();
+    let name = daemonset.name_any();
+    let selector = format!("involvedObject.kind=DaemonSet,involvedObject.name={name},reason=FailedCreate");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(ctx.client.clone(), &namespace)
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .map_err(kube_error(format!(
+            "reading the events of DaemonSet {namespace}:{name}"
+        )))?;
+    // Only failures of this DaemonSet object (not of an earlier one of the same name).
+    let uid = daemonset.uid();
+    let latest = events
+        .items
+        .iter()
+        .filter(|e| uid.is_none() || e.involved_object.uid == uid)
+        .max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        })
+        .and_then(|e| e.message.clone());
+    Ok(desired::rollout::pods_not_created(
+        &name,
+        ds_status.desired_number_scheduled,
+        ds_status.current_number_scheduled,
+        latest.as_deref(),
+    ))
 }
 
 /// A OneAgent pod on a node.
@@ -728,13 +789,30 @@ fn report_rollout(
     status: &mut DynaKubeStatus,
     dynakube: &DynaKube,
     progress: &desired::RolloutProgress,
+    not_created: Option<&str>,
     notes: &mut Notes,
 ) {
-    let message = progress.status.message.clone().unwrap_or_default();
-    let (value, reason) = match (&progress.status.blocked_node, progress.complete) {
-        (Some(_), _) => ("False", "Blocked"),
-        (None, true) => ("True", "RolledOut"),
-        (None, false) => ("False", "Progressing"),
+    let (value, reason, message) = match (not_created, &progress.status.blocked_node, progress.complete) {
+        (Some(failure), _, _) => (
+            "False",
+            desired::rollout::PODS_NOT_CREATED_REASON,
+            failure.to_owned(),
+        ),
+        (None, Some(_), _) => (
+            "False",
+            "Blocked",
+            progress.status.message.clone().unwrap_or_default(),
+        ),
+        (None, None, true) => (
+            "True",
+            "RolledOut",
+            progress.status.message.clone().unwrap_or_default(),
+        ),
+        (None, None, false) => (
+            "False",
+            "Progressing",
+            progress.status.message.clone().unwrap_or_default(),
+        ),
     };
     let conditions = status.conditions.get_or_insert_with(Vec::new);
     let before = conditions
@@ -752,6 +830,9 @@ fn report_rollout(
     {
         match reason {
             "Blocked" => notes.warning("RolloutBlocked", message.clone()),
+            desired::rollout::PODS_NOT_CREATED_REASON => {
+                notes.warning("DaemonSetFailedCreate", message.clone())
+            }
             "RolledOut" if before.is_some() => notes.normal("RolloutComplete", message.clone()),
             _ => {}
         }

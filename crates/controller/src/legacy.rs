@@ -20,8 +20,9 @@ use serde_json::json;
 use tenant_client::{AgentSelector, TenantClient, TenantError};
 
 use crate::dynakube::{
-    Context, Notes, Outcome, ReconcileError, TenantSettings, apply, apply_daemonset, build_tenant_client,
-    cluster_id, daemonset_pods, kube_error, now, secret_data, upsert_condition,
+    Context, MISSING_PODS_RECHECK, Notes, Outcome, ReconcileError, TenantSettings, apply, apply_daemonset,
+    build_tenant_client, cluster_id, daemonset_pods, kube_error, missing_pods, now, secret_data,
+    upsert_condition,
 };
 
 /// Reconciles one legacy OneAgent resource and writes its status.
@@ -255,6 +256,25 @@ async fn converge(
         }
         _ => BTreeMap::new(),
     };
+    if let Some(failure) = crate::dynakube::pods_not_created(ctx, &applied).await? {
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        if upsert_condition(
+            conditions,
+            crate::dynakube::ROLLOUT_CONDITION,
+            "False",
+            desired::rollout::PODS_NOT_CREATED_REASON,
+            &failure,
+            oneagent.metadata.generation,
+        ) {
+            notes.warning("DaemonSetFailedCreate", failure);
+        }
+        phase = "Error";
+    }
+    if missing_pods(&applied) {
+        recheck = Some(recheck.map_or(MISSING_PODS_RECHECK, |r: std::time::Duration| {
+            r.min(MISSING_PODS_RECHECK)
+        }));
+    }
     status.instances = Some(
         pods.iter()
             .map(|pod| {
@@ -417,6 +437,15 @@ async fn update_step(
                 "blocked on node {node}: its new OneAgent pod has not become ready for {waited} s \
                  (waitReadySeconds {wait}); {} of {} nodes are outdated. Look at the pod's events and logs",
                 plan.outdated.len(),
+                view.len()
+            ),
+        ),
+        // Nodes the DaemonSet wants a pod on but that have none are not up to date.
+        (None, true) if usize::try_from(desired_nodes).unwrap_or(0) > view.len() => (
+            "False",
+            "Progressing",
+            format!(
+                "{} of {desired_nodes} nodes have a OneAgent pod; all of them run {target}",
                 view.len()
             ),
         ),

@@ -1039,3 +1039,180 @@ async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controlle
         );
     }
 }
+
+/// The DynaKube's condition of `type_`: (status, reason, message).
+async fn condition_of(
+    dynakubes: &Api<DynaKube>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let dk = dynakubes.get(name).await.ok()?;
+    dk.status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+#[tokio::test]
+async fn a_rejected_network_zone_and_a_rejected_token_name_what_to_fix() {
+    env();
+    let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
+        .await
+        .unwrap();
+    tenant.set_fault(
+        Endpoint::ConnectionInfo,
+        fake_tenant::Fault::BadRequest {
+            message: "Unknown network zone \"nowhere\"".into(),
+        },
+        None,
+    );
+    let ns = TestNamespace::create().await.unwrap();
+    token_secret(&ns, "zone").await;
+    let mut dk = dynakube(
+        "zone",
+        &tenant.api_url(),
+        json!({ "hostMonitoring": { "nodeSelector": { "none": ns.name.clone() } } }),
+    );
+    dk.spec.network_zone = Some("nowhere".into());
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let (_, reason, message) = testkit::eventually("the network zone to be reported", WAIT, || async {
+        Ok(condition_of(&dynakubes, "zone", "DynatraceAPI")
+            .await
+            .filter(|(status, _, _)| status == "False"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "NetworkZoneRejected");
+    assert!(
+        message.contains("network zone \"nowhere\"") && message.contains("set spec.networkZone"),
+        "{message}"
+    );
+    let events = event_reasons(&ns, "zone").await;
+    assert!(events.contains(&"NetworkZoneRejected".to_owned()), "{events:?}");
+    let phase = dynakubes.get("zone").await.unwrap().status.unwrap().phase;
+    assert_eq!(phase.as_deref(), Some("Error"));
+
+    // A token the environment does not know is a token problem, not an unavailable API.
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "unknown-token" },
+        "stringData": { "apiToken": "dt0c01.unknown" },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let dk = dynakube(
+        "unknown-token",
+        &tenant.api_url(),
+        json!({ "hostMonitoring": { "nodeSelector": { "none": ns.name.clone() } } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let message = wait_tokens_condition(&dynakubes, "unknown-token", false).await;
+    assert!(message.contains("rejected the token"), "{message}");
+    let events = event_reasons(&ns, "unknown-token").await;
+    assert!(events.contains(&"TokenError".to_owned()), "{events:?}");
+    assert!(
+        !events.contains(&"DynatraceAPIUnavailable".to_owned()),
+        "{events:?}"
+    );
+    tenant.shutdown().await;
+}
+
+#[tokio::test]
+async fn pods_the_cluster_refuses_are_reported_with_what_to_fix_and_recover() {
+    use api::oneagent::OneAgent;
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let pool = format!("refused-{}", ns.name);
+    ns.create_node("r1", &[(pool.as_str(), "dk")], Vec::new())
+        .await
+        .unwrap();
+    ns.create_node("r2", &[(pool.as_str(), "legacy")], Vec::new())
+        .await
+        .unwrap();
+    // No ServiceAccounts: the DaemonSet controller cannot create the pods.
+    token_secret(&ns, "refused").await;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dk = dynakube(
+        "refused",
+        &env.api_url,
+        json!({ "classicFullStack": { "nodeSelector": { pool.clone(): "dk" } } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "legacy" },
+        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    let oneagent: OneAgent = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
+        "metadata": { "name": "legacy" },
+        "spec": { "apiUrl": env.api_url, "nodeSelector": { pool.clone(): "legacy" } },
+    }))
+    .unwrap();
+    oneagents.create(&PostParams::default(), &oneagent).await.unwrap();
+
+    let (_, _, message) = testkit::eventually("the DynaKube's refused pods", WAIT, || async {
+        Ok(condition_of(&dynakubes, "refused", "OneAgentRollout")
+            .await
+            .filter(|(_, reason, _)| reason == "PodsNotCreated"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.contains("cannot create OneAgent pods: 1 of 1 nodes have none")
+            && message.contains("dynatrace-dynakube-oneagent")
+            && message.contains("Create the ServiceAccount"),
+        "{message}"
+    );
+    let status = dynakubes.get("refused").await.unwrap().status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Error"));
+    let events = event_reasons(&ns, "refused").await;
+    assert!(events.contains(&"DaemonSetFailedCreate".to_owned()), "{events:?}");
+    let legacy = testkit::eventually("the OneAgent's refused pods", WAIT, || async {
+        let status = oneagents.get("legacy").await?.status.unwrap_or_default();
+        let condition = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "OneAgentRollout" && c.reason == "PodsNotCreated")
+            .cloned();
+        Ok(condition.map(|c| (status.phase.clone(), c.message)))
+    })
+    .await
+    .unwrap();
+    assert_eq!(legacy.0.as_deref(), Some("Error"));
+    assert!(legacy.1.contains("dynatrace-oneagent"), "{}", legacy.1);
+
+    // Fixed: the pods come and the conditions say so.
+    oneagent_service_account(&ns).await;
+    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    testkit::eventually("the DynaKube's pods", Duration::from_secs(180), || async {
+        Ok(condition_of(&dynakubes, "refused", "OneAgentRollout")
+            .await
+            .filter(|(status, _, _)| status == "True"))
+    })
+    .await
+    .unwrap();
+    testkit::eventually("the OneAgent's pods", Duration::from_secs(180), || async {
+        let status = oneagents.get("legacy").await?.status.unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then_some(()))
+    })
+    .await
+    .unwrap();
+}

@@ -457,7 +457,12 @@ async fn a_node_whose_new_pod_never_gets_ready_blocks_the_rollout_with_a_clear_s
         .patch("stuck", &PatchParams::default(), &Patch::Merge(&fixed))
         .await
         .unwrap();
-    wait_rolled_out(&dynakubes, "stuck", NEW_VERSION).await;
+    let recovered = wait_rolled_out(&dynakubes, "stuck", NEW_VERSION).await;
+    let rollout = recovered.status.unwrap().one_agent.unwrap().rollout.unwrap();
+    assert_eq!(
+        rollout.blocked_node, None,
+        "a recovered rollout names no blocked node: {rollout:?}"
+    );
     tenant.shutdown().await;
 }
 

@@ -144,9 +144,112 @@ pub fn rollout_progress(
     }
 }
 
+/// Reason of the rollout condition while the DaemonSet cannot create its pods.
+pub const PODS_NOT_CREATED_REASON: &str = "PodsNotCreated";
+
+/// Why the DaemonSet controller cannot create OneAgent pods, in words a user can act on, when pods are
+/// missing (`desired` nodes want one, `current` have one) and the DaemonSet's latest `FailedCreate` event
+/// says why. `None` while every node has its pod, or while no failure was reported (pods on their way).
+pub fn pods_not_created(
+    daemonset: &str,
+    desired: i32,
+    current: i32,
+    failed_create: Option<&str>,
+) -> Option<String> {
+    let message = failed_create.filter(|m| !m.trim().is_empty())?;
+    if current >= desired {
+        return None;
+    }
+    Some(format!(
+        "the DaemonSet {daemonset} cannot create OneAgent pods: {} of {desired} nodes have none. The \
+         DaemonSet controller reports: {}. {}",
+        desired - current,
+        message.trim(),
+        failed_create_hint(message)
+    ))
+}
+
+/// What to do about a `FailedCreate` message of the DaemonSet controller.
+pub fn failed_create_hint(message: &str) -> &'static str {
+    let message = message.to_ascii_lowercase();
+    if message.contains("serviceaccount") || message.contains("service account") {
+        "Create the ServiceAccount the pods use (the Helm chart installs dynatrace-dynakube-oneagent for \
+         DynaKubes and dynatrace-oneagent for OneAgent resources), or set the one to use in the spec"
+    } else if message.contains("podsecurity") || message.contains("pod security") {
+        "OneAgent pods need host access: label the namespace with pod-security.kubernetes.io/enforce=privileged"
+    } else if message.contains("security context constraint") {
+        "Grant the pods' ServiceAccount an OpenShift SecurityContextConstraints that allows privileged host \
+         access (the Helm chart installs one)"
+    } else if message.contains("exceeded quota") || message.contains("resourcequota") {
+        "Raise the namespace's ResourceQuota or lower the OneAgent resources in the spec"
+    } else if message.contains("limitrange") || message.contains("limit range") {
+        "Adjust the namespace's LimitRange or the OneAgent resources in the spec"
+    } else {
+        "Fix what the message names; the DaemonSet controller retries on its own"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_pods_with_a_failed_create_are_reported_with_what_to_do() {
+        let message = pods_not_created(
+            "dk-oneagent",
+            3,
+            0,
+            Some(r#"pods "dk-oneagent-" is forbidden: error looking up service account dynatrace/dynatrace-dynakube-oneagent: serviceaccount "dynatrace-dynakube-oneagent" not found"#),
+        )
+        .unwrap();
+        assert!(
+            message.starts_with(
+                "the DaemonSet dk-oneagent cannot create OneAgent pods: 3 of 3 nodes have none."
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("serviceaccount \"dynatrace-dynakube-oneagent\" not found"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("or set the one to use in the spec"),
+            "{message}"
+        );
+        assert_eq!(
+            pods_not_created("dk-oneagent", 3, 3, Some("anything")),
+            None,
+            "every node has its pod"
+        );
+        assert_eq!(
+            pods_not_created("dk-oneagent", 3, 1, None),
+            None,
+            "pods on their way"
+        );
+        assert_eq!(pods_not_created("dk-oneagent", 3, 1, Some(" ")), None);
+    }
+
+    #[test]
+    fn each_kind_of_refusal_gets_its_hint() {
+        for (message, hint) in [
+            (
+                "violates PodSecurity \"baseline:latest\": host namespaces",
+                "pod-security.kubernetes.io/enforce=privileged",
+            ),
+            (
+                "unable to validate against any security context constraint",
+                "SecurityContextConstraints",
+            ),
+            ("exceeded quota: compute, requested: cpu=1", "ResourceQuota"),
+            (
+                "maximum cpu usage per Container is 100m (LimitRange)",
+                "LimitRange",
+            ),
+            ("something else", "retries on its own"),
+        ] {
+            assert!(failed_create_hint(message).contains(hint), "{message}");
+        }
+    }
 
     const NOW: i64 = 1_700_000_000;
 
