@@ -83,6 +83,8 @@ pub struct Context {
     pub checked_secrets: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// The cluster's id (the UID of kube-system), read on first use.
     pub cluster_id: Arc<tokio::sync::OnceCell<String>>,
+    /// Whether the cluster is OpenShift, read from the API server's groups on first use.
+    pub openshift: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Context {
@@ -583,12 +585,14 @@ async fn converge(
         tracing::info!(dynakube = %dynakube.name_any(), "no communication hosts yet; postponing the OneAgent DaemonSet");
         return Ok(Converged::phase("Deploying"));
     }
+    let healthcheck = desired::HealthCheck::oneagent_default();
+    one_agent.healthcheck = Some(healthcheck.to_status());
     let facts = desired::OneAgentFacts {
         image: one_agent.version.image_id.clone().unwrap_or_default(),
         version: one_agent.version.version.clone(),
         cluster_id: cluster_id(ctx).await?,
         operator_version: ctx.operator_version.clone(),
-        healthcheck: None,
+        healthcheck: Some(healthcheck.clone()),
     };
     let daemonset = desired::oneagent_daemonset(dynakube, &facts)?;
     let owner = dynakube.controller_owner_ref(&());
@@ -865,6 +869,28 @@ pub(crate) async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> 
         })
         .await
         .cloned()
+}
+
+/// API groups only OpenShift serves; either one marks the cluster as OpenShift.
+const OPENSHIFT_GROUPS: [&str; 2] = ["security.openshift.io", "route.openshift.io"];
+
+/// Whether the cluster is OpenShift (it serves an OpenShift API group). Read once per process: a cluster
+/// does not turn into OpenShift.
+pub(crate) async fn is_openshift(ctx: &Context) -> Result<bool, ReconcileError> {
+    ctx.openshift
+        .get_or_try_init(|| async {
+            let groups = ctx
+                .client
+                .list_api_groups()
+                .await
+                .map_err(kube_error("listing the API groups to detect OpenShift"))?;
+            Ok(groups
+                .groups
+                .iter()
+                .any(|g| OPENSHIFT_GROUPS.contains(&g.name.as_str())))
+        })
+        .await
+        .copied()
 }
 
 /// Where a tenant client's settings come from: a DynaKube's or a legacy OneAgent's spec.

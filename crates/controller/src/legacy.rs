@@ -215,7 +215,7 @@ async fn converge(
         cluster_id: cluster_id(ctx).await?,
         operator_version: ctx.operator_version.clone(),
         image_version: status.image_version.clone(),
-        openshift: false,
+        openshift: crate::dynakube::is_openshift(ctx).await?,
     };
     let daemonset = desired::legacy_oneagent_daemonset(oneagent, &facts)?;
     let applied = apply_daemonset(

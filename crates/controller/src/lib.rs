@@ -92,6 +92,7 @@ pub async fn run(
         client: client.clone(),
         checked_secrets: Arc::default(),
         cluster_id: Arc::default(),
+        openshift: Arc::default(),
         operator_version,
         requeue,
         metrics,

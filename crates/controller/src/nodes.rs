@@ -200,6 +200,7 @@ pub async fn run(
             },
             checked_secrets: Arc::default(),
             cluster_id: Arc::default(),
+            openshift: Arc::default(),
         },
         config,
         dynakubes,

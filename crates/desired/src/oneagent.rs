@@ -122,6 +122,42 @@ pub struct HealthCheck {
     pub retries: Option<i32>,
 }
 
+/// The health check the OneAgent images ship (`HEALTHCHECK CMD-SHELL /usr/bin/watchdog-healthcheck64`, with
+/// the default timings). The reference reads it from the image's config in the registry; this operator
+/// has no registry client yet, so every OneAgent image gets this one, which is what Dynatrace's images
+/// declare. A custom image must provide the same script.
+pub const ONEAGENT_HEALTHCHECK_SCRIPT: &str = "/usr/bin/watchdog-healthcheck64";
+
+impl HealthCheck {
+    /// The OneAgent images' health check ([`ONEAGENT_HEALTHCHECK_SCRIPT`]).
+    pub fn oneagent_default() -> Self {
+        Self {
+            test: vec!["CMD-SHELL".to_owned(), ONEAGENT_HEALTHCHECK_SCRIPT.to_owned()],
+            ..Self::default()
+        }
+    }
+
+    /// As `status.oneAgent.healthcheck` records it: the image config's shape (`Test`, and the durations
+    /// in nanoseconds when set).
+    pub fn to_status(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({ "Test": self.test });
+        let nanos = |seconds: i32| i64::from(seconds) * 1_000_000_000;
+        for (key, seconds) in [
+            ("Interval", self.interval_seconds),
+            ("Timeout", self.timeout_seconds),
+            ("StartPeriod", self.start_period_seconds),
+        ] {
+            if let Some(seconds) = seconds {
+                value[key] = nanos(seconds).into();
+            }
+        }
+        if let Some(retries) = self.retries {
+            value["Retries"] = retries.into();
+        }
+        value
+    }
+}
+
 /// Where the OneAgents get their proxy from.
 enum Proxy<'a> {
     Literal(&'a str),
@@ -1320,6 +1356,29 @@ mod tests {
             mount_of(&ds, "certificates").unwrap().mount_path,
             "/mnt/dynatrace/certs"
         );
+    }
+
+    #[test]
+    fn the_default_healthcheck_runs_the_images_watchdog_script() {
+        let (liveness, readiness) = probes(HealthCheck::oneagent_default());
+        let liveness = liveness.unwrap();
+        assert_eq!(
+            liveness.exec.unwrap().command.unwrap(),
+            strings(&["/bin/sh", "-c", ONEAGENT_HEALTHCHECK_SCRIPT])
+        );
+        assert_eq!(liveness.initial_delay_seconds, Some(1200));
+        assert!(readiness.is_some());
+        assert_eq!(
+            HealthCheck::oneagent_default().to_status(),
+            serde_json::json!({ "Test": ["CMD-SHELL", ONEAGENT_HEALTHCHECK_SCRIPT] })
+        );
+        let timed = HealthCheck {
+            interval_seconds: Some(10),
+            retries: Some(3),
+            ..HealthCheck::oneagent_default()
+        };
+        assert_eq!(timed.to_status()["Interval"], 10_000_000_000_i64);
+        assert_eq!(timed.to_status()["Retries"], 3);
     }
 
     fn probes(healthcheck: HealthCheck) -> (Option<Probe>, Option<Probe>) {
