@@ -15,7 +15,6 @@ use desired::Lookup;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -595,11 +594,9 @@ async fn converge(
         healthcheck: Some(healthcheck.clone()),
     };
     let daemonset = desired::oneagent_daemonset(dynakube, &facts)?;
-    let owner = dynakube.controller_owner_ref(&());
     let applied = apply_daemonset(
         ctx,
         &namespace,
-        owner,
         (daemonset, desired::TEMPLATE_HASH_ANNOTATION),
         notes,
     )
@@ -1169,7 +1166,7 @@ async fn resolve_version(
     Ok(())
 }
 
-/// Server-side applies an object the DynaKube owns.
+/// Server-side applies an object built by `desired`, which sets its owner.
 pub(crate) async fn apply<K>(ctx: &Context, namespace: &str, object: K) -> Result<(), ReconcileError>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -1198,12 +1195,10 @@ where
 pub(crate) async fn apply_daemonset(
     ctx: &Context,
     namespace: &str,
-    owner: Option<OwnerReference>,
-    (mut daemonset, hash_annotation): (DaemonSet, &str),
+    (daemonset, hash_annotation): (DaemonSet, &str),
     notes: &mut Notes,
 ) -> Result<DaemonSet, ReconcileError> {
     let name = daemonset.name_any();
-    daemonset.metadata.owner_references = owner.map(|o| vec![o]);
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = api
         .get_opt(&name)

@@ -202,11 +202,9 @@ async fn converge(
     }
 
     // Pull secret (immutable mode with the tenant's image).
-    let owner = oneagent.controller_owner_ref(&());
-    if let Some(mut pull_secret) =
+    if let Some(pull_secret) =
         desired::legacy_pull_secret(oneagent, status.environment_id.as_deref(), &paas_token)?
     {
-        pull_secret.metadata.owner_references = owner.clone().map(|o| vec![o]);
         apply(ctx, &namespace, pull_secret).await?;
     }
 
@@ -221,7 +219,6 @@ async fn converge(
     let applied = apply_daemonset(
         ctx,
         &namespace,
-        owner,
         (daemonset, desired::LEGACY_TEMPLATE_HASH_ANNOTATION),
         notes,
     )

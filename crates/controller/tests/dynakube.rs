@@ -10,7 +10,8 @@ use api::dynakube::DynaKube;
 use fake_tenant::{Endpoint, FakeTenant, Listen, TenantConfig};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use testkit::TestNamespace;
@@ -1215,4 +1216,225 @@ async fn pods_the_cluster_refuses_are_reported_with_what_to_fix_and_recover() {
     })
     .await
     .unwrap();
+}
+
+/// Whether the operator wrote `object`: a `dynatrace-operator*` field manager in its managedFields, or its
+/// label `app.kubernetes.io/managed-by: dynatrace-operator` on an object no controller made (the
+/// DaemonSet's pods and revisions carry the label of its template, but the DaemonSet controller made them).
+fn written_by_the_operator(object: &DynamicObject) -> bool {
+    let meta = &object.metadata;
+    let by_manager = meta.managed_fields.iter().flatten().any(|f| {
+        f.manager
+            .as_deref()
+            .is_some_and(|m| m.starts_with("dynatrace-operator"))
+    });
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == "dynatrace-operator");
+    let controlled = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true));
+    by_manager || (labelled && !controlled)
+}
+
+/// Every object the operator wrote in the namespace, of every namespaced kind the API server lists, except
+/// Events and Leases (never a resource's) and the object `except_uid` itself (the operator writes its
+/// status). Found by what wrote them, not by name, so that an object added later is checked too.
+async fn operator_objects(
+    ns: &TestNamespace,
+    except_uid: &str,
+) -> anyhow::Result<Vec<(ApiResource, DynamicObject)>> {
+    let discovery = Discovery::new(ns.client.clone()).run().await?;
+    let mut found = Vec::new();
+    for group in discovery.groups() {
+        for (resource, capabilities) in group.recommended_resources() {
+            let skipped = matches!(
+                (resource.group.as_str(), resource.kind.as_str()),
+                ("" | "events.k8s.io", "Event") | ("coordination.k8s.io", "Lease")
+            );
+            if skipped
+                || capabilities.scope != Scope::Namespaced
+                || !capabilities.supports_operation(verbs::LIST)
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
+            for object in api.list(&ListParams::default()).await?.items {
+                if written_by_the_operator(&object) && object.metadata.uid.as_deref() != Some(except_uid) {
+                    found.push((resource.clone(), object));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Checks that everything the operator wrote in the namespace for `owner` (already converged) names it
+/// as controlling owner with blockOwnerDeletion, deletes `owner`, and waits until the garbage collector
+/// of kube-controller-manager removed all of it. `expected` are kinds and names that must be among them,
+/// so that the check is not vacuous.
+async fn everything_written_is_owned_and_goes_with<K>(
+    ns: &TestNamespace,
+    owners: &Api<K>,
+    name: &str,
+    expected: &[(&str, String)],
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let owner = owners.get(name).await.unwrap();
+    let uid = owner.uid().unwrap();
+    let written = operator_objects(ns, &uid).await.unwrap();
+    let listed: BTreeSet<(String, String)> = written
+        .iter()
+        .map(|(resource, object)| (resource.kind.clone(), object.name_any()))
+        .collect();
+    for (kind, object) in expected {
+        assert!(
+            listed.contains(&((*kind).to_owned(), object.clone())),
+            "{kind} {object} is not among the operator's objects {listed:?}"
+        );
+    }
+    let not_owned: Vec<String> = written
+        .iter()
+        .filter(|(_, object)| {
+            !object.owner_references().iter().any(|o| {
+                o.uid == uid
+                    && o.kind == K::kind(&())
+                    && o.api_version == K::api_version(&())
+                    && o.name == name
+                    && o.controller == Some(true)
+                    && o.block_owner_deletion == Some(true)
+            })
+        })
+        .map(|(resource, object)| {
+            format!(
+                "{} {} (owners {:?})",
+                resource.kind,
+                object.name_any(),
+                object.owner_references()
+            )
+        })
+        .collect();
+    assert!(
+        not_owned.is_empty(),
+        "not owned by {} {name} as controller with blockOwnerDeletion: {not_owned:#?}",
+        K::kind(&())
+    );
+
+    let deleted = std::time::Instant::now();
+    owners.delete(name, &DeleteParams::default()).await.unwrap();
+    let left_over = || async {
+        let mut left = Vec::new();
+        for (resource, object) in &written {
+            let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, resource);
+            let current = api.get_opt(&object.name_any()).await?;
+            if current.is_some_and(|c| c.metadata.uid == object.metadata.uid) {
+                left.push(format!("{} {}", resource.kind, object.name_any()));
+            }
+        }
+        anyhow::Ok(left)
+    };
+    let collected = testkit::eventually(
+        &format!("everything the operator wrote for {name} to be collected"),
+        WAIT,
+        || async { Ok(left_over().await?.is_empty().then_some(())) },
+    )
+    .await;
+    if let Err(error) = collected {
+        panic!("{error}; left: {:?}", left_over().await);
+    }
+    println!(
+        "{} objects of {} {name} collected {:?} after its deletion",
+        written.len(),
+        K::kind(&()),
+        deleted.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn everything_written_for_a_dynakube_is_owned_by_it_and_deleted_with_it() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    token_secret(&ns, "owned").await;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let dk = dynakube(
+        "owned",
+        &env.api_url,
+        json!({ "cloudNativeFullStack": { "nodeSelector": { "none": ns.name.clone() } } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    testkit::eventually("the DynaKube to be Running", WAIT, || async {
+        let status = dynakubes.get("owned").await?.status.unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then_some(()))
+    })
+    .await
+    .unwrap();
+    let expected = [
+        ("Secret", "owned-oneagent-tenant-secret"),
+        ("Secret", "owned-pull-secret"),
+        ("ConfigMap", "owned-deployment-metadata"),
+        ("ConfigMap", "owned-oneagent-connection-info"),
+        ("DaemonSet", "owned-oneagent"),
+    ]
+    .map(|(kind, name)| (kind, name.to_owned()));
+    everything_written_is_owned_and_goes_with(&ns, &dynakubes, "owned", &expected).await;
+    // The token Secret is the user's: it stays.
+    assert!(
+        Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+            .get_opt("owned")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn everything_written_for_a_legacy_oneagent_is_owned_by_it_and_deleted_with_it() {
+    use api::oneagent::OneAgent;
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "legacy" },
+        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // Immutable mode: the only one with a pull Secret.
+    let oneagent: OneAgent = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
+        "metadata": { "name": "legacy" },
+        "spec": {
+            "apiUrl": env.api_url,
+            "useImmutableImage": true,
+            "nodeSelector": { "none": ns.name.clone() },
+        },
+    }))
+    .unwrap();
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    oneagents.create(&PostParams::default(), &oneagent).await.unwrap();
+    testkit::eventually("the OneAgent to be Running", WAIT, || async {
+        let status = oneagents.get("legacy").await?.status.unwrap_or_default();
+        Ok((status.phase.as_deref() == Some("Running")).then_some(()))
+    })
+    .await
+    .unwrap();
+    let expected = [("Secret", "legacy-pull-secret"), ("DaemonSet", "legacy")]
+        .map(|(kind, name)| (kind, name.to_owned()));
+    everything_written_is_owned_and_goes_with(&ns, &oneagents, "legacy", &expected).await;
 }

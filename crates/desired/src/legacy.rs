@@ -37,6 +37,7 @@ use crate::oneagent::{
     HOST_ROOT_VOLUME, PROXY_ENV, env_from, host_root_volume, literal_env, mount, trusted_cas_volume,
     with_default_cpu_request,
 };
+use crate::owner::owned_metadata;
 use crate::tokens::{SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TokenKind, secret_ref};
 
 /// Annotation on the DaemonSet that holds its template hash (the old operator's key, so that a DaemonSet
@@ -197,8 +198,9 @@ fn generated_pull_secret_name(name: &str) -> String {
     format!("{name}-pull-secret")
 }
 
-/// The pull Secret `<name>-pull-secret` for the environment's registry, or `None` when the `OneAgent`
-/// needs none: installer mode, a custom `spec.image`, or a `spec.customPullSecret` of the user's own.
+/// The pull Secret `<name>-pull-secret` (owned by the `OneAgent`) for the environment's registry, or
+/// `None` when the `OneAgent` needs none: installer mode, a custom `spec.image`, or a
+/// `spec.customPullSecret` of the user's own.
 ///
 /// `.dockerconfigjson` has one entry under `auths`, keyed by [`legacy_registry`] (the same string the
 /// image starts with, so the kubelet always matches it): username = the environment id, password =
@@ -217,7 +219,7 @@ pub fn legacy_pull_secret(
     {
         return Ok(None);
     }
-    let (name, namespace) = name_and_namespace(oneagent)?;
+    let name = checked_name(oneagent)?;
     let registry = legacy_registry(&oneagent.spec.api_url).ok_or_else(|| invalid_api_url(oneagent))?;
     let username = match non_empty(environment_id) {
         Some(id) => id.to_owned(),
@@ -236,12 +238,11 @@ pub fn legacy_pull_secret(
         "auths": { registry: { "username": username, "password": paas_token, "auth": auth } }
     });
     Ok(Some(Secret {
-        metadata: ObjectMeta {
-            name: Some(generated_pull_secret_name(&name)),
-            namespace: Some(namespace),
-            labels: Some(legacy_selector_labels(&name)),
-            ..Default::default()
-        },
+        metadata: owned_metadata(
+            oneagent,
+            generated_pull_secret_name(&name),
+            legacy_selector_labels(&name),
+        )?,
         data: Some(BTreeMap::from([(
             DOCKER_CONFIG_KEY.to_owned(),
             ByteString(config.to_string().into_bytes()),
@@ -254,7 +255,7 @@ pub fn legacy_pull_secret(
 /// The DaemonSet of a `OneAgent` (spec §7.4 "Old DaemonSet"), with its template hash under
 /// [`LEGACY_TEMPLATE_HASH_ANNOTATION`].
 ///
-/// - Name and namespace are the `OneAgent`'s.
+/// - Name and namespace are the `OneAgent`'s, and it owns the DaemonSet.
 /// - The selector is only [`legacy_selector_labels`]; the user's `labels` go on the DaemonSet and the pod
 ///   template, under the fixed ones. A selector is immutable, so a user label in it would make every
 ///   label change a delete-and-recreate of the DaemonSet; and the fixed labels win so that a user label
@@ -273,7 +274,7 @@ pub fn legacy_oneagent_daemonset(
     oneagent: &OneAgent,
     facts: &LegacyFacts,
 ) -> Result<DaemonSet, DesiredError> {
-    let (name, namespace) = name_and_namespace(oneagent)?;
+    let name = checked_name(oneagent)?;
     let missing = |field, hint| DesiredError::LegacyMissing {
         oneagent: name.clone(),
         field,
@@ -372,12 +373,7 @@ pub fn legacy_oneagent_daemonset(
     };
 
     let ds = DaemonSet {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(namespace),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        },
+        metadata: owned_metadata(oneagent, name, labels.clone())?,
         spec: Some(DaemonSetSpec {
             selector: LabelSelector {
                 match_labels: Some(selector),
@@ -611,7 +607,8 @@ fn invalid_api_url(oneagent: &OneAgent) -> DesiredError {
     }
 }
 
-fn name_and_namespace(oneagent: &OneAgent) -> Result<(String, String), DesiredError> {
+/// The `OneAgent`'s name, after checking that it has a name and a namespace.
+fn checked_name(oneagent: &OneAgent) -> Result<String, DesiredError> {
     let name = non_empty(oneagent.metadata.name.as_deref())
         .ok_or(DesiredError::LegacyMissing {
             oneagent: String::new(),
@@ -619,14 +616,14 @@ fn name_and_namespace(oneagent: &OneAgent) -> Result<(String, String), DesiredEr
             hint: HINT_FROM_API_SERVER,
         })?
         .to_owned();
-    let namespace = non_empty(oneagent.metadata.namespace.as_deref())
-        .ok_or_else(|| DesiredError::LegacyMissing {
-            oneagent: name.clone(),
+    if non_empty(oneagent.metadata.namespace.as_deref()).is_none() {
+        return Err(DesiredError::LegacyMissing {
+            oneagent: name,
             field: "metadata.namespace",
             hint: HINT_FROM_API_SERVER,
-        })?
-        .to_owned();
-    Ok((name, namespace))
+        });
+    }
+    Ok(name)
 }
 
 /// User arguments, then the operator's, in the reference's order.
@@ -827,7 +824,7 @@ mod tests {
         serde_json::from_value(json!({
             "apiVersion": "dynatrace.com/v1alpha1",
             "kind": "OneAgent",
-            "metadata": { "name": "oneagent", "namespace": "dynatrace" },
+            "metadata": { "name": "oneagent", "namespace": "dynatrace", "uid": "oneagent-uid" },
             "spec": spec,
         }))
         .unwrap()
@@ -1542,6 +1539,16 @@ mod tests {
         let mut no_namespace = oa.clone();
         no_namespace.metadata.namespace = None;
         assert!(message(&no_namespace, &facts()).contains("metadata.namespace"));
+        // Without its UID the OneAgent could not own the DaemonSet or the pull Secret.
+        let mut no_uid = oa.clone();
+        no_uid.metadata.uid = None;
+        assert!(message(&no_uid, &facts()).contains("metadata.uid"));
+        let mut immutable = oneagent(json!({ "useImmutableImage": true }));
+        immutable.metadata.uid = None;
+        assert!(matches!(
+            legacy_pull_secret(&immutable, None, "tok"),
+            Err(DesiredError::NoOwnerUid { .. })
+        ));
         let mut no_name = oa.clone();
         no_name.metadata.name = Some(String::new());
         assert!(message(&no_name, &facts()).contains("metadata.name"));

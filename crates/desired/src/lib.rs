@@ -11,6 +11,8 @@
 //! - [`with_template_hash`]: the hash that tells whether a DaemonSet in the cluster is out of date.
 //! - [`tenant_secret`], [`connection_info_config_map`], [`deployment_metadata_config_map`],
 //!   [`pull_secret`]: the Secrets and ConfigMaps the OneAgents read.
+//! - [`owner_reference`], [`owned_metadata`]: every object made for a DynaKube or `OneAgent` in its
+//!   namespace is owned by it, so deleting the resource deletes them (module [`owner`]).
 //!
 //! Decisions:
 //! - [`tokens_from_secret`], [`required_scopes`], [`missing_scopes`]: the token
@@ -39,6 +41,7 @@ pub mod mapping;
 pub mod nodes;
 pub mod objects;
 pub mod oneagent;
+pub mod owner;
 pub mod recycle;
 pub mod rollout;
 #[cfg(test)]
@@ -72,6 +75,7 @@ pub use objects::{
     tenant_secret,
 };
 pub use oneagent::{HealthCheck, OneAgentFacts, oneagent_daemonset};
+pub use owner::{owned_metadata, owner_reference};
 pub use recycle::{NodeAgentPod, RecyclePlan, recycle_plan};
 pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, daemonset_phase, rollout_progress};
 pub use throttle::{connection_info_due, request_due, unix_seconds};
@@ -139,6 +143,18 @@ pub enum DesiredError {
         oneagent: String,
         /// The URL as given.
         api_url: String,
+    },
+    /// The resource that would own an object has no UID (or name), so the object could not name it as
+    /// owner and would outlive it.
+    #[error(
+        "{kind} {name:?} has no metadata.uid, so the objects made for it cannot name it as their owner (and \
+         would not be deleted with it); pass the {kind} as read from the API server, which always sets it"
+    )]
+    NoOwnerUid {
+        /// The owner's kind (`DynaKube`, `OneAgent`).
+        kind: String,
+        /// The owner's name (empty when that is missing too).
+        name: String,
     },
     /// A OneAgent version does not have the form `major.minor.revision.YYYYMMDD-HHMMSS`.
     #[error(

@@ -1,6 +1,6 @@
 //! The small objects around the OneAgent (spec §1.7): the tenant-token Secret, the connection-info and
 //! deployment-metadata ConfigMaps and the pull Secret. Each is in the DynaKube's namespace, with the
-//! operator's labels; the caller sets the DynaKube as owner.
+//! operator's labels, and owned by the DynaKube ([`owned_metadata`]).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::DesiredError;
 use crate::oneagent::{LABEL_CREATED_BY, LABEL_MANAGED_BY, LABEL_NAME};
+use crate::owner::owned_metadata;
 use crate::versions::tenant_registry;
 
 /// Key of the tenant token in the tenant Secret.
@@ -32,8 +33,8 @@ pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
 const HINT_FROM_API_SERVER: &str = "pass the DynaKube as read from the API server, which always sets it";
 
-/// The DynaKube's name and namespace, which every object here needs.
-fn name_and_namespace(dynakube: &DynaKube) -> Result<(String, String), DesiredError> {
+/// The DynaKube's name, after checking that it has a name and a namespace, which every object here needs.
+fn checked_name(dynakube: &DynaKube) -> Result<String, DesiredError> {
     let name = dynakube
         .metadata
         .name
@@ -44,17 +45,14 @@ fn name_and_namespace(dynakube: &DynaKube) -> Result<(String, String), DesiredEr
             field: "metadata.name",
             hint: HINT_FROM_API_SERVER,
         })?;
-    let namespace = dynakube
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| DesiredError::Missing {
-            dynakube: name.clone(),
+    if dynakube.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        return Err(DesiredError::Missing {
+            dynakube: name,
             field: "metadata.namespace",
             hint: HINT_FROM_API_SERVER,
-        })?;
-    Ok((name, namespace))
+        });
+    }
+    Ok(name)
 }
 
 fn require(dynakube: &str, value: &str, field: &'static str, hint: &'static str) -> Result<(), DesiredError> {
@@ -68,24 +66,21 @@ fn require(dynakube: &str, value: &str, field: &'static str, hint: &'static str)
     Ok(())
 }
 
-/// Metadata of an object named `object` in the DynaKube's namespace, with the operator's labels.
-fn metadata(dynakube: &str, namespace: String, object: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(object),
-        namespace: Some(namespace),
-        labels: Some(BTreeMap::from([
-            (LABEL_NAME.to_owned(), "dynatrace-operator".to_owned()),
-            (LABEL_CREATED_BY.to_owned(), dynakube.to_owned()),
-            (LABEL_MANAGED_BY.to_owned(), "dynatrace-operator".to_owned()),
-        ])),
-        ..Default::default()
-    }
+/// Metadata of the object named `object` made for the DynaKube named `name`: in its namespace, with the
+/// operator's labels, owned by it.
+fn metadata(dynakube: &DynaKube, name: &str, object: String) -> Result<ObjectMeta, DesiredError> {
+    let labels = BTreeMap::from([
+        (LABEL_NAME.to_owned(), "dynatrace-operator".to_owned()),
+        (LABEL_CREATED_BY.to_owned(), name.to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), "dynatrace-operator".to_owned()),
+    ]);
+    owned_metadata(dynakube, object, labels)
 }
 
 /// The Secret `<dk>-oneagent-tenant-secret` with the tenant token (key `tenant-token`) that the OneAgents
 /// mount. An empty token is an error: OneAgents could not connect with it.
 pub fn tenant_secret(dynakube: &DynaKube, tenant_token: &str) -> Result<Secret, DesiredError> {
-    let (name, namespace) = name_and_namespace(dynakube)?;
+    let name = checked_name(dynakube)?;
     require(
         &name,
         tenant_token,
@@ -93,7 +88,7 @@ pub fn tenant_secret(dynakube: &DynaKube, tenant_token: &str) -> Result<Secret, 
         "take it from the connection info of the environment before writing the Secret",
     )?;
     Ok(Secret {
-        metadata: metadata(&name, namespace, names::tenant_secret(&name)),
+        metadata: metadata(dynakube, &name, names::tenant_secret(&name))?,
         data: Some(BTreeMap::from([(
             TENANT_TOKEN_KEY.to_owned(),
             ByteString(tenant_token.as_bytes().to_vec()),
@@ -112,12 +107,12 @@ pub fn connection_info_config_map(
     tenant_uuid: &str,
     formatted_endpoints: &str,
 ) -> Result<ConfigMap, DesiredError> {
-    let (name, namespace) = name_and_namespace(dynakube)?;
+    let name = checked_name(dynakube)?;
     let hint = "take it from the connection info of the environment before writing the ConfigMap";
     require(&name, tenant_uuid, "the tenant UUID", hint)?;
     require(&name, formatted_endpoints, "the communication endpoints", hint)?;
     Ok(ConfigMap {
-        metadata: metadata(&name, namespace, names::connection_info_config_map(&name)),
+        metadata: metadata(dynakube, &name, names::connection_info_config_map(&name))?,
         data: Some(BTreeMap::from([
             (TENANT_UUID_KEY.to_owned(), tenant_uuid.to_owned()),
             (
@@ -144,7 +139,7 @@ pub fn deployment_metadata_config_map(
     cluster_id: &str,
     operator_version: &str,
 ) -> Result<ConfigMap, DesiredError> {
-    let (name, namespace) = name_and_namespace(dynakube)?;
+    let name = checked_name(dynakube)?;
     require(
         &name,
         cluster_id,
@@ -165,7 +160,7 @@ pub fn deployment_metadata_config_map(
         );
     }
     Ok(ConfigMap {
-        metadata: metadata(&name, namespace, names::deployment_metadata_config_map(&name)),
+        metadata: metadata(dynakube, &name, names::deployment_metadata_config_map(&name))?,
         data: Some(data),
         ..Default::default()
     })
@@ -194,7 +189,7 @@ pub fn pull_secret(dynakube: &DynaKube, paas_or_api_token: &str) -> Result<Optio
     {
         return Ok(None);
     }
-    let (name, namespace) = name_and_namespace(dynakube)?;
+    let name = checked_name(dynakube)?;
     let invalid_url = || DesiredError::InvalidApiUrl {
         dynakube: name.clone(),
         api_url: dynakube.spec.api_url.clone(),
@@ -212,7 +207,7 @@ pub fn pull_secret(dynakube: &DynaKube, paas_or_api_token: &str) -> Result<Optio
         "auths": { registry: { "username": username, "password": paas_or_api_token, "auth": auth } }
     });
     Ok(Some(Secret {
-        metadata: metadata(&name, namespace, names::pull_secret(&name)),
+        metadata: metadata(dynakube, &name, names::pull_secret(&name))?,
         data: Some(BTreeMap::from([(
             DOCKER_CONFIG_KEY.to_owned(),
             ByteString(config.to_string().into_bytes()),
@@ -232,7 +227,7 @@ mod tests {
         serde_json::from_value(json!({
             "apiVersion": "dynatrace.com/v1beta1",
             "kind": "DynaKube",
-            "metadata": { "name": "dk", "namespace": "dynatrace" },
+            "metadata": { "name": "dk", "namespace": "dynatrace", "uid": "dk-uid" },
             "spec": { "apiUrl": "https://abc12345.live.dynatrace.com/api", "oneAgent": one_agent }
         }))
         .unwrap()
@@ -260,7 +255,20 @@ mod tests {
             ])
         );
         assert_eq!(meta.annotations, None);
-        assert_eq!(meta.owner_references, None, "the caller sets the owner");
+        let owners = meta.owner_references.clone().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (
+                owners[0].kind.as_str(),
+                owners[0].name.as_str(),
+                owners[0].uid.as_str()
+            ),
+            ("DynaKube", "dk", "dk-uid")
+        );
+        assert_eq!(
+            (owners[0].controller, owners[0].block_owner_deletion),
+            (Some(true), Some(true))
+        );
     }
 
     fn secret_data(secret: &Secret) -> BTreeMap<&str, &[u8]> {
@@ -289,6 +297,22 @@ mod tests {
         );
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
         assert_eq!(secret.string_data, None);
+    }
+
+    #[test]
+    fn every_object_needs_the_dynakubes_uid_to_name_its_owner() {
+        let mut dk = classic();
+        dk.metadata.uid = None;
+        let no_owner = |result: Result<(), DesiredError>| {
+            assert!(
+                matches!(result, Err(DesiredError::NoOwnerUid { .. })),
+                "{result:?}"
+            );
+        };
+        no_owner(tenant_secret(&dk, "t").map(drop));
+        no_owner(connection_info_config_map(&dk, "u", "e").map(drop));
+        no_owner(deployment_metadata_config_map(&dk, "c", "v").map(drop));
+        no_owner(pull_secret(&dk, "t").map(drop));
     }
 
     #[test]

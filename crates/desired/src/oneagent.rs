@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::DesiredError;
 use crate::hash::with_template_hash;
+use crate::owner::owned_metadata;
 
 /// Name of the OneAgent container.
 pub const CONTAINER_NAME: &str = "dynatrace-oneagent";
@@ -165,9 +166,9 @@ enum Proxy<'a> {
 }
 
 /// The OneAgent DaemonSet `<dk>-oneagent` for a DynaKube in classicFullStack, hostMonitoring or
-/// cloudNativeFullStack mode, with its template hash set. Any other mode gives
+/// cloudNativeFullStack mode, owned by the DynaKube, with its template hash set. Any other mode gives
 /// [`DesiredError::NoOneAgent`]; a missing name, namespace, image or cluster id gives
-/// [`DesiredError::Missing`].
+/// [`DesiredError::Missing`]; a DynaKube without UID [`DesiredError::NoOwnerUid`].
 pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<DaemonSet, DesiredError> {
     let name = dynakube
         .metadata
@@ -184,17 +185,12 @@ pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<
         field,
         hint,
     };
-    let namespace = dynakube
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            missing(
-                "metadata.namespace",
-                "pass the DynaKube as read from the API server, which always sets it",
-            )
-        })?;
+    if dynakube.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        return Err(missing(
+            "metadata.namespace",
+            "pass the DynaKube as read from the API server, which always sets it",
+        ));
+    }
     let (mode, host) = host_mode(dynakube, &name)?;
     if facts.image.is_empty() {
         return Err(missing(
@@ -262,12 +258,11 @@ pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<
     };
 
     let ds = DaemonSet {
-        metadata: ObjectMeta {
-            name: Some(api::dynakube::names::one_agent_daemonset(&name)),
-            namespace: Some(namespace),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        },
+        metadata: owned_metadata(
+            dynakube,
+            api::dynakube::names::one_agent_daemonset(&name),
+            labels.clone(),
+        )?,
         spec: Some(DaemonSetSpec {
             selector: LabelSelector {
                 match_labels: Some(selector),
@@ -733,7 +728,7 @@ mod tests {
         serde_json::from_value(json!({
             "apiVersion": "dynatrace.com/v1beta1",
             "kind": "DynaKube",
-            "metadata": { "name": "dk", "namespace": "dynatrace" },
+            "metadata": { "name": "dk", "namespace": "dynatrace", "uid": "dk-uid" },
             "spec": {
                 "apiUrl": "https://abc12345.live.dynatrace.com/api",
                 "oneAgent": { mode: settings }
@@ -1602,6 +1597,13 @@ mod tests {
                 .to_string()
                 .contains("metadata.namespace")
         );
+        // Without its UID the DynaKube could not own the DaemonSet, which would outlive it.
+        let mut no_uid = dk.clone();
+        no_uid.metadata.uid = None;
+        assert!(matches!(
+            oneagent_daemonset(&no_uid, &facts()),
+            Err(DesiredError::NoOwnerUid { .. })
+        ));
     }
 
     #[test]
