@@ -476,10 +476,41 @@ impl Report {
     }
 }
 
+/// A per-namespace Secret as the pass wants it.
+struct DesiredSecret {
+    template: SecretTemplate,
+    /// The same with its data digested as the Secret cache keeps it ([`digest_data`]).
+    as_cached: SecretTemplate,
+    /// [`data_hash`] of the data.
+    hash: u64,
+}
+
+impl DesiredSecret {
+    fn new(template: SecretTemplate) -> Arc<Self> {
+        let mut as_cached = template.clone();
+        digest_data(&mut as_cached.data);
+        Arc::new(Self {
+            hash: data_hash(&template.data),
+            template,
+            as_cached,
+        })
+    }
+}
+
+/// Replaces each value by a digest of it: the Secret cache keeps only that, which is enough to tell
+/// whether a Secret has the data the pass wants (an init Secret lists every monitored node, tens of kB).
+pub(crate) fn digest_data(data: &mut BTreeMap<String, k8s_openapi::ByteString>) {
+    for value in data.values_mut() {
+        let mut hasher = DefaultHasher::new();
+        value.0.hash(&mut hasher);
+        value.0 = hasher.finish().to_le_bytes().to_vec();
+    }
+}
+
 /// A write to a per-namespace Secret.
 enum SecretOp {
     Apply {
-        secret: Box<Secret>,
+        template: Arc<DesiredSecret>,
         key: (String, &'static str),
         pending: PendingSecret,
     },
@@ -786,7 +817,9 @@ impl Controller {
                 == p.seen_version.as_deref()
         });
 
-        let mut desired: Vec<(String, SecretTemplate)> = Vec::new();
+        // One copy of each template, shared by its namespaces: an init Secret lists every monitored node, so
+        // a copy per namespace is megabytes per pass.
+        let mut desired: Vec<(String, Arc<DesiredSecret>)> = Vec::new();
         // Secrets that stay as they are: their DynaKube still maps the namespace but cannot build them now.
         let mut keep: HashSet<(String, &'static str)> = HashSet::new();
         for dynakube in dynakubes {
@@ -799,6 +832,8 @@ impl Controller {
                 Ok(templates) => {
                     self.reported_problems
                         .remove(&(dk_ref.clone(), Topic::SecretInputs));
+                    let templates: Vec<Arc<DesiredSecret>> =
+                        templates.into_iter().map(DesiredSecret::new).collect();
                     for namespace in &targets {
                         for template in &templates {
                             desired.push(((*namespace).to_owned(), template.clone()));
@@ -825,17 +860,19 @@ impl Controller {
         }
 
         let mut ops = Vec::new();
-        let desired_keys: HashSet<(String, &'static str)> =
-            desired.iter().map(|(ns, t)| (ns.clone(), t.name)).collect();
+        let desired_keys: HashSet<(String, &'static str)> = desired
+            .iter()
+            .map(|(ns, t)| (ns.clone(), t.template.name))
+            .collect();
         for (namespace, template) in &desired {
-            let key = (namespace.clone(), template.name);
+            let key = (namespace.clone(), template.template.name);
             let current = existing.get(&key);
-            if current.is_some_and(|s| template.is_current(s)) {
+            if current.is_some_and(|s| template.as_cached.is_current(s)) {
                 continue;
             }
             let pending = PendingSecret {
                 seen_version: current.and_then(|s| s.metadata.resource_version.clone()),
-                data: Some(data_hash(&template.data)),
+                data: Some(template.hash),
             };
             if self
                 .pending_secrets
@@ -845,7 +882,7 @@ impl Controller {
                 continue;
             }
             ops.push(SecretOp::Apply {
-                secret: Box::new(template.for_namespace(namespace)),
+                template: template.clone(),
                 key,
                 pending,
             });
@@ -873,38 +910,42 @@ impl Controller {
         }
 
         let client = &self.client;
-        let writes: Vec<_> = ops
-            .into_iter()
-            .map(|op| async move {
-                match op {
-                    SecretOp::Apply { secret, key, pending } => {
-                        let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
-                        let result = api
-                            .patch(
-                                key.1,
-                                &PatchParams::apply(FIELD_MANAGER).force(),
-                                &Patch::Apply(&*secret),
-                            )
-                            .await
-                            .map(|_| ())
-                            .map_err(kube_error(format!("apply Secret {}:{}", key.0, key.1)));
-                        (key, pending, result)
-                    }
-                    SecretOp::Delete { key, pending } => {
-                        let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
-                        let result = match api.delete(key.1, &DeleteParams::background()).await {
-                            Ok(_) => Ok(()),
-                            Err(error) if is_not_found(&error) => Ok(()),
-                            Err(error) => Err(kube_error(format!(
-                                "delete Secret {}:{} (its namespace is no longer mapped to its DynaKube)",
-                                key.0, key.1
-                            ))(error)),
-                        };
-                        (key, pending, result)
-                    }
+        // Lazily: only the writes in flight exist at a time.
+        let writes = ops.into_iter().map(|op| async move {
+            match op {
+                SecretOp::Apply {
+                    template,
+                    key,
+                    pending,
+                } => {
+                    // Built when written: only the writes in flight hold a Secret.
+                    let secret = template.template.for_namespace(&key.0);
+                    let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
+                    let result = api
+                        .patch(
+                            key.1,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&secret),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(kube_error(format!("apply Secret {}:{}", key.0, key.1)));
+                    (key, pending, result)
                 }
-            })
-            .collect();
+                SecretOp::Delete { key, pending } => {
+                    let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
+                    let result = match api.delete(key.1, &DeleteParams::background()).await {
+                        Ok(_) => Ok(()),
+                        Err(error) if is_not_found(&error) => Ok(()),
+                        Err(error) => Err(kube_error(format!(
+                            "delete Secret {}:{} (its namespace is no longer mapped to its DynaKube)",
+                            key.0, key.1
+                        ))(error)),
+                    };
+                    (key, pending, result)
+                }
+            }
+        });
         let results: Vec<_> = stream::iter(writes)
             .buffer_unordered(self.config.max_parallel_writes.max(1))
             .collect()

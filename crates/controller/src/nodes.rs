@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use api::dynakube::DynaKube;
 use desired::nodes::{
     MarkRequest, NODE_CACHE_NAME, NodeCache, cache_changed, cleanup_stamp_due, entity_for_ip, marking_due,
-    node_owners, observe_node, plan_cleanup, termination_event, termination_reason,
+    node_owner, node_owners, observe_node, plan_cleanup, termination_event, termination_reason,
 };
 use futures::{FutureExt, Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -303,8 +303,7 @@ async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
     }
     let name = node.name_any();
     let dynakubes = shared.dynakubes_here();
-    let owners = node_owners(dynakubes.iter().map(AsRef::as_ref));
-    let Some(owner) = owners.get(&name) else {
+    let Some(owner) = node_owner(dynakubes.iter().map(AsRef::as_ref), &name) else {
         return Ok(Seen::NotOwned);
     };
     // The two node watches are independent. An entry written for a node the cleanup's list does not show
@@ -319,7 +318,7 @@ async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
     let now = now_seconds();
     let remembered = state.marks.get(&name).copied();
     let mut marked = Ok(());
-    if let Some(mark) = observe_node(&mut cache, &name, Some(owner), reason, remembered, now) {
+    if let Some(mark) = observe_node(&mut cache, &name, Some(&owner), reason, remembered, now) {
         marked = shared.mark(&mark, &dynakubes).await;
         if marked.is_ok() {
             cache.record_mark(&name, now);

@@ -185,6 +185,14 @@ fn trim_node(node: &mut Node) {
     node.status = None;
 }
 
+/// Keeps a digest of the data of the Secrets the operator writes: enough to tell whether one is current.
+fn digest_secret(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+    if let Some(data) = &mut secret.data {
+        crate::namespaces::digest_data(data);
+    }
+}
+
 /// The watches of the operator process, one per kind.
 pub struct Watches {
     /// DynaKubes in every namespace.
@@ -197,7 +205,8 @@ pub struct Watches {
     pub namespaces: Watch<PartialObjectMeta<Namespace>>,
     /// Nodes without their status (see [`trim_node`]).
     pub nodes: Watch<Node>,
-    /// The per-namespace Secrets the operator writes (selected by their labels), with their data.
+    /// The per-namespace Secrets the operator writes (selected by their labels), with a digest of their
+    /// data ([`digest_secret`]).
     pub managed_secrets: Watch<Secret>,
     /// Secret metadata: a change of a token, proxy or TLS Secret triggers the controllers that read it.
     pub secret_metadata: Watch<PartialObjectMeta<Secret>>,
@@ -218,7 +227,7 @@ impl Watches {
             managed_secrets: Watch::new(
                 Api::all(client.clone()),
                 all().labels(&desired::mapping::managed_secrets_selector()),
-                drop_managed_fields,
+                digest_secret,
             ),
             secret_metadata: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
             config_map_metadata: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
