@@ -780,6 +780,13 @@ mod tests {
             ])
         );
         assert!(node_owners([]).is_empty());
+        for node in ["n1", "n2", "n3", "n4"] {
+            assert_eq!(
+                node_owner([&b, &none, &a], node),
+                owners.get(node).cloned(),
+                "{node}"
+            );
+        }
     }
 
     #[test]
