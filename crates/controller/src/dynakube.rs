@@ -721,44 +721,54 @@ pub(crate) async fn daemonset_pods(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), namespace)
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await
-        .map_err(kube_error(format!(
+    let api = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ctx.client.clone(), namespace);
+    // In pages: a pod per node is megabytes of JSON at once on a large cluster.
+    let mut params = kube::api::ListParams::default()
+        .labels(&selector)
+        .limit(crate::watches::PAGE_SIZE);
+    let mut found = Vec::new();
+    loop {
+        let page = api.list(&params).await.map_err(kube_error(format!(
             "listing the OneAgent pods in {namespace} ({selector})"
         )))?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter_map(|pod| {
-            let node = pod.spec.as_ref()?.node_name.clone()?;
-            let rollout = desired::RolloutPod {
-                name: pod.name_any(),
-                node: node.clone(),
-                template_generation: pod
-                    .labels()
-                    .get(desired::rollout::POD_TEMPLATE_GENERATION_LABEL)
-                    .and_then(|g| g.parse().ok()),
-                ready: pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-                terminating: pod.metadata.deletion_timestamp.is_some(),
-                created: pod
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map_or(0, desired::unix_seconds),
-            };
-            Some(NodePod {
-                node,
-                name: pod.name_any(),
-                host_ip: pod.status.and_then(|s| s.host_ip),
-                rollout,
-            })
-        })
-        .collect())
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        found.extend(page.items.into_iter().filter_map(node_pod));
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    Ok(found)
+}
+
+/// What the rollout and the status need of a OneAgent pod; `None` for a pod not scheduled yet.
+fn node_pod(pod: k8s_openapi::api::core::v1::Pod) -> Option<NodePod> {
+    let node = pod.spec.as_ref()?.node_name.clone()?;
+    let rollout = desired::RolloutPod {
+        name: pod.name_any(),
+        node: node.clone(),
+        template_generation: pod
+            .labels()
+            .get(desired::rollout::POD_TEMPLATE_GENERATION_LABEL)
+            .and_then(|g| g.parse().ok()),
+        ready: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        created: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, desired::unix_seconds),
+    };
+    Some(NodePod {
+        node,
+        name: pod.name_any(),
+        host_ip: pod.status.and_then(|s| s.host_ip),
+        rollout,
+    })
 }
 
 /// Condition type reporting the OneAgent rollout.

@@ -10,6 +10,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod status;
 mod wake;
+pub mod watches;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,12 +18,9 @@ use std::sync::Arc;
 use api::dynakube::DynaKube;
 use api::oneagent::OneAgent;
 use futures::{FutureExt, StreamExt as _};
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::PartialObjectMeta;
+use kube::runtime::Controller;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, ResourceExt as _};
+use kube::{Client, ResourceExt as _};
 
 pub use dynakube::{Context, ReconcileError, Requeue};
 
@@ -54,21 +52,20 @@ pub async fn run_all(
             }
         }
     };
+    // One watch per kind for all controllers: each subscribes while it is set up, then the watches open.
+    let watches = watches::Watches::new(&client);
     let mut mapping = namespaces::NamespaceConfig::new(&operator_namespace);
     mapping.metrics = Some(metrics.clone());
-    let namespaces = namespaces::run(client.clone(), mapping, shutdown.clone());
-    let nodes = nodes::run(
+    let namespaces = namespaces::controller(&watches, client.clone(), mapping, shutdown.clone());
+    let nodes = nodes::controller(
+        &watches,
         client.clone(),
         nodes::NodeConfig::new(&operator_namespace, metrics.clone()),
         shutdown.clone(),
     );
-    futures::future::join4(
-        run(client, operator_version, requeue, metrics, shutdown),
-        certificates,
-        namespaces,
-        nodes,
-    )
-    .await;
+    let dynakubes = controllers(&watches, client, operator_version, requeue, metrics, shutdown);
+    let _running = watches.start();
+    futures::future::join4(dynakubes, certificates, namespaces, nodes).await;
 }
 
 /// Runs the DynaKube and legacy OneAgent controllers until `shutdown` completes. They watch their
@@ -82,6 +79,22 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let watches = watches::Watches::new(&client);
+    let controllers = controllers(&watches, client, operator_version, requeue, metrics, shutdown);
+    let _running = watches.start();
+    controllers.await;
+}
+
+/// Sets up the DynaKube and legacy OneAgent controllers on `watches` (see [`run`]); they run when the
+/// returned future is polled and the watches have started.
+fn controllers(
+    watches: &watches::Watches,
+    client: Client,
+    operator_version: String,
+    requeue: Requeue,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
     metrics.set_ready();
     let reporter = kube::runtime::events::Reporter {
         controller: "dynatrace-operator".to_owned(),
@@ -100,57 +113,53 @@ pub async fn run(
     // Every reconcile is idempotent, so one cut short by the grace period is redone by the next operator.
     let shutdown =
         FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
-    let dynakubes = Controller::new(Api::<DynaKube>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default(),
-            |secret| {
+    let dynakubes =
+        Controller::for_shared_stream(watches.dynakubes.controller_stream(), watches.dynakubes.store())
+            .owns_shared_stream(watches.daemonsets.touched())
+            .watches_shared_stream(watches.secret_metadata.touched(), |secret| {
                 let namespace = secret.namespace()?;
                 Some(ObjectRef::<DynaKube>::new(&secret.name_any()).within(&namespace))
-            },
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(dynakube::reconcile, dynakube::error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(dynakube = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not finish"),
-            }
-        });
+            })
+            .graceful_shutdown_on(shutdown.clone())
+            .run(dynakube::reconcile, dynakube::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(dynakube = %object.name, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile did not finish"),
+                }
+            });
     // The legacy OneAgent resource, through the same steps (see `legacy`).
-    let oneagents = Controller::new(Api::<OneAgent>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client),
-            watcher::Config::default(),
-            |secret| {
+    let oneagents =
+        Controller::for_shared_stream(watches.oneagents.controller_stream(), watches.oneagents.store())
+            .owns_shared_stream(watches.daemonsets.touched())
+            .watches_shared_stream(watches.secret_metadata.touched(), |secret| {
                 let namespace = secret.namespace()?;
                 Some(ObjectRef::<OneAgent>::new(&secret.name_any()).within(&namespace))
-            },
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            legacy::reconcile,
-            |oneagent: Arc<OneAgent>, error: &ReconcileError, ctx: Arc<Context>| {
-                tracing::warn!(oneagent = %oneagent.name_any(), %error, "reconcile failed");
-                kube::runtime::controller::Action::requeue(ctx.requeue.fix_backoff)
-            },
-            ctx,
-        )
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(oneagent = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not finish"),
-            }
-        });
-    let controller = futures::future::join(dynakubes, oneagents);
-    let grace = async {
-        shutdown.clone().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        _ = controller => {}
-        () = grace => tracing::warn!("the controller did not stop within {SHUTDOWN_GRACE:?} of shutdown; stopping anyway"),
+            })
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                legacy::reconcile,
+                |oneagent: Arc<OneAgent>, error: &ReconcileError, ctx: Arc<Context>| {
+                    tracing::warn!(oneagent = %oneagent.name_any(), %error, "reconcile failed");
+                    kube::runtime::controller::Action::requeue(ctx.requeue.fix_backoff)
+                },
+                ctx,
+            )
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(oneagent = %object.name, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile did not finish"),
+                }
+            });
+    async move {
+        let controller = futures::future::join(dynakubes, oneagents);
+        let grace = async {
+            shutdown.clone().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            _ = controller => {}
+            () = grace => tracing::warn!("the controller did not stop within {SHUTDOWN_GRACE:?} of shutdown; stopping anyway"),
+        }
     }
 }

@@ -32,15 +32,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store, store::Writer};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt as _};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::dynakube::FIELD_MANAGER;
 use crate::metrics::Metrics;
+use crate::watches::Watches;
 
 /// Name of this controller in logs and metrics.
 const CONTROLLER: &str = "namespaces";
@@ -113,66 +113,78 @@ fn is_not_found(error: &kube::Error) -> bool {
 /// of a DynaKube's token, proxy or TLS Secret or trusted-CAs ConfigMap rewrites its Secrets). Failures are
 /// logged and retried with a backoff of up to a minute.
 pub async fn run(client: Client, config: NamespaceConfig, shutdown: impl Future<Output = ()>) {
-    let trigger = Arc::new(Notify::new());
-    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let (dynakubes, dynakube_writer) = reflector::store::<DynaKube>();
-    let (secrets, secret_writer) = reflector::store::<Secret>();
-    let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
-    let all = watcher::Config::default;
-    let tasks = vec![
-        spawn_reflector(
-            watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), all()),
-            namespace_writer,
-            "Namespace",
-            trigger.clone(),
-            // Only the labels and whether it is terminating matter.
-            |ns| {
-                fingerprint(&(
-                    ns.metadata.labels.as_ref(),
-                    ns.metadata.deletion_timestamp.is_some(),
-                ))
-            },
-        ),
-        spawn_reflector(
-            watcher::watcher(Api::<DynaKube>::all(client.clone()), all()),
-            dynakube_writer,
-            "DynaKube",
-            trigger.clone(),
-            |dk| fingerprint(&dk.metadata.resource_version),
-        ),
-        spawn_reflector(
-            watcher::watcher(
-                Api::<Secret>::all(client.clone()),
-                all().labels(&mapping::managed_secrets_selector()),
-            ),
-            secret_writer,
-            "Secret",
-            trigger.clone(),
-            |secret| fingerprint(&secret.metadata.resource_version),
-        ),
-        spawn_reflector(
-            watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), all()),
-            node_writer,
-            "Node",
-            trigger.clone(),
-            // Nodes change often (status); only their labels and existence matter here.
-            |node| fingerprint(&node.metadata.labels),
-        ),
-        spawn_reference_trigger::<Secret>(
-            client.clone(),
-            dynakubes.clone(),
-            referenced_secrets,
-            trigger.clone(),
-        ),
-        spawn_reference_trigger::<ConfigMap>(
-            client.clone(),
-            dynakubes.clone(),
-            referenced_config_maps,
-            trigger.clone(),
-        ),
-    ];
-    let _abort_watches = AbortOnDrop(tasks);
+    let watches = Watches::new(&client);
+    let controller = controller(&watches, client, config, shutdown);
+    let _running = watches.start();
+    controller.await;
+}
 
+/// Sets up the controller on the shared `watches` (see [`run`]); it runs when the returned future is
+/// polled and the watches have started.
+pub(crate) fn controller(
+    watches: &Watches,
+    client: Client,
+    config: NamespaceConfig,
+    shutdown: impl Future<Output = ()>,
+) -> impl Future<Output = ()> {
+    let trigger = Arc::new(Notify::new());
+    let namespaces = watches.namespaces.store();
+    let dynakubes = watches.dynakubes.store();
+    let secrets = watches.managed_secrets.store();
+    let nodes = watches.nodes.store();
+    watches.namespaces.subscribe(wake_on_change(
+        trigger.clone(),
+        // Only the labels and whether it is terminating matter.
+        |ns: &PartialObjectMeta<Namespace>| {
+            fingerprint(&(
+                ns.metadata.labels.as_ref(),
+                ns.metadata.deletion_timestamp.is_some(),
+            ))
+        },
+    ));
+    watches
+        .dynakubes
+        .subscribe(wake_on_change(trigger.clone(), |dk: &DynaKube| {
+            fingerprint(&dk.metadata.resource_version)
+        }));
+    watches
+        .managed_secrets
+        .subscribe(wake_on_change(trigger.clone(), |secret: &Secret| {
+            fingerprint(&secret.metadata.resource_version)
+        }));
+    // Nodes change often; only their labels and existence matter here.
+    watches
+        .nodes
+        .subscribe(wake_on_change(trigger.clone(), |node: &Node| {
+            fingerprint(&node.metadata.labels)
+        }));
+    watches.secret_metadata.subscribe(wake_on_reference(
+        dynakubes.clone(),
+        referenced_secrets,
+        trigger.clone(),
+    ));
+    watches.config_map_metadata.subscribe(wake_on_reference(
+        dynakubes.clone(),
+        referenced_config_maps,
+        trigger.clone(),
+    ));
+    run_loop(
+        client, config, shutdown, trigger, namespaces, dynakubes, secrets, nodes,
+    )
+}
+
+/// The controller's passes, once the caches are filled.
+#[allow(clippy::too_many_arguments)] // the parts `controller` wires together
+async fn run_loop(
+    client: Client,
+    config: NamespaceConfig,
+    shutdown: impl Future<Output = ()>,
+    trigger: Arc<Notify>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    dynakubes: Store<DynaKube>,
+    secrets: Store<Secret>,
+    nodes: Store<Node>,
+) {
     let mut shutdown = std::pin::pin!(shutdown);
     let ready = async {
         for result in [
@@ -256,105 +268,62 @@ fn object_key<K: Resource>(object: &K) -> String {
     )
 }
 
-/// Aborts the watch tasks when the controller stops.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
+/// Wakes the loop when an object appears, goes, or changes what `fingerprint` covers (after a re-list,
+/// once).
+fn wake_on_change<K>(
+    trigger: Arc<Notify>,
+    fingerprint: fn(&K) -> u64,
+) -> impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut relisted: HashMap<String, u64> = HashMap::new();
+    move |event, _| match event {
+        watcher::Event::Apply(object) => {
+            if seen.insert(object_key(object), fingerprint(object)) != Some(fingerprint(object)) {
+                trigger.notify_one();
+            }
+        }
+        watcher::Event::Delete(object) => {
+            seen.remove(&object_key(object));
+            trigger.notify_one();
+        }
+        watcher::Event::Init => relisted.clear(),
+        watcher::Event::InitApply(object) => {
+            relisted.insert(object_key(object), fingerprint(object));
+        }
+        watcher::Event::InitDone => {
+            seen = std::mem::take(&mut relisted);
+            trigger.notify_one();
         }
     }
 }
 
-/// Keeps a watch cache and wakes the loop when an object appears, goes, or changes what `fingerprint`
-/// covers (after a re-list, once).
-fn spawn_reflector<K>(
-    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
-    writer: Writer<K>,
-    kind: &'static str,
-    trigger: Arc<Notify>,
-    fingerprint: fn(&K) -> u64,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(reflector::reflector(writer, events.default_backoff()));
-        let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut relisted: HashMap<String, u64> = HashMap::new();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Apply(object)) => {
-                    if seen.insert(object_key(&object), fingerprint(&object)) != Some(fingerprint(&object)) {
-                        trigger.notify_one();
-                    }
-                }
-                Ok(watcher::Event::Delete(object)) => {
-                    seen.remove(&object_key(&object));
-                    trigger.notify_one();
-                }
-                Ok(watcher::Event::Init) => relisted.clear(),
-                Ok(watcher::Event::InitApply(object)) => {
-                    relisted.insert(object_key(&object), fingerprint(&object));
-                }
-                Ok(watcher::Event::InitDone) => {
-                    seen = std::mem::take(&mut relisted);
-                    trigger.notify_one();
-                }
-                Err(error) => tracing::warn!(
-                    kind,
-                    %error,
-                    "namespace mapping: watching failed; retrying with backoff (check the operator's RBAC for \
-                     list/watch)"
-                ),
-            }
-        }
-    })
-}
-
 /// Wakes the loop when an object of kind `K` that a DynaKube refers to (in its namespace) changes. Only
-/// metadata is watched (an `Api` of `PartialObjectMeta` asks for metadata only); the pass reads the object
-/// itself.
-fn spawn_reference_trigger<K>(
-    client: Client,
+/// metadata is watched; the pass reads the object itself.
+fn wake_on_reference<K>(
     dynakubes: Store<DynaKube>,
     referenced: fn(&DynaKube) -> Vec<String>,
     trigger: Arc<Notify>,
-) -> tokio::task::JoinHandle<()>
+) -> impl FnMut(&watcher::Event<PartialObjectMeta<K>>, &Store<PartialObjectMeta<K>>) + Send + 'static
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    tokio::spawn(async move {
-        let events = watcher::watcher(
-            Api::<PartialObjectMeta<K>>::all(client),
-            watcher::Config::default(),
-        );
-        let mut events = std::pin::pin!(events.default_backoff());
-        while let Some(event) = events.next().await {
-            let object = match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => object,
-                // A re-list reports every object; the resync and the DynaKube watch cover what it missed.
-                Ok(_) => continue,
-                Err(error) => {
-                    tracing::warn!(
-                        kind = K::kind(&()).as_ref(),
-                        %error,
-                        "namespace mapping: watching failed; retrying with backoff (check the operator's RBAC \
-                         for list/watch)"
-                    );
-                    continue;
-                }
-            };
-            let (namespace, name) = (object.namespace(), object.name_any());
-            let wanted = dynakubes
-                .find(|dk| dk.namespace() == namespace && referenced(dk).contains(&name))
-                .is_some();
-            if wanted {
-                trigger.notify_one();
-            }
+    move |event, _| {
+        let object = match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => object,
+            // A re-list reports every object; the resync and the DynaKube watch cover what it missed.
+            _ => return,
+        };
+        let (namespace, name) = (object.namespace(), object.name_any());
+        let wanted = dynakubes
+            .find(|dk| dk.namespace() == namespace && referenced(dk).contains(&name))
+            .is_some();
+        if wanted {
+            trigger.notify_one();
         }
-    })
+    }
 }
 
 /// The Secrets a DynaKube's per-namespace Secrets are made from: tokens, proxy, ActiveGate TLS.
@@ -496,10 +465,41 @@ impl Report {
     }
 }
 
+/// A per-namespace Secret as the pass wants it.
+struct DesiredSecret {
+    template: SecretTemplate,
+    /// The same with its data digested as the Secret cache keeps it ([`digest_data`]).
+    as_cached: SecretTemplate,
+    /// [`data_hash`] of the data.
+    hash: u64,
+}
+
+impl DesiredSecret {
+    fn new(template: SecretTemplate) -> Arc<Self> {
+        let mut as_cached = template.clone();
+        digest_data(&mut as_cached.data);
+        Arc::new(Self {
+            hash: data_hash(&template.data),
+            template,
+            as_cached,
+        })
+    }
+}
+
+/// Replaces each value by a digest of it: the Secret cache keeps only that, which is enough to tell
+/// whether a Secret has the data the pass wants (an init Secret lists every monitored node, tens of kB).
+pub(crate) fn digest_data(data: &mut BTreeMap<String, k8s_openapi::ByteString>) {
+    for value in data.values_mut() {
+        let mut hasher = DefaultHasher::new();
+        value.0.hash(&mut hasher);
+        value.0 = hasher.finish().to_le_bytes().to_vec();
+    }
+}
+
 /// A write to a per-namespace Secret.
 enum SecretOp {
     Apply {
-        secret: Box<Secret>,
+        template: Arc<DesiredSecret>,
         key: (String, &'static str),
         pending: PendingSecret,
     },
@@ -516,7 +516,7 @@ struct Controller {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
     secrets: Store<Secret>,
-    nodes: Store<PartialObjectMeta<Node>>,
+    nodes: Store<Node>,
     /// UID of kube-system, read once.
     cluster_id: Option<String>,
     pending_labels: HashMap<String, PendingLabel>,
@@ -784,7 +784,9 @@ impl Controller {
                 == p.seen_version.as_deref()
         });
 
-        let mut desired: Vec<(String, SecretTemplate)> = Vec::new();
+        // One copy of each template, shared by its namespaces: an init Secret lists every monitored node, so
+        // a copy per namespace is megabytes per pass.
+        let mut desired: Vec<(String, Arc<DesiredSecret>)> = Vec::new();
         // Secrets that stay as they are: their DynaKube still maps the namespace but cannot build them now.
         let mut keep: HashSet<(String, &'static str)> = HashSet::new();
         for dynakube in dynakubes {
@@ -797,6 +799,8 @@ impl Controller {
                 Ok(templates) => {
                     self.reported_problems
                         .remove(&(dk_ref.clone(), Topic::SecretInputs));
+                    let templates: Vec<Arc<DesiredSecret>> =
+                        templates.into_iter().map(DesiredSecret::new).collect();
                     for namespace in &targets {
                         for template in &templates {
                             desired.push(((*namespace).to_owned(), template.clone()));
@@ -823,17 +827,19 @@ impl Controller {
         }
 
         let mut ops = Vec::new();
-        let desired_keys: HashSet<(String, &'static str)> =
-            desired.iter().map(|(ns, t)| (ns.clone(), t.name)).collect();
+        let desired_keys: HashSet<(String, &'static str)> = desired
+            .iter()
+            .map(|(ns, t)| (ns.clone(), t.template.name))
+            .collect();
         for (namespace, template) in &desired {
-            let key = (namespace.clone(), template.name);
+            let key = (namespace.clone(), template.template.name);
             let current = existing.get(&key);
-            if current.is_some_and(|s| template.is_current(s)) {
+            if current.is_some_and(|s| template.as_cached.is_current(s)) {
                 continue;
             }
             let pending = PendingSecret {
                 seen_version: current.and_then(|s| s.metadata.resource_version.clone()),
-                data: Some(data_hash(&template.data)),
+                data: Some(template.hash),
             };
             if self
                 .pending_secrets
@@ -843,7 +849,7 @@ impl Controller {
                 continue;
             }
             ops.push(SecretOp::Apply {
-                secret: Box::new(template.for_namespace(namespace)),
+                template: template.clone(),
                 key,
                 pending,
             });
@@ -871,38 +877,42 @@ impl Controller {
         }
 
         let client = &self.client;
-        let writes: Vec<_> = ops
-            .into_iter()
-            .map(|op| async move {
-                match op {
-                    SecretOp::Apply { secret, key, pending } => {
-                        let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
-                        let result = api
-                            .patch(
-                                key.1,
-                                &PatchParams::apply(FIELD_MANAGER).force(),
-                                &Patch::Apply(&*secret),
-                            )
-                            .await
-                            .map(|_| ())
-                            .map_err(kube_error(format!("apply Secret {}:{}", key.0, key.1)));
-                        (key, pending, result)
-                    }
-                    SecretOp::Delete { key, pending } => {
-                        let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
-                        let result = match api.delete(key.1, &DeleteParams::background()).await {
-                            Ok(_) => Ok(()),
-                            Err(error) if is_not_found(&error) => Ok(()),
-                            Err(error) => Err(kube_error(format!(
-                                "delete Secret {}:{} (its namespace is no longer mapped to its DynaKube)",
-                                key.0, key.1
-                            ))(error)),
-                        };
-                        (key, pending, result)
-                    }
+        // Lazily: only the writes in flight exist at a time.
+        let writes = ops.into_iter().map(|op| async move {
+            match op {
+                SecretOp::Apply {
+                    template,
+                    key,
+                    pending,
+                } => {
+                    // Built when written: only the writes in flight hold a Secret.
+                    let secret = template.template.for_namespace(&key.0);
+                    let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
+                    let result = api
+                        .patch(
+                            key.1,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&secret),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(kube_error(format!("apply Secret {}:{}", key.0, key.1)));
+                    (key, pending, result)
                 }
-            })
-            .collect();
+                SecretOp::Delete { key, pending } => {
+                    let api: Api<Secret> = Api::namespaced(client.clone(), &key.0);
+                    let result = match api.delete(key.1, &DeleteParams::background()).await {
+                        Ok(_) => Ok(()),
+                        Err(error) if is_not_found(&error) => Ok(()),
+                        Err(error) => Err(kube_error(format!(
+                            "delete Secret {}:{} (its namespace is no longer mapped to its DynaKube)",
+                            key.0, key.1
+                        ))(error)),
+                    };
+                    (key, pending, result)
+                }
+            }
+        });
         let results: Vec<_> = stream::iter(writes)
             .buffer_unordered(self.config.max_parallel_writes.max(1))
             .collect()

@@ -10,15 +10,16 @@
 //!   those lists reconciles every node at once; owned nodes are reconciled again every
 //!   [`NodeConfig::resync`], so their entries stay fresh even when the node object does not change.
 //! - the cleanup handles deletions, which a Controller never reconciles (the object is gone from its store).
-//!   It runs on a reflector of node metadata: each `Delete` event, each completed (re)list and every
+//!   It runs on the process's shared Node watch ([`crate::watches`]): each `Delete` event, each completed
+//!   (re)list and every
 //!   [`NodeConfig::cleanup_interval`], it compares the cache with the nodes in that store. A cached node that
 //!   is gone is marked (once, through the same hourly rule) and dropped; stale entries are dropped. Diffing
 //!   against the store instead of acting on the event alone also catches deletions missed while the
 //!   operator was down or its watch was interrupted, and needs no finalizer on the nodes.
 //!
-//! The Controller's watch and the cleanup's are independent, so a reconcile leaves a node alone (and looks
-//! again a second later) while the cleanup's list does not show it: otherwise a brand-new node could look
-//! deleted, or a stale copy of a deleted node could come back into the cache.
+//! A reconcile leaves a node alone (and looks again a second later) while the cleanup's store does not
+//! show it: otherwise a brand-new node could look deleted, or a stale copy of a deleted node could come
+//! back into the cache.
 //!
 //! Nothing sleeps inside a reconcile: failures requeue with an exponential backoff per node, and a failed
 //! mark of a deleted node keeps its entry for the next cleanup.
@@ -32,17 +33,17 @@ use std::time::{Duration, Instant};
 use api::dynakube::DynaKube;
 use desired::nodes::{
     MarkRequest, NODE_CACHE_NAME, NodeCache, cache_changed, cleanup_stamp_due, entity_for_ip, marking_due,
-    node_owners, observe_node, plan_cleanup, termination_event, termination_reason,
+    node_owner, node_owners, observe_node, plan_cleanup, termination_event, termination_reason,
 };
 use futures::{FutureExt, Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt as _, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use tenant_client::{AttachRules, Event, TenantClient};
 
@@ -50,6 +51,7 @@ use crate::dynakube::{
     Context, ReconcileError, Requeue, TenantSettings, build_tenant_client, kube_error, read_tokens,
 };
 use crate::metrics::Metrics;
+use crate::watches::Watches;
 
 /// Name of the controller in metrics and logs.
 const CONTROLLER: &str = "nodes";
@@ -113,8 +115,8 @@ struct Shared {
     /// For [`build_tenant_client`]: the client and the metrics.
     ctx: Context,
     dynakubes: Store<DynaKube>,
-    /// The nodes in the cluster (metadata only), as the cleanup sees them.
-    node_names: Store<PartialObjectMeta<Node>>,
+    /// The nodes in the cluster, as the cleanup sees them.
+    node_names: Store<Node>,
     cache: tokio::sync::Mutex<CacheState>,
     /// Node → consecutive failed reconciles, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
@@ -144,49 +146,50 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let watches = Watches::new(&client);
+    let controller = controller(&watches, client, config, shutdown);
+    let _running = watches.start();
+    controller.await;
+}
+
+/// Sets up the node controller on the shared `watches` (see [`run`]); it runs when the returned future is
+/// polled and the watches have started.
+pub(crate) fn controller(
+    watches: &Watches,
+    client: Client,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
     let shutdown = FutureExt::shared(Box::pin(shutdown) as Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
     let namespace = config.operator_namespace.clone();
 
-    // DynaKubes: who owns which node. A change of those lists reconciles every node.
-    let (dynakubes, dynakube_writer) = reflector::store();
-    let dynakube_events = reflector::reflector(
-        dynakube_writer,
-        watcher(
-            Api::<DynaKube>::namespaced(client.clone(), &namespace),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
-    let owners_changed = {
-        let dynakubes = dynakubes.clone();
+    // DynaKubes (of the operator's namespace): who owns which node. A change of those lists reconciles
+    // every node.
+    let dynakubes = watches.dynakubes.store();
+    let (owners_sender, owners_changed) = futures::channel::mpsc::unbounded();
+    {
+        let namespace = namespace.clone();
         let mut last = None;
-        dynakube_events.filter_map(move |event| {
-            let changed = match event {
-                Ok(_) => {
-                    let owners = node_owners(dynakubes.state().iter().map(AsRef::as_ref));
-                    let changed = last.as_ref() != Some(&owners);
-                    last = Some(owners);
-                    changed
-                }
-                Err(error) => {
-                    tracing::warn!(%error, namespace = %namespace, "watching DynaKubes failed; retrying");
-                    false
-                }
-            };
-            std::future::ready(changed.then_some(()))
-        })
-    };
+        watches.dynakubes.subscribe(move |_, store| {
+            let here = in_namespace(store, &namespace);
+            let owners = node_owners(here.iter().map(AsRef::as_ref));
+            if last.as_ref() != Some(&owners) {
+                last = Some(owners);
+                let _ = owners_sender.unbounded_send(());
+            }
+        });
+    }
 
-    // Node names for the cleanup, from a reflector of its own: the store is up to date when an event arrives.
-    let (node_names, node_names_writer) = reflector::store();
-    let node_events = reflector::reflector(
-        node_names_writer,
-        watcher(
-            Api::<PartialObjectMeta<Node>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
+    // The cleanup runs after each node deletion and each completed (re)list; the store is up to date when
+    // the event arrives.
+    let node_names = watches.nodes.store();
+    let (cleanup_sender, node_events) = futures::channel::mpsc::unbounded();
+    watches.nodes.subscribe(move |event, _| {
+        if matches!(event, watcher::Event::Delete(_) | watcher::Event::InitDone) {
+            let _ = cleanup_sender.unbounded_send(());
+        }
+    });
+    let nodes = watches.nodes.controller_stream();
 
     let shared = Arc::new(Shared {
         ctx: Context {
@@ -204,12 +207,12 @@ pub async fn run(
         },
         config,
         dynakubes,
-        node_names,
+        node_names: node_names.clone(),
         cache: tokio::sync::Mutex::default(),
         failures: std::sync::Mutex::default(),
     });
 
-    let controller = Controller::new(Api::<Node>::all(client), watcher::Config::default())
+    let controller = Controller::for_shared_stream(nodes, node_names.clone())
         .reconcile_all_on(owners_changed)
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, shared.clone())
@@ -222,18 +225,25 @@ pub async fn run(
 
     let cleanup = cleanup_loop(shared, node_events, shutdown.clone());
 
-    let both = futures::future::join(controller, cleanup);
-    let grace = async {
-        shutdown.clone().await;
-        tokio::time::sleep(crate::SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        _ = both => {}
-        () = grace => tracing::warn!(
-            "the node controller did not stop within {:?} of shutdown; stopping anyway",
-            crate::SHUTDOWN_GRACE
-        ),
+    async move {
+        let both = futures::future::join(controller, cleanup);
+        let grace = async {
+            shutdown.clone().await;
+            tokio::time::sleep(crate::SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            _ = both => {}
+            () = grace => tracing::warn!(
+                "the node controller did not stop within {:?} of shutdown; stopping anyway",
+                crate::SHUTDOWN_GRACE
+            ),
+        }
     }
+}
+
+/// The DynaKubes of `namespace` in the shared store (which holds every namespace's).
+fn in_namespace(store: &Store<DynaKube>, namespace: &str) -> Vec<Arc<DynaKube>> {
+    store.state_filter(|dk| dk.metadata.namespace.as_deref() == Some(namespace))
 }
 
 /// Reconciles one node that exists.
@@ -293,9 +303,8 @@ async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
         return Ok(Seen::NotOwned);
     }
     let name = node.name_any();
-    let dynakubes = shared.dynakubes.state();
-    let owners = node_owners(dynakubes.iter().map(AsRef::as_ref));
-    let Some(owner) = owners.get(&name) else {
+    let dynakubes = shared.dynakubes_here();
+    let Some(owner) = node_owner(dynakubes.iter().map(AsRef::as_ref), &name) else {
         return Ok(Seen::NotOwned);
     };
     // The two node watches are independent. An entry written for a node the cleanup's list does not show
@@ -310,7 +319,7 @@ async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
     let now = now_seconds();
     let remembered = state.marks.get(&name).copied();
     let mut marked = Ok(());
-    if let Some(mark) = observe_node(&mut cache, &name, Some(owner), reason, remembered, now) {
+    if let Some(mark) = observe_node(&mut cache, &name, Some(&owner), reason, remembered, now) {
         marked = shared.mark(&mark, &dynakubes).await;
         if marked.is_ok() {
             cache.record_mark(&name, now);
@@ -323,6 +332,11 @@ async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
 }
 
 impl Shared {
+    /// The DynaKubes of the operator's namespace: only those own nodes.
+    fn dynakubes_here(&self) -> Vec<Arc<DynaKube>> {
+        in_namespace(&self.dynakubes, &self.config.operator_namespace)
+    }
+
     fn cache_api(&self) -> Api<ConfigMap> {
         Api::namespaced(self.ctx.client.clone(), &self.config.operator_namespace)
     }
@@ -466,7 +480,7 @@ impl Shared {
         let (current, mut cache) = self.load(&mut state).await?;
         let now = now_seconds();
         let in_cluster: BTreeSet<String> = nodes.state().iter().map(|n| n.name_any()).collect();
-        let dynakubes = self.dynakubes.state();
+        let dynakubes = self.dynakubes_here();
         let owners = node_owners(dynakubes.iter().map(AsRef::as_ref));
         let names: BTreeSet<String> = dynakubes.iter().map(|d| d.name_any()).collect();
         let plan = plan_cleanup(&cache, &in_cluster, &owners, &names, now);
@@ -504,11 +518,11 @@ impl Shared {
     }
 }
 
-/// Runs the cleanup after each node deletion, each completed (re)list of the nodes and every
+/// Runs the cleanup after each node deletion, each completed (re)list of the nodes (`node_events`) and every
 /// [`NodeConfig::cleanup_interval`]; a failed cleanup is retried with an exponential backoff.
 async fn cleanup_loop(
     shared: Arc<Shared>,
-    node_events: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>>,
+    node_events: impl Stream<Item = ()>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut node_events = pin!(node_events);
@@ -526,11 +540,7 @@ async fn cleanup_loop(
         tokio::select! {
             () = &mut shutdown => break,
             event = node_events.next() => match event {
-                Some(Ok(watcher::Event::Delete(_) | watcher::Event::InitDone)) => {
-                    next = Some(tokio::time::Instant::now());
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => tracing::warn!(%error, "watching nodes for deletions failed; retrying"),
+                Some(()) => next = Some(tokio::time::Instant::now()),
                 None => break,
             },
             () = due => {

@@ -229,6 +229,28 @@ pub struct NodeOwner {
     pub ip: String,
 }
 
+/// The owner of one node, as [`node_owners`] would say, without building the map for every node (a node
+/// reconcile needs only its own; hundreds run at once on a large cluster).
+pub fn node_owner<'a>(dynakubes: impl IntoIterator<Item = &'a DynaKube>, node: &str) -> Option<NodeOwner> {
+    let mut sorted: Vec<&DynaKube> = dynakubes.into_iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    sorted.into_iter().find_map(|dynakube| {
+        let name = dynakube.metadata.name.as_deref()?;
+        let instance = dynakube
+            .status
+            .as_ref()?
+            .one_agent
+            .as_ref()?
+            .instances
+            .as_ref()?
+            .get(node)?;
+        Some(NodeOwner {
+            dynakube: name.to_owned(),
+            ip: instance.ip_address.clone().unwrap_or_default(),
+        })
+    })
+}
+
 /// Which DynaKube owns which node, from the DynaKubes' `status.oneAgent.instances`. When several list the
 /// same node (conflicting node selectors), the first by name wins, so the answer does not depend on the
 /// order of the list.
@@ -758,6 +780,13 @@ mod tests {
             ])
         );
         assert!(node_owners([]).is_empty());
+        for node in ["n1", "n2", "n3", "n4"] {
+            assert_eq!(
+                node_owner([&b, &none, &a], node),
+                owners.get(node).cloned(),
+                "{node}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,378 @@
+//! Memory at scale: the real `dynatrace-operator operator` process on a private cluster of 500 kwok nodes
+//! and 1,000 namespaces selected by one cloudNativeFullStack DynaKube (against the fake tenant). Prints the
+//! process's peak RSS (`VmHWM`), the time until every selected namespace is labelled and has its init
+//! Secret, and the API requests the operator made.
+//!
+//! Too heavy for the test suite (a 500-node cluster on a 2-core machine); run it by hand:
+//!
+//! ```text
+//! cargo test -p dynatrace-operator --test memory_bench -- --ignored --nocapture
+//! ```
+//!
+//! `BENCH_NODES`, `BENCH_NAMESPACES` and `BENCH_SETTLE_SECS` change the shape and how long the operator
+//! runs steady after the Secrets are written before the numbers are read; `BENCH_OPERATOR` runs another
+//! build of the binary (to compare two versions).
+//!
+//! API requests are counted by the API server itself: the operator runs as its own ServiceAccount, and a
+//! FlowSchema that matches only that account makes `apiserver_flowcontrol_dispatched_requests_total`
+//! count exactly its requests (watches included; the test's own requests run as the admin and are not
+//! counted).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api::dynakube::DynaKube;
+use fake_tenant::{FakeTenant, Listen, TenantConfig};
+use futures::StreamExt as _;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{ListParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const OPERATOR_NS: &str = "dynatrace";
+const DYNAKUBE: &str = "dynakube";
+const OPERATOR_ACCOUNT: &str = "dynatrace-operator";
+const FLOW_SCHEMA: &str = "bench-dynatrace-operator";
+const INSTANCE_LABEL: &str = "dynakube.internal.dynatrace.com/instance";
+const INIT_SECRET: &str = "dynatrace-dynakube-config";
+const SELECTED: (&str, &str) = ("bench.dynatrace.com/inject", "yes");
+/// How long the operator may take to label the namespaces and write their Secrets.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy (500 kwok nodes, 1,000 namespaces): run by hand with --ignored --nocapture"]
+async fn operator_memory_at_scale() {
+    let nodes = usize::try_from(env_or("BENCH_NODES", 500)).unwrap();
+    let namespaces = usize::try_from(env_or("BENCH_NAMESPACES", 1000)).unwrap();
+    let settle = Duration::from_secs(env_or("BENCH_SETTLE_SECS", 30));
+
+    let started = Instant::now();
+    let cluster = testkit::start_private_cluster(nodes).await.unwrap();
+    eprintln!("cluster with {nodes} nodes up after {:?}", started.elapsed());
+    let client = cluster.client().await.unwrap();
+    let endpoint = api::crd::ConversionEndpoint::Service {
+        namespace: OPERATOR_NS.into(),
+    };
+    webhook::registration::apply_crds(&client, &endpoint, "memory-bench")
+        .await
+        .unwrap();
+    testkit::eventually(
+        "the DynaKube CRD to be served",
+        Duration::from_secs(60),
+        || async {
+            Api::<DynaKube>::all(client.clone())
+                .list(&ListParams::default())
+                .await?;
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
+        .await
+        .unwrap();
+
+    create(
+        &client,
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": OPERATOR_NS } }),
+    )
+    .await;
+    let names: Vec<String> = (0..namespaces).map(|i| format!("bench-{i:04}")).collect();
+    let created = Instant::now();
+    futures::stream::iter(names.iter().map(|name| {
+        create(
+            &client,
+            json!({ "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": { "name": name, "labels": { SELECTED.0: SELECTED.1 } } }),
+        )
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+    eprintln!("{namespaces} namespaces created in {:?}", created.elapsed());
+
+    let kubeconfig = operator_identity(&client, cluster.kubeconfig()).await;
+    create(
+        &client,
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": "dynatrace-dynakube-oneagent", "namespace": OPERATOR_NS } }),
+    )
+    .await;
+    create(
+        &client,
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": DYNAKUBE, "namespace": OPERATOR_NS },
+                "stringData": { "apiToken": "dt0c01.test" } }),
+    )
+    .await;
+    create(
+        &client,
+        json!({ "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+                "metadata": { "name": DYNAKUBE, "namespace": OPERATOR_NS },
+                "spec": { "apiUrl": tenant.api_url(),
+                          "namespaceSelector": { "matchLabels": { SELECTED.0: SELECTED.1 } },
+                          "oneAgent": { "cloudNativeFullStack": {} } } }),
+    )
+    .await;
+
+    let requests_before = operator_requests(&client).await;
+    let port = testkit::cluster::free_port().unwrap();
+    let log_path = testkit::tools::workspace_root().join("target/memory-bench-operator.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let binary = std::env::var_os("BENCH_OPERATOR").map_or_else(
+        || env!("CARGO_BIN_EXE_dynatrace-operator").into(),
+        std::path::PathBuf::from,
+    );
+    let operator = Command::new(&binary)
+        .args(["operator", "--health-address", &format!("127.0.0.1:{port}")])
+        .args(["--namespace", OPERATOR_NS])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let operator_started = Instant::now();
+    let pid = operator.id();
+    let mut operator = testkit::process::KillOnDrop(operator);
+
+    let selector = format!("{INSTANCE_LABEL}={DYNAKUBE}");
+    let mut samples = Vec::new();
+    let labelled_after = wait_for(
+        "every selected namespace to be labelled",
+        operator_started,
+        pid,
+        &mut samples,
+        || async {
+            let list = Api::<Namespace>::all(client.clone())
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .unwrap();
+            list.items.len() >= namespaces
+        },
+    )
+    .await;
+    let secrets_after = wait_for(
+        "every selected namespace to have its init Secret",
+        operator_started,
+        pid,
+        &mut samples,
+        || async {
+            let list = Api::<Secret>::all(client.clone())
+                .list_metadata(&ListParams::default().fields(&format!("metadata.name={INIT_SECRET}")))
+                .await
+                .unwrap();
+            list.items.len() >= namespaces
+        },
+    )
+    .await;
+    let steady_until = Instant::now() + settle;
+    while Instant::now() < steady_until {
+        samples.push(status_kib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        operator.0.try_wait().unwrap().is_none(),
+        "the operator exited; see {}",
+        log_path.display()
+    );
+    let peak = status_kib(pid, "VmHWM:");
+    let rss = status_kib(pid, "VmRSS:");
+    let anon = status_kib(pid, "RssAnon:");
+    let file = status_kib(pid, "RssFile:");
+    let requests = operator_requests(&client).await - requests_before;
+    let steady = samples.iter().rev().take(10).copied().max().unwrap_or(rss);
+
+    println!();
+    println!(
+        "operator memory at scale: {nodes} kwok nodes, {namespaces} selected namespaces, 1 cloudNativeFullStack DynaKube"
+    );
+    println!("  peak RSS (VmHWM)                 {:>8.1} MiB", mib(peak));
+    println!(
+        "  RSS after {:>3} s steady            {:>8.1} MiB (anon {:.1}, file {:.1})",
+        settle.as_secs(),
+        mib(steady),
+        mib(anon),
+        mib(file)
+    );
+    println!(
+        "  every namespace labelled after   {:>8.1} s",
+        labelled_after.as_secs_f64()
+    );
+    println!(
+        "  every init Secret written after  {:>8.1} s",
+        secrets_after.as_secs_f64()
+    );
+    println!(
+        "  API requests by the operator     {requests:>8} (until {:.0} s after start)",
+        operator_started.elapsed().as_secs_f64()
+    );
+    println!();
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let _ = tokio::task::spawn_blocking(move || operator.0.wait()).await;
+    tenant.shutdown().await;
+}
+
+/// Waits until `done` holds, sampling the operator's RSS meanwhile; returns the time since `since`.
+async fn wait_for<F, Fut>(
+    what: &str,
+    since: Instant,
+    pid: u32,
+    samples: &mut Vec<u64>,
+    mut done: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    while since.elapsed() < SETTLE_TIMEOUT {
+        if done().await {
+            return since.elapsed();
+        }
+        samples.push(status_kib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out after {SETTLE_TIMEOUT:?} waiting for {what}");
+}
+
+/// A field of `/proc/<pid>/status` in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[allow(clippy::cast_precision_loss)] // KiB counts are far below 2^52
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Creates an object given as JSON (its kind from `apiVersion`/`kind`).
+async fn create(client: &Client, object: Value) {
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    let types = object.types.clone().unwrap();
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", types.api_version.as_str()));
+    let gvk = GroupVersionKind::gvk(group, version, &types.kind);
+    let plural = match types.kind.as_str() {
+        "Namespace" => "namespaces",
+        "ServiceAccount" => "serviceaccounts",
+        "Secret" => "secrets",
+        "DynaKube" => "dynakubes",
+        "ClusterRoleBinding" => "clusterrolebindings",
+        "FlowSchema" => "flowschemas",
+        other => panic!("no plural known for {other}"),
+    };
+    let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+    let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", types.kind, object.metadata.name));
+}
+
+/// Gives the operator an identity of its own (a cluster-admin ServiceAccount) and a FlowSchema that
+/// matches only it, so the API server counts its requests; returns the path of its kubeconfig.
+async fn operator_identity(client: &Client, admin_kubeconfig: &std::path::Path) -> std::path::PathBuf {
+    create(
+        client,
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": { "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NS } }),
+    )
+    .await;
+    create(
+        client,
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": { "name": "bench-dynatrace-operator" },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+                "subjects": [{ "kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NS }] }),
+    )
+    .await;
+    create(
+        client,
+        json!({ "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+                "metadata": { "name": FLOW_SCHEMA },
+                "spec": {
+                    "matchingPrecedence": 100,
+                    "priorityLevelConfiguration": { "name": "workload-high" },
+                    "distinguisherMethod": { "type": "ByUser" },
+                    "rules": [{
+                        "subjects": [{ "kind": "ServiceAccount",
+                                       "serviceAccount": { "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NS } }],
+                        "resourceRules": [{ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                            "clusterScope": true, "namespaces": ["*"] }],
+                        "nonResourceRules": [{ "verbs": ["*"], "nonResourceURLs": ["*"] }],
+                    }],
+                } }),
+    )
+    .await;
+    let request: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": { "audiences": [], "expirationSeconds": 86400 },
+    }))
+    .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), OPERATOR_NS)
+        .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let text = std::fs::read_to_string(admin_kubeconfig).unwrap();
+    let mut config: Value = serde_saphyr::from_str(&text).unwrap();
+    config["users"][0]["user"] = json!({ "token": token });
+    let path = admin_kubeconfig.with_file_name("operator-bench-kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+
+    // The API server applies a new FlowSchema within a moment; wait until a request shows up under it.
+    let operator = testkit::cluster::client_from_kubeconfig(&path).await.unwrap();
+    testkit::eventually(
+        "the FlowSchema to count the operator's requests",
+        Duration::from_secs(30),
+        || async {
+            Api::<Namespace>::all(operator.clone())
+                .get_metadata(OPERATOR_NS)
+                .await?;
+            Ok((operator_requests(client).await > 0).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    path
+}
+
+/// The API server's count of requests under the operator's FlowSchema.
+async fn operator_requests(client: &Client) -> u64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.unwrap();
+    let counts: BTreeMap<&str, u64> = text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
+        .filter(|l| l.contains(&format!("flow_schema=\"{FLOW_SCHEMA}\"")))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series, value.parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    counts.values().sum()
+}
