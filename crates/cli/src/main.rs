@@ -5,6 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use serving::logging::LogFormat;
 
 /// Command-line interface of the `dynatrace-operator` binary.
 #[derive(Debug, Parser)]
@@ -115,12 +116,6 @@ struct WebhookServerArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Text,
     Json,
@@ -163,19 +158,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    init_logging(args.log_format);
+    serving::logging::init(args.log_format, serving::logging::LogTarget::Stdout)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -258,7 +243,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
 
 fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    init_logging(args.log_format);
+    serving::logging::init(args.log_format, serving::logging::LogTarget::Stdout)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if args.certs_secret.is_none() {

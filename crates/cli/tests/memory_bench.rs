@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::dynakube::DynaKube;
 use fake_tenant::{FakeTenant, Listen, TenantConfig};
 use futures::StreamExt as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -62,24 +61,7 @@ async fn operator_memory_at_scale() {
     let cluster = testkit::start_private_cluster(nodes).await.unwrap();
     eprintln!("cluster with {nodes} nodes up after {:?}", started.elapsed());
     let client = cluster.client().await.unwrap();
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: OPERATOR_NS.into(),
-    };
-    webhook::registration::apply_crds(&client, &endpoint, "memory-bench")
-        .await
-        .unwrap();
-    testkit::eventually(
-        "the DynaKube CRD to be served",
-        Duration::from_secs(60),
-        || async {
-            Api::<DynaKube>::all(client.clone())
-                .list(&ListParams::default())
-                .await?;
-            Ok(Some(()))
-        },
-    )
-    .await
-    .unwrap();
+    testkit::install_operator_crds(&client).await.unwrap();
     let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
         .await
         .unwrap();

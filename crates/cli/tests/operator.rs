@@ -11,12 +11,7 @@ use std::time::{Duration, Instant};
 async fn serves_probes_and_metrics_and_stops_on_sigterm() {
     let cluster = testkit::shared_cluster().await.unwrap();
     let client = cluster.client().await.unwrap();
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: "dynatrace".into(),
-    };
-    webhook::registration::apply_crds(&client, &endpoint, "cli-tests")
-        .await
-        .unwrap();
+    testkit::install_operator_crds(&client).await.unwrap();
     let namespace = testkit::TestNamespace::create().await.unwrap();
     let port = testkit::cluster::free_port().unwrap();
     let operator = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
@@ -127,12 +122,7 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
     // reconcile the objects this test counts.
     let cluster = testkit::start_private_cluster(1).await.unwrap();
     let client = cluster.client().await.unwrap();
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: "dynatrace".into(),
-    };
-    webhook::registration::apply_crds(&client, &endpoint, "cli-tests")
-        .await
-        .unwrap();
+    testkit::install_operator_crds(&client).await.unwrap();
     let namespace = testkit::TestNamespace::create_in(&cluster).await.unwrap();
     let ns = namespace.name.as_str();
 

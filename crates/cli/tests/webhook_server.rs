@@ -12,12 +12,7 @@ async fn serves_until_sigterm_and_exits_cleanly() {
     let cluster = testkit::shared_cluster().await.unwrap();
     let client = cluster.client().await.unwrap();
     // The DynaKube cache needs the CRD.
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: "dynatrace".into(),
-    };
-    webhook::registration::apply_crds(&client, &endpoint, "cli-tests")
-        .await
-        .unwrap();
+    testkit::install_operator_crds(&client).await.unwrap();
     let certs = std::env::temp_dir().join(format!("cli-webhook-certs-{}", std::process::id()));
     std::fs::create_dir_all(&certs).unwrap();
     let ca = testkit::pki::CertificateAuthority::new("cli-test-ca").unwrap();

@@ -5,18 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse as _;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// Content type of the OpenMetrics text format.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Labels of the reconcile counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -167,31 +161,19 @@ impl Metrics {
 
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        serving::probes::encode(&self.registry)
     }
 
     /// `/metrics`, `/livez` and `/readyz` (503 until [`Self::set_ready`]).
     pub fn router(&self) -> Router {
-        let (metrics, ready) = (self.clone(), self.ready.clone());
-        Router::new()
-            .route(
-                "/metrics",
-                get(move || async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()) }),
-            )
-            .route("/livez", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(move || async move {
-                    if ready.load(Ordering::Acquire) {
-                        "ok".into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "the controllers are starting").into_response()
-                    }
-                }),
-            )
+        let ready = self.ready.clone();
+        serving::probes::probes_and_metrics(self.registry.clone(), move || {
+            if ready.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("the controllers are starting".into())
+            }
+        })
     }
 }
 

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use api::dynakube::DynaKube;
@@ -26,66 +25,34 @@ struct Env {
 }
 
 fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let cluster = testkit::shared_cluster().await.unwrap();
-                let client = cluster.client().await.unwrap();
-                let endpoint = api::crd::ConversionEndpoint::Service {
-                    namespace: "dynatrace".into(),
-                };
-                webhook::registration::apply_crds(&client, &endpoint, "controller-tests")
-                    .await
-                    .unwrap();
-                // The tests create resources at once: wait until the API server serves the new types.
-                testkit::eventually("the CRDs to be served", WAIT, || async {
-                    Api::<DynaKube>::all(client.clone())
-                        .list(&ListParams::default())
-                        .await?;
-                    Api::<api::oneagent::OneAgent>::all(client.clone())
-                        .list(&ListParams::default())
-                        .await?;
-                    Ok(Some(()))
-                })
-                .await
-                .unwrap();
-                let tenant: &'static FakeTenant = Box::leak(Box::new(
-                    FakeTenant::start(TenantConfig::default(), Listen::Http)
-                        .await
-                        .unwrap(),
-                ));
-                let metrics = controller::Metrics::new();
-                tx.send(Env {
-                    api_url: tenant.api_url(),
-                    tenant,
-                    metrics: metrics.clone(),
-                })
-                .unwrap();
-                // Short requeues so that back-off and recovery are observable within a test.
-                let requeue = controller::Requeue {
-                    resync: Duration::from_secs(60),
-                    fix_backoff: Duration::from_secs(2),
-                    tenant_backoff: Duration::from_secs(2),
-                    ..Default::default()
-                };
-                controller::run(
-                    client,
-                    "0.1.0-test".into(),
-                    requeue,
-                    metrics,
-                    std::future::pending(),
-                )
-                .await;
-            });
-        });
-        rx.recv().unwrap()
+    static ENV: testkit::PerBinary<Env> = testkit::PerBinary::new();
+    ENV.get_or_start("the DynaKube controller", || async {
+        let client = testkit::shared_cluster().await?.client().await?;
+        testkit::install_operator_crds(&client).await?;
+        let tenant: &'static FakeTenant = Box::leak(Box::new(
+            FakeTenant::start(TenantConfig::default(), Listen::Http).await?,
+        ));
+        let metrics = controller::Metrics::new();
+        let env = Env {
+            api_url: tenant.api_url(),
+            tenant,
+            metrics: metrics.clone(),
+        };
+        // Short requeues so that back-off and recovery are observable within a test.
+        let requeue = controller::Requeue {
+            resync: Duration::from_secs(60),
+            fix_backoff: Duration::from_secs(2),
+            tenant_backoff: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let controller = controller::run(
+            client,
+            "0.1.0-test".into(),
+            requeue,
+            metrics,
+            std::future::pending(),
+        );
+        Ok((env, controller))
     })
 }
 

@@ -43,20 +43,9 @@ impl Env {
     async fn start() -> Self {
         let cluster = testkit::start_private_cluster(1).await.unwrap();
         let client = cluster.client().await.unwrap();
-        let endpoint = api::crd::ConversionEndpoint::Service {
-            namespace: OPERATOR_NS.into(),
-        };
-        webhook::registration::apply_crds(&client, &endpoint, "namespaces-tests")
-            .await
-            .unwrap();
-        testkit::eventually("the DynaKube CRD to be served", WAIT, || async {
-            Api::<DynaKube>::all(client.clone())
-                .list(&ListParams::default())
-                .await?;
-            Ok(Some(()))
-        })
-        .await
-        .unwrap();
+        // The CRDs convert through the webhook Service in the operator namespace.
+        assert_eq!(OPERATOR_NS, testkit::setup::OPERATOR_NAMESPACE);
+        testkit::install_operator_crds(&client).await.unwrap();
         create_namespace(&client, OPERATOR_NS, &[]).await;
         let stop = CancellationToken::new();
         let task = tokio::spawn(namespaces::run(

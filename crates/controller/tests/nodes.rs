@@ -14,7 +14,7 @@ use api::dynakube::DynaKube;
 use controller::nodes::{NodeConfig, run};
 use fake_tenant::{Endpoint, FakeTenant, Fault, Host, Listen, TenantConfig};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use testkit::TestNamespace;
@@ -220,26 +220,11 @@ fn rfc3339_ms(text: &str) -> i64 {
     time.as_millisecond()
 }
 
-/// The DynaKube CRD, installed once per test binary.
+/// The CRDs, installed once per test binary.
 async fn install_crds(client: &Client) {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     INSTALLED
-        .get_or_init(|| async {
-            let endpoint = api::crd::ConversionEndpoint::Service {
-                namespace: "dynatrace".into(),
-            };
-            webhook::registration::apply_crds(client, &endpoint, "controller-tests")
-                .await
-                .unwrap();
-            testkit::eventually("the CRDs to be served", WAIT, || async {
-                Api::<DynaKube>::all(client.clone())
-                    .list(&ListParams::default())
-                    .await?;
-                Ok(Some(()))
-            })
-            .await
-            .unwrap();
-        })
+        .get_or_init(|| async { testkit::install_operator_crds(client).await.unwrap() })
         .await;
 }
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 use testkit::TestNamespace;
 
@@ -33,20 +33,9 @@ async fn a_legacy_oneagent_on_openshift_gets_the_openshift_installer_image() {
         },
     }))
     .unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &routes)
-        .await
-        .unwrap();
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: "dynatrace".into(),
-    };
-    webhook::registration::apply_crds(&client, &endpoint, "openshift-tests")
-        .await
-        .unwrap();
-    testkit::eventually("the route group and the CRDs to be served", WAIT, || async {
-        Api::<OneAgent>::all(client.clone())
-            .list(&ListParams::default())
-            .await?;
+    testkit::install_crds(&client, &[routes]).await.unwrap();
+    testkit::install_operator_crds(&client).await.unwrap();
+    testkit::eventually("the route group to be discovered", WAIT, || async {
         let groups = client.list_api_groups().await?;
         Ok(groups
             .groups

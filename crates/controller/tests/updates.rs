@@ -37,42 +37,20 @@ fn requeue() -> controller::Requeue {
 
 /// Runs a controller on its own thread and runtime for the rest of the test binary.
 fn shared_controller() {
-    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    STARTED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let cluster = testkit::shared_cluster().await.unwrap();
-                let client = cluster.client().await.unwrap();
-                install_crds(&client).await;
-                tx.send(()).unwrap();
-                let metrics = controller::Metrics::new();
-                controller::run(
-                    client,
-                    "0.1.0-test".into(),
-                    requeue(),
-                    metrics,
-                    std::future::pending(),
-                )
-                .await;
-            });
-        });
-        rx.recv().unwrap();
+    static STARTED: testkit::PerBinary<()> = testkit::PerBinary::new();
+    STARTED.get_or_start("the shared controller", || async {
+        let client = testkit::shared_cluster().await?.client().await?;
+        testkit::install_operator_crds(&client).await?;
+        let metrics = controller::Metrics::new();
+        let controller = controller::run(
+            client,
+            "0.1.0-test".into(),
+            requeue(),
+            metrics,
+            std::future::pending(),
+        );
+        Ok(((), controller))
     });
-}
-
-async fn install_crds(client: &Client) {
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: "dynatrace".into(),
-    };
-    webhook::registration::apply_crds(client, &endpoint, "update-tests")
-        .await
-        .unwrap();
 }
 
 /// The ServiceAccount and token Secret a DynaKube `name` needs.
@@ -471,7 +449,7 @@ async fn an_operator_killed_mid_rollout_finishes_it_after_restart_without_recycl
     // A cluster of its own: this test's operators must be the only ones reconciling.
     let cluster = testkit::start_private_cluster(0).await.unwrap();
     let client = cluster.client().await.unwrap();
-    install_crds(&client).await;
+    testkit::install_operator_crds(&client).await.unwrap();
     let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
         .await
         .unwrap();

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Parser;
 use fake_tenant::{FakeTenant, Listen, TenantConfig};
-use tracing_subscriber::EnvFilter;
 
 /// A fake Dynatrace environment (tenant) API for tests, benchmarks and local runs.
 ///
@@ -40,10 +39,11 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr: stdout carries the URL line that callers wait for.
+    serving::logging::init(
+        serving::logging::LogFormat::Text,
+        serving::logging::LogTarget::Stderr,
+    )?;
     let args = Args::parse();
 
     let mut config = match &args.config {

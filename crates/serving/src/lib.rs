@@ -1,6 +1,12 @@
 //! Serving an axum router on a TCP listener, in plain text or with rustls: HTTP/1.1 and HTTP/2, timeouts
 //! for the TLS handshake and the request headers, a cap on open connections, and a graceful shutdown that
 //! lets requests in flight finish. Shared by the webhook server and the fake tenant.
+//!
+//! Also the rest of the plumbing every subcommand shares: [`logging`] set-up and the [`probes`] router
+//! (`/livez`, `/readyz`, `/metrics`).
+
+pub mod logging;
+pub mod probes;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use kube::ResourceExt as _;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -48,20 +48,16 @@ pub fn router(state: AppState) -> Router {
 
 /// The probes only: `/livez` and `/readyz`.
 pub fn probes(state: AppState) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+    serving::probes::probes(move || state.readiness())
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    match &state.cluster {
-        Some(cluster) if !cluster.is_ready() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the cluster caches to sync",
-        )
-            .into_response(),
-        _ => "ok".into_response(),
+impl AppState {
+    /// Ready once the cluster caches (if any) have synced.
+    pub fn readiness(&self) -> serving::probes::Readiness {
+        match &self.cluster {
+            Some(cluster) if !cluster.is_ready() => Err("waiting for the cluster caches to sync".into()),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -16,12 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::IntoResponse as _;
-use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -217,36 +211,13 @@ async fn serve_metrics(
     certificate: Arc<tls::ReloadingCertificate>,
     shutdown: CancellationToken,
 ) {
-    let registry = state.metrics.clone();
-    let router = Router::new()
-        .route(
-            "/metrics",
-            get(move || async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-                    registry.encode(),
-                )
-            }),
-        )
-        .merge(handlers::probes(state))
+    let registry = state.metrics.registry();
+    let router = serving::probes::probes_and_metrics(registry, move || {
         // Not ready while there is no certificate to serve (a Secret source before its first write).
-        .layer(axum::middleware::from_fn(move |request: Request, next: Next| {
-            let certificate = certificate.clone();
-            async move {
-                if request.uri().path() == "/readyz" && !certificate.is_loaded() {
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "waiting for the serving certificate",
-                    )
-                        .into_response();
-                }
-                next.run(request).await
-            }
-        }));
-    if let Err(err) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(%err, "the metrics server stopped");
-    }
+        if !certificate.is_loaded() {
+            return Err("waiting for the serving certificate".into());
+        }
+        state.readiness()
+    });
+    serving::serve(listener, None, router, shutdown, serving::ServeOptions::default()).await;
 }

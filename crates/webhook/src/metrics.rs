@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use serving::probes::OPENMETRICS_CONTENT_TYPE as CONTENT_TYPE;
 
 /// Labels of a request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,10 +80,12 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        serving::probes::encode(&self.registry)
+    }
+
+    /// The registry behind [`Self::encode`], for the `/metrics` endpoint.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 }
 

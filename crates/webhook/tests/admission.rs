@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use api::dynakube::{DynaKube, v1alpha1};
 use api::oneagent::OneAgent;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt as _};
@@ -29,36 +27,12 @@ struct Env {
 }
 
 fn env() -> &'static Env {
-    static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
-    let env = ENV.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => return drop(tx.send(Err(err.to_string()))),
-            };
-            runtime.block_on(async move {
-                let result = set_up().await.map_err(|e| format!("{e:#}"));
-                let failed = result.is_err();
-                let _ = tx.send(result.map(|(env, server)| {
-                    // Kept alive for the life of the test binary.
-                    std::mem::forget(server);
-                    env
-                }));
-                if !failed {
-                    std::future::pending::<()>().await;
-                }
-            });
-        });
-        rx.recv()
-            .unwrap_or_else(|_| Err("the webhook set-up thread died".into()))
-    });
-    env.as_ref()
-        .unwrap_or_else(|e| panic!("setting up the webhook test environment failed: {e}"))
+    static ENV: testkit::PerBinary<Env> = testkit::PerBinary::new();
+    ENV.get_or_start("the webhook test environment", || async {
+        let (env, server) = set_up().await?;
+        // The server's tasks run on this runtime for the life of the test binary.
+        Ok((env, async move { std::mem::forget(server) }))
+    })
 }
 
 async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
@@ -76,22 +50,7 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
         url: format!("{base}/convert"),
         ca_bundle_pem: server.ca_pem.clone(),
     };
-    registration::apply_crds(&client, &endpoint, "webhook-tests").await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in api::crd::all(&endpoint) {
-        let name = crd.name_any();
-        testkit::eventually(&format!("CRD {name} to be established"), WAIT, || async {
-            let crd = crds.get(&name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(established.then_some(()))
-        })
-        .await?;
-    }
+    testkit::install_crds(&client, &api::crd::all(&endpoint)).await?;
     let tests_only = LabelSelector {
         match_labels: Some([(testkit::TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())].into()),
         ..Default::default()
