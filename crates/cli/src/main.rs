@@ -173,18 +173,10 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             }
         };
         let metrics = controller::Metrics::new();
-        let health_address = args.health_address;
-        let listener = tokio::net::TcpListener::bind(health_address)
-            .await
-            .with_context(|| format!("cannot listen on {health_address} for the health endpoints"))?;
         let stop_health = tokio_util::sync::CancellationToken::new();
-        let health = tokio::spawn(serving::serve(
-            listener,
-            None,
-            metrics.router(),
-            stop_health.clone(),
-            serving::ServeOptions::default(),
-        ));
+        let (_, health) = serving::spawn_plain(args.health_address, metrics.router(), stop_health.clone())
+            .await
+            .context("cannot serve the health endpoints")?;
         let requeue = controller::Requeue {
             ready_timeout: std::time::Duration::from_secs(args.oneagent_ready_timeout),
             ..Default::default()

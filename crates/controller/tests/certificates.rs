@@ -52,28 +52,18 @@ fn fast_policy(namespace: &str) -> CertificatePolicy {
 }
 
 /// The certificate controller running in the background until stopped.
-struct RunningController {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
+struct RunningController(testkit::RunningTask);
 
 impl RunningController {
     fn start(client: &Client, config: CertificateConfig) -> Self {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(certificates::run(
-            client.clone(),
-            config,
-            stop.clone().cancelled_owned(),
-        ));
-        Self { stop, task }
+        let client = client.clone();
+        Self(testkit::RunningTask::spawn(|stop| {
+            certificates::run(client, config, stop)
+        }))
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the controller stops within 10 s")
-            .unwrap();
+        self.0.stop().await;
     }
 }
 

@@ -22,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const OPERATOR_NS: &str = "dynatrace";
 const INSTANCE_LABEL: &str = "dynakube.internal.dynatrace.com/instance";
@@ -35,8 +34,7 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Env {
     _cluster: testkit::Cluster,
     client: Client,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    controller: testkit::RunningTask,
 }
 
 impl Env {
@@ -47,26 +45,19 @@ impl Env {
         assert_eq!(OPERATOR_NS, testkit::setup::OPERATOR_NAMESPACE);
         testkit::install_operator_crds(&client).await.unwrap();
         create_namespace(&client, OPERATOR_NS, &[]).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(namespaces::run(
-            client.clone(),
-            NamespaceConfig::new(OPERATOR_NS),
-            stop.clone().cancelled_owned(),
-        ));
+        let controller_client = client.clone();
+        let controller = testkit::RunningTask::spawn(|stop| {
+            namespaces::run(controller_client, NamespaceConfig::new(OPERATOR_NS), stop)
+        });
         Self {
             _cluster: cluster,
             client,
-            stop,
-            task,
+            controller,
         }
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the controller stops within 10 s")
-            .unwrap();
+        self.controller.stop().await;
     }
 
     fn namespaces(&self) -> Api<Namespace> {

@@ -8,6 +8,7 @@
 pub mod logging;
 pub mod probes;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Limits of a server.
@@ -43,6 +45,34 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// A port that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}; choose another address or port, or stop what uses it")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why binding failed.
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` and serves `router` there in plain HTTP with the default [`ServeOptions`] until
+/// `shutdown`: a subcommand's probes and metrics in one call. Returns the bound address (useful with port
+/// 0) and the serving task.
+pub async fn spawn_plain(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), BindError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| BindError { addr, source })?;
+    let task = tokio::spawn(serve(listener, None, router, shutdown, ServeOptions::default()));
+    Ok((bound, task))
 }
 
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown`, then waits up to

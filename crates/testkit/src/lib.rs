@@ -32,7 +32,7 @@ use tokio::sync::OnceCell;
 
 pub use cluster::{Cluster, ClusterOptions, ClusterState, client_from_kubeconfig, kwok_node, node_is_ready};
 pub use process::Lifetime;
-pub use setup::{PerBinary, install_crds, install_operator_crds};
+pub use setup::{PerBinary, RunningTask, StopSignal, install_crds, install_operator_crds};
 pub use tools::Tools;
 
 /// Number of kwok nodes in the shared test cluster.

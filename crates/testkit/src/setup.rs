@@ -160,6 +160,52 @@ impl<T: Send + Sync + 'static> PerBinary<T> {
     }
 }
 
+/// A task that runs until [`RunningTask::stop`] (or until dropped): a controller under test, say, started
+/// with the [`StopSignal`] as its shutdown future.
+pub struct RunningTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Completes when its [`RunningTask`] is stopped or dropped.
+pub struct StopSignal(tokio::sync::oneshot::Receiver<()>);
+
+impl Future for StopSignal {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}
+
+/// How long a stopped task may take to end.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RunningTask {
+    /// Spawns `run(stop)` on the current runtime.
+    pub fn spawn<Fut>(run: impl FnOnce(StopSignal) -> Fut) -> Self
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, signal) = tokio::sync::oneshot::channel();
+        Self {
+            stop,
+            task: tokio::spawn(run(StopSignal(signal))),
+        }
+    }
+
+    /// Signals the task to stop and waits until it ended; panics when it takes longer than 10 s or
+    /// panicked itself.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(STOP_TIMEOUT, self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => panic!("the stopped task failed: {err}"),
+            Err(_) => panic!("the task did not stop within {STOP_TIMEOUT:?} of being told to"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +256,16 @@ mod tests {
         BROKEN.get_or_start("the broken thing", || async {
             Err::<((), std::future::Ready<()>), _>(anyhow::anyhow!("boom"))
         });
+    }
+
+    #[tokio::test]
+    async fn a_running_task_ends_when_stopped() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = RunningTask::spawn(|stop| async move {
+            stop.await;
+            let _ = tx.send("stopped");
+        });
+        task.stop().await;
+        assert_eq!(rx.await.unwrap(), "stopped");
     }
 }
