@@ -114,6 +114,19 @@ pub struct OneAgentSpec {
     pub use_unprivileged_mode: Option<bool>,
 }
 
+impl OneAgent {
+    /// The proxy: `spec.proxy.valueFrom` wins over `value`, as in the old operator's client and DaemonSet
+    /// (the DynaKube prefers `value`).
+    pub fn proxy(&self) -> Option<crate::dynakube::ProxySource<'_>> {
+        self.spec.proxy.as_ref()?.source(false)
+    }
+
+    /// The ConfigMap whose key `certs` holds CAs to trust (`spec.trustedCAs`).
+    pub fn trusted_cas_config_map(&self) -> Option<&str> {
+        self.spec.trusted_cas.as_deref().filter(|n| !n.is_empty())
+    }
+}
+
 /// What the operator observed and did.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
