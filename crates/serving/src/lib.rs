@@ -40,8 +40,7 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Refused connections are logged at most once per this interval, with their count.
     pub refusal_log_interval: Duration,
-    /// How long requests in flight may take to finish after shutdown begins (or after an idle connection
-    /// was asked to close).
+    /// How long requests in flight may take to finish after shutdown begins.
     pub drain_timeout: Duration,
 }
 
@@ -194,6 +193,10 @@ pub async fn serve_with(
     }
 }
 
+/// How long an idle HTTP/2 connection gets to acknowledge its GOAWAY: a live client answers within a
+/// round trip, and no request of ours is in flight (Go's HTTP/2 server waits 1 s as well).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Whether a connection has requests in flight, and since when it has none.
 #[derive(Debug, Clone, Copy)]
 struct Activity {
@@ -279,17 +282,20 @@ where
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::select! {
+    let grace = tokio::select! {
         result = connection.as_mut() => return result,
-        () = shutdown.cancelled() => {}
-        () = idle(&mut watch_activity, options) => tracing::debug!("closing an idle connection"),
-    }
+        () = shutdown.cancelled() => options.drain_timeout,
+        () = idle(&mut watch_activity, options) => {
+            tracing::debug!("closing an idle connection");
+            IDLE_CLOSE_GRACE
+        }
+    };
     // HTTP/2 clients get a GOAWAY and may finish their streams; a client that never completes the
-    // close handshake is cut off after the drain timeout.
+    // close handshake (it does not answer the ping that follows the GOAWAY) is cut off after the grace.
     connection.as_mut().graceful_shutdown();
-    match tokio::time::timeout(options.drain_timeout, connection).await {
+    match tokio::time::timeout(grace, connection).await {
         Ok(result) => result,
-        Err(_) => Err(format!("the connection did not close within {:?}", options.drain_timeout).into()),
+        Err(_) => Err(format!("the connection did not close within {grace:?}").into()),
     }
 }
 
