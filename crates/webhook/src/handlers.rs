@@ -34,8 +34,10 @@ pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Memory that the requests in flight may hold together: their bodies as they arrive, then the estimate
 /// of their parsed form ([`budget::JsonShape::memory_estimate`]). Room for thousands of the few-KiB reviews
-/// the API server sends, and for a body at the size limit unless it is made of tiny values.
-pub const MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// the API server sends at once, and for one review of about 5.5 MiB of ordinary Kubernetes JSON (a
+/// value per 15 bytes): an update of the largest object the API server stores. Bodies whose estimate is
+/// over the whole budget get a 400 that names their size and value count.
+pub const MEMORY_BUDGET_BYTES: usize = 48 * 1024 * 1024;
 /// How much of a body over the limit is read and thrown away so that the client, which is still sending,
 /// receives the 400 instead of a connection reset. Larger bodies are cut off.
 pub const DRAIN_LIMIT_BYTES: usize = 128 * 1024 * 1024;
@@ -118,8 +120,8 @@ async fn read_body(body: Body, budget: &MemoryBudget) -> Result<(Bytes, budget::
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
     let too_slow = || bad_request(format!("the request body did not arrive within {BODY_TIMEOUT:?}"));
     let mut charge = budget.charge();
-    let mut stream = body.into_data_stream();
     let mut text = Vec::new();
+    let mut stream = body.into_data_stream();
     loop {
         let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => return Err(too_slow()),

@@ -346,7 +346,7 @@ async fn deep_nesting_and_bodies_too_dense_to_parse_get_a_400() {
         .unwrap();
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(answer.body.contains("100000 levels deep"), "{}", answer.body);
-    // 3.5 million tiny values: about 140 MiB once parsed, more than the whole budget.
+    // 3.5 million tiny values: well over 100 MiB once parsed, more than the whole budget.
     let dense = format!("[{}0]", "0,".repeat(3_500_000));
     let answer = https(t.server.addr, &t.ca_pem, "POST", "/convert", dense.as_bytes())
         .await
