@@ -2,7 +2,8 @@
 //! and `/readyz`.
 //!
 //! Anything that is not a well-formed review gets a 400 that says what was wrong; nothing a client sends
-//! can panic or stall the server (bodies are capped in size and time).
+//! can panic or stall the server (bodies are capped in size and time, and the memory requests in flight
+//! hold together is capped by a budget).
 
 use std::time::{Duration, Instant};
 
