@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,7 +36,8 @@ pub struct ServeOptions {
     pub http2_keep_alive_interval: Option<Duration>,
     /// How long a ping may stay unanswered before the HTTP/2 connection is closed.
     pub http2_keep_alive_timeout: Duration,
-    /// Connections served at once; more are refused until one ends.
+    /// Connections served at once; more are refused until one ends. A refusal makes connections that
+    /// have been idle for a second close at once, so that the client's next attempt finds a slot.
     pub max_connections: usize,
     /// Refused connections are logged at most once per this interval, with their count.
     pub refusal_log_interval: Duration,
@@ -78,6 +79,8 @@ impl Default for ServeOptions {
 pub struct Connections {
     slots: Arc<Semaphore>,
     max: usize,
+    /// Signalled when a connection was refused: idle connections close early to make room.
+    pressure: Arc<Notify>,
 }
 
 impl Connections {
@@ -86,6 +89,7 @@ impl Connections {
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            pressure: Arc::new(Notify::new()),
         }
     }
 
@@ -155,18 +159,21 @@ pub async fn serve_with(
         };
         let Ok(slot) = connections.slots.clone().try_acquire_owned() else {
             refusals.refused(connections.max, options.idle_timeout);
+            // Make room for the client's retry: idle connections close now rather than at their timeout.
+            connections.pressure.notify_waiters();
             continue;
         };
         refusals.accepted();
         let (tls, builder, router, shutdown) =
             (tls.clone(), builder.clone(), router.clone(), shutdown.clone());
+        let pressure = connections.pressure.clone();
         tasks.spawn(async move {
             let result = match tls {
-                None => serve_connection(&builder, tcp, router, &options, &shutdown).await,
+                None => serve_connection(&builder, tcp, router, &options, &shutdown, &pressure).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, stream, router, &options, &shutdown).await
+                            serve_connection(&builder, stream, router, &options, &shutdown, &pressure).await
                         }
                         Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
@@ -196,6 +203,10 @@ pub async fn serve_with(
 /// How long an idle HTTP/2 connection gets to acknowledge its GOAWAY: a live client answers within a
 /// round trip, and no request of ours is in flight (Go's HTTP/2 server waits 1 s as well).
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a connection must have been idle to be closed early when the cap is reached: a client that
+/// sends requests back to back keeps its connection.
+const MIN_IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 
 /// Whether a connection has requests in flight, and since when it has none.
 #[derive(Debug, Clone, Copy)]
@@ -230,8 +241,9 @@ impl Drop for InFlight {
 }
 
 /// Returns once the connection has had no request in flight for the idle timeout (before the first
-/// request: for the header timeout).
-async fn idle(activity: &mut watch::Receiver<Activity>, options: &ServeOptions) {
+/// request: for the header timeout), or, when a connection was refused for want of a slot, once it has had
+/// none for [`MIN_IDLE_UNDER_PRESSURE`].
+async fn idle(activity: &mut watch::Receiver<Activity>, options: &ServeOptions, pressure: &Notify) {
     loop {
         let now = *activity.borrow_and_update();
         if now.in_flight == 0 {
@@ -243,6 +255,7 @@ async fn idle(activity: &mut watch::Receiver<Activity>, options: &ServeOptions) 
             tokio::select! {
                 () = tokio::time::sleep_until(now.since + limit) => return,
                 changed = activity.changed() => if changed.is_err() { return },
+                () = pressure.notified() => if now.since.elapsed() >= MIN_IDLE_UNDER_PRESSURE { return },
             }
         } else if activity.changed().await.is_err() {
             return;
@@ -256,6 +269,7 @@ async fn serve_connection<I>(
     router: Router,
     options: &ServeOptions,
     shutdown: &CancellationToken,
+    pressure: &Notify,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -285,7 +299,7 @@ where
     let grace = tokio::select! {
         result = connection.as_mut() => return result,
         () = shutdown.cancelled() => options.drain_timeout,
-        () = idle(&mut watch_activity, options) => {
+        () = idle(&mut watch_activity, options, pressure) => {
             tracing::debug!("closing an idle connection");
             IDLE_CLOSE_GRACE
         }

@@ -29,7 +29,13 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let connections = Connections::new(options.max_connections);
-        let router = Router::new().route("/", get(|| async { "hello" }));
+        let router = Router::new().route("/", get(|| async { "hello" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        );
         let task = tokio::spawn(serving::serve_with(
             listener,
             None,
@@ -238,7 +244,11 @@ async fn refusals_are_logged_once_per_interval_with_their_count() {
         ..options(Duration::from_secs(30), Duration::from_secs(60))
     };
     let server = Server::start(options).await;
-    let _held = TcpStream::connect(server.addr).await.unwrap();
+    // A request in flight: its connection is not idle, so refusals do not close it.
+    let mut held = TcpStream::connect(server.addr).await.unwrap();
+    held.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..40 {
         assert!(get_once(server.addr).await.is_err());
@@ -257,5 +267,27 @@ async fn refusals_are_logged_once_per_interval_with_their_count() {
         [1, 40],
         "the next line counts every refusal since the last one"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_closes_connections_idle_for_a_second_so_the_retry_is_served() {
+    let options = ServeOptions {
+        max_connections: 2,
+        ..options(Duration::from_secs(30), Duration::from_secs(60))
+    };
+    let server = Server::start(options).await;
+    let mut idle = vec![
+        TcpStream::connect(server.addr).await.unwrap(),
+        get_keep_alive(server.addr).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(server.connections.is_full());
+    assert!(get_once(server.addr).await.is_err(), "refused at the cap");
+    for tcp in &mut idle {
+        let closed = time_until_closed(tcp, Duration::from_secs(5)).await;
+        assert!(closed < Duration::from_secs(2), "closed after {closed:?}");
+    }
+    get_once(server.addr).await.unwrap();
     server.stop().await;
 }
