@@ -55,8 +55,8 @@ impl Default for ServeOptions {
     ///   client abandoned frees its slot within two minutes.
     /// - HTTP/2 pings every 30 s with 10 s to answer: a vanished peer (node gone, no FIN) is noticed
     ///   within 40 s even while a request is in flight; one ping frame per 30 s costs nothing.
-    /// - 1,024 connections: far more than the API server replicas open (a few each), while 1,024 idle
-    ///   TLS connections take about 50 MiB.
+    /// - 1,024 connections: far more than the API server replicas open (a few each); a refusal closes the
+    ///   connections idle for a second, so legitimate clients get a slot on their retry.
     /// - refusals logged once per 10 s, drain of 10 s: within the 30 s grace period Kubernetes gives a
     ///   terminating pod.
     fn default() -> Self {
