@@ -27,7 +27,9 @@ pub struct ServeOptions {
     /// Time a client gets for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time a client gets to send request headers, and the time a new connection gets to start its first
-    /// request (a connection that sends nothing, or only the HTTP/2 preface, is closed after it).
+    /// request (a connection that sends nothing, or only the HTTP/2 preface, is closed after it). hyper
+    /// runs this timer while an HTTP/1.1 connection waits for its next request too, so an idle HTTP/1.1
+    /// connection is closed after the shorter of this and `idle_timeout`.
     pub header_timeout: Duration,
     /// How long a connection may stay open without a request in flight after its last response. HTTP/2
     /// connections get a GOAWAY, HTTP/1.1 connections are closed. HTTP/2 pings do not count as activity.
@@ -49,10 +51,10 @@ impl Default for ServeOptions {
     /// Production defaults:
     /// - handshake and header timeouts of 10 s: a client on a working network needs milliseconds; the
     ///   API server's own client gives the TLS handshake 10 s.
-    /// - an idle timeout of 120 s: longer than the 90 s after which Go's HTTP client (the API server's
-    ///   webhook client) drops its own idle connections, so it is the client, which knows when it is about
-    ///   to send, that closes, and a request never races our close; short enough that a connection a
-    ///   client abandoned frees its slot within two minutes.
+    /// - an idle timeout of 120 s for HTTP/2: longer than the 90 s after which Go's HTTP client (the API
+    ///   server's webhook client) drops its own idle connections, so it is the client, which knows when it
+    ///   is about to send, that closes; short enough that a connection a client abandoned frees its slot
+    ///   within two minutes. (Idle HTTP/1.1 connections close after the 10 s header timeout, as before.)
     /// - HTTP/2 pings every 30 s with 10 s to answer: a vanished peer (node gone, no FIN) is noticed
     ///   within 40 s even while a request is in flight; one ping frame per 30 s costs nothing.
     /// - 1,024 connections: far more than the API server replicas open (a few each); a refusal closes the

@@ -291,3 +291,14 @@ async fn a_refusal_closes_connections_idle_for_a_second_so_the_retry_is_served()
     get_once(server.addr).await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_http1_connection_waiting_for_its_next_request_gets_the_header_timeout() {
+    // hyper's header timer runs while it waits for the next request head, so an idle HTTP/1.1
+    // connection closes after the shorter of the two timeouts.
+    let server = Server::start(options(Duration::from_secs(1), Duration::from_secs(60))).await;
+    let mut http1 = get_keep_alive(server.addr).await;
+    let closed = time_until_closed(&mut http1, Duration::from_secs(10)).await;
+    assert!(closed < Duration::from_secs(4), "closed after {closed:?}");
+    server.stop().await;
+}

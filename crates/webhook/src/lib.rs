@@ -38,8 +38,9 @@ pub const DEFAULT_METRICS_PORT: u16 = 8383;
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The limits of the HTTPS server: [`serving::ServeOptions`]' production defaults (1,024 connections,
-/// idle connections closed after 120 s, connections without a request after 10 s).
+/// The limits of the HTTPS server: [`serving::ServeOptions`]' production defaults (1,024 connections;
+/// connections without a request closed after 10 s, idle HTTP/1.1 ones after 10 s, idle HTTP/2 ones after
+/// 120 s).
 pub fn serve_options() -> serving::ServeOptions {
     serving::ServeOptions {
         drain_timeout: DRAIN_TIMEOUT,
