@@ -40,7 +40,7 @@ pub const DEFAULT_WAIT_READY_SECONDS: u32 = 300;
 #[serde(rename_all = "camelCase")]
 pub struct OneAgentSpec {
     /// URL of the Dynatrace environment's API, including the `/api` suffix.
-    #[schemars(length(min = 1))]
+    // No `minLength`: an empty URL must reach the validating webhook, whose answer says what to set.
     pub api_url: String,
     /// Name of the Secret with `apiToken` and `paasToken`. Defaults to the resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
