@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use api::oneagent::{OneAgent, OneAgentInstance, OneAgentStatus};
-use desired::legacy::{LegacyProxy, LegacyToken, LegacyTokenCheck, LegacyTokenCondition};
+use desired::legacy::{LegacyToken, LegacyTokenCheck, LegacyTokenCondition};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -148,23 +148,7 @@ async fn converge(
     }
     let api_token = tokens.get(&LegacyToken::Api).cloned().unwrap_or_default();
     let paas_token = tokens.get(&LegacyToken::Paas).cloned().unwrap_or_default();
-    let proxy = desired::legacy_proxy(oneagent);
-    let settings = TenantSettings {
-        namespace: &namespace,
-        api_url: &spec.api_url,
-        skip_cert_check: spec.skip_cert_check.unwrap_or(false),
-        network_zone: spec.network_zone.as_deref().filter(|z| !z.is_empty()),
-        no_proxy: None,
-        proxy_value: match proxy {
-            Some(LegacyProxy::Value(value)) => Some(value),
-            _ => None,
-        },
-        proxy_secret: match proxy {
-            Some(LegacyProxy::Secret(secret)) => Some(secret),
-            _ => None,
-        },
-        trusted_cas: spec.trusted_cas.as_deref().filter(|n| !n.is_empty()),
-    };
+    let settings = TenantSettings::of_oneagent(oneagent, &namespace);
     let tenant = build_tenant_client(ctx, &settings, api_token.clone(), Some(paas_token.clone())).await?;
 
     // Tenant probes: tokens, environment id and the latest version, at most every few minutes per
