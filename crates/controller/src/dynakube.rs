@@ -24,6 +24,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use tenant_client::{AgentSelector, ImageComponent, TenantClient, TenantError};
 
+pub(crate) use crate::error::kube_error;
+pub use crate::error::{Fix, ReconcileError};
 use crate::status;
 pub(crate) use crate::status::{now, upsert_condition};
 
@@ -152,84 +154,6 @@ impl Notes {
     }
 }
 
-/// Why a reconcile did not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// A Kubernetes call failed.
-    #[error("{what}: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Something the user must fix (tokens, configuration); the message says what.
-    #[error("{0}")]
-    UserFixable(Fix),
-    /// The Dynatrace API failed.
-    #[error(transparent)]
-    Tenant(#[from] TenantError),
-    /// The desired objects could not be built.
-    #[error(transparent)]
-    Desired(#[from] desired::DesiredError),
-}
-
-/// A problem the user must fix: the condition that reports it, the condition's (and event's) reason, and
-/// what is wrong and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fix {
-    /// The condition type that reports it.
-    pub condition: &'static str,
-    /// The reason of the condition and of the warning event.
-    pub reason: &'static str,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-impl std::fmt::Display for Fix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<dynakube_inputs::Error> for ReconcileError {
-    fn from(error: dynakube_inputs::Error) -> Self {
-        match error {
-            dynakube_inputs::Error::Problem(problem) => Self::UserFixable(Fix {
-                condition: if problem.is_token_problem() {
-                    TOKENS_CONDITION
-                } else {
-                    API_CONDITION
-                },
-                reason: problem.reason(),
-                message: problem.to_string(),
-            }),
-            dynakube_inputs::Error::Kube { what, source } => Self::Kube { what, source },
-        }
-    }
-}
-
-impl ReconcileError {
-    /// A problem with the token Secret or the tokens, reported in the `Tokens` condition.
-    pub(crate) fn token(message: impl Into<String>) -> Self {
-        Self::UserFixable(Fix {
-            condition: TOKENS_CONDITION,
-            reason: "TokenError",
-            message: message.into(),
-        })
-    }
-
-    /// A setting that keeps the operator from using the Dynatrace API (proxy, trusted CAs, network zone),
-    /// reported in the `DynatraceAPI` condition.
-    pub(crate) fn settings(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::UserFixable(Fix {
-            condition: API_CONDITION,
-            reason,
-            message: message.into(),
-        })
-    }
-}
-
 /// How the end of a reconcile shows in the status and events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verdict {
@@ -293,11 +217,6 @@ fn verdict(result: &Result<Converged, ReconcileError>, tenant_backoff: Duration)
     }
 }
 
-pub(crate) fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
-    let what = what.into();
-    move |source| ReconcileError::Kube { what, source }
-}
-
 /// The DynaKube's token Secret: its resourceVersion and tokens. A missing Secret or key is the user's to
 /// fix, and the message says how.
 pub(crate) async fn read_tokens(
@@ -341,10 +260,8 @@ impl Outcome {
     pub(crate) fn of(result: Result<Option<Duration>, ReconcileError>) -> Result<Self, ReconcileError> {
         match result {
             Ok(recheck) => Ok(Self::Converged(recheck)),
-            Err(
-                ReconcileError::UserFixable(_) | ReconcileError::Tenant(TenantError::Unauthorized { .. }),
-            ) => Ok(Self::UserFixable),
-            Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Self::TenantUnavailable),
+            Err(e) if e.needs_user() => Ok(Self::UserFixable),
+            Err(e) if e.is_transient() => Ok(Self::TenantUnavailable),
             Err(other) => Err(other),
         }
     }
@@ -355,7 +272,7 @@ impl Outcome {
             Ok(Self::Converged(_)) => "success",
             Ok(Self::UserFixable) => "user_error",
             Ok(Self::TenantUnavailable) => "tenant_unavailable",
-            Err(_) => "error",
+            Err(e) => e.metric_label(),
         }
     }
 
@@ -1165,5 +1082,78 @@ pub(crate) async fn delete_daemonset(
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(kube_error(format!("deleting DaemonSet {namespace}:{name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict_of(error: ReconcileError) -> Verdict {
+        verdict(&Err(error), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn each_end_of_a_reconcile_sets_its_condition_phase_and_warning() {
+        let ok = verdict(&Ok(Converged::phase("Running")), Duration::from_secs(60));
+        assert_eq!(ok.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            ok.condition.map(|c| (c.0, c.1, c.2)),
+            Some((API_CONDITION, "True", "Reachable"))
+        );
+        assert_eq!(ok.warning, None);
+
+        let zone = verdict_of(connection_info_error(
+            TenantError::Server {
+                endpoint: "connection info",
+                status: 400,
+                code: None,
+                message: "unknown zone".into(),
+            },
+            Some("nowhere"),
+        ));
+        let (type_, value, reason, message) = zone.condition.unwrap();
+        assert_eq!(
+            (type_, value, reason),
+            (API_CONDITION, "False", "NetworkZoneRejected")
+        );
+        assert!(
+            message.contains("\"nowhere\"") && message.contains("unknown zone"),
+            "{message}"
+        );
+        assert_eq!(zone.phase.as_deref(), Some("Error"));
+        assert_eq!(zone.warning, Some("NetworkZoneRejected"));
+
+        let rejected = verdict_of(ReconcileError::Tenant(TenantError::Unauthorized {
+            endpoint: "token lookup",
+            status: 401,
+            code: None,
+            message: "bad token".into(),
+        }));
+        assert_eq!(
+            rejected.condition.map(|c| (c.0, c.2)),
+            Some((TOKENS_CONDITION, "TokenError"))
+        );
+        assert_eq!(rejected.warning, Some("TokenError"));
+
+        let down = verdict_of(ReconcileError::Tenant(TenantError::Unavailable {
+            endpoint: "versions",
+        }));
+        assert_eq!(down.phase, None, "an outage keeps the phase");
+        let (_, _, reason, message) = down.condition.unwrap();
+        assert_eq!(reason, "Unavailable");
+        assert!(message.ends_with("retrying in 60 s"), "{message}");
+        assert_eq!(down.warning, Some("DynatraceAPIUnavailable"));
+
+        let other = connection_info_error(
+            TenantError::Unavailable {
+                endpoint: "connection info",
+            },
+            Some("z"),
+        );
+        assert!(
+            matches!(other, ReconcileError::Tenant(_)),
+            "only a 400 is the user's"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod certificates;
 pub mod dynakube;
+pub mod error;
 pub mod leader;
 pub mod legacy;
 pub mod metrics;

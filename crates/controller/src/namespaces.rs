@@ -82,25 +82,9 @@ impl NamespaceConfig {
     }
 }
 
-/// Why part of a pass failed. The pass is retried after a backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An API call failed.
-    #[error(
-        "cannot {action}: {source}; check the operator's RBAC and that the API server is reachable (retrying)"
-    )]
-    Kube {
-        /// What was attempted, naming the object.
-        action: String,
-        /// The client's error.
-        source: kube::Error,
-    },
-}
-
-fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Kube { action, source }
-}
+/// Why part of a pass failed (the controllers' one error model). The pass is retried after a backoff.
+pub use crate::error::ReconcileError as Error;
+use crate::error::kube_error;
 
 fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(e) if e.code == 404)
@@ -376,7 +360,7 @@ impl From<dynakube_inputs::Error> for InputProblem {
             dynakube_inputs::Error::Problem(problem) => Self::User(format!(
                 "{problem}; the Secrets in the mapped namespaces are kept as they are until then"
             )),
-            dynakube_inputs::Error::Kube { what, source } => Self::Kube(Error::Kube { action: what, source }),
+            dynakube_inputs::Error::Kube { what, source } => Self::Kube(Error::Kube { what, source }),
         }
     }
 }
