@@ -19,26 +19,22 @@ use api::oneagent::OneAgent;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, EnvVarSource, ExecAction, LocalObjectReference, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, Secret, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, LocalObjectReference, PodSpec, Probe, Secret, SecurityContext,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use url::Url;
 
-use crate::DesiredError;
 use crate::hash::with_template_hash_under;
 use crate::objects::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE};
 use crate::oneagent::{
-    APPARMOR_ANNOTATION, CAPABILITIES, CERTS_PATH, CONTAINER_NAME, DEFAULT_DNS_POLICY, HOST_ROOT_PATH,
-    HOST_ROOT_VOLUME, PROXY_ENV, env_from, host_root_volume, literal_env, mount, trusted_cas_volume,
-    with_default_cpu_request,
+    APPARMOR_ANNOTATION, CAPABILITIES, CERTS_PATH, CONTAINER_NAME, DEFAULT_CPU_REQUEST, HOST_ROOT_PATH,
+    host_root_volume,
 };
 use crate::owner::owned_metadata;
+use crate::pod::{self, PROXY_ENV, Volumes, field_env, literal_env, secret_env};
 use crate::tokens::{SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TokenKind, secret_ref};
+use crate::{DesiredError, MISSING_CLUSTER_ID};
 
 /// Annotation on the DaemonSet that holds its template hash (the old operator's key, so that a DaemonSet
 /// it created is recognised and replaced).
@@ -91,13 +87,7 @@ pub struct LegacyFacts {
 }
 
 /// Where the OneAgents and the operator get the proxy from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LegacyProxy<'a> {
-    /// `spec.proxy.value`: the proxy URL.
-    Value(&'a str),
-    /// `spec.proxy.valueFrom`: the Secret whose key `proxy` holds the proxy URL.
-    Secret(&'a str),
-}
+pub type LegacyProxy<'a> = pod::Proxy<'a>;
 
 /// The proxy of a `OneAgent`, or `None` when neither field is set (an empty string counts as unset).
 /// `valueFrom` wins over `value`, as in the old operator's client and DaemonSet (the DynaKube prefers
@@ -295,10 +285,7 @@ pub fn legacy_oneagent_daemonset(
         return Err(invalid_api_url(oneagent));
     }
     if facts.cluster_id.is_empty() {
-        return Err(missing(
-            "the cluster id (UID of the kube-system namespace)",
-            "read the kube-system namespace before building the DaemonSet",
-        ));
+        return Err(missing(MISSING_CLUSTER_ID.0, MISSING_CLUSTER_ID.1));
     }
     if facts.operator_version.is_empty() {
         return Err(missing(
@@ -321,8 +308,7 @@ pub fn legacy_oneagent_daemonset(
     };
 
     let selector = legacy_selector_labels(&name);
-    let mut labels = spec.labels.clone().unwrap_or_default();
-    labels.extend(selector.clone());
+    let labels = pod::labels_over(spec.labels.as_ref(), &selector);
 
     let mut annotations = BTreeMap::new();
     if let Some(version) = non_empty(facts.image_version.as_deref()) {
@@ -332,18 +318,20 @@ pub fn legacy_oneagent_daemonset(
         annotations.insert(APPARMOR_ANNOTATION.to_owned(), "unconfined".to_owned());
     }
 
+    let volumes = volumes(oneagent);
     let container = Container {
         name: CONTAINER_NAME.to_owned(),
         image: Some(image),
         image_pull_policy: Some("Always".to_owned()),
         args: Some(args(oneagent, facts, proxy.is_some())),
         env: Some(env(oneagent, &name, facts, immutable, proxy)),
-        resources: Some(with_default_cpu_request(
+        resources: Some(pod::with_default_cpu_request(
             spec.resources.clone().unwrap_or_default(),
+            DEFAULT_CPU_REQUEST,
         )),
         security_context: Some(security_context(unprivileged)),
         readiness_probe: Some(readiness_probe()),
-        volume_mounts: Some(volume_mounts(oneagent)),
+        volume_mounts: Some(volumes.mounts),
         ..Default::default()
     };
 
@@ -354,50 +342,28 @@ pub fn legacy_oneagent_daemonset(
     };
     let pod = PodSpec {
         containers: vec![container],
-        volumes: Some(volumes(oneagent)),
+        volumes: Some(volumes.volumes),
         host_network: Some(true),
         host_pid: Some(true),
         host_ipc: Some(true),
         service_account_name: Some(service_account.to_owned()),
         image_pull_secrets: legacy_pull_secret_name(oneagent).map(|name| vec![LocalObjectReference { name }]),
-        dns_policy: Some(
-            non_empty(spec.dns_policy.as_deref())
-                .unwrap_or(DEFAULT_DNS_POLICY)
-                .to_owned(),
-        ),
+        dns_policy: Some(pod::host_network_dns_policy(spec.dns_policy.as_deref())),
         affinity: Some(node_affinity()),
         node_selector: spec.node_selector.clone().filter(|s| !s.is_empty()),
-        tolerations: spec.tolerations.clone().filter(|t| !t.is_empty()),
+        tolerations: pod::tolerations(spec.tolerations.as_deref(), &[]),
         priority_class_name: non_empty(spec.priority_class_name.as_deref()).map(str::to_owned),
         ..Default::default()
     };
 
-    let ds = DaemonSet {
-        metadata: owned_metadata(oneagent, name, labels.clone())?,
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: (!annotations.is_empty()).then_some(annotations),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(LEGACY_MAX_UNAVAILABLE)),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    };
+    let ds = pod::rolling_daemonset(
+        owned_metadata(oneagent, name, labels.clone())?,
+        selector,
+        labels,
+        (!annotations.is_empty()).then_some(annotations),
+        pod,
+        LEGACY_MAX_UNAVAILABLE,
+    );
     Ok(with_template_hash_under(ds, LEGACY_TEMPLATE_HASH_ANNOTATION))
 }
 
@@ -646,20 +612,6 @@ fn args(oneagent: &OneAgent, facts: &LegacyFacts, has_proxy: bool) -> Vec<String
     args
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    env_from(
-        name,
-        EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_owned(),
-                key: key.to_owned(),
-                optional: None,
-            }),
-            ..Default::default()
-        },
-    )
-}
-
 /// The reserved variables in the spec's order, each replaced by the user's variable of the same name
 /// (the last one, when the user repeats it), then the rest of the user's variables in their order.
 fn env(
@@ -671,16 +623,7 @@ fn env(
 ) -> Vec<EnvVar> {
     let spec = &oneagent.spec;
     let mut reserved = vec![
-        env_from(
-            "DT_K8S_NODE_NAME",
-            EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".to_owned(),
-                    api_version: None,
-                }),
-                ..Default::default()
-            },
-        ),
+        field_env("DT_K8S_NODE_NAME", "spec.nodeName"),
         literal_env("DT_K8S_CLUSTER_ID", &facts.cluster_id),
     ];
     if spec.webhook_injection == Some(true) {
@@ -706,11 +649,7 @@ fn env(
             },
         ));
     }
-    match proxy {
-        Some(LegacyProxy::Value(value)) => reserved.push(literal_env(PROXY_ENV, value)),
-        Some(LegacyProxy::Secret(secret)) => reserved.push(secret_env(PROXY_ENV, secret, "proxy")),
-        None => {}
-    }
+    reserved.extend(proxy.map(pod::proxy_env));
 
     let mut remaining = Vec::new();
     for user in spec.env.iter().flatten() {
@@ -726,82 +665,40 @@ fn env(
 /// Privileged, or in unprivileged mode only the capabilities the OneAgent needs (the DynaKube's list).
 fn security_context(unprivileged: bool) -> SecurityContext {
     if unprivileged {
-        SecurityContext {
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
-            }),
-            ..Default::default()
-        }
+        pod::only_capabilities(CAPABILITIES)
     } else {
-        SecurityContext {
-            privileged: Some(true),
-            ..Default::default()
-        }
+        pod::privileged()
     }
 }
 
 /// Ready once the OneAgent watchdog process runs.
 fn readiness_probe() -> Probe {
     Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                "grep -q oneagentwatchdo /proc/[0-9]*/stat".to_owned(),
-            ]),
-        }),
         initial_delay_seconds: Some(30),
         period_seconds: Some(30),
         timeout_seconds: Some(1),
-        ..Default::default()
+        ..pod::exec_probe(pod::shell_command("grep -q oneagentwatchdo /proc/[0-9]*/stat"))
     }
 }
 
-fn trusted_cas(oneagent: &OneAgent) -> Option<&str> {
-    non_empty(oneagent.spec.trusted_cas.as_deref())
-}
-
-fn volumes(oneagent: &OneAgent) -> Vec<Volume> {
-    let mut volumes = vec![host_root_volume()];
-    if let Some(config_map) = trusted_cas(oneagent) {
-        volumes.push(trusted_cas_volume(CERTS_VOLUME, config_map));
+/// The host's root and the trusted CAs, each with its mount.
+fn volumes(oneagent: &OneAgent) -> Volumes {
+    let mut volumes = Volumes::default();
+    volumes.add(host_root_volume(), HOST_ROOT_PATH, false);
+    if let Some(config_map) = non_empty(oneagent.spec.trusted_cas.as_deref()) {
+        volumes.add(
+            pod::trusted_cas_volume(CERTS_VOLUME, config_map),
+            CERTS_PATH,
+            false,
+        );
     }
     volumes
 }
 
-fn volume_mounts(oneagent: &OneAgent) -> Vec<VolumeMount> {
-    let mut mounts = vec![mount(HOST_ROOT_VOLUME, HOST_ROOT_PATH, false)];
-    if trusted_cas(oneagent).is_some() {
-        mounts.push(mount(CERTS_VOLUME, CERTS_PATH, false));
-    }
-    mounts
-}
-
 /// Two terms (ORed), because clusters before Kubernetes 1.14 only have the `beta.kubernetes.io` labels
 /// and later ones may lack them.
-fn node_affinity() -> Affinity {
-    let requirement = |key: &str, values: &[&str]| NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator: "In".to_owned(),
-        values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
-    };
-    let term = |prefix: &str| NodeSelectorTerm {
-        match_expressions: Some(vec![
-            requirement(&format!("{prefix}/arch"), &["amd64", "arm64"]),
-            requirement(&format!("{prefix}/os"), &["linux"]),
-        ]),
-        match_fields: None,
-    };
-    Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![term("beta.kubernetes.io"), term("kubernetes.io")],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn node_affinity() -> k8s_openapi::api::core::v1::Affinity {
+    pod::linux_node_affinity(&["beta.kubernetes.io", "kubernetes.io"], &["amd64", "arm64"])
 }
 
 #[cfg(test)]
@@ -811,8 +708,10 @@ mod tests {
 
     use super::*;
     use crate::hash::template_hash_under;
-    use crate::test_support::{container, pod, template};
+    use crate::test_support::{assert_user_scheduling, container, pod, template};
     use crate::tokens::missing_scopes;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     const API_URL: &str = "https://abc12345.live.dynatrace.com/api";
 
@@ -1404,16 +1303,7 @@ mod tests {
         assert_eq!(ds.metadata.labels, Some(expected));
 
         let p = pod(&ds);
-        assert_eq!(p.dns_policy.as_deref(), Some("Default"));
-        assert_eq!(
-            p.node_selector,
-            Some(BTreeMap::from([("node-pool".into(), "apps".into())]))
-        );
-        assert_eq!(
-            p.tolerations.as_ref().unwrap()[0].key.as_deref(),
-            Some("node-role.kubernetes.io/master")
-        );
-        assert_eq!(p.priority_class_name.as_deref(), Some("high"));
+        assert_user_scheduling(p);
         let resources = container(&ds).resources.clone().unwrap();
         let requests = resources.requests.unwrap();
         assert_eq!(requests["memory"].0, "512Mi");

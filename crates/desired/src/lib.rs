@@ -42,6 +42,7 @@ pub mod nodes;
 pub mod objects;
 pub mod oneagent;
 pub mod owner;
+pub mod pod;
 pub mod recycle;
 pub mod rollout;
 #[cfg(test)]
@@ -74,8 +75,9 @@ pub use objects::{
     connection_info_config_map, deployment_metadata, deployment_metadata_config_map, pull_secret,
     tenant_secret,
 };
-pub use oneagent::{HealthCheck, OneAgentFacts, oneagent_daemonset};
+pub use oneagent::{OneAgentFacts, oneagent_daemonset};
 pub use owner::{owned_metadata, owner_reference};
+pub use pod::HealthCheck;
 pub use recycle::{NodeAgentPod, RecyclePlan, recycle_plan};
 pub use rollout::{RolloutDaemonSet, RolloutPod, RolloutProgress, daemonset_phase, rollout_progress};
 pub use throttle::{connection_info_due, request_due, unix_seconds};
@@ -87,6 +89,13 @@ pub use versions::{
     Decision, Lookup, ProbeReason, SkipReason, VersionPlan, VersionRejected, VersionSource, accept_version,
     codemodules_version_plan, oneagent_version_plan, tenant_oneagent_image, tenant_registry,
 };
+
+/// Field and hint of [`DesiredError::Missing`] (or `LegacyMissing`) when a DaemonSet is built without
+/// the cluster id.
+pub(crate) const MISSING_CLUSTER_ID: (&str, &str) = (
+    "the cluster id (UID of the kube-system namespace)",
+    "read the kube-system namespace before building the DaemonSet",
+);
 
 /// Why a desired object cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
