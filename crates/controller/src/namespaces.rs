@@ -963,7 +963,7 @@ impl Controller {
                      namespaces are kept as they are until it does"
                 ))
             })?;
-        let tokens = desired::tokens_from_secret(&secret_name, namespace, &data)
+        let tokens = desired::tokens::tokens_from_secret(&secret_name, namespace, &data)
             .map_err(|e| InputProblem::User(e.to_string()))?;
         let proxy = match proxy_secret_name(dynakube) {
             Some(name) => Some(

@@ -75,7 +75,7 @@ const ARCHITECTURES: &[&str] = &["amd64", "arm64", "ppc64le"];
 
 /// What the OneAgent DaemonSet needs beyond the DynaKube's spec: values other reconcilers resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OneAgentFacts {
+pub struct Facts {
     /// The OneAgent image (`status.oneAgent.imageID`).
     pub image: String,
     /// The OneAgent version (`status.oneAgent.version`); unknown for custom images.
@@ -108,7 +108,7 @@ impl HealthCheck {
 /// cloudNativeFullStack mode, owned by the DynaKube, with its template hash set. Any other mode gives
 /// [`DesiredError::NoOneAgent`]; a missing name, namespace, image or cluster id gives
 /// [`DesiredError::Missing`]; a DynaKube without UID [`DesiredError::NoOwnerUid`].
-pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<DaemonSet, DesiredError> {
+pub fn daemonset(dynakube: &DynaKube, facts: &Facts) -> Result<DaemonSet, DesiredError> {
     let name = dynakube
         .metadata
         .name
@@ -313,7 +313,7 @@ fn env(
     dynakube: &str,
     mode: Mode,
     host: &HostInjectSpec,
-    facts: &OneAgentFacts,
+    facts: &Facts,
     proxy: Option<Proxy<'_>>,
     readonly: bool,
 ) -> Vec<EnvVar> {
@@ -431,7 +431,7 @@ pub(crate) fn host_root_volume() -> Volume {
 }
 
 /// A probe from the image's health check; none without one.
-fn probe(facts: &OneAgentFacts, kind: ProbeKind) -> Option<Probe> {
+fn probe(facts: &Facts, kind: ProbeKind) -> Option<Probe> {
     facts
         .healthcheck
         .as_ref()
@@ -484,8 +484,8 @@ mod tests {
         dk
     }
 
-    fn facts() -> OneAgentFacts {
-        OneAgentFacts {
+    fn facts() -> Facts {
+        Facts {
             image: "abc12345.live.dynatrace.com/linux/oneagent:latest".into(),
             version: Some("1.277.0.20230914-094321".into()),
             cluster_id: "9b3e0e5c-kube-system-uid".into(),
@@ -495,7 +495,7 @@ mod tests {
     }
 
     fn build(dk: &DynaKube) -> DaemonSet {
-        oneagent_daemonset(dk, &facts()).unwrap()
+        daemonset(dk, &facts()).unwrap()
     }
 
     fn args_of(ds: &DaemonSet) -> Vec<&str> {
@@ -1042,9 +1042,9 @@ mod tests {
             (Some("1.2.3+build/4"), Some("1.2.3_build_4")),
             (Some("-1.2.3-"), Some("1.2.3")),
         ] {
-            let ds = oneagent_daemonset(
+            let ds = daemonset(
                 &dk,
-                &OneAgentFacts {
+                &Facts {
                     version: version.map(str::to_owned),
                     ..facts()
                 },
@@ -1112,9 +1112,9 @@ mod tests {
     }
 
     fn probes(healthcheck: HealthCheck) -> (Option<Probe>, Option<Probe>) {
-        let ds = oneagent_daemonset(
+        let ds = daemonset(
             &dynakube(CLASSIC),
-            &OneAgentFacts {
+            &Facts {
                 healthcheck: Some(healthcheck),
                 ..facts()
             },
@@ -1278,7 +1278,7 @@ mod tests {
                 "sets 2 modes (classicFullStack, hostMonitoring); set exactly one",
             ),
         ] {
-            let err = oneagent_daemonset(&dk, &facts()).unwrap_err();
+            let err = daemonset(&dk, &facts()).unwrap_err();
             assert!(matches!(err, DesiredError::NoOneAgent { .. }), "{err:?}");
             let message = err.to_string();
             assert!(
@@ -1292,9 +1292,9 @@ mod tests {
     #[test]
     fn missing_facts_are_errors_that_say_what_to_do() {
         let dk = dynakube(CLASSIC);
-        let no_image = oneagent_daemonset(
+        let no_image = daemonset(
             &dk,
-            &OneAgentFacts {
+            &Facts {
                 image: String::new(),
                 ..facts()
             },
@@ -1305,9 +1305,9 @@ mod tests {
             no_image.contains("status.oneAgent.imageID") && no_image.contains("resolve"),
             "{no_image}"
         );
-        let no_cluster = oneagent_daemonset(
+        let no_cluster = daemonset(
             &dk,
-            &OneAgentFacts {
+            &Facts {
                 cluster_id: String::new(),
                 ..facts()
             },
@@ -1318,7 +1318,7 @@ mod tests {
         let mut no_namespace = dk.clone();
         no_namespace.metadata.namespace = None;
         assert!(
-            oneagent_daemonset(&no_namespace, &facts())
+            daemonset(&no_namespace, &facts())
                 .unwrap_err()
                 .to_string()
                 .contains("metadata.namespace")
@@ -1327,7 +1327,7 @@ mod tests {
         let mut no_uid = dk.clone();
         no_uid.metadata.uid = None;
         assert!(matches!(
-            oneagent_daemonset(&no_uid, &facts()),
+            daemonset(&no_uid, &facts()),
             Err(DesiredError::NoOwnerUid { .. })
         ));
     }
@@ -1348,9 +1348,9 @@ mod tests {
         assert_eq!(hash(&a), crate::hash::template_hash(&a));
 
         let base = hash(&build(&dynakube(HOST))).to_owned();
-        let newer = oneagent_daemonset(
+        let newer = daemonset(
             &dynakube(HOST),
-            &OneAgentFacts {
+            &Facts {
                 version: Some("1.279.0.20231010-101010".into()),
                 ..facts()
             },
@@ -1365,7 +1365,7 @@ mod tests {
     }
 
     /// A DynaKube that exercises most of the builder, per mode.
-    fn rich(mode: &str) -> (DynaKube, OneAgentFacts) {
+    fn rich(mode: &str) -> (DynaKube, Facts) {
         let mut dk = dynakube_with(
             mode,
             json!({
@@ -1383,7 +1383,7 @@ mod tests {
             value: None,
             value_from: Some("proxy-secret".into()),
         });
-        let facts = OneAgentFacts {
+        let facts = Facts {
             healthcheck: Some(HealthCheck {
                 test: strings(&["CMD-SHELL", "/usr/bin/watchdog-healthcheck64"]),
                 interval_seconds: Some(10),
@@ -1399,18 +1399,18 @@ mod tests {
     #[test]
     fn snapshot_classic_full_stack() {
         let (dk, facts) = rich(CLASSIC);
-        insta::assert_yaml_snapshot!(oneagent_daemonset(&dk, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&dk, &facts).unwrap());
     }
 
     #[test]
     fn snapshot_host_monitoring() {
         let (dk, facts) = rich(HOST);
-        insta::assert_yaml_snapshot!(oneagent_daemonset(&dk, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&dk, &facts).unwrap());
     }
 
     #[test]
     fn snapshot_cloud_native_full_stack() {
         let (dk, facts) = rich(CLOUD);
-        insta::assert_yaml_snapshot!(oneagent_daemonset(&dk, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&dk, &facts).unwrap());
     }
 }
