@@ -17,7 +17,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct RequestLabels {
     /// `validate`, `convert`, ...
     pub endpoint: &'static str,
-    /// `allowed`, `denied`, `converted`, `failed`, `bad_request`.
+    /// `allowed`, `denied`, `converted`, `failed`, `bad_request`, `busy` (the memory budget was taken).
     pub outcome: &'static str,
 }
 
