@@ -12,16 +12,17 @@ use api::dynakube::v1beta1::{
 };
 use api::dynakube::{DynaKube, DynaKubeStatus, names};
 use desired::versions::Lookup;
+pub(crate) use dynakube_inputs::{TenantSettings, secret_data};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
-use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, TenantError};
+use tenant_client::{AgentSelector, ImageComponent, TenantClient, TenantError};
 
 use crate::status;
 pub(crate) use crate::status::{now, upsert_condition};
@@ -78,8 +79,8 @@ pub struct Context {
     /// Per object (`namespace/name`), the resourceVersion of the token Secret whose scopes were last
     /// checked. A changed Secret is checked at once instead of after the request threshold.
     pub checked_secrets: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-    /// The cluster's id (the UID of kube-system), read on first use.
-    pub cluster_id: Arc<tokio::sync::OnceCell<String>>,
+    /// Reads what a DynaKube or OneAgent refers to (Secrets, ConfigMaps, the cluster id).
+    pub inputs: dynakube_inputs::Reader,
     /// Whether the cluster is OpenShift, read from the API server's groups on first use.
     pub openshift: Arc<tokio::sync::OnceCell<bool>>,
 }
@@ -189,6 +190,23 @@ impl std::fmt::Display for Fix {
     }
 }
 
+impl From<dynakube_inputs::Error> for ReconcileError {
+    fn from(error: dynakube_inputs::Error) -> Self {
+        match error {
+            dynakube_inputs::Error::Problem(problem) => Self::UserFixable(Fix {
+                condition: if problem.is_token_problem() {
+                    TOKENS_CONDITION
+                } else {
+                    API_CONDITION
+                },
+                reason: problem.reason(),
+                message: problem.to_string(),
+            }),
+            dynakube_inputs::Error::Kube { what, source } => Self::Kube { what, source },
+        }
+    }
+}
+
 impl ReconcileError {
     /// A problem with the token Secret or the tokens, reported in the `Tokens` condition.
     pub(crate) fn token(message: impl Into<String>) -> Self {
@@ -284,36 +302,7 @@ pub(crate) async fn read_tokens(
     ctx: &Context,
     dynakube: &DynaKube,
 ) -> Result<(Option<String>, desired::tokens::Tokens), ReconcileError> {
-    let namespace = dynakube.namespace().unwrap_or_default();
-    let secret_name = dynakube.tokens_secret_name();
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_error(format!(
-            "reading the token Secret {namespace}:{secret_name}"
-        )))?
-        .ok_or_else(|| {
-            ReconcileError::token(format!(
-                "the token Secret {namespace}:{secret_name} does not exist; create it with the key apiToken \
-                 (and optionally paasToken)"
-            ))
-        })?;
-    let (version, data) = secret_data(secret);
-    let tokens = desired::tokens::tokens_from_secret(&secret_name, &namespace, &data)
-        .map_err(|e| ReconcileError::token(e.to_string()))?;
-    Ok((version, tokens))
-}
-
-/// A Secret's resourceVersion and data.
-pub(crate) fn secret_data(secret: Secret) -> (Option<String>, BTreeMap<String, Vec<u8>>) {
-    let version = secret.resource_version();
-    let data = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    (version, data)
+    Ok(ctx.inputs.dynakube_tokens(dynakube).await?)
 }
 
 /// Whether a tenant request last made at `last` may be made again (the shared throttling rule).
@@ -865,18 +854,8 @@ fn failing_tokens_message(status: &DynaKubeStatus) -> Option<String> {
 }
 
 /// The UID of kube-system, the cluster's id.
-/// Read once per process: the UID of a namespace never changes.
 pub(crate) async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> {
-    ctx.cluster_id
-        .get_or_try_init(|| async {
-            let namespace = Api::<Namespace>::all(ctx.client.clone())
-                .get("kube-system")
-                .await
-                .map_err(kube_error("reading namespace kube-system for the cluster id"))?;
-            Ok(namespace.uid().unwrap_or_default())
-        })
-        .await
-        .cloned()
+    Ok(ctx.inputs.cluster_id().await?)
 }
 
 /// API groups only OpenShift serves; either one marks the cluster as OpenShift.
@@ -901,47 +880,6 @@ pub(crate) async fn is_openshift(ctx: &Context) -> Result<bool, ReconcileError> 
         .copied()
 }
 
-/// Where a tenant client's settings come from: a DynaKube's or a legacy OneAgent's spec.
-pub(crate) struct TenantSettings<'a> {
-    /// Namespace of the proxy Secret and the trusted-CAs ConfigMap.
-    pub namespace: &'a str,
-    /// `spec.apiUrl`.
-    pub api_url: &'a str,
-    /// `spec.skipCertCheck`.
-    pub skip_cert_check: bool,
-    /// `spec.networkZone`.
-    pub network_zone: Option<&'a str>,
-    /// Hosts that bypass the proxy.
-    pub no_proxy: Option<String>,
-    /// The proxy URL written in the spec.
-    pub proxy_value: Option<&'a str>,
-    /// The Secret whose key `proxy` holds the proxy URL.
-    pub proxy_secret: Option<&'a str>,
-    /// The ConfigMap whose key `certs` holds CAs to trust.
-    pub trusted_cas: Option<&'a str>,
-}
-
-impl<'a> TenantSettings<'a> {
-    /// A DynaKube's settings: a literal proxy wins over `valueFrom`.
-    pub(crate) fn of_dynakube(dynakube: &'a DynaKube, namespace: &'a str) -> Self {
-        let spec = &dynakube.spec;
-        let proxy = spec.proxy.as_ref();
-        let proxy_value = proxy.and_then(|p| p.value.as_deref()).filter(|v| !v.is_empty());
-        Self {
-            namespace,
-            api_url: &spec.api_url,
-            skip_cert_check: spec.skip_cert_check.unwrap_or(false),
-            network_zone: spec.network_zone.as_deref(),
-            no_proxy: Some(dynakube.feature_flags().no_proxy().to_owned()).filter(|p| !p.is_empty()),
-            proxy_value,
-            proxy_secret: proxy
-                .and_then(|p| p.value_from.as_deref())
-                .filter(|v| proxy_value.is_none() && !v.is_empty()),
-            trusted_cas: spec.trusted_cas.as_deref().filter(|n| !n.is_empty()),
-        }
-    }
-}
-
 /// A tenant client configured from the DynaKube: API URL, tokens, proxy, trusted CAs, network zone.
 async fn tenant_client(
     dynakube: &DynaKube,
@@ -959,59 +897,22 @@ async fn tenant_client(
     .await
 }
 
-/// A tenant client from resolved settings: reads the proxy Secret and the trusted-CAs ConfigMap.
+/// A tenant client from the settings, whose calls are counted in the operator's metrics.
 pub(crate) async fn build_tenant_client(
     ctx: &Context,
     settings: &TenantSettings<'_>,
     api_token: String,
     paas_token: Option<String>,
 ) -> Result<TenantClient, ReconcileError> {
-    let namespace = settings.namespace;
-    let mut config = ClientConfig::new(settings.api_url.to_owned(), api_token);
-    config.paas_token = paas_token;
-    config.skip_cert_check = settings.skip_cert_check;
-    config.network_zone = settings.network_zone.map(str::to_owned);
-    config.observer = Some(Arc::new(ctx.metrics.clone()));
-    config.no_proxy = settings.no_proxy.clone();
-    config.proxy = settings.proxy_value.map(str::to_owned);
-    if let Some(name) = settings.proxy_secret {
-        let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(kube_error(format!("reading the proxy Secret {namespace}:{name}")))?;
-        let value = secret.and_then(|s| s.data).and_then(|d| d.get("proxy").cloned());
-        config.proxy = Some(
-            value
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                .ok_or_else(|| {
-                    ReconcileError::settings(
-                        "ProxySecretError",
-                        format!("the proxy Secret {namespace}:{name} is missing or has no key \"proxy\""),
-                    )
-                })?,
-        );
-    }
-    if let Some(name) = settings.trusted_cas {
-        let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(kube_error(format!(
-                "reading the trusted CAs ConfigMap {namespace}:{name}"
-            )))?;
-        config.trusted_cas_pem = Some(
-            map.and_then(|m| m.data)
-                .and_then(|d| d.get("certs").cloned())
-                .ok_or_else(|| {
-                    ReconcileError::settings(
-                        "TrustedCAsError",
-                        format!(
-                            "the trusted CAs ConfigMap {namespace}:{name} is missing or has no key \"certs\""
-                        ),
-                    )
-                })?,
-        );
-    }
-    TenantClient::new(config).map_err(|e| ReconcileError::settings("ClientConfigError", e.to_string()))
+    Ok(ctx
+        .inputs
+        .tenant_client(
+            settings,
+            api_token,
+            paas_token,
+            Some(Arc::new(ctx.metrics.clone())),
+        )
+        .await?)
 }
 
 /// Refreshes connection info when due or when the tenant-token Secret is missing.

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use api::oneagent::{OneAgent, OneAgentInstance, OneAgentStatus};
 use desired::legacy::{Token, TokenCheck, TokenCondition};
-use desired::pod::Proxy;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -149,23 +148,7 @@ async fn converge(
     }
     let api_token = tokens.get(&Token::Api).cloned().unwrap_or_default();
     let paas_token = tokens.get(&Token::Paas).cloned().unwrap_or_default();
-    let proxy = desired::legacy::proxy(oneagent);
-    let settings = TenantSettings {
-        namespace: &namespace,
-        api_url: &spec.api_url,
-        skip_cert_check: spec.skip_cert_check.unwrap_or(false),
-        network_zone: spec.network_zone.as_deref().filter(|z| !z.is_empty()),
-        no_proxy: None,
-        proxy_value: match proxy {
-            Some(Proxy::Value(value)) => Some(value),
-            _ => None,
-        },
-        proxy_secret: match proxy {
-            Some(Proxy::Secret(secret)) => Some(secret),
-            _ => None,
-        },
-        trusted_cas: spec.trusted_cas.as_deref().filter(|n| !n.is_empty()),
-    };
+    let settings = TenantSettings::of_oneagent(oneagent, &namespace);
     let tenant = build_tenant_client(ctx, &settings, api_token.clone(), Some(paas_token.clone())).await?;
 
     // Tenant probes: tokens, environment id and the latest version, at most every few minutes per

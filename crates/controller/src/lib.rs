@@ -104,7 +104,7 @@ fn controllers(
         reporter,
         client: client.clone(),
         checked_secrets: Arc::default(),
-        cluster_id: Arc::default(),
+        inputs: dynakube_inputs::Reader::new(client.clone()),
         openshift: Arc::default(),
         operator_version,
         requeue,
