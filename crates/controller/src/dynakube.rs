@@ -11,7 +11,7 @@ use api::dynakube::v1beta1::{
     CommunicationHost, ConnectionInfoStatus, OneAgentInstance, OneAgentStatus, VersionStatus,
 };
 use api::dynakube::{DynaKube, DynaKubeStatus, names};
-use desired::Lookup;
+use desired::versions::Lookup;
 pub(crate) use dynakube_inputs::{TenantSettings, secret_data};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -60,9 +60,7 @@ impl Default for Requeue {
             ready_timeout: Duration::from_secs(
                 desired::rollout::DEFAULT_READY_TIMEOUT_SECONDS.unsigned_abs(),
             ),
-            legacy_probe_interval: Duration::from_secs(
-                u64::from(desired::legacy::LEGACY_TOKEN_PROBE_MINUTES) * 60,
-            ),
+            legacy_probe_interval: Duration::from_secs(u64::from(desired::legacy::TOKEN_PROBE_MINUTES) * 60),
         }
     }
 }
@@ -222,14 +220,14 @@ fn verdict(result: &Result<Converged, ReconcileError>, tenant_backoff: Duration)
 pub(crate) async fn read_tokens(
     ctx: &Context,
     dynakube: &DynaKube,
-) -> Result<(Option<String>, desired::Tokens), ReconcileError> {
+) -> Result<(Option<String>, desired::tokens::Tokens), ReconcileError> {
     Ok(ctx.inputs.dynakube_tokens(dynakube).await?)
 }
 
 /// Whether a tenant request last made at `last` may be made again (the shared throttling rule).
 fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
-    desired::request_due(
-        last.map(desired::unix_seconds),
+    desired::throttle::request_due(
+        last.map(desired::throttle::unix_seconds),
         Timestamp::now().as_second(),
         threshold_minutes,
     )
@@ -420,17 +418,17 @@ async fn converge(
         ctx.secret_checked(check_key, secret_version);
         let mut granted = BTreeMap::new();
         for kind in [
-            desired::TokenKind::Api,
-            desired::TokenKind::Paas,
-            desired::TokenKind::DataIngest,
+            desired::tokens::TokenKind::Api,
+            desired::tokens::TokenKind::Paas,
+            desired::tokens::TokenKind::DataIngest,
         ] {
             if let Some(token) = tokens.get(kind) {
                 granted.insert(kind, tenant.token_scopes(token).await?);
             }
         }
-        let required = desired::required_scopes(dynakube, &tokens);
+        let required = desired::tokens::required_scopes(dynakube, &tokens);
         let secret = format!("{namespace}:{}", dynakube.tokens_secret_name());
-        let missing = desired::missing_scopes(&required, &granted, &secret);
+        let missing = desired::tokens::missing_scopes(&required, &granted, &secret);
         status
             .dynatrace_api
             .get_or_insert_with(Default::default)
@@ -456,11 +454,14 @@ async fn converge(
 
     let one_agent = status.one_agent.get_or_insert_with(OneAgentStatus::default);
     connection_info(dynakube, ctx, &tenant, one_agent, threshold).await?;
-    if let Some(pull_secret) = desired::pull_secret(dynakube, tokens.paas_or_api())? {
+    if let Some(pull_secret) = desired::objects::pull_secret(dynakube, tokens.paas_or_api())? {
         apply(ctx, &namespace, pull_secret).await?;
     }
-    let metadata =
-        desired::deployment_metadata_config_map(dynakube, &cluster_id(ctx).await?, &ctx.operator_version)?;
+    let metadata = desired::objects::deployment_metadata_config_map(
+        dynakube,
+        &cluster_id(ctx).await?,
+        &ctx.operator_version,
+    )?;
     apply(ctx, &namespace, metadata).await?;
 
     if !dynakube.needs_one_agent() {
@@ -490,20 +491,20 @@ async fn converge(
         tracing::info!(dynakube = %dynakube.name_any(), "no communication hosts yet; postponing the OneAgent DaemonSet");
         return Ok(Converged::phase("Deploying"));
     }
-    let healthcheck = desired::HealthCheck::oneagent_default();
+    let healthcheck = desired::pod::HealthCheck::oneagent_default();
     one_agent.healthcheck = Some(healthcheck.to_status());
-    let facts = desired::OneAgentFacts {
+    let facts = desired::oneagent::Facts {
         image: one_agent.version.image_id.clone().unwrap_or_default(),
         version: one_agent.version.version.clone(),
         cluster_id: cluster_id(ctx).await?,
         operator_version: ctx.operator_version.clone(),
         healthcheck: Some(healthcheck.clone()),
     };
-    let daemonset = desired::oneagent_daemonset(dynakube, &facts)?;
+    let daemonset = desired::oneagent::daemonset(dynakube, &facts)?;
     let applied = apply_daemonset(
         ctx,
         &namespace,
-        (daemonset, desired::TEMPLATE_HASH_ANNOTATION),
+        (daemonset, desired::hash::TEMPLATE_HASH_ANNOTATION),
         notes,
     )
     .await?;
@@ -541,7 +542,7 @@ async fn converge(
         phase: if not_created.is_some() {
             "Error".to_owned()
         } else {
-            desired::daemonset_phase(&applied).to_owned()
+            desired::rollout::daemonset_phase(&applied).to_owned()
         },
         recheck: progress
             .recheck_in
@@ -613,7 +614,7 @@ pub(crate) struct NodePod {
     /// The node's IP, as the pod reports it.
     pub host_ip: Option<String>,
     /// What the rollout needs to know about it.
-    pub rollout: desired::RolloutPod,
+    pub rollout: desired::rollout::RolloutPod,
 }
 
 /// The scheduled pods matching a DaemonSet's selector labels.
@@ -650,7 +651,7 @@ pub(crate) async fn daemonset_pods(
 /// What the rollout and the status need of a OneAgent pod; `None` for a pod not scheduled yet.
 fn node_pod(pod: k8s_openapi::api::core::v1::Pod) -> Option<NodePod> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
-    let rollout = desired::RolloutPod {
+    let rollout = desired::rollout::RolloutPod {
         name: pod.name_any(),
         node: node.clone(),
         template_generation: pod
@@ -667,7 +668,7 @@ fn node_pod(pod: k8s_openapi::api::core::v1::Pod) -> Option<NodePod> {
             .metadata
             .creation_timestamp
             .as_ref()
-            .map_or(0, desired::unix_seconds),
+            .map_or(0, desired::throttle::unix_seconds),
     };
     Some(NodePod {
         node,
@@ -686,9 +687,9 @@ fn rollout(
     pods: &[NodePod],
     version: Option<&str>,
     ctx: &Context,
-) -> desired::RolloutProgress {
+) -> desired::rollout::RolloutProgress {
     let status = daemonset.status.as_ref();
-    let view = desired::RolloutDaemonSet {
+    let view = desired::rollout::RolloutDaemonSet {
         template_generation: daemonset
             .annotations()
             .get(desired::rollout::TEMPLATE_GENERATION_ANNOTATION)
@@ -696,16 +697,16 @@ fn rollout(
         desired_nodes: status.map_or(0, |s| s.desired_number_scheduled),
         observed: status.is_some_and(|s| s.observed_generation >= daemonset.metadata.generation),
     };
-    let pods: Vec<desired::RolloutPod> = pods.iter().map(|p| p.rollout.clone()).collect();
+    let pods: Vec<desired::rollout::RolloutPod> = pods.iter().map(|p| p.rollout.clone()).collect();
     let timeout = i64::try_from(ctx.requeue.ready_timeout.as_secs()).unwrap_or(i64::MAX);
-    desired::rollout_progress(&view, &pods, version, Timestamp::now().as_second(), timeout)
+    desired::rollout::rollout_progress(&view, &pods, version, Timestamp::now().as_second(), timeout)
 }
 
 /// Puts the rollout into the status and its condition, with an event when it gets blocked or completes.
 fn report_rollout(
     status: &mut DynaKubeStatus,
     dynakube: &DynaKube,
-    progress: &desired::RolloutProgress,
+    progress: &desired::rollout::RolloutProgress,
     not_created: Option<&str>,
     notes: &mut Notes,
 ) {
@@ -800,7 +801,7 @@ pub(crate) async fn is_openshift(ctx: &Context) -> Result<bool, ReconcileError> 
 async fn tenant_client(
     dynakube: &DynaKube,
     ctx: &Context,
-    tokens: &desired::Tokens,
+    tokens: &desired::tokens::Tokens,
 ) -> Result<TenantClient, ReconcileError> {
     let namespace = dynakube.namespace().unwrap_or_default();
     let settings = TenantSettings::of_dynakube(dynakube, &namespace);
@@ -851,9 +852,9 @@ async fn connection_info(
         .as_ref()
         .and_then(|c| c.last_request.as_ref());
     let now_seconds = Timestamp::now().as_second();
-    if !desired::connection_info_due(
+    if !desired::throttle::connection_info_due(
         secret_exists,
-        last.map(desired::unix_seconds),
+        last.map(desired::throttle::unix_seconds),
         now_seconds,
         threshold,
     ) {
@@ -866,11 +867,11 @@ async fn connection_info(
     apply(
         ctx,
         &namespace,
-        desired::tenant_secret(dynakube, &info.tenant_token)?,
+        desired::objects::tenant_secret(dynakube, &info.tenant_token)?,
     )
     .await?;
     let connection =
-        desired::connection_info_config_map(dynakube, &info.tenant_uuid, &info.formatted_endpoints)?;
+        desired::objects::connection_info_config_map(dynakube, &info.tenant_uuid, &info.formatted_endpoints)?;
     apply(ctx, &namespace, connection).await?;
     let hosts: Vec<CommunicationHost> = info
         .communication_hosts
@@ -943,7 +944,8 @@ async fn resolve_version(
 ) -> Result<(), ReconcileError> {
     let current = one_agent.version.source.is_some().then_some(&one_agent.version);
     let now_seconds = Timestamp::now().as_second();
-    let Some(plan) = desired::oneagent_version_plan(dynakube, current, now_seconds, threshold)? else {
+    let Some(plan) = desired::versions::oneagent_version_plan(dynakube, current, now_seconds, threshold)?
+    else {
         return Ok(());
     };
     if !plan.should_probe() {
@@ -967,7 +969,7 @@ async fn resolve_version(
         Lookup::TenantVersion { .. } => return Ok(()),
     };
     if let Some(target) = &version
-        && let Err(rejected) = desired::accept_version(plan.downgrade_baseline.as_deref(), target)
+        && let Err(rejected) = desired::versions::accept_version(plan.downgrade_baseline.as_deref(), target)
     {
         tracing::warn!(dynakube = %dynakube.name_any(), %rejected, "keeping the current OneAgent version");
         // Once per probe, at most every threshold minutes; the recorder folds repeats into a series.

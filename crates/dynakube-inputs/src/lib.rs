@@ -24,7 +24,7 @@ pub const TLS_CERT_KEY: &str = "server.crt";
 pub enum Problem {
     /// The token Secret or a token in it is unusable (the message names the Secret and key).
     #[error(transparent)]
-    Token(#[from] desired::TokenError),
+    Token(#[from] desired::tokens::TokenError),
     /// A Secret the spec names does not exist.
     #[error(
         "{what} {secret} does not exist; create it with the key {key:?}, or change the spec to name one that does"
@@ -107,7 +107,7 @@ pub fn kube_context(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Erro
 
 /// `<namespace>:<name>`, as messages name objects.
 fn object_ref(namespace: &str, name: &str) -> String {
-    desired::secret_ref(namespace, name)
+    desired::tokens::secret_ref(namespace, name)
 }
 
 /// The settings of a tenant client, as a DynaKube's or a OneAgent's spec gives them.
@@ -180,7 +180,7 @@ impl Reader {
         &self,
         namespace: &str,
         secret_name: &str,
-    ) -> Result<(Option<String>, desired::Tokens), Error> {
+    ) -> Result<(Option<String>, desired::tokens::Tokens), Error> {
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get_opt(secret_name)
             .await
@@ -189,12 +189,13 @@ impl Reader {
                 object_ref(namespace, secret_name)
             )))?
             .ok_or_else(|| {
-                Problem::Token(desired::TokenError::SecretNotFound {
+                Problem::Token(desired::tokens::TokenError::SecretNotFound {
                     secret: object_ref(namespace, secret_name),
                 })
             })?;
         let (version, data) = secret_data(secret);
-        let tokens = desired::tokens_from_secret(secret_name, namespace, &data).map_err(Problem::Token)?;
+        let tokens =
+            desired::tokens::tokens_from_secret(secret_name, namespace, &data).map_err(Problem::Token)?;
         Ok((version, tokens))
     }
 
@@ -202,7 +203,7 @@ impl Reader {
     pub async fn dynakube_tokens(
         &self,
         dynakube: &DynaKube,
-    ) -> Result<(Option<String>, desired::Tokens), Error> {
+    ) -> Result<(Option<String>, desired::tokens::Tokens), Error> {
         self.tokens(
             &dynakube.namespace().unwrap_or_default(),
             &dynakube.tokens_secret_name(),
