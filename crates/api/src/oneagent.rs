@@ -40,7 +40,7 @@ pub const DEFAULT_WAIT_READY_SECONDS: u32 = 300;
 #[serde(rename_all = "camelCase")]
 pub struct OneAgentSpec {
     /// URL of the Dynatrace environment's API, including the `/api` suffix.
-    #[schemars(length(min = 1))]
+    // No `minLength`: an empty URL must reach the validating webhook, whose answer says what to set.
     pub api_url: String,
     /// Name of the Secret with `apiToken` and `paasToken`. Defaults to the resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +112,19 @@ pub struct OneAgentSpec {
     /// Run OneAgents with a capability list instead of privileged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_unprivileged_mode: Option<bool>,
+}
+
+impl OneAgent {
+    /// The proxy: `spec.proxy.valueFrom` wins over `value`, as in the old operator's client and DaemonSet
+    /// (the DynaKube prefers `value`).
+    pub fn proxy(&self) -> Option<crate::dynakube::ProxySource<'_>> {
+        self.spec.proxy.as_ref()?.source(false)
+    }
+
+    /// The ConfigMap whose key `certs` holds CAs to trust (`spec.trustedCAs`).
+    pub fn trusted_cas_config_map(&self) -> Option<&str> {
+        self.spec.trusted_cas.as_deref().filter(|n| !n.is_empty())
+    }
 }
 
 /// What the operator observed and did.

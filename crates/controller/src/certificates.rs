@@ -114,28 +114,9 @@ impl Outcome {
     }
 }
 
-/// Why a reconcile failed. It is retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An API call failed.
-    #[error(
-        "cannot {action}: {source}; check the operator's RBAC and that the API server is reachable (retrying)"
-    )]
-    Kube {
-        /// What was attempted, naming the object.
-        action: String,
-        /// The client's error.
-        source: kube::Error,
-    },
-    /// No certificates could be issued.
-    #[error(transparent)]
-    Certificates(#[from] webhook_certificates::CertError),
-}
-
-fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Kube { action, source }
-}
+/// Why a reconcile failed (the controllers' one error model). It is retried with backoff.
+pub use crate::error::ReconcileError as Error;
+use crate::error::kube_error;
 
 /// Runs the controller until `shutdown` completes: reconciles, then waits for the next renewal (at most
 /// [`MAX_WAIT`]), a change of the webhook Deployment, the Secret, either webhook configuration or the
@@ -463,7 +444,7 @@ where
     let kind = K::kind(&Default::default()).into_owned();
     let action = format!("set the caBundle of {kind} {name}");
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).map_err(|e| Error::Kube {
-        action: action.clone(),
+        what: action.clone(),
         source: kube::Error::SerdeError(e),
     })?;
     api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))

@@ -11,18 +11,21 @@ use api::dynakube::v1beta1::{
     CommunicationHost, ConnectionInfoStatus, OneAgentInstance, OneAgentStatus, VersionStatus,
 };
 use api::dynakube::{DynaKube, DynaKubeStatus, names};
-use desired::Lookup;
+use desired::versions::Lookup;
+pub(crate) use dynakube_inputs::{TenantSettings, secret_data};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
-use tenant_client::{AgentSelector, ClientConfig, ImageComponent, TenantClient, TenantError};
+use tenant_client::{AgentSelector, ImageComponent, TenantClient, TenantError};
 
+pub(crate) use crate::error::kube_error;
+pub use crate::error::{Fix, ReconcileError};
 use crate::status;
 pub(crate) use crate::status::{now, upsert_condition};
 
@@ -57,9 +60,7 @@ impl Default for Requeue {
             ready_timeout: Duration::from_secs(
                 desired::rollout::DEFAULT_READY_TIMEOUT_SECONDS.unsigned_abs(),
             ),
-            legacy_probe_interval: Duration::from_secs(
-                u64::from(desired::legacy::LEGACY_TOKEN_PROBE_MINUTES) * 60,
-            ),
+            legacy_probe_interval: Duration::from_secs(u64::from(desired::legacy::TOKEN_PROBE_MINUTES) * 60),
         }
     }
 }
@@ -80,8 +81,8 @@ pub struct Context {
     /// Per object (`namespace/name`), the resourceVersion of the token Secret whose scopes were last
     /// checked. A changed Secret is checked at once instead of after the request threshold.
     pub checked_secrets: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-    /// The cluster's id (the UID of kube-system), read on first use.
-    pub cluster_id: Arc<tokio::sync::OnceCell<String>>,
+    /// Reads what a DynaKube or OneAgent refers to (Secrets, ConfigMaps, the cluster id).
+    pub inputs: dynakube_inputs::Reader,
     /// Whether the cluster is OpenShift, read from the API server's groups on first use.
     pub openshift: Arc<tokio::sync::OnceCell<bool>>,
 }
@@ -151,67 +152,6 @@ impl Notes {
     }
 }
 
-/// Why a reconcile did not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// A Kubernetes call failed.
-    #[error("{what}: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Something the user must fix (tokens, configuration); the message says what.
-    #[error("{0}")]
-    UserFixable(Fix),
-    /// The Dynatrace API failed.
-    #[error(transparent)]
-    Tenant(#[from] TenantError),
-    /// The desired objects could not be built.
-    #[error(transparent)]
-    Desired(#[from] desired::DesiredError),
-}
-
-/// A problem the user must fix: the condition that reports it, the condition's (and event's) reason, and
-/// what is wrong and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fix {
-    /// The condition type that reports it.
-    pub condition: &'static str,
-    /// The reason of the condition and of the warning event.
-    pub reason: &'static str,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-impl std::fmt::Display for Fix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl ReconcileError {
-    /// A problem with the token Secret or the tokens, reported in the `Tokens` condition.
-    pub(crate) fn token(message: impl Into<String>) -> Self {
-        Self::UserFixable(Fix {
-            condition: TOKENS_CONDITION,
-            reason: "TokenError",
-            message: message.into(),
-        })
-    }
-
-    /// A setting that keeps the operator from using the Dynatrace API (proxy, trusted CAs, network zone),
-    /// reported in the `DynatraceAPI` condition.
-    pub(crate) fn settings(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::UserFixable(Fix {
-            condition: API_CONDITION,
-            reason,
-            message: message.into(),
-        })
-    }
-}
-
 /// How the end of a reconcile shows in the status and events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verdict {
@@ -275,53 +215,19 @@ fn verdict(result: &Result<Converged, ReconcileError>, tenant_backoff: Duration)
     }
 }
 
-pub(crate) fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
-    let what = what.into();
-    move |source| ReconcileError::Kube { what, source }
-}
-
 /// The DynaKube's token Secret: its resourceVersion and tokens. A missing Secret or key is the user's to
 /// fix, and the message says how.
 pub(crate) async fn read_tokens(
     ctx: &Context,
     dynakube: &DynaKube,
-) -> Result<(Option<String>, desired::Tokens), ReconcileError> {
-    let namespace = dynakube.namespace().unwrap_or_default();
-    let secret_name = dynakube.tokens_secret_name();
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_error(format!(
-            "reading the token Secret {namespace}:{secret_name}"
-        )))?
-        .ok_or_else(|| {
-            ReconcileError::token(format!(
-                "the token Secret {namespace}:{secret_name} does not exist; create it with the key apiToken \
-                 (and optionally paasToken)"
-            ))
-        })?;
-    let (version, data) = secret_data(secret);
-    let tokens = desired::tokens_from_secret(&secret_name, &namespace, &data)
-        .map_err(|e| ReconcileError::token(e.to_string()))?;
-    Ok((version, tokens))
-}
-
-/// A Secret's resourceVersion and data.
-pub(crate) fn secret_data(secret: Secret) -> (Option<String>, BTreeMap<String, Vec<u8>>) {
-    let version = secret.resource_version();
-    let data = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    (version, data)
+) -> Result<(Option<String>, desired::tokens::Tokens), ReconcileError> {
+    Ok(ctx.inputs.dynakube_tokens(dynakube).await?)
 }
 
 /// Whether a tenant request last made at `last` may be made again (the shared throttling rule).
 fn due(last: Option<&Time>, threshold_minutes: u32) -> bool {
-    desired::request_due(
-        last.map(desired::unix_seconds),
+    desired::throttle::request_due(
+        last.map(desired::throttle::unix_seconds),
         Timestamp::now().as_second(),
         threshold_minutes,
     )
@@ -352,10 +258,8 @@ impl Outcome {
     pub(crate) fn of(result: Result<Option<Duration>, ReconcileError>) -> Result<Self, ReconcileError> {
         match result {
             Ok(recheck) => Ok(Self::Converged(recheck)),
-            Err(
-                ReconcileError::UserFixable(_) | ReconcileError::Tenant(TenantError::Unauthorized { .. }),
-            ) => Ok(Self::UserFixable),
-            Err(ReconcileError::Tenant(e)) if e.is_transient() => Ok(Self::TenantUnavailable),
+            Err(e) if e.needs_user() => Ok(Self::UserFixable),
+            Err(e) if e.is_transient() => Ok(Self::TenantUnavailable),
             Err(other) => Err(other),
         }
     }
@@ -366,7 +270,7 @@ impl Outcome {
             Ok(Self::Converged(_)) => "success",
             Ok(Self::UserFixable) => "user_error",
             Ok(Self::TenantUnavailable) => "tenant_unavailable",
-            Err(_) => "error",
+            Err(e) => e.metric_label(),
         }
     }
 
@@ -514,17 +418,17 @@ async fn converge(
         ctx.secret_checked(check_key, secret_version);
         let mut granted = BTreeMap::new();
         for kind in [
-            desired::TokenKind::Api,
-            desired::TokenKind::Paas,
-            desired::TokenKind::DataIngest,
+            desired::tokens::TokenKind::Api,
+            desired::tokens::TokenKind::Paas,
+            desired::tokens::TokenKind::DataIngest,
         ] {
             if let Some(token) = tokens.get(kind) {
                 granted.insert(kind, tenant.token_scopes(token).await?);
             }
         }
-        let required = desired::required_scopes(dynakube, &tokens);
+        let required = desired::tokens::required_scopes(dynakube, &tokens);
         let secret = format!("{namespace}:{}", dynakube.tokens_secret_name());
-        let missing = desired::missing_scopes(&required, &granted, &secret);
+        let missing = desired::tokens::missing_scopes(&required, &granted, &secret);
         status
             .dynatrace_api
             .get_or_insert_with(Default::default)
@@ -550,11 +454,14 @@ async fn converge(
 
     let one_agent = status.one_agent.get_or_insert_with(OneAgentStatus::default);
     connection_info(dynakube, ctx, &tenant, one_agent, threshold).await?;
-    if let Some(pull_secret) = desired::pull_secret(dynakube, tokens.paas_or_api())? {
+    if let Some(pull_secret) = desired::objects::pull_secret(dynakube, tokens.paas_or_api())? {
         apply(ctx, &namespace, pull_secret).await?;
     }
-    let metadata =
-        desired::deployment_metadata_config_map(dynakube, &cluster_id(ctx).await?, &ctx.operator_version)?;
+    let metadata = desired::objects::deployment_metadata_config_map(
+        dynakube,
+        &cluster_id(ctx).await?,
+        &ctx.operator_version,
+    )?;
     apply(ctx, &namespace, metadata).await?;
 
     if !dynakube.needs_one_agent() {
@@ -584,20 +491,20 @@ async fn converge(
         tracing::info!(dynakube = %dynakube.name_any(), "no communication hosts yet; postponing the OneAgent DaemonSet");
         return Ok(Converged::phase("Deploying"));
     }
-    let healthcheck = desired::HealthCheck::oneagent_default();
+    let healthcheck = desired::pod::HealthCheck::oneagent_default();
     one_agent.healthcheck = Some(healthcheck.to_status());
-    let facts = desired::OneAgentFacts {
+    let facts = desired::oneagent::Facts {
         image: one_agent.version.image_id.clone().unwrap_or_default(),
         version: one_agent.version.version.clone(),
         cluster_id: cluster_id(ctx).await?,
         operator_version: ctx.operator_version.clone(),
         healthcheck: Some(healthcheck.clone()),
     };
-    let daemonset = desired::oneagent_daemonset(dynakube, &facts)?;
+    let daemonset = desired::oneagent::daemonset(dynakube, &facts)?;
     let applied = apply_daemonset(
         ctx,
         &namespace,
-        (daemonset, desired::TEMPLATE_HASH_ANNOTATION),
+        (daemonset, desired::hash::TEMPLATE_HASH_ANNOTATION),
         notes,
     )
     .await?;
@@ -635,7 +542,7 @@ async fn converge(
         phase: if not_created.is_some() {
             "Error".to_owned()
         } else {
-            desired::daemonset_phase(&applied).to_owned()
+            desired::rollout::daemonset_phase(&applied).to_owned()
         },
         recheck: progress
             .recheck_in
@@ -707,7 +614,7 @@ pub(crate) struct NodePod {
     /// The node's IP, as the pod reports it.
     pub host_ip: Option<String>,
     /// What the rollout needs to know about it.
-    pub rollout: desired::RolloutPod,
+    pub rollout: desired::rollout::RolloutPod,
 }
 
 /// The scheduled pods matching a DaemonSet's selector labels.
@@ -744,7 +651,7 @@ pub(crate) async fn daemonset_pods(
 /// What the rollout and the status need of a OneAgent pod; `None` for a pod not scheduled yet.
 fn node_pod(pod: k8s_openapi::api::core::v1::Pod) -> Option<NodePod> {
     let node = pod.spec.as_ref()?.node_name.clone()?;
-    let rollout = desired::RolloutPod {
+    let rollout = desired::rollout::RolloutPod {
         name: pod.name_any(),
         node: node.clone(),
         template_generation: pod
@@ -761,7 +668,7 @@ fn node_pod(pod: k8s_openapi::api::core::v1::Pod) -> Option<NodePod> {
             .metadata
             .creation_timestamp
             .as_ref()
-            .map_or(0, desired::unix_seconds),
+            .map_or(0, desired::throttle::unix_seconds),
     };
     Some(NodePod {
         node,
@@ -780,9 +687,9 @@ fn rollout(
     pods: &[NodePod],
     version: Option<&str>,
     ctx: &Context,
-) -> desired::RolloutProgress {
+) -> desired::rollout::RolloutProgress {
     let status = daemonset.status.as_ref();
-    let view = desired::RolloutDaemonSet {
+    let view = desired::rollout::RolloutDaemonSet {
         template_generation: daemonset
             .annotations()
             .get(desired::rollout::TEMPLATE_GENERATION_ANNOTATION)
@@ -790,16 +697,16 @@ fn rollout(
         desired_nodes: status.map_or(0, |s| s.desired_number_scheduled),
         observed: status.is_some_and(|s| s.observed_generation >= daemonset.metadata.generation),
     };
-    let pods: Vec<desired::RolloutPod> = pods.iter().map(|p| p.rollout.clone()).collect();
+    let pods: Vec<desired::rollout::RolloutPod> = pods.iter().map(|p| p.rollout.clone()).collect();
     let timeout = i64::try_from(ctx.requeue.ready_timeout.as_secs()).unwrap_or(i64::MAX);
-    desired::rollout_progress(&view, &pods, version, Timestamp::now().as_second(), timeout)
+    desired::rollout::rollout_progress(&view, &pods, version, Timestamp::now().as_second(), timeout)
 }
 
 /// Puts the rollout into the status and its condition, with an event when it gets blocked or completes.
 fn report_rollout(
     status: &mut DynaKubeStatus,
     dynakube: &DynaKube,
-    progress: &desired::RolloutProgress,
+    progress: &desired::rollout::RolloutProgress,
     not_created: Option<&str>,
     notes: &mut Notes,
 ) {
@@ -864,18 +771,8 @@ fn failing_tokens_message(status: &DynaKubeStatus) -> Option<String> {
 }
 
 /// The UID of kube-system, the cluster's id.
-/// Read once per process: the UID of a namespace never changes.
 pub(crate) async fn cluster_id(ctx: &Context) -> Result<String, ReconcileError> {
-    ctx.cluster_id
-        .get_or_try_init(|| async {
-            let namespace = Api::<Namespace>::all(ctx.client.clone())
-                .get("kube-system")
-                .await
-                .map_err(kube_error("reading namespace kube-system for the cluster id"))?;
-            Ok(namespace.uid().unwrap_or_default())
-        })
-        .await
-        .cloned()
+    Ok(ctx.inputs.cluster_id().await?)
 }
 
 /// API groups only OpenShift serves; either one marks the cluster as OpenShift.
@@ -900,52 +797,11 @@ pub(crate) async fn is_openshift(ctx: &Context) -> Result<bool, ReconcileError> 
         .copied()
 }
 
-/// Where a tenant client's settings come from: a DynaKube's or a legacy OneAgent's spec.
-pub(crate) struct TenantSettings<'a> {
-    /// Namespace of the proxy Secret and the trusted-CAs ConfigMap.
-    pub namespace: &'a str,
-    /// `spec.apiUrl`.
-    pub api_url: &'a str,
-    /// `spec.skipCertCheck`.
-    pub skip_cert_check: bool,
-    /// `spec.networkZone`.
-    pub network_zone: Option<&'a str>,
-    /// Hosts that bypass the proxy.
-    pub no_proxy: Option<String>,
-    /// The proxy URL written in the spec.
-    pub proxy_value: Option<&'a str>,
-    /// The Secret whose key `proxy` holds the proxy URL.
-    pub proxy_secret: Option<&'a str>,
-    /// The ConfigMap whose key `certs` holds CAs to trust.
-    pub trusted_cas: Option<&'a str>,
-}
-
-impl<'a> TenantSettings<'a> {
-    /// A DynaKube's settings: a literal proxy wins over `valueFrom`.
-    pub(crate) fn of_dynakube(dynakube: &'a DynaKube, namespace: &'a str) -> Self {
-        let spec = &dynakube.spec;
-        let proxy = spec.proxy.as_ref();
-        let proxy_value = proxy.and_then(|p| p.value.as_deref()).filter(|v| !v.is_empty());
-        Self {
-            namespace,
-            api_url: &spec.api_url,
-            skip_cert_check: spec.skip_cert_check.unwrap_or(false),
-            network_zone: spec.network_zone.as_deref(),
-            no_proxy: Some(dynakube.feature_flags().no_proxy().to_owned()).filter(|p| !p.is_empty()),
-            proxy_value,
-            proxy_secret: proxy
-                .and_then(|p| p.value_from.as_deref())
-                .filter(|v| proxy_value.is_none() && !v.is_empty()),
-            trusted_cas: spec.trusted_cas.as_deref().filter(|n| !n.is_empty()),
-        }
-    }
-}
-
 /// A tenant client configured from the DynaKube: API URL, tokens, proxy, trusted CAs, network zone.
 async fn tenant_client(
     dynakube: &DynaKube,
     ctx: &Context,
-    tokens: &desired::Tokens,
+    tokens: &desired::tokens::Tokens,
 ) -> Result<TenantClient, ReconcileError> {
     let namespace = dynakube.namespace().unwrap_or_default();
     let settings = TenantSettings::of_dynakube(dynakube, &namespace);
@@ -958,59 +814,22 @@ async fn tenant_client(
     .await
 }
 
-/// A tenant client from resolved settings: reads the proxy Secret and the trusted-CAs ConfigMap.
+/// A tenant client from the settings, whose calls are counted in the operator's metrics.
 pub(crate) async fn build_tenant_client(
     ctx: &Context,
     settings: &TenantSettings<'_>,
     api_token: String,
     paas_token: Option<String>,
 ) -> Result<TenantClient, ReconcileError> {
-    let namespace = settings.namespace;
-    let mut config = ClientConfig::new(settings.api_url.to_owned(), api_token);
-    config.paas_token = paas_token;
-    config.skip_cert_check = settings.skip_cert_check;
-    config.network_zone = settings.network_zone.map(str::to_owned);
-    config.observer = Some(Arc::new(ctx.metrics.clone()));
-    config.no_proxy = settings.no_proxy.clone();
-    config.proxy = settings.proxy_value.map(str::to_owned);
-    if let Some(name) = settings.proxy_secret {
-        let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(kube_error(format!("reading the proxy Secret {namespace}:{name}")))?;
-        let value = secret.and_then(|s| s.data).and_then(|d| d.get("proxy").cloned());
-        config.proxy = Some(
-            value
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                .ok_or_else(|| {
-                    ReconcileError::settings(
-                        "ProxySecretError",
-                        format!("the proxy Secret {namespace}:{name} is missing or has no key \"proxy\""),
-                    )
-                })?,
-        );
-    }
-    if let Some(name) = settings.trusted_cas {
-        let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(kube_error(format!(
-                "reading the trusted CAs ConfigMap {namespace}:{name}"
-            )))?;
-        config.trusted_cas_pem = Some(
-            map.and_then(|m| m.data)
-                .and_then(|d| d.get("certs").cloned())
-                .ok_or_else(|| {
-                    ReconcileError::settings(
-                        "TrustedCAsError",
-                        format!(
-                            "the trusted CAs ConfigMap {namespace}:{name} is missing or has no key \"certs\""
-                        ),
-                    )
-                })?,
-        );
-    }
-    TenantClient::new(config).map_err(|e| ReconcileError::settings("ClientConfigError", e.to_string()))
+    Ok(ctx
+        .inputs
+        .tenant_client(
+            settings,
+            api_token,
+            paas_token,
+            Some(Arc::new(ctx.metrics.clone())),
+        )
+        .await?)
 }
 
 /// Refreshes connection info when due or when the tenant-token Secret is missing.
@@ -1033,9 +852,9 @@ async fn connection_info(
         .as_ref()
         .and_then(|c| c.last_request.as_ref());
     let now_seconds = Timestamp::now().as_second();
-    if !desired::connection_info_due(
+    if !desired::throttle::connection_info_due(
         secret_exists,
-        last.map(desired::unix_seconds),
+        last.map(desired::throttle::unix_seconds),
         now_seconds,
         threshold,
     ) {
@@ -1048,11 +867,11 @@ async fn connection_info(
     apply(
         ctx,
         &namespace,
-        desired::tenant_secret(dynakube, &info.tenant_token)?,
+        desired::objects::tenant_secret(dynakube, &info.tenant_token)?,
     )
     .await?;
     let connection =
-        desired::connection_info_config_map(dynakube, &info.tenant_uuid, &info.formatted_endpoints)?;
+        desired::objects::connection_info_config_map(dynakube, &info.tenant_uuid, &info.formatted_endpoints)?;
     apply(ctx, &namespace, connection).await?;
     let hosts: Vec<CommunicationHost> = info
         .communication_hosts
@@ -1125,7 +944,8 @@ async fn resolve_version(
 ) -> Result<(), ReconcileError> {
     let current = one_agent.version.source.is_some().then_some(&one_agent.version);
     let now_seconds = Timestamp::now().as_second();
-    let Some(plan) = desired::oneagent_version_plan(dynakube, current, now_seconds, threshold)? else {
+    let Some(plan) = desired::versions::oneagent_version_plan(dynakube, current, now_seconds, threshold)?
+    else {
         return Ok(());
     };
     if !plan.should_probe() {
@@ -1149,7 +969,7 @@ async fn resolve_version(
         Lookup::TenantVersion { .. } => return Ok(()),
     };
     if let Some(target) = &version
-        && let Err(rejected) = desired::accept_version(plan.downgrade_baseline.as_deref(), target)
+        && let Err(rejected) = desired::versions::accept_version(plan.downgrade_baseline.as_deref(), target)
     {
         tracing::warn!(dynakube = %dynakube.name_any(), %rejected, "keeping the current OneAgent version");
         // Once per probe, at most every threshold minutes; the recorder folds repeats into a series.
@@ -1264,5 +1084,78 @@ pub(crate) async fn delete_daemonset(
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(kube_error(format!("deleting DaemonSet {namespace}:{name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict_of(error: ReconcileError) -> Verdict {
+        verdict(&Err(error), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn each_end_of_a_reconcile_sets_its_condition_phase_and_warning() {
+        let ok = verdict(&Ok(Converged::phase("Running")), Duration::from_secs(60));
+        assert_eq!(ok.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            ok.condition.map(|c| (c.0, c.1, c.2)),
+            Some((API_CONDITION, "True", "Reachable"))
+        );
+        assert_eq!(ok.warning, None);
+
+        let zone = verdict_of(connection_info_error(
+            TenantError::Server {
+                endpoint: "connection info",
+                status: 400,
+                code: None,
+                message: "unknown zone".into(),
+            },
+            Some("nowhere"),
+        ));
+        let (type_, value, reason, message) = zone.condition.unwrap();
+        assert_eq!(
+            (type_, value, reason),
+            (API_CONDITION, "False", "NetworkZoneRejected")
+        );
+        assert!(
+            message.contains("\"nowhere\"") && message.contains("unknown zone"),
+            "{message}"
+        );
+        assert_eq!(zone.phase.as_deref(), Some("Error"));
+        assert_eq!(zone.warning, Some("NetworkZoneRejected"));
+
+        let rejected = verdict_of(ReconcileError::Tenant(TenantError::Unauthorized {
+            endpoint: "token lookup",
+            status: 401,
+            code: None,
+            message: "bad token".into(),
+        }));
+        assert_eq!(
+            rejected.condition.map(|c| (c.0, c.2)),
+            Some((TOKENS_CONDITION, "TokenError"))
+        );
+        assert_eq!(rejected.warning, Some("TokenError"));
+
+        let down = verdict_of(ReconcileError::Tenant(TenantError::Unavailable {
+            endpoint: "versions",
+        }));
+        assert_eq!(down.phase, None, "an outage keeps the phase");
+        let (_, _, reason, message) = down.condition.unwrap();
+        assert_eq!(reason, "Unavailable");
+        assert!(message.ends_with("retrying in 60 s"), "{message}");
+        assert_eq!(down.warning, Some("DynatraceAPIUnavailable"));
+
+        let other = connection_info_error(
+            TenantError::Unavailable {
+                endpoint: "connection info",
+            },
+            Some("z"),
+        );
+        assert!(
+            matches!(other, ReconcileError::Tenant(_)),
+            "only a 400 is the user's"
+        );
     }
 }

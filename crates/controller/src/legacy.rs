@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use api::oneagent::{OneAgent, OneAgentInstance, OneAgentStatus};
-use desired::legacy::{LegacyProxy, LegacyToken, LegacyTokenCheck, LegacyTokenCondition};
+use desired::legacy::{Token, TokenCheck, TokenCondition};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -70,7 +70,7 @@ async fn write_status(
 fn set_token_conditions(
     status: &mut OneAgentStatus,
     oneagent: &OneAgent,
-    conditions: &[LegacyTokenCondition],
+    conditions: &[TokenCondition],
     notes: &mut Notes,
 ) -> Vec<String> {
     let all = status.conditions.get_or_insert_with(Vec::new);
@@ -114,10 +114,10 @@ async fn converge(
     }
 
     // Tokens: the Secret and both keys, before any tenant call.
-    let secret_name = desired::legacy_tokens_secret_name(oneagent);
-    let secret_ref = desired::secret_ref(&namespace, &secret_name);
+    let secret_name = desired::legacy::tokens_secret_name(oneagent);
+    let secret_ref = desired::tokens::secret_ref(&namespace, &secret_name);
     status.tokens = Some(secret_name.clone());
-    status.use_immutable_image = Some(desired::legacy_uses_immutable_image(oneagent));
+    status.use_immutable_image = Some(desired::legacy::uses_immutable_image(oneagent));
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
         .get_opt(&secret_name)
         .await
@@ -126,7 +126,7 @@ async fn converge(
         let failing = set_token_conditions(
             status,
             oneagent,
-            &desired::legacy_secret_not_found_conditions(oneagent),
+            &desired::legacy::secret_not_found_conditions(oneagent),
             notes,
         );
         return Err(ReconcileError::token(failing.join("; ")));
@@ -134,37 +134,21 @@ async fn converge(
     let (secret_version, data) = secret_data(secret);
     let mut tokens = BTreeMap::new();
     let mut unreadable = Vec::new();
-    for token in LegacyToken::ALL {
-        match desired::legacy_token_from_secret(&data, token) {
+    for token in Token::ALL {
+        match desired::legacy::token_from_secret(&data, token) {
             Ok(value) => {
                 tokens.insert(token, value);
             }
-            Err(check) => unreadable.push(desired::legacy_token_condition(token, &check, &secret_ref)),
+            Err(check) => unreadable.push(desired::legacy::token_condition(token, &check, &secret_ref)),
         }
     }
     if !unreadable.is_empty() {
         let failing = set_token_conditions(status, oneagent, &unreadable, notes);
         return Err(ReconcileError::token(failing.join("; ")));
     }
-    let api_token = tokens.get(&LegacyToken::Api).cloned().unwrap_or_default();
-    let paas_token = tokens.get(&LegacyToken::Paas).cloned().unwrap_or_default();
-    let proxy = desired::legacy_proxy(oneagent);
-    let settings = TenantSettings {
-        namespace: &namespace,
-        api_url: &spec.api_url,
-        skip_cert_check: spec.skip_cert_check.unwrap_or(false),
-        network_zone: spec.network_zone.as_deref().filter(|z| !z.is_empty()),
-        no_proxy: None,
-        proxy_value: match proxy {
-            Some(LegacyProxy::Value(value)) => Some(value),
-            _ => None,
-        },
-        proxy_secret: match proxy {
-            Some(LegacyProxy::Secret(secret)) => Some(secret),
-            _ => None,
-        },
-        trusted_cas: spec.trusted_cas.as_deref().filter(|n| !n.is_empty()),
-    };
+    let api_token = tokens.get(&Token::Api).cloned().unwrap_or_default();
+    let paas_token = tokens.get(&Token::Paas).cloned().unwrap_or_default();
+    let settings = TenantSettings::of_oneagent(oneagent, &namespace);
     let tenant = build_tenant_client(ctx, &settings, api_token.clone(), Some(paas_token.clone())).await?;
 
     // Tenant probes: tokens, environment id and the latest version, at most every few minutes per
@@ -172,18 +156,18 @@ async fn converge(
     let last_probe = status
         .last_update_probe_timestamp
         .as_ref()
-        .map(desired::unix_seconds);
+        .map(desired::throttle::unix_seconds);
     let check_key = format!("oneagent/{namespace}/{name}");
     let interval = i64::try_from(ctx.requeue.legacy_probe_interval.as_secs()).unwrap_or(i64::MAX);
-    let probe_due = desired::legacy_probe_due(last_probe, Timestamp::now().as_second(), interval);
+    let probe_due = desired::legacy::probe_due(last_probe, Timestamp::now().as_second(), interval);
     let probe = probe_due || ctx.secret_changed(&check_key, secret_version.as_deref());
     if probe {
         ctx.secret_checked(check_key, secret_version);
         let mut conditions = Vec::new();
-        for token in LegacyToken::ALL {
+        for token in Token::ALL {
             let value = tokens.get(&token).map(String::as_str).unwrap_or_default();
             let check = token_check(&tenant, token, value).await?;
-            conditions.push(desired::legacy_token_condition(token, &check, &secret_ref));
+            conditions.push(desired::legacy::token_condition(token, &check, &secret_ref));
         }
         let failing = set_token_conditions(status, oneagent, &conditions, notes);
         if !failing.is_empty() {
@@ -203,32 +187,32 @@ async fn converge(
 
     // Pull secret (immutable mode with the tenant's image).
     if let Some(pull_secret) =
-        desired::legacy_pull_secret(oneagent, status.environment_id.as_deref(), &paas_token)?
+        desired::legacy::pull_secret(oneagent, status.environment_id.as_deref(), &paas_token)?
     {
         apply(ctx, &namespace, pull_secret).await?;
     }
 
-    let facts = desired::LegacyFacts {
+    let facts = desired::legacy::Facts {
         image: None,
         cluster_id: cluster_id(ctx).await?,
         operator_version: ctx.operator_version.clone(),
         image_version: status.image_version.clone(),
         openshift: crate::dynakube::is_openshift(ctx).await?,
     };
-    let daemonset = desired::legacy_oneagent_daemonset(oneagent, &facts)?;
+    let daemonset = desired::legacy::daemonset(oneagent, &facts)?;
     let applied = apply_daemonset(
         ctx,
         &namespace,
-        (daemonset, desired::LEGACY_TEMPLATE_HASH_ANNOTATION),
+        (daemonset, desired::legacy::TEMPLATE_HASH_ANNOTATION),
         notes,
     )
     .await?;
-    let labels = desired::legacy_selector_labels(&name);
+    let labels = desired::legacy::selector_labels(&name);
     let pods = daemonset_pods(ctx, &namespace, &labels).await?;
-    let mut phase = desired::daemonset_phase(&applied);
+    let mut phase = desired::rollout::daemonset_phase(&applied);
     let mut recheck = None;
     let updates =
-        !spec.disable_agent_update.unwrap_or(false) && !desired::legacy_uses_immutable_image(oneagent);
+        !spec.disable_agent_update.unwrap_or(false) && !desired::legacy::uses_immutable_image(oneagent);
     let host_versions = match (status.version.clone(), updates) {
         (Some(target), true) => {
             let since = target_since(ctx, &applied, &target).await?;
@@ -244,7 +228,7 @@ async fn converge(
             )
             .await?;
             if plan.blocked.is_some() || !plan.outdated.is_empty() {
-                phase = desired::legacy::LEGACY_PHASE_DEPLOYING;
+                phase = desired::legacy::PHASE_DEPLOYING;
             }
             recheck = plan
                 .recheck_in
@@ -285,7 +269,7 @@ async fn converge(
             })
             .collect(),
     );
-    if status.phase.as_deref() != Some(phase) && phase == desired::legacy::LEGACY_PHASE_RUNNING {
+    if status.phase.as_deref() != Some(phase) && phase == desired::legacy::PHASE_RUNNING {
         notes.normal("Running", format!("every OneAgent pod of {name} is ready"));
     }
     status.phase = Some(phase.to_owned());
@@ -382,11 +366,11 @@ async fn update_step(
     daemonset: &DaemonSet,
     notes: &mut Notes,
     status: &mut OneAgentStatus,
-) -> Result<desired::RecyclePlan, ReconcileError> {
+) -> Result<desired::recycle::RecyclePlan, ReconcileError> {
     let namespace = oneagent.namespace().unwrap_or_default();
-    let view: Vec<desired::NodeAgentPod> = pods
+    let view: Vec<desired::recycle::NodeAgentPod> = pods
         .iter()
-        .map(|p| desired::NodeAgentPod {
+        .map(|p| desired::recycle::NodeAgentPod {
             name: p.name.clone(),
             node: p.node.clone(),
             host_ip: p.host_ip.clone(),
@@ -406,7 +390,7 @@ async fn update_step(
             .unwrap_or(api::oneagent::DEFAULT_WAIT_READY_SECONDS),
     );
     let now = Timestamp::now().as_second();
-    let plan = desired::recycle_plan(&view, versions, target, since, desired_nodes, now, wait);
+    let plan = desired::recycle::recycle_plan(&view, versions, target, since, desired_nodes, now, wait);
     if let Some(pod) = &plan.delete {
         let node = pods
             .iter()
@@ -474,17 +458,13 @@ async fn update_step(
 
 /// Checks one token's scopes at the tenant. Transient failures end the reconcile (it is requeued);
 /// anything else becomes the token's condition.
-async fn token_check(
-    tenant: &TenantClient,
-    token: LegacyToken,
-    value: &str,
-) -> Result<LegacyTokenCheck, ReconcileError> {
+async fn token_check(tenant: &TenantClient, token: Token, value: &str) -> Result<TokenCheck, ReconcileError> {
     match tenant.token_scopes(value).await {
-        Ok(scopes) if scopes.iter().any(|s| s == token.scope()) => Ok(LegacyTokenCheck::Ready),
-        Ok(_) => Ok(LegacyTokenCheck::ScopeMissing),
-        Err(TenantError::Unauthorized { .. }) => Ok(LegacyTokenCheck::Unauthorized),
+        Ok(scopes) if scopes.iter().any(|s| s == token.scope()) => Ok(TokenCheck::Ready),
+        Ok(_) => Ok(TokenCheck::ScopeMissing),
+        Err(TenantError::Unauthorized { .. }) => Ok(TokenCheck::Unauthorized),
         Err(error) if error.is_transient() => Err(error.into()),
-        Err(error) => Ok(LegacyTokenCheck::Error(error.to_string())),
+        Err(error) => Ok(TokenCheck::Error(error.to_string())),
     }
 }
 
@@ -516,7 +496,7 @@ async fn resolve_version(
         return Ok(());
     }
     if pinned.is_none()
-        && let Err(rejected) = desired::accept_version(status.version.as_deref(), &target)
+        && let Err(rejected) = desired::versions::accept_version(status.version.as_deref(), &target)
     {
         notes.warning("DowngradeRefused", rejected.to_string());
         return Ok(());

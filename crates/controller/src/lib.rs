@@ -3,6 +3,7 @@
 
 pub mod certificates;
 pub mod dynakube;
+pub mod error;
 pub mod leader;
 pub mod legacy;
 pub mod metrics;
@@ -104,7 +105,7 @@ fn controllers(
         reporter,
         client: client.clone(),
         checked_secrets: Arc::default(),
-        cluster_id: Arc::default(),
+        inputs: dynakube_inputs::Reader::new(client.clone()),
         openshift: Arc::default(),
         operator_version,
         requeue,

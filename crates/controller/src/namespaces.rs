@@ -21,13 +21,13 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::dynakube::{DynaKube, names};
+use api::dynakube::{DynaKube, ProxySource, names};
 use desired::mapping::{
     self, ConditionUpdate, DynaKubeRef, InitSecretFacts, Mapping, NAMESPACE_CONFLICT_CONDITION,
     NamespaceView, SecretTemplate,
 };
 use futures::{StreamExt as _, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
@@ -55,8 +55,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_NOTE_BYTES: usize = 1000;
 /// The per-namespace Secrets.
 const SECRET_NAMES: [&str; 2] = [names::INIT_SECRET, names::ENRICHMENT_SECRET];
-/// The key of the ActiveGate's TLS certificate in its Secret.
-const TLS_CERT_KEY: &str = "server.crt";
 
 /// What the namespace controller needs to know.
 #[derive(Clone)]
@@ -84,25 +82,9 @@ impl NamespaceConfig {
     }
 }
 
-/// Why part of a pass failed. The pass is retried after a backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An API call failed.
-    #[error(
-        "cannot {action}: {source}; check the operator's RBAC and that the API server is reachable (retrying)"
-    )]
-    Kube {
-        /// What was attempted, naming the object.
-        action: String,
-        /// The client's error.
-        source: kube::Error,
-    },
-}
-
-fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Kube { action, source }
-}
+/// Why part of a pass failed (the controllers' one error model). The pass is retried after a backoff.
+pub use crate::error::ReconcileError as Error;
+use crate::error::kube_error;
 
 fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(e) if e.code == 404)
@@ -206,6 +188,7 @@ async fn run_loop(
         operator_namespace = %config.operator_namespace,
         "namespace mapping started"
     );
+    let client_for_inputs = client.clone();
     let mut controller = Controller {
         reporter: Reporter {
             controller: "dynatrace-operator".to_owned(),
@@ -217,7 +200,7 @@ async fn run_loop(
         dynakubes,
         secrets,
         nodes,
-        cluster_id: None,
+        inputs: dynakube_inputs::Reader::new(client_for_inputs),
         pending_labels: HashMap::new(),
         pending_secrets: HashMap::new(),
         announced: HashMap::new(),
@@ -329,57 +312,20 @@ where
 /// The Secrets a DynaKube's per-namespace Secrets are made from: tokens, proxy, ActiveGate TLS.
 fn referenced_secrets(dynakube: &DynaKube) -> Vec<String> {
     let mut names = vec![dynakube.tokens_secret_name()];
-    names.extend(proxy_secret_name(dynakube).map(str::to_owned));
-    names.extend(tls_secret_name(dynakube).map(str::to_owned));
+    if let Some(ProxySource::Secret(name)) = dynakube.proxy() {
+        names.push(name.to_owned());
+    }
+    names.extend(dynakube.activegate_tls_secret().map(str::to_owned));
     names
 }
 
 /// The ConfigMaps a DynaKube's per-namespace Secrets are made from: trusted CAs.
 fn referenced_config_maps(dynakube: &DynaKube) -> Vec<String> {
-    trusted_cas_name(dynakube)
+    dynakube
+        .trusted_cas_config_map()
         .map(str::to_owned)
         .into_iter()
         .collect()
-}
-
-fn proxy_value(dynakube: &DynaKube) -> Option<&str> {
-    dynakube
-        .spec
-        .proxy
-        .as_ref()?
-        .value
-        .as_deref()
-        .filter(|v| !v.is_empty())
-}
-
-/// `spec.proxy.valueFrom`, unless a literal `value` wins.
-fn proxy_secret_name(dynakube: &DynaKube) -> Option<&str> {
-    if proxy_value(dynakube).is_some() {
-        return None;
-    }
-    dynakube
-        .spec
-        .proxy
-        .as_ref()?
-        .value_from
-        .as_deref()
-        .filter(|v| !v.is_empty())
-}
-
-fn trusted_cas_name(dynakube: &DynaKube) -> Option<&str> {
-    dynakube.spec.trusted_cas.as_deref().filter(|n| !n.is_empty())
-}
-
-/// `spec.activeGate.tlsSecretName`, kept among the ActiveGate's other fields.
-fn tls_secret_name(dynakube: &DynaKube) -> Option<&str> {
-    dynakube
-        .spec
-        .active_gate
-        .as_ref()?
-        .other
-        .get("tlsSecretName")?
-        .as_str()
-        .filter(|n| !n.is_empty())
 }
 
 /// A label written in a pass whose watch event has not arrived yet: the namespace's resourceVersion when
@@ -406,6 +352,17 @@ enum InputProblem {
     User(String),
     /// An API call failed.
     Kube(Error),
+}
+
+impl From<dynakube_inputs::Error> for InputProblem {
+    fn from(error: dynakube_inputs::Error) -> Self {
+        match error {
+            dynakube_inputs::Error::Problem(problem) => Self::User(format!(
+                "{problem}; the Secrets in the mapped namespaces are kept as they are until then"
+            )),
+            dynakube_inputs::Error::Kube { what, source } => Self::Kube(Error::Kube { what, source }),
+        }
+    }
 }
 
 /// What a logged problem is about.
@@ -517,8 +474,8 @@ struct Controller {
     dynakubes: Store<DynaKube>,
     secrets: Store<Secret>,
     nodes: Store<Node>,
-    /// UID of kube-system, read once.
-    cluster_id: Option<String>,
+    /// Reads the DynaKubes' token, proxy and TLS Secrets, trusted CAs and the cluster id.
+    inputs: dynakube_inputs::Reader,
     pending_labels: HashMap<String, PendingLabel>,
     pending_secrets: HashMap<(String, &'static str), PendingSecret>,
     /// Per DynaKube, the note of the last conflict event published, so that a condition the DynaKube
@@ -953,37 +910,24 @@ impl Controller {
                         .to_owned(),
                 )
             })?;
-        let secret_name = dynakube.tokens_secret_name();
-        let data = self
-            .secret_data(namespace, &secret_name, "the token Secret")
-            .await?
-            .ok_or_else(|| {
-                InputProblem::User(format!(
-                    "the token Secret {namespace}:{secret_name} does not exist; the Secrets in the mapped \
-                     namespaces are kept as they are until it does"
-                ))
-            })?;
-        let tokens = desired::tokens_from_secret(&secret_name, namespace, &data)
-            .map_err(|e| InputProblem::User(e.to_string()))?;
-        let proxy = match proxy_secret_name(dynakube) {
-            Some(name) => Some(
-                self.secret_key(namespace, name, mapping::PROXY_KEY, "the proxy Secret")
-                    .await?,
-            ),
-            None => proxy_value(dynakube).map(str::to_owned),
-        };
-        let trusted_cas = match trusted_cas_name(dynakube) {
-            Some(name) => Some(self.trusted_cas(namespace, name).await?),
-            None => None,
-        };
-        let tls_cert = match tls_secret_name(dynakube) {
-            Some(name) => Some(
-                self.secret_key(namespace, name, TLS_CERT_KEY, "the ActiveGate TLS Secret")
-                    .await?,
-            ),
-            None => None,
-        };
-        let cluster_id = self.cluster_id().await.map_err(InputProblem::Kube)?;
+        let inputs = &self.inputs;
+        let (_, tokens) = inputs
+            .dynakube_tokens(dynakube)
+            .await
+            .map_err(InputProblem::from)?;
+        let proxy = inputs
+            .proxy(namespace, dynakube.proxy())
+            .await
+            .map_err(InputProblem::from)?;
+        let trusted_cas = inputs
+            .trusted_cas(namespace, dynakube.trusted_cas_config_map())
+            .await
+            .map_err(InputProblem::from)?;
+        let tls_cert = inputs
+            .activegate_tls_cert(dynakube)
+            .await
+            .map_err(InputProblem::from)?;
+        let cluster_id = inputs.cluster_id().await.map_err(InputProblem::from)?;
         let nodes = self.nodes.state();
         let monitoring_nodes = mapping::monitoring_nodes(
             dynakube,
@@ -1008,76 +952,6 @@ impl Controller {
         let mut templates = vec![mapping::init_secret(dynakube, &facts).map_err(user)?];
         templates.extend(mapping::data_ingest_secret(dynakube, &tokens).map_err(user)?);
         Ok(templates)
-    }
-
-    async fn secret_data(
-        &self,
-        namespace: &str,
-        name: &str,
-        what: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, InputProblem> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| InputProblem::Kube(kube_error(format!("read {what} {namespace}:{name}"))(e)))?;
-        Ok(secret.map(|s| {
-            s.data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        }))
-    }
-
-    async fn secret_key(
-        &self,
-        namespace: &str,
-        name: &str,
-        key: &str,
-        what: &str,
-    ) -> Result<String, InputProblem> {
-        let data = self.secret_data(namespace, name, what).await?;
-        data.and_then(|d| d.get(key).cloned())
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .ok_or_else(|| {
-                InputProblem::User(format!(
-                    "{what} {namespace}:{name} is missing or has no key {key:?}; the Secrets in the mapped \
-                     namespaces are kept as they are until it has"
-                ))
-            })
-    }
-
-    async fn trusted_cas(&self, namespace: &str, name: &str) -> Result<String, InputProblem> {
-        let map = Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| {
-                InputProblem::Kube(kube_error(format!(
-                    "read the trusted CAs ConfigMap {namespace}:{name}"
-                ))(e))
-            })?;
-        map.and_then(|m| m.data)
-            .and_then(|d| d.get("certs").cloned())
-            .ok_or_else(|| {
-                InputProblem::User(format!(
-                    "the trusted CAs ConfigMap {namespace}:{name} is missing or has no key \"certs\"; the \
-                     Secrets in the mapped namespaces are kept as they are until it has"
-                ))
-            })
-    }
-
-    /// The UID of kube-system, the cluster's id; read once, it never changes.
-    async fn cluster_id(&mut self) -> Result<String, Error> {
-        if let Some(id) = &self.cluster_id {
-            return Ok(id.clone());
-        }
-        let namespace = Api::<Namespace>::all(self.client.clone())
-            .get_metadata("kube-system")
-            .await
-            .map_err(kube_error("read namespace kube-system for the cluster id"))?;
-        let id = namespace.uid().unwrap_or_default();
-        self.cluster_id = Some(id.clone());
-        Ok(id)
     }
 }
 
@@ -1205,7 +1079,10 @@ mod tests {
         assert_eq!(referenced_config_maps(&dynakube), vec!["cas"]);
         let mut literal = dynakube.clone();
         literal.spec.proxy.as_mut().unwrap().value = Some("http://proxy".into());
-        assert_eq!(proxy_secret_name(&literal), None, "a literal value wins");
-        assert_eq!(proxy_value(&literal), Some("http://proxy"));
+        assert_eq!(
+            referenced_secrets(&literal),
+            vec!["tokens", "ag-tls"],
+            "a literal value wins over the proxy Secret"
+        );
     }
 }

@@ -202,7 +202,7 @@ pub(crate) fn controller(
                 instance: None,
             },
             checked_secrets: Arc::default(),
-            cluster_id: Arc::default(),
+            inputs: dynakube_inputs::Reader::new(client.clone()),
             openshift: Arc::default(),
         },
         config,

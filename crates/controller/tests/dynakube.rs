@@ -652,7 +652,7 @@ async fn the_applied_daemonset_matches_the_reviewed_snapshot_field_by_field() {
         .uid()
         .unwrap();
     let mut yaml = serde_saphyr::to_string(&daemonset).unwrap();
-    let hash = daemonset.annotations()[desired::TEMPLATE_HASH_ANNOTATION].clone();
+    let hash = daemonset.annotations()[desired::hash::TEMPLATE_HASH_ANNOTATION].clone();
     for (value, placeholder) in [
         (hash.as_str(), "TEMPLATE-HASH"),
         (cluster_id.as_str(), "CLUSTER-ID"),

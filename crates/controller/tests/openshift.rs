@@ -84,10 +84,7 @@ async fn a_legacy_oneagent_on_openshift_gets_the_openshift_installer_image() {
     let image = daemonset.spec.unwrap().template.spec.unwrap().containers[0]
         .image
         .clone();
-    assert_eq!(
-        image.as_deref(),
-        Some(desired::legacy::LEGACY_OPENSHIFT_INSTALLER_IMAGE)
-    );
+    assert_eq!(image.as_deref(), Some(desired::legacy::OPENSHIFT_INSTALLER_IMAGE));
     controller.abort();
     tenant.shutdown().await;
 }

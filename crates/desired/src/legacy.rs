@@ -19,54 +19,50 @@ use api::oneagent::OneAgent;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, EnvVarSource, ExecAction, LocalObjectReference, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, Secret, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Container, EnvVar, LocalObjectReference, PodSpec, Probe, Secret, SecurityContext,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use url::Url;
 
-use crate::DesiredError;
 use crate::hash::with_template_hash_under;
 use crate::objects::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE};
 use crate::oneagent::{
-    APPARMOR_ANNOTATION, CAPABILITIES, CERTS_PATH, CONTAINER_NAME, DEFAULT_DNS_POLICY, HOST_ROOT_PATH,
-    HOST_ROOT_VOLUME, PROXY_ENV, env_from, host_root_volume, literal_env, mount, trusted_cas_volume,
-    with_default_cpu_request,
+    APPARMOR_ANNOTATION, CAPABILITIES, CERTS_PATH, CONTAINER_NAME, DEFAULT_CPU_REQUEST, HOST_ROOT_PATH,
+    host_root_volume,
 };
 use crate::owner::owned_metadata;
+use crate::pod::{self, PROXY_ENV, Proxy, Volumes, field_env, literal_env, secret_env};
 use crate::tokens::{SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TokenKind, secret_ref};
+use crate::{DesiredError, MISSING_CLUSTER_ID};
 
 /// Annotation on the DaemonSet that holds its template hash (the old operator's key, so that a DaemonSet
 /// it created is recognised and replaced).
-pub const LEGACY_TEMPLATE_HASH_ANNOTATION: &str = "internal.oneagent.dynatrace.com/template-hash";
+pub const TEMPLATE_HASH_ANNOTATION: &str = "internal.oneagent.dynatrace.com/template-hash";
 /// Pod-template annotation with `status.imageVersion`: a new version changes the template, which is how
 /// immutable-mode updates roll out.
-pub const LEGACY_IMAGE_VERSION_ANNOTATION: &str = "internal.oneagent.dynatrace.com/image-version";
+pub const IMAGE_VERSION_ANNOTATION: &str = "internal.oneagent.dynatrace.com/image-version";
 /// Selector label key whose value is always `oneagent`.
-pub const LEGACY_LABEL_DYNATRACE: &str = "dynatrace";
+pub const LABEL_DYNATRACE: &str = "dynatrace";
 /// Selector label key whose value is the `OneAgent`'s name.
-pub const LEGACY_LABEL_ONEAGENT: &str = "oneagent";
+pub const LABEL_ONEAGENT: &str = "oneagent";
 /// Service account of privileged OneAgent pods.
-pub const LEGACY_SERVICE_ACCOUNT: &str = "dynatrace-oneagent";
+pub const SERVICE_ACCOUNT: &str = "dynatrace-oneagent";
 /// Service account of OneAgent pods in unprivileged mode.
-pub const LEGACY_UNPRIVILEGED_SERVICE_ACCOUNT: &str = "dynatrace-oneagent-unprivileged";
+pub const UNPRIVILEGED_SERVICE_ACCOUNT: &str = "dynatrace-oneagent-unprivileged";
 /// Installer-mode image.
-pub const LEGACY_INSTALLER_IMAGE: &str = "docker.io/dynatrace/oneagent:latest";
+pub const INSTALLER_IMAGE: &str = "docker.io/dynatrace/oneagent:latest";
 /// Installer-mode image on OpenShift (the certified image).
-pub const LEGACY_OPENSHIFT_INSTALLER_IMAGE: &str = "registry.connect.redhat.com/dynatrace/oneagent:latest";
+pub const OPENSHIFT_INSTALLER_IMAGE: &str = "registry.connect.redhat.com/dynatrace/oneagent:latest";
 /// `maxUnavailable` of the rolling update. The legacy resource has no feature flags; 1 is the Kubernetes
 /// default the old operator relied on, and the DynaKube DaemonSet's default.
-pub const LEGACY_MAX_UNAVAILABLE: i32 = 1;
+pub const MAX_UNAVAILABLE: i32 = 1;
 /// Phase when every wanted OneAgent pod is ready.
-pub const LEGACY_PHASE_RUNNING: &str = crate::rollout::PHASE_RUNNING;
+pub const PHASE_RUNNING: &str = crate::rollout::PHASE_RUNNING;
 /// Phase while OneAgent pods are being created or replaced.
-pub const LEGACY_PHASE_DEPLOYING: &str = crate::rollout::PHASE_DEPLOYING;
+pub const PHASE_DEPLOYING: &str = crate::rollout::PHASE_DEPLOYING;
 /// Minutes between two lookups of the same token (`/v1/tokens/lookup`).
-pub const LEGACY_TOKEN_PROBE_MINUTES: u32 = 5;
+pub const TOKEN_PROBE_MINUTES: u32 = 5;
 
 const CERTS_VOLUME: &str = "certs";
 const INSTALLER_TOKEN_ENV: &str = "ONEAGENT_INSTALLER_TOKEN";
@@ -74,8 +70,8 @@ const HINT_FROM_API_SERVER: &str = "pass the OneAgent as read from the API serve
 
 /// What the legacy DaemonSet needs beyond the `OneAgent`'s spec: values the caller has already resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LegacyFacts {
-    /// Immutable mode only: an image the caller resolved from [`legacy_immutable_image`] (for example
+pub struct Facts {
+    /// Immutable mode only: an image the caller resolved from [`immutable_image`] (for example
     /// pinned by digest), used instead of it. `None` (or empty) gives the image of the spec rules. Ignored
     /// in installer mode, whose image is only the installer's shell and is pulled without the pull Secret.
     pub image: Option<String>,
@@ -84,40 +80,31 @@ pub struct LegacyFacts {
     /// This operator's version (`--set-host-property=OperatorVersion=<v>`).
     pub operator_version: String,
     /// `status.imageVersion`: the version of the immutable image in use. When set (and not empty) it
-    /// becomes the pod-template annotation [`LEGACY_IMAGE_VERSION_ANNOTATION`].
+    /// becomes the pod-template annotation [`IMAGE_VERSION_ANNOTATION`].
     pub image_version: Option<String>,
-    /// Whether the cluster is OpenShift, which selects [`LEGACY_OPENSHIFT_INSTALLER_IMAGE`].
+    /// Whether the cluster is OpenShift, which selects [`OPENSHIFT_INSTALLER_IMAGE`].
     pub openshift: bool,
-}
-
-/// Where the OneAgents and the operator get the proxy from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LegacyProxy<'a> {
-    /// `spec.proxy.value`: the proxy URL.
-    Value(&'a str),
-    /// `spec.proxy.valueFrom`: the Secret whose key `proxy` holds the proxy URL.
-    Secret(&'a str),
 }
 
 /// The proxy of a `OneAgent`, or `None` when neither field is set (an empty string counts as unset).
 /// `valueFrom` wins over `value`, as in the old operator's client and DaemonSet (the DynaKube prefers
 /// `value`); the controller should use this too, so that it and the OneAgents use the same proxy.
-pub fn legacy_proxy(oneagent: &OneAgent) -> Option<LegacyProxy<'_>> {
+pub fn proxy(oneagent: &OneAgent) -> Option<Proxy<'_>> {
     let proxy = oneagent.spec.proxy.as_ref()?;
     match (proxy.value_from.as_deref(), proxy.value.as_deref()) {
-        (Some(secret), _) if !secret.is_empty() => Some(LegacyProxy::Secret(secret)),
-        (_, Some(value)) if !value.is_empty() => Some(LegacyProxy::Value(value)),
+        (Some(secret), _) if !secret.is_empty() => Some(Proxy::Secret(secret)),
+        (_, Some(value)) if !value.is_empty() => Some(Proxy::Value(value)),
         _ => None,
     }
 }
 
 /// Whether the `OneAgent` runs the immutable image (`spec.useImmutableImage`).
-pub fn legacy_uses_immutable_image(oneagent: &OneAgent) -> bool {
+pub fn uses_immutable_image(oneagent: &OneAgent) -> bool {
     oneagent.spec.use_immutable_image == Some(true)
 }
 
 /// The name of the token Secret: `spec.tokens`, else the `OneAgent`'s name.
-pub fn legacy_tokens_secret_name(oneagent: &OneAgent) -> String {
+pub fn tokens_secret_name(oneagent: &OneAgent) -> String {
     non_empty(oneagent.spec.tokens.as_deref())
         .or(oneagent.metadata.name.as_deref())
         .unwrap_or_default()
@@ -126,10 +113,10 @@ pub fn legacy_tokens_secret_name(oneagent: &OneAgent) -> String {
 
 /// The labels the DaemonSet selects its pods by: `dynatrace: oneagent` and `oneagent: <name>`. The
 /// controller lists the OneAgent pods with them too.
-pub fn legacy_selector_labels(name: &str) -> BTreeMap<String, String> {
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (LEGACY_LABEL_DYNATRACE.to_owned(), "oneagent".to_owned()),
-        (LEGACY_LABEL_ONEAGENT.to_owned(), name.to_owned()),
+        (LABEL_DYNATRACE.to_owned(), "oneagent".to_owned()),
+        (LABEL_ONEAGENT.to_owned(), name.to_owned()),
     ])
 }
 
@@ -138,7 +125,7 @@ pub fn legacy_selector_labels(name: &str) -> BTreeMap<String, String> {
 /// `https://host:9999/e/abc/api` gives `host:9999/e/abc` (Managed images live under the environment's
 /// path). `None` when nothing is left. Unlike the reference, `http://` and trailing slashes are stripped
 /// too: neither can be part of an image name.
-pub fn legacy_registry(api_url: &str) -> Option<String> {
+pub fn registry(api_url: &str) -> Option<String> {
     let url = api_url.trim();
     let url = url
         .strip_prefix("https://")
@@ -149,24 +136,24 @@ pub fn legacy_registry(api_url: &str) -> Option<String> {
     (!registry.is_empty()).then(|| registry.to_owned())
 }
 
-/// The installer-mode image: `spec.image`, else [`LEGACY_OPENSHIFT_INSTALLER_IMAGE`] on OpenShift, else
-/// [`LEGACY_INSTALLER_IMAGE`].
-pub fn legacy_installer_image(oneagent: &OneAgent, openshift: bool) -> String {
+/// The installer-mode image: `spec.image`, else [`OPENSHIFT_INSTALLER_IMAGE`] on OpenShift, else
+/// [`INSTALLER_IMAGE`].
+pub fn installer_image(oneagent: &OneAgent, openshift: bool) -> String {
     match non_empty(oneagent.spec.image.as_deref()) {
         Some(image) => image.to_owned(),
-        None if openshift => LEGACY_OPENSHIFT_INSTALLER_IMAGE.to_owned(),
-        None => LEGACY_INSTALLER_IMAGE.to_owned(),
+        None if openshift => OPENSHIFT_INSTALLER_IMAGE.to_owned(),
+        None => INSTALLER_IMAGE.to_owned(),
     }
 }
 
 /// The immutable-mode image: `spec.image`, else `<registry>/linux/oneagent`, tagged with
-/// `spec.agentVersion` when set (see [`legacy_registry`]). This is also the image whose
+/// `spec.agentVersion` when set (see [`registry`]). This is also the image whose
 /// `com.dynatrace.build-version` label the controller reads.
-pub fn legacy_immutable_image(oneagent: &OneAgent) -> Result<String, DesiredError> {
+pub fn immutable_image(oneagent: &OneAgent) -> Result<String, DesiredError> {
     if let Some(image) = non_empty(oneagent.spec.image.as_deref()) {
         return Ok(image.to_owned());
     }
-    let registry = legacy_registry(&oneagent.spec.api_url).ok_or_else(|| invalid_api_url(oneagent))?;
+    let registry = registry(&oneagent.spec.api_url).ok_or_else(|| invalid_api_url(oneagent))?;
     Ok(match non_empty(oneagent.spec.agent_version.as_deref()) {
         Some(version) => format!("{registry}/linux/oneagent:{version}"),
         None => format!("{registry}/linux/oneagent"),
@@ -175,12 +162,12 @@ pub fn legacy_immutable_image(oneagent: &OneAgent) -> Result<String, DesiredErro
 
 /// The pull Secret the DaemonSet's pods reference: `spec.customPullSecret` in immutable mode; else
 /// `<name>-pull-secret` in immutable mode without `spec.image` (the only case where
-/// [`legacy_pull_secret`] writes it); else none.
+/// [`pull_secret`] writes it); else none.
 ///
 /// The reference also references `<name>-pull-secret` in immutable mode with a custom image, where the
 /// Secret is never created and the kubelet warns on every pull; that reference is left out.
-pub fn legacy_pull_secret_name(oneagent: &OneAgent) -> Option<String> {
-    if !legacy_uses_immutable_image(oneagent) {
+pub fn pull_secret_name(oneagent: &OneAgent) -> Option<String> {
+    if !uses_immutable_image(oneagent) {
         return None;
     }
     if let Some(custom) = non_empty(oneagent.spec.custom_pull_secret.as_deref()) {
@@ -202,25 +189,25 @@ fn generated_pull_secret_name(name: &str) -> String {
 /// `None` when the `OneAgent` needs none: installer mode, a custom `spec.image`, or a
 /// `spec.customPullSecret` of the user's own.
 ///
-/// `.dockerconfigjson` has one entry under `auths`, keyed by [`legacy_registry`] (the same string the
+/// `.dockerconfigjson` has one entry under `auths`, keyed by [`registry`] (the same string the
 /// image starts with, so the kubelet always matches it): username = the environment id, password =
 /// `paas_token`, auth = base64 of `username:password`. `environment_id` is `status.environmentID` (from
 /// the connection info, as in the reference); when it is not known yet the id is read from `apiUrl`.
-/// The DynaKube's [`pull_secret`](crate::pull_secret) cannot be reused: it takes a DynaKube, keys the
+/// The DynaKube's [`pull_secret`](crate::objects::pull_secret) cannot be reused: it takes a DynaKube, keys the
 /// entry by host only and labels the Secret as the DynaKube's.
-pub fn legacy_pull_secret(
+pub fn pull_secret(
     oneagent: &OneAgent,
     environment_id: Option<&str>,
     paas_token: &str,
 ) -> Result<Option<Secret>, DesiredError> {
-    if !legacy_uses_immutable_image(oneagent)
+    if !uses_immutable_image(oneagent)
         || non_empty(oneagent.spec.image.as_deref()).is_some()
         || non_empty(oneagent.spec.custom_pull_secret.as_deref()).is_some()
     {
         return Ok(None);
     }
     let name = checked_name(oneagent)?;
-    let registry = legacy_registry(&oneagent.spec.api_url).ok_or_else(|| invalid_api_url(oneagent))?;
+    let registry = registry(&oneagent.spec.api_url).ok_or_else(|| invalid_api_url(oneagent))?;
     let username = match non_empty(environment_id) {
         Some(id) => id.to_owned(),
         None => api::dynakube::tenant_uuid_from_api_url(&oneagent.spec.api_url)
@@ -241,7 +228,7 @@ pub fn legacy_pull_secret(
         metadata: owned_metadata(
             oneagent,
             generated_pull_secret_name(&name),
-            legacy_selector_labels(&name),
+            selector_labels(&name),
         )?,
         data: Some(BTreeMap::from([(
             DOCKER_CONFIG_KEY.to_owned(),
@@ -253,27 +240,24 @@ pub fn legacy_pull_secret(
 }
 
 /// The DaemonSet of a `OneAgent` (spec §7.4 "Old DaemonSet"), with its template hash under
-/// [`LEGACY_TEMPLATE_HASH_ANNOTATION`].
+/// [`TEMPLATE_HASH_ANNOTATION`].
 ///
 /// - Name and namespace are the `OneAgent`'s, and it owns the DaemonSet.
-/// - The selector is only [`legacy_selector_labels`]; the user's `labels` go on the DaemonSet and the pod
+/// - The selector is only [`selector_labels`]; the user's `labels` go on the DaemonSet and the pod
 ///   template, under the fixed ones. A selector is immutable, so a user label in it would make every
 ///   label change a delete-and-recreate of the DaemonSet; and the fixed labels win so that a user label
 ///   cannot take the pods out of the selector.
-/// - Template annotations: [`LEGACY_IMAGE_VERSION_ANNOTATION`] (when `image_version` is set) and, in
+/// - Template annotations: [`IMAGE_VERSION_ANNOTATION`] (when `image_version` is set) and, in
 ///   unprivileged mode, the AppArmor `unconfined` annotation. The reference replaces the annotations in
 ///   unprivileged mode and so loses the image version, which stops immutable-mode updates from rolling
 ///   out; here both are kept.
 /// - `dnsPolicy` defaults to `ClusterFirstWithHostNet`, as for the DynaKube DaemonSet: with the host's
 ///   network the API default `ClusterFirst` (the reference's) silently falls back to the node's resolver.
-/// - The rolling update's `maxUnavailable` is [`LEGACY_MAX_UNAVAILABLE`].
+/// - The rolling update's `maxUnavailable` is [`MAX_UNAVAILABLE`].
 ///
 /// Errors: a missing name, namespace, cluster id or operator version, or an `apiUrl` that is empty or not
 /// a URL with a host.
-pub fn legacy_oneagent_daemonset(
-    oneagent: &OneAgent,
-    facts: &LegacyFacts,
-) -> Result<DaemonSet, DesiredError> {
+pub fn daemonset(oneagent: &OneAgent, facts: &Facts) -> Result<DaemonSet, DesiredError> {
     let name = checked_name(oneagent)?;
     let missing = |field, hint| DesiredError::LegacyMissing {
         oneagent: name.clone(),
@@ -295,10 +279,7 @@ pub fn legacy_oneagent_daemonset(
         return Err(invalid_api_url(oneagent));
     }
     if facts.cluster_id.is_empty() {
-        return Err(missing(
-            "the cluster id (UID of the kube-system namespace)",
-            "read the kube-system namespace before building the DaemonSet",
-        ));
+        return Err(missing(MISSING_CLUSTER_ID.0, MISSING_CLUSTER_ID.1));
     }
     if facts.operator_version.is_empty() {
         return Err(missing(
@@ -307,114 +288,93 @@ pub fn legacy_oneagent_daemonset(
         ));
     }
 
-    let immutable = legacy_uses_immutable_image(oneagent);
+    let immutable = uses_immutable_image(oneagent);
     let unprivileged = spec.use_unprivileged_mode == Some(true);
-    let proxy = legacy_proxy(oneagent);
+    let proxy = proxy(oneagent);
 
     let image = if immutable {
         match non_empty(facts.image.as_deref()) {
             Some(image) => image.to_owned(),
-            None => legacy_immutable_image(oneagent)?,
+            None => immutable_image(oneagent)?,
         }
     } else {
-        legacy_installer_image(oneagent, facts.openshift)
+        installer_image(oneagent, facts.openshift)
     };
 
-    let selector = legacy_selector_labels(&name);
-    let mut labels = spec.labels.clone().unwrap_or_default();
-    labels.extend(selector.clone());
+    let selector = selector_labels(&name);
+    let labels = pod::labels_over(spec.labels.as_ref(), &selector);
 
     let mut annotations = BTreeMap::new();
     if let Some(version) = non_empty(facts.image_version.as_deref()) {
-        annotations.insert(LEGACY_IMAGE_VERSION_ANNOTATION.to_owned(), version.to_owned());
+        annotations.insert(IMAGE_VERSION_ANNOTATION.to_owned(), version.to_owned());
     }
     if unprivileged {
         annotations.insert(APPARMOR_ANNOTATION.to_owned(), "unconfined".to_owned());
     }
 
+    let volumes = volumes(oneagent);
     let container = Container {
         name: CONTAINER_NAME.to_owned(),
         image: Some(image),
         image_pull_policy: Some("Always".to_owned()),
         args: Some(args(oneagent, facts, proxy.is_some())),
         env: Some(env(oneagent, &name, facts, immutable, proxy)),
-        resources: Some(with_default_cpu_request(
+        resources: Some(pod::with_default_cpu_request(
             spec.resources.clone().unwrap_or_default(),
+            DEFAULT_CPU_REQUEST,
         )),
         security_context: Some(security_context(unprivileged)),
         readiness_probe: Some(readiness_probe()),
-        volume_mounts: Some(volume_mounts(oneagent)),
+        volume_mounts: Some(volumes.mounts),
         ..Default::default()
     };
 
     let service_account = match non_empty(spec.service_account_name.as_deref()) {
         Some(custom) => custom,
-        None if unprivileged => LEGACY_UNPRIVILEGED_SERVICE_ACCOUNT,
-        None => LEGACY_SERVICE_ACCOUNT,
+        None if unprivileged => UNPRIVILEGED_SERVICE_ACCOUNT,
+        None => SERVICE_ACCOUNT,
     };
     let pod = PodSpec {
         containers: vec![container],
-        volumes: Some(volumes(oneagent)),
+        volumes: Some(volumes.volumes),
         host_network: Some(true),
         host_pid: Some(true),
         host_ipc: Some(true),
         service_account_name: Some(service_account.to_owned()),
-        image_pull_secrets: legacy_pull_secret_name(oneagent).map(|name| vec![LocalObjectReference { name }]),
-        dns_policy: Some(
-            non_empty(spec.dns_policy.as_deref())
-                .unwrap_or(DEFAULT_DNS_POLICY)
-                .to_owned(),
-        ),
+        image_pull_secrets: pull_secret_name(oneagent).map(|name| vec![LocalObjectReference { name }]),
+        dns_policy: Some(pod::host_network_dns_policy(spec.dns_policy.as_deref())),
         affinity: Some(node_affinity()),
         node_selector: spec.node_selector.clone().filter(|s| !s.is_empty()),
-        tolerations: spec.tolerations.clone().filter(|t| !t.is_empty()),
+        tolerations: pod::tolerations(spec.tolerations.as_deref(), &[]),
         priority_class_name: non_empty(spec.priority_class_name.as_deref()).map(str::to_owned),
         ..Default::default()
     };
 
-    let ds = DaemonSet {
-        metadata: owned_metadata(oneagent, name, labels.clone())?,
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: (!annotations.is_empty()).then_some(annotations),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(LEGACY_MAX_UNAVAILABLE)),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    Ok(with_template_hash_under(ds, LEGACY_TEMPLATE_HASH_ANNOTATION))
+    let ds = pod::rolling_daemonset(
+        owned_metadata(oneagent, name, labels.clone())?,
+        selector,
+        labels,
+        (!annotations.is_empty()).then_some(annotations),
+        pod,
+        MAX_UNAVAILABLE,
+    );
+    Ok(with_template_hash_under(ds, TEMPLATE_HASH_ANNOTATION))
 }
 
 /// The two tokens of the legacy token Secret. Each has its own condition and one required scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LegacyToken {
+pub enum Token {
     /// `paasToken`: downloads the installer and the image (condition `PaaSToken`).
     Paas,
     /// `apiToken`: reads the hosts API for the per-node versions (condition `APIToken`).
     Api,
 }
 
-impl LegacyToken {
+impl Token {
     /// Both tokens, in the order the reference checks them.
-    pub const ALL: [LegacyToken; 2] = [Self::Paas, Self::Api];
+    pub const ALL: [Token; 2] = [Self::Paas, Self::Api];
 
-    /// The token's kind, for [`missing_scopes`](crate::missing_scopes) and the Secret key.
+    /// The token's kind, for [`missing_scopes`](crate::tokens::missing_scopes) and the Secret key.
     pub fn kind(self) -> TokenKind {
         match self {
             Self::Paas => TokenKind::Paas,
@@ -444,21 +404,21 @@ impl LegacyToken {
     }
 }
 
-/// The scopes the legacy tokens need, in the shape [`missing_scopes`](crate::missing_scopes) takes:
+/// The scopes the legacy tokens need, in the shape [`missing_scopes`](crate::tokens::missing_scopes) takes:
 /// paasToken `InstallerDownload`, apiToken `DataExport`. Unlike the DynaKube's, the list depends on
 /// nothing in the resource: both tokens are always required and the API token never stands in for the
 /// PaaS token.
-pub fn legacy_required_scopes() -> Vec<(TokenKind, Vec<&'static str>)> {
-    LegacyToken::ALL
+pub fn required_scopes() -> Vec<(TokenKind, Vec<&'static str>)> {
+    Token::ALL
         .iter()
         .map(|token| (token.kind(), vec![token.scope()]))
         .collect()
 }
 
-/// The outcome of checking one legacy token, which [`legacy_token_condition`] turns into its condition.
+/// The outcome of checking one legacy token, which [`token_condition`] turns into its condition.
 /// No variant holds a token value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LegacyTokenCheck {
+pub enum TokenCheck {
     /// The token Secret does not exist.
     SecretNotFound,
     /// The key is missing or empty.
@@ -469,7 +429,7 @@ pub enum LegacyTokenCheck {
     NotUtf8,
     /// `/v1/tokens/lookup` answered 401.
     Unauthorized,
-    /// The token lacks its scope ([`LegacyToken::scope`]).
+    /// The token lacks its scope ([`Token::scope`]).
     ScopeMissing,
     /// Another error of the lookup (or, for the PaaS token, of the connection-info request). The text is
     /// the caller's and must not contain the token.
@@ -480,10 +440,10 @@ pub enum LegacyTokenCheck {
 
 /// A token condition without its transition time, which the caller stamps when the condition changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LegacyTokenCondition {
+pub struct TokenCondition {
     /// `PaaSToken` or `APIToken`.
     pub type_: &'static str,
-    /// `True` only for [`LegacyTokenCheck::Ready`].
+    /// `True` only for [`TokenCheck::Ready`].
     pub status: &'static str,
     /// The reference's reason: `TokenReady`, `TokenSecretNotFound`, `TokenMissing`, `TokenUnauthorized`,
     /// `TokenScopeMissing` or `TokenError`.
@@ -494,77 +454,70 @@ pub struct LegacyTokenCondition {
 
 /// The token read from the token Secret's data, or why it cannot be used (`Missing`, `Whitespace` or
 /// `NotUtf8`). Whitespace counts as `TokenUnauthorized`, as in the reference, which never trimmed it.
-pub fn legacy_token_from_secret(
-    data: &BTreeMap<String, Vec<u8>>,
-    token: LegacyToken,
-) -> Result<String, LegacyTokenCheck> {
+pub fn token_from_secret(data: &BTreeMap<String, Vec<u8>>, token: Token) -> Result<String, TokenCheck> {
     let bytes = data
         .get(token.key())
         .filter(|b| !b.is_empty())
-        .ok_or(LegacyTokenCheck::Missing)?;
-    let value = std::str::from_utf8(bytes).map_err(|_| LegacyTokenCheck::NotUtf8)?;
+        .ok_or(TokenCheck::Missing)?;
+    let value = std::str::from_utf8(bytes).map_err(|_| TokenCheck::NotUtf8)?;
     if value.trim() != value {
-        return Err(LegacyTokenCheck::Whitespace);
+        return Err(TokenCheck::Whitespace);
     }
     Ok(value.to_owned())
 }
 
 /// The condition of a token after a check. `secret` is `<namespace>:<name>` (see
 /// [`secret_ref`]).
-pub fn legacy_token_condition(
-    token: LegacyToken,
-    check: &LegacyTokenCheck,
-    secret: &str,
-) -> LegacyTokenCondition {
+pub fn token_condition(token: Token, check: &TokenCheck, secret: &str) -> TokenCondition {
     let key = token.key();
     let (reason, message) = match check {
-        LegacyTokenCheck::Ready => ("TokenReady", "Ready".to_owned()),
-        LegacyTokenCheck::SecretNotFound => (
+        TokenCheck::Ready => ("TokenReady", "Ready".to_owned()),
+        TokenCheck::SecretNotFound => (
             "TokenSecretNotFound",
             format!(
                 "the token Secret {secret} does not exist; create it with the keys apiToken and paasToken, \
                  or point spec.tokens at the Secret that has them"
             ),
         ),
-        LegacyTokenCheck::Missing => (
+        TokenCheck::Missing => (
             "TokenMissing",
             format!("token {key} in Secret {secret} is missing or empty; add it with a Dynatrace token"),
         ),
-        LegacyTokenCheck::Whitespace => (
+        TokenCheck::Whitespace => (
             "TokenUnauthorized",
             format!(
                 "token {key} in Secret {secret} has leading or trailing whitespace (often a newline from \
                  `echo`); store it without"
             ),
         ),
-        LegacyTokenCheck::NotUtf8 => (
+        TokenCheck::NotUtf8 => (
             "TokenUnauthorized",
             format!(
                 "token {key} in Secret {secret} is not UTF-8 text; store the token exactly as Dynatrace shows it"
             ),
         ),
-        LegacyTokenCheck::Unauthorized => (
+        TokenCheck::Unauthorized => (
             "TokenUnauthorized",
             format!(
                 "Dynatrace rejected token {key} in Secret {secret} as unauthorized; check that it belongs to \
                  the environment of spec.apiUrl and has not expired"
             ),
         ),
-        LegacyTokenCheck::ScopeMissing => (
+        TokenCheck::ScopeMissing => (
             "TokenScopeMissing",
             format!(
                 "token {key} in Secret {secret} lacks scope {}; add it to the token in Dynatrace",
                 token.scope()
             ),
         ),
-        LegacyTokenCheck::Error(error) => (
+        TokenCheck::Error(error) => (
             "TokenError",
             format!("checking token {key} in Secret {secret} failed: {error}"),
         ),
     };
-    LegacyTokenCondition {
+    TokenCondition {
         type_: token.condition_type(),
-        status: if *check == LegacyTokenCheck::Ready {
+        status: if *check == TokenCheck::Ready {
             "True"
         } else {
             "False"
@@ -575,21 +528,21 @@ pub fn legacy_token_condition(
 }
 
 /// The conditions of both tokens when the token Secret does not exist.
-pub fn legacy_secret_not_found_conditions(oneagent: &OneAgent) -> Vec<LegacyTokenCondition> {
+pub fn secret_not_found_conditions(oneagent: &OneAgent) -> Vec<TokenCondition> {
     let secret = secret_ref(
         oneagent.metadata.namespace.as_deref().unwrap_or_default(),
-        &legacy_tokens_secret_name(oneagent),
+        &tokens_secret_name(oneagent),
     );
-    LegacyToken::ALL
+    Token::ALL
         .iter()
-        .map(|token| legacy_token_condition(*token, &LegacyTokenCheck::SecretNotFound, &secret))
+        .map(|token| token_condition(*token, &TokenCheck::SecretNotFound, &secret))
         .collect()
 }
 
 /// Whether the tenant may be asked again (tokens, environment, latest version): never asked, at least
-/// `interval_seconds` ago ([`LEGACY_TOKEN_PROBE_MINUTES`] in the reference), or the clock went back.
+/// `interval_seconds` ago ([`TOKEN_PROBE_MINUTES`] in the reference), or the clock went back.
 /// Times are unix seconds.
-pub fn legacy_probe_due(last_probe: Option<i64>, now: i64, interval_seconds: i64) -> bool {
+pub fn probe_due(last_probe: Option<i64>, now: i64, interval_seconds: i64) -> bool {
     last_probe.is_none_or(|last| {
         let elapsed = now - last;
         elapsed < 0 || elapsed >= interval_seconds
@@ -627,7 +580,7 @@ fn checked_name(oneagent: &OneAgent) -> Result<String, DesiredError> {
 }
 
 /// User arguments, then the operator's, in the reference's order.
-fn args(oneagent: &OneAgent, facts: &LegacyFacts, has_proxy: bool) -> Vec<String> {
+fn args(oneagent: &OneAgent, facts: &Facts, has_proxy: bool) -> Vec<String> {
     let spec = &oneagent.spec;
     let mut args: Vec<String> = spec.args.iter().flatten().cloned().collect();
     if has_proxy {
@@ -646,41 +599,18 @@ fn args(oneagent: &OneAgent, facts: &LegacyFacts, has_proxy: bool) -> Vec<String
     args
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    env_from(
-        name,
-        EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_owned(),
-                key: key.to_owned(),
-                optional: None,
-            }),
-            ..Default::default()
-        },
-    )
-}
-
 /// The reserved variables in the spec's order, each replaced by the user's variable of the same name
 /// (the last one, when the user repeats it), then the rest of the user's variables in their order.
 fn env(
     oneagent: &OneAgent,
     name: &str,
-    facts: &LegacyFacts,
+    facts: &Facts,
     immutable: bool,
-    proxy: Option<LegacyProxy<'_>>,
+    proxy: Option<Proxy<'_>>,
 ) -> Vec<EnvVar> {
     let spec = &oneagent.spec;
     let mut reserved = vec![
-        env_from(
-            "DT_K8S_NODE_NAME",
-            EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".to_owned(),
-                    api_version: None,
-                }),
-                ..Default::default()
-            },
-        ),
+        field_env("DT_K8S_NODE_NAME", "spec.nodeName"),
         literal_env("DT_K8S_CLUSTER_ID", &facts.cluster_id),
     ];
     if spec.webhook_injection == Some(true) {
@@ -706,11 +636,7 @@ fn env(
             },
         ));
     }
-    match proxy {
-        Some(LegacyProxy::Value(value)) => reserved.push(literal_env(PROXY_ENV, value)),
-        Some(LegacyProxy::Secret(secret)) => reserved.push(secret_env(PROXY_ENV, secret, "proxy")),
-        None => {}
-    }
+    reserved.extend(proxy.map(pod::proxy_env));
 
     let mut remaining = Vec::new();
     for user in spec.env.iter().flatten() {
@@ -726,82 +652,40 @@ fn env(
 /// Privileged, or in unprivileged mode only the capabilities the OneAgent needs (the DynaKube's list).
 fn security_context(unprivileged: bool) -> SecurityContext {
     if unprivileged {
-        SecurityContext {
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
-            }),
-            ..Default::default()
-        }
+        pod::only_capabilities(CAPABILITIES)
     } else {
-        SecurityContext {
-            privileged: Some(true),
-            ..Default::default()
-        }
+        pod::privileged()
     }
 }
 
 /// Ready once the OneAgent watchdog process runs.
 fn readiness_probe() -> Probe {
     Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                "grep -q oneagentwatchdo /proc/[0-9]*/stat".to_owned(),
-            ]),
-        }),
         initial_delay_seconds: Some(30),
         period_seconds: Some(30),
         timeout_seconds: Some(1),
-        ..Default::default()
+        ..pod::exec_probe(pod::shell_command("grep -q oneagentwatchdo /proc/[0-9]*/stat"))
     }
 }
 
-fn trusted_cas(oneagent: &OneAgent) -> Option<&str> {
-    non_empty(oneagent.spec.trusted_cas.as_deref())
-}
-
-fn volumes(oneagent: &OneAgent) -> Vec<Volume> {
-    let mut volumes = vec![host_root_volume()];
-    if let Some(config_map) = trusted_cas(oneagent) {
-        volumes.push(trusted_cas_volume(CERTS_VOLUME, config_map));
+/// The host's root and the trusted CAs, each with its mount.
+fn volumes(oneagent: &OneAgent) -> Volumes {
+    let mut volumes = Volumes::default();
+    volumes.add(host_root_volume(), HOST_ROOT_PATH, false);
+    if let Some(config_map) = non_empty(oneagent.spec.trusted_cas.as_deref()) {
+        volumes.add(
+            pod::trusted_cas_volume(CERTS_VOLUME, config_map),
+            CERTS_PATH,
+            false,
+        );
     }
     volumes
 }
 
-fn volume_mounts(oneagent: &OneAgent) -> Vec<VolumeMount> {
-    let mut mounts = vec![mount(HOST_ROOT_VOLUME, HOST_ROOT_PATH, false)];
-    if trusted_cas(oneagent).is_some() {
-        mounts.push(mount(CERTS_VOLUME, CERTS_PATH, false));
-    }
-    mounts
-}
-
 /// Two terms (ORed), because clusters before Kubernetes 1.14 only have the `beta.kubernetes.io` labels
 /// and later ones may lack them.
-fn node_affinity() -> Affinity {
-    let requirement = |key: &str, values: &[&str]| NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator: "In".to_owned(),
-        values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
-    };
-    let term = |prefix: &str| NodeSelectorTerm {
-        match_expressions: Some(vec![
-            requirement(&format!("{prefix}/arch"), &["amd64", "arm64"]),
-            requirement(&format!("{prefix}/os"), &["linux"]),
-        ]),
-        match_fields: None,
-    };
-    Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![term("beta.kubernetes.io"), term("kubernetes.io")],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn node_affinity() -> k8s_openapi::api::core::v1::Affinity {
+    pod::linux_node_affinity(&["beta.kubernetes.io", "kubernetes.io"], &["amd64", "arm64"])
 }
 
 #[cfg(test)]
@@ -811,8 +695,10 @@ mod tests {
 
     use super::*;
     use crate::hash::template_hash_under;
-    use crate::test_support::{container, pod, template};
+    use crate::test_support::{assert_user_scheduling, container, pod, template};
     use crate::tokens::missing_scopes;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     const API_URL: &str = "https://abc12345.live.dynatrace.com/api";
 
@@ -830,8 +716,8 @@ mod tests {
         .unwrap()
     }
 
-    fn facts() -> LegacyFacts {
-        LegacyFacts {
+    fn facts() -> Facts {
+        Facts {
             image: None,
             cluster_id: "9b3e0e5c-kube-system-uid".into(),
             operator_version: "0.1.0".into(),
@@ -841,7 +727,7 @@ mod tests {
     }
 
     fn build(oa: &OneAgent) -> DaemonSet {
-        legacy_oneagent_daemonset(oa, &facts()).unwrap()
+        daemonset(oa, &facts()).unwrap()
     }
 
     fn image(ds: &DaemonSet) -> &str {
@@ -885,7 +771,7 @@ mod tests {
     }
 
     fn hash(ds: &DaemonSet) -> &str {
-        &ds.metadata.annotations.as_ref().unwrap()[LEGACY_TEMPLATE_HASH_ANNOTATION]
+        &ds.metadata.annotations.as_ref().unwrap()[TEMPLATE_HASH_ANNOTATION]
     }
 
     fn secret_ref_of(var: &EnvVar) -> (&str, &str) {
@@ -906,7 +792,7 @@ mod tests {
         assert_eq!(ds.metadata.name.as_deref(), Some("oneagent"));
         assert_eq!(ds.metadata.namespace.as_deref(), Some("dynatrace"));
         assert!(hash(&ds).parse::<u32>().is_ok());
-        assert_eq!(image(&ds), LEGACY_INSTALLER_IMAGE);
+        assert_eq!(image(&ds), INSTALLER_IMAGE);
         assert_eq!(
             env_names(&ds),
             [
@@ -954,7 +840,7 @@ mod tests {
             (p.host_network, p.host_pid, p.host_ipc),
             (Some(true), Some(true), Some(true))
         );
-        assert_eq!(p.service_account_name.as_deref(), Some(LEGACY_SERVICE_ACCOUNT));
+        assert_eq!(p.service_account_name.as_deref(), Some(SERVICE_ACCOUNT));
         assert_eq!(p.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
         assert_eq!(p.image_pull_secrets, None, "installer mode pulls a public image");
         assert_eq!(
@@ -1048,14 +934,11 @@ mod tests {
     #[test]
     fn installer_image_selection() {
         let plain = oneagent(json!({}));
-        assert_eq!(legacy_installer_image(&plain, false), LEGACY_INSTALLER_IMAGE);
-        assert_eq!(
-            legacy_installer_image(&plain, true),
-            LEGACY_OPENSHIFT_INSTALLER_IMAGE
-        );
-        let openshift = legacy_oneagent_daemonset(
+        assert_eq!(installer_image(&plain, false), INSTALLER_IMAGE);
+        assert_eq!(installer_image(&plain, true), OPENSHIFT_INSTALLER_IMAGE);
+        let openshift = daemonset(
             &plain,
-            &LegacyFacts {
+            &Facts {
                 openshift: true,
                 ..facts()
             },
@@ -1067,10 +950,10 @@ mod tests {
         );
 
         let custom = oneagent(json!({ "image": "my.registry/oneagent:1.2" }));
-        assert_eq!(legacy_installer_image(&custom, true), "my.registry/oneagent:1.2");
-        let ds = legacy_oneagent_daemonset(
+        assert_eq!(installer_image(&custom, true), "my.registry/oneagent:1.2");
+        let ds = daemonset(
             &custom,
-            &LegacyFacts {
+            &Facts {
                 image: Some("ignored@sha256:abc".into()),
                 openshift: true,
                 ..facts()
@@ -1106,7 +989,7 @@ mod tests {
 
         let managed = immutable(json!({ "apiUrl": "https://managed.example.com:9999/e/env-id/api/" }));
         assert_eq!(
-            legacy_immutable_image(&managed).unwrap(),
+            immutable_image(&managed).unwrap(),
             "managed.example.com:9999/e/env-id/linux/oneagent"
         );
 
@@ -1125,9 +1008,9 @@ mod tests {
         let custom_secret = build(&immutable(json!({ "customPullSecret": "mine" })));
         assert_eq!(pull_secrets(&custom_secret), Some(vec!["mine"]));
 
-        let resolved = legacy_oneagent_daemonset(
+        let resolved = daemonset(
             &immutable(json!({})),
-            &LegacyFacts {
+            &Facts {
                 image: Some("abc12345.live.dynatrace.com/linux/oneagent@sha256:0123".into()),
                 ..facts()
             },
@@ -1139,9 +1022,9 @@ mod tests {
         );
         assert_eq!(pull_secrets(&resolved), Some(vec!["oneagent-pull-secret"]));
 
-        let empty_fact = legacy_oneagent_daemonset(
+        let empty_fact = daemonset(
             &immutable(json!({})),
-            &LegacyFacts {
+            &Facts {
                 image: Some(String::new()),
                 ..facts()
             },
@@ -1155,7 +1038,7 @@ mod tests {
 
     #[test]
     fn registry_from_api_url() {
-        for (url, registry) in [
+        for (url, expected) in [
             (
                 "https://abc.live.dynatrace.com/api",
                 Some("abc.live.dynatrace.com"),
@@ -1170,7 +1053,7 @@ mod tests {
             ("https:///api", None),
             ("", None),
         ] {
-            assert_eq!(legacy_registry(url).as_deref(), registry, "{url}");
+            assert_eq!(registry(url).as_deref(), expected, "{url}");
         }
     }
 
@@ -1179,7 +1062,7 @@ mod tests {
         let unprivileged = build(&oneagent(json!({ "useUnprivilegedMode": true })));
         assert_eq!(
             pod(&unprivileged).service_account_name.as_deref(),
-            Some(LEGACY_UNPRIVILEGED_SERVICE_ACCOUNT)
+            Some(UNPRIVILEGED_SERVICE_ACCOUNT)
         );
         let context = container(&unprivileged).security_context.clone().unwrap();
         assert_eq!(context.privileged, None);
@@ -1201,27 +1084,25 @@ mod tests {
         ));
         assert_eq!(
             pod(&explicit_false).service_account_name.as_deref(),
-            Some(LEGACY_SERVICE_ACCOUNT)
+            Some(SERVICE_ACCOUNT)
         );
     }
 
     #[test]
     fn image_version_annotation_is_kept_in_unprivileged_mode() {
-        let with_version = LegacyFacts {
+        let with_version = Facts {
             image_version: Some("1.203.0.20200908-220956".into()),
             ..facts()
         };
-        let privileged =
-            legacy_oneagent_daemonset(&oneagent(json!({ "useImmutableImage": true })), &with_version)
-                .unwrap();
+        let privileged = daemonset(&oneagent(json!({ "useImmutableImage": true })), &with_version).unwrap();
         assert_eq!(
             annotations(&privileged),
             BTreeMap::from([(
-                LEGACY_IMAGE_VERSION_ANNOTATION.to_owned(),
+                IMAGE_VERSION_ANNOTATION.to_owned(),
                 "1.203.0.20200908-220956".to_owned()
             )])
         );
-        let unprivileged = legacy_oneagent_daemonset(
+        let unprivileged = daemonset(
             &oneagent(json!({ "useImmutableImage": true, "useUnprivilegedMode": true })),
             &with_version,
         )
@@ -1234,14 +1115,14 @@ mod tests {
                     "unconfined".to_owned()
                 ),
                 (
-                    LEGACY_IMAGE_VERSION_ANNOTATION.to_owned(),
+                    IMAGE_VERSION_ANNOTATION.to_owned(),
                     "1.203.0.20200908-220956".to_owned()
                 ),
             ])
         );
-        let empty_version = legacy_oneagent_daemonset(
+        let empty_version = daemonset(
             &oneagent(json!({})),
-            &LegacyFacts {
+            &Facts {
                 image_version: Some(String::new()),
                 ..facts()
             },
@@ -1361,15 +1242,15 @@ mod tests {
         assert!(args_of(&from_secret).contains(&"--set-proxy=$(https_proxy)"));
 
         let both = oneagent(json!({ "proxy": { "value": "http://literal", "valueFrom": "proxy-secret" } }));
-        assert_eq!(legacy_proxy(&both), Some(LegacyProxy::Secret("proxy-secret")));
+        assert_eq!(proxy(&both), Some(Proxy::Secret("proxy-secret")));
         assert_eq!(
             secret_ref_of(env_var(&build(&both), "https_proxy")),
             ("proxy-secret", "proxy"),
             "valueFrom wins, as in the old operator"
         );
         let literal = oneagent(json!({ "proxy": { "value": "http://literal", "valueFrom": "" } }));
-        assert_eq!(legacy_proxy(&literal), Some(LegacyProxy::Value("http://literal")));
-        assert_eq!(legacy_proxy(&oneagent(json!({}))), None);
+        assert_eq!(proxy(&literal), Some(Proxy::Value("http://literal")));
+        assert_eq!(proxy(&oneagent(json!({}))), None);
         assert!(!env_names(&build(&oneagent(json!({})))).contains(&"https_proxy"));
     }
 
@@ -1384,7 +1265,7 @@ mod tests {
             "resources": { "requests": { "memory": "512Mi" }, "limits": { "cpu": "50m" } },
         })));
         let selector = ds.spec.as_ref().unwrap().selector.match_labels.clone().unwrap();
-        assert_eq!(selector, legacy_selector_labels("oneagent"));
+        assert_eq!(selector, selector_labels("oneagent"));
         assert_eq!(
             selector,
             BTreeMap::from([
@@ -1404,16 +1285,7 @@ mod tests {
         assert_eq!(ds.metadata.labels, Some(expected));
 
         let p = pod(&ds);
-        assert_eq!(p.dns_policy.as_deref(), Some("Default"));
-        assert_eq!(
-            p.node_selector,
-            Some(BTreeMap::from([("node-pool".into(), "apps".into())]))
-        );
-        assert_eq!(
-            p.tolerations.as_ref().unwrap()[0].key.as_deref(),
-            Some("node-role.kubernetes.io/master")
-        );
-        assert_eq!(p.priority_class_name.as_deref(), Some("high"));
+        assert_user_scheduling(p);
         let resources = container(&ds).resources.clone().unwrap();
         let requests = resources.requests.unwrap();
         assert_eq!(requests["memory"].0, "512Mi");
@@ -1460,10 +1332,10 @@ mod tests {
         let spec = json!({ "env": [{ "name": "A", "value": "1" }], "labels": { "x": "1", "y": "2" } });
         let a = build(&oneagent(spec.clone()));
         assert_eq!(a, build(&oneagent(spec)), "same input, same object");
-        assert_eq!(hash(&a), template_hash_under(&a, LEGACY_TEMPLATE_HASH_ANNOTATION));
+        assert_eq!(hash(&a), template_hash_under(&a, TEMPLATE_HASH_ANNOTATION));
         assert_eq!(
             ds_annotation_keys(&a),
-            [LEGACY_TEMPLATE_HASH_ANNOTATION],
+            [TEMPLATE_HASH_ANNOTATION],
             "only the legacy key"
         );
         let reordered = build(&oneagent(
@@ -1490,9 +1362,9 @@ mod tests {
         ] {
             assert_ne!(hash(&build(&oneagent(changed.clone()))), base, "{changed}");
         }
-        let new_version = legacy_oneagent_daemonset(
+        let new_version = daemonset(
             &oneagent(json!({})),
-            &LegacyFacts {
+            &Facts {
                 image_version: Some("1.205.0".into()),
                 ..facts()
             },
@@ -1512,13 +1384,11 @@ mod tests {
 
     #[test]
     fn missing_values_are_errors_that_say_what_to_do() {
-        let message = |oa: &OneAgent, facts: &LegacyFacts| {
-            legacy_oneagent_daemonset(oa, facts).unwrap_err().to_string()
-        };
+        let message = |oa: &OneAgent, facts: &Facts| daemonset(oa, facts).unwrap_err().to_string();
         let oa = oneagent(json!({}));
         let no_cluster = message(
             &oa,
-            &LegacyFacts {
+            &Facts {
                 cluster_id: String::new(),
                 ..facts()
             },
@@ -1529,7 +1399,7 @@ mod tests {
         );
         let no_version = message(
             &oa,
-            &LegacyFacts {
+            &Facts {
                 operator_version: String::new(),
                 ..facts()
             },
@@ -1546,7 +1416,7 @@ mod tests {
         let mut immutable = oneagent(json!({ "useImmutableImage": true }));
         immutable.metadata.uid = None;
         assert!(matches!(
-            legacy_pull_secret(&immutable, None, "tok"),
+            pull_secret(&immutable, None, "tok"),
             Err(DesiredError::NoOwnerUid { .. })
         ));
         let mut no_name = oa.clone();
@@ -1563,7 +1433,7 @@ mod tests {
             "mailto:ops@example.com",
             "abc.live.dynatrace.com/api",
         ] {
-            let err = legacy_oneagent_daemonset(&oneagent(json!({ "apiUrl": bad })), &facts()).unwrap_err();
+            let err = daemonset(&oneagent(json!({ "apiUrl": bad })), &facts()).unwrap_err();
             assert!(
                 matches!(err, DesiredError::LegacyInvalidApiUrl { .. }),
                 "{bad}: {err:?}"
@@ -1591,13 +1461,13 @@ mod tests {
     #[test]
     fn pull_secret_for_the_immutable_image() {
         let oa = oneagent(json!({ "useImmutableImage": true }));
-        let secret = legacy_pull_secret(&oa, Some("tenant-from-status"), "paas-token")
+        let secret = pull_secret(&oa, Some("tenant-from-status"), "paas-token")
             .unwrap()
             .unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("oneagent-pull-secret"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("dynatrace"));
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
-        assert_eq!(secret.metadata.labels, Some(legacy_selector_labels("oneagent")));
+        assert_eq!(secret.metadata.labels, Some(selector_labels("oneagent")));
         assert_eq!(
             docker_config(&secret),
             json!({ "auths": { "abc12345.live.dynatrace.com": {
@@ -1606,30 +1476,27 @@ mod tests {
                 "auth": BASE64.encode("tenant-from-status:paas-token"),
             } } })
         );
-        assert_eq!(
-            legacy_pull_secret_name(&oa).as_deref(),
-            Some("oneagent-pull-secret")
-        );
+        assert_eq!(pull_secret_name(&oa).as_deref(), Some("oneagent-pull-secret"));
 
         // Without a known environment id it comes from the URL; Managed keys by the environment's path.
         let managed =
             oneagent(json!({ "useImmutableImage": true, "apiUrl": "https://host:9999/e/env-id/api" }));
         for id in [None, Some("")] {
-            let secret = legacy_pull_secret(&managed, id, "t").unwrap().unwrap();
+            let secret = pull_secret(&managed, id, "t").unwrap().unwrap();
             assert_eq!(
                 docker_config(&secret)["auths"]["host:9999/e/env-id"]["username"],
                 "env-id"
             );
         }
 
-        let err = legacy_pull_secret(&oa, None, "").unwrap_err().to_string();
+        let err = pull_secret(&oa, None, "").unwrap_err().to_string();
         assert!(
             err.contains("paasToken") && err.contains("OneAgent \"oneagent\""),
             "{err}"
         );
         let bad_url = oneagent(json!({ "useImmutableImage": true, "apiUrl": "https://" }));
         assert!(matches!(
-            legacy_pull_secret(&bad_url, Some("id"), "t"),
+            pull_secret(&bad_url, Some("id"), "t"),
             Err(DesiredError::LegacyInvalidApiUrl { .. })
         ));
     }
@@ -1643,27 +1510,21 @@ mod tests {
             json!({ "useImmutableImage": true, "customPullSecret": "mine" }),
         ] {
             let oa = oneagent(spec.clone());
-            assert_eq!(legacy_pull_secret(&oa, Some("id"), "t"), Ok(None), "{spec}");
+            assert_eq!(pull_secret(&oa, Some("id"), "t"), Ok(None), "{spec}");
         }
         assert_eq!(
-            legacy_pull_secret_name(&oneagent(json!({ "customPullSecret": "mine" }))),
+            pull_secret_name(&oneagent(json!({ "customPullSecret": "mine" }))),
             None
         );
     }
 
     #[test]
     fn token_secret_name_and_scopes() {
-        assert_eq!(legacy_tokens_secret_name(&oneagent(json!({}))), "oneagent");
-        assert_eq!(
-            legacy_tokens_secret_name(&oneagent(json!({ "tokens": "" }))),
-            "oneagent"
-        );
-        assert_eq!(
-            legacy_tokens_secret_name(&oneagent(json!({ "tokens": "mine" }))),
-            "mine"
-        );
+        assert_eq!(tokens_secret_name(&oneagent(json!({}))), "oneagent");
+        assert_eq!(tokens_secret_name(&oneagent(json!({ "tokens": "" }))), "oneagent");
+        assert_eq!(tokens_secret_name(&oneagent(json!({ "tokens": "mine" }))), "mine");
 
-        let required = legacy_required_scopes();
+        let required = required_scopes();
         assert_eq!(
             required,
             vec![
@@ -1683,7 +1544,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            LegacyToken::ALL.map(|t| (t.key(), t.condition_type(), t.scope())),
+            Token::ALL.map(|t| (t.key(), t.condition_type(), t.scope())),
             [
                 ("paasToken", "PaaSToken", "InstallerDownload"),
                 ("apiToken", "APIToken", "DataExport"),
@@ -1697,49 +1558,46 @@ mod tests {
             pairs.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect()
         };
         let secret = data(&[("apiToken", b"api-value"), ("paasToken", b"paas-value\n")]);
+        assert_eq!(token_from_secret(&secret, Token::Api), Ok("api-value".to_owned()));
         assert_eq!(
-            legacy_token_from_secret(&secret, LegacyToken::Api),
-            Ok("api-value".to_owned())
+            token_from_secret(&secret, Token::Paas),
+            Err(TokenCheck::Whitespace)
         );
         assert_eq!(
-            legacy_token_from_secret(&secret, LegacyToken::Paas),
-            Err(LegacyTokenCheck::Whitespace)
+            token_from_secret(&data(&[("paasToken", b"")]), Token::Paas),
+            Err(TokenCheck::Missing)
         );
         assert_eq!(
-            legacy_token_from_secret(&data(&[("paasToken", b"")]), LegacyToken::Paas),
-            Err(LegacyTokenCheck::Missing)
+            token_from_secret(&data(&[]), Token::Api),
+            Err(TokenCheck::Missing)
         );
         assert_eq!(
-            legacy_token_from_secret(&data(&[]), LegacyToken::Api),
-            Err(LegacyTokenCheck::Missing)
-        );
-        assert_eq!(
-            legacy_token_from_secret(&data(&[("apiToken", b"\xff")]), LegacyToken::Api),
-            Err(LegacyTokenCheck::NotUtf8)
+            token_from_secret(&data(&[("apiToken", b"\xff")]), Token::Api),
+            Err(TokenCheck::NotUtf8)
         );
     }
 
     #[test]
     fn token_conditions() {
         let secret = "dynatrace:oneagent";
-        let reason = |token, check: LegacyTokenCheck| {
-            let c = legacy_token_condition(token, &check, secret);
+        let reason = |token, check: TokenCheck| {
+            let c = token_condition(token, &check, secret);
             (c.type_, c.status, c.reason)
         };
         assert_eq!(
-            reason(LegacyToken::Paas, LegacyTokenCheck::Ready),
+            reason(Token::Paas, TokenCheck::Ready),
             ("PaaSToken", "True", "TokenReady")
         );
         for (check, expected) in [
-            (LegacyTokenCheck::SecretNotFound, "TokenSecretNotFound"),
-            (LegacyTokenCheck::Missing, "TokenMissing"),
-            (LegacyTokenCheck::Whitespace, "TokenUnauthorized"),
-            (LegacyTokenCheck::NotUtf8, "TokenUnauthorized"),
-            (LegacyTokenCheck::Unauthorized, "TokenUnauthorized"),
-            (LegacyTokenCheck::ScopeMissing, "TokenScopeMissing"),
-            (LegacyTokenCheck::Error("HTTP 500".into()), "TokenError"),
+            (TokenCheck::SecretNotFound, "TokenSecretNotFound"),
+            (TokenCheck::Missing, "TokenMissing"),
+            (TokenCheck::Whitespace, "TokenUnauthorized"),
+            (TokenCheck::NotUtf8, "TokenUnauthorized"),
+            (TokenCheck::Unauthorized, "TokenUnauthorized"),
+            (TokenCheck::ScopeMissing, "TokenScopeMissing"),
+            (TokenCheck::Error("HTTP 500".into()), "TokenError"),
         ] {
-            let condition = legacy_token_condition(LegacyToken::Api, &check, secret);
+            let condition = token_condition(Token::Api, &check, secret);
             assert_eq!(
                 (condition.type_, condition.status, condition.reason),
                 ("APIToken", "False", expected),
@@ -1747,20 +1605,16 @@ mod tests {
             );
             assert!(condition.message.contains(secret), "{}", condition.message);
         }
-        let scope = legacy_token_condition(LegacyToken::Paas, &LegacyTokenCheck::ScopeMissing, secret);
+        let scope = token_condition(Token::Paas, &TokenCheck::ScopeMissing, secret);
         assert!(
             scope.message.contains("paasToken") && scope.message.contains("InstallerDownload"),
             "{}",
             scope.message
         );
-        let error = legacy_token_condition(
-            LegacyToken::Api,
-            &LegacyTokenCheck::Error("HTTP 500".into()),
-            secret,
-        );
+        let error = token_condition(Token::Api, &TokenCheck::Error("HTTP 500".into()), secret);
         assert!(error.message.ends_with("failed: HTTP 500"), "{}", error.message);
 
-        let not_found = legacy_secret_not_found_conditions(&oneagent(json!({ "tokens": "mine" })));
+        let not_found = secret_not_found_conditions(&oneagent(json!({ "tokens": "mine" })));
         assert_eq!(not_found.len(), 2);
         assert_eq!(
             not_found.iter().map(|c| c.type_).collect::<Vec<_>>(),
@@ -1775,10 +1629,10 @@ mod tests {
 
     #[test]
     fn probe_at_the_interval_or_after_the_clock_went_back() {
-        assert!(legacy_probe_due(None, 1_000, 300));
-        assert!(!legacy_probe_due(Some(1_000 - 299), 1_000, 300));
-        assert!(legacy_probe_due(Some(1_000 - 300), 1_000, 300));
-        assert!(legacy_probe_due(Some(1_010), 1_000, 300));
+        assert!(probe_due(None, 1_000, 300));
+        assert!(!probe_due(Some(1_000 - 299), 1_000, 300));
+        assert!(probe_due(Some(1_000 - 300), 1_000, 300));
+        assert!(probe_due(Some(1_010), 1_000, 300));
     }
 
     fn with_status(generation: Option<i64>, status: Option<DaemonSetStatus>) -> DaemonSet {
@@ -1843,7 +1697,7 @@ mod tests {
             "resources": { "limits": { "memory": "1Gi" } },
         }));
         oa.spec.trusted_cas = Some("my-cas".into());
-        insta::assert_yaml_snapshot!(legacy_oneagent_daemonset(&oa, &facts()).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&oa, &facts()).unwrap());
     }
 
     #[test]
@@ -1854,11 +1708,11 @@ mod tests {
             "proxy": { "valueFrom": "proxy-secret" },
             "env": [{ "name": "DT_K8S_CLUSTER_ID", "value": "user-cluster" }],
         }));
-        let facts = LegacyFacts {
+        let facts = Facts {
             image_version: Some("1.203.0.20200908-220956".into()),
             ..facts()
         };
-        insta::assert_yaml_snapshot!(legacy_oneagent_daemonset(&oa, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&oa, &facts).unwrap());
     }
 
     #[test]
@@ -1870,10 +1724,10 @@ mod tests {
             "webhookInjection": true,
             "dnsPolicy": "ClusterFirst",
         }));
-        let facts = LegacyFacts {
+        let facts = Facts {
             image_version: Some("1.203.0.20200908-220956".into()),
             ..facts()
         };
-        insta::assert_yaml_snapshot!(legacy_oneagent_daemonset(&oa, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&oa, &facts).unwrap());
     }
 }

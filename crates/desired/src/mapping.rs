@@ -30,7 +30,7 @@ use regex::Regex;
 use serde_json::json;
 
 use crate::DesiredError;
-use crate::oneagent::{LABEL_COMPONENT, LABEL_CREATED_BY, LABEL_NAME};
+use crate::pod::{LABEL_COMPONENT, LABEL_CREATED_BY, LABEL_NAME};
 use crate::tokens::Tokens;
 
 /// Namespace label naming the DynaKube that injects into the namespace's pods.

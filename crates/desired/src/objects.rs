@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::DesiredError;
-use crate::oneagent::{LABEL_CREATED_BY, LABEL_MANAGED_BY, LABEL_NAME};
 use crate::owner::owned_metadata;
+use crate::pod::{LABEL_CREATED_BY, LABEL_MANAGED_BY, LABEL_NAME};
 use crate::versions::tenant_registry;
 
 /// Key of the tenant token in the tenant Secret.

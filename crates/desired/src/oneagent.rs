@@ -7,21 +7,19 @@
 use std::collections::BTreeMap;
 
 use api::dynakube::{DynaKube, HostInjectSpec, Mode};
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
-    Affinity, CSIVolumeSource, Capabilities, ConfigMapKeySelector, ConfigMapVolumeSource, Container, EnvVar,
-    EnvVarSource, ExecAction, HostPathVolumeSource, KeyToPath, LocalObjectReference, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    Container, EnvVar, LocalObjectReference, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Volume,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::DesiredError;
 use crate::hash::with_template_hash;
 use crate::owner::owned_metadata;
+use crate::pod::{
+    self, HealthCheck, LABEL_COMPONENT, LABEL_VERSION, PROXY_ENV, ProbeKind, Proxy, Volumes, config_map_env,
+    field_env, literal_env,
+};
+use crate::{DesiredError, MISSING_CLUSTER_ID};
 
 /// Name of the OneAgent container.
 pub const CONTAINER_NAME: &str = "dynatrace-oneagent";
@@ -30,25 +28,14 @@ pub const SERVICE_ACCOUNT: &str = "dynatrace-dynakube-oneagent";
 /// The CSI driver that provides the read-only OneAgent's storage.
 pub const CSI_DRIVER: &str = "csi.oneagent.dynatrace.com";
 
-/// Label: what the object is (`oneagent`).
-pub const LABEL_NAME: &str = "app.kubernetes.io/name";
-/// Label: the DynaKube the object belongs to.
-pub const LABEL_CREATED_BY: &str = "app.kubernetes.io/created-by";
-/// Label: the operator manages the object.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Label: the OneAgent version.
-pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
-/// Label: the OneAgent mode, without underscores.
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-
 /// Pod annotation that turns code-module injection off (never into the OneAgent itself).
 pub const INJECT_ANNOTATION: &str = "dynatrace.com/inject";
 /// Pod annotation that runs the OneAgent container without an AppArmor profile.
 pub const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/dynatrace-oneagent";
 
 const TERMINATION_GRACE_SECONDS: i64 = 80;
-pub(crate) const DEFAULT_DNS_POLICY: &str = "ClusterFirstWithHostNet";
-const DEFAULT_CPU_REQUEST_MILLIS: f64 = 100.0;
+/// CPU request of a OneAgent container whose resources name none (or the CPU limit, when lower).
+pub(crate) const DEFAULT_CPU_REQUEST: &str = "100m";
 const READONLY_USER: i64 = 1000;
 
 /// Capabilities of the unprivileged OneAgent (everything else is dropped).
@@ -73,27 +60,22 @@ pub const CAPABILITIES: &[&str] = &[
 const TENANT_TOKEN_VOLUME: &str = "connection-info-secret";
 const TENANT_TOKEN_KEY: &str = "tenant-token";
 const TENANT_TOKEN_PATH: &str = "/var/lib/dynatrace/secrets/tokens/tenant-token";
-pub(crate) const HOST_ROOT_VOLUME: &str = "host-root";
+const HOST_ROOT_VOLUME: &str = "host-root";
 pub(crate) const HOST_ROOT_PATH: &str = "/mnt/root";
 const STORAGE_VOLUME: &str = "osagent-storage";
 const STORAGE_PATH: &str = "/mnt/volume_storage_mount";
 const CERTS_VOLUME: &str = "certificates";
 pub(crate) const CERTS_PATH: &str = "/mnt/dynatrace/certs";
 
-pub(crate) const PROXY_ENV: &str = "https_proxy";
 const READONLY_MODE_ENV: &str = "ONEAGENT_READ_ONLY_MODE";
 const DISABLE_CONTAINER_INJECTION_ENV: &str = "ONEAGENT_DISABLE_CONTAINER_INJECTION";
 
-// Health-check defaults for fields the image leaves at zero, and the cap on the readiness delay.
-const DEFAULT_INTERVAL_SECONDS: i32 = 10;
-const DEFAULT_START_PERIOD_SECONDS: i32 = 1200;
-const DEFAULT_TIMEOUT_SECONDS: i32 = 30;
-const DEFAULT_RETRIES: i32 = 3;
-const MAX_READINESS_DELAY_SECONDS: i32 = 90;
+/// Architectures OneAgent images exist for (node affinity).
+const ARCHITECTURES: &[&str] = &["amd64", "arm64", "ppc64le"];
 
 /// What the OneAgent DaemonSet needs beyond the DynaKube's spec: values other reconcilers resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OneAgentFacts {
+pub struct Facts {
     /// The OneAgent image (`status.oneAgent.imageID`).
     pub image: String,
     /// The OneAgent version (`status.oneAgent.version`); unknown for custom images.
@@ -104,23 +86,6 @@ pub struct OneAgentFacts {
     pub operator_version: String,
     /// The image's `HEALTHCHECK` (`status.oneAgent.healthcheck`); without it the pods get no probes.
     pub healthcheck: Option<HealthCheck>,
-}
-
-/// A container image's `HEALTHCHECK`, with durations in seconds. Zero or absent fields take the defaults
-/// (interval 10 s, start period 1200 s, timeout 30 s, 3 retries).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HealthCheck {
-    /// The test as in the image config: `["CMD-SHELL", "<script>"]`, `["CMD", "<exe>", "<arg>", ...]`
-    /// or `["NONE"]`.
-    pub test: Vec<String>,
-    /// Time between checks.
-    pub interval_seconds: Option<i32>,
-    /// Time the container gets to start before failures count.
-    pub start_period_seconds: Option<i32>,
-    /// Time one check may take.
-    pub timeout_seconds: Option<i32>,
-    /// Consecutive failures that make the container unhealthy.
-    pub retries: Option<i32>,
 }
 
 /// The health check the OneAgent images ship (`HEALTHCHECK CMD-SHELL /usr/bin/watchdog-healthcheck64`, with
@@ -137,39 +102,13 @@ impl HealthCheck {
             ..Self::default()
         }
     }
-
-    /// As `status.oneAgent.healthcheck` records it: the image config's shape (`Test`, and the durations
-    /// in nanoseconds when set).
-    pub fn to_status(&self) -> serde_json::Value {
-        let mut value = serde_json::json!({ "Test": self.test });
-        let nanos = |seconds: i32| i64::from(seconds) * 1_000_000_000;
-        for (key, seconds) in [
-            ("Interval", self.interval_seconds),
-            ("Timeout", self.timeout_seconds),
-            ("StartPeriod", self.start_period_seconds),
-        ] {
-            if let Some(seconds) = seconds {
-                value[key] = nanos(seconds).into();
-            }
-        }
-        if let Some(retries) = self.retries {
-            value["Retries"] = retries.into();
-        }
-        value
-    }
-}
-
-/// Where the OneAgents get their proxy from.
-enum Proxy<'a> {
-    Literal(&'a str),
-    Secret(&'a str),
 }
 
 /// The OneAgent DaemonSet `<dk>-oneagent` for a DynaKube in classicFullStack, hostMonitoring or
 /// cloudNativeFullStack mode, owned by the DynaKube, with its template hash set. Any other mode gives
 /// [`DesiredError::NoOneAgent`]; a missing name, namespace, image or cluster id gives
 /// [`DesiredError::Missing`]; a DynaKube without UID [`DesiredError::NoOwnerUid`].
-pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<DaemonSet, DesiredError> {
+pub fn daemonset(dynakube: &DynaKube, facts: &Facts) -> Result<DaemonSet, DesiredError> {
     let name = dynakube
         .metadata
         .name
@@ -199,25 +138,22 @@ pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<
         ));
     }
     if facts.cluster_id.is_empty() {
-        return Err(missing(
-            "the cluster id (UID of the kube-system namespace)",
-            "read the kube-system namespace before building the DaemonSet",
-        ));
+        return Err(missing(MISSING_CLUSTER_ID.0, MISSING_CLUSTER_ID.1));
     }
 
     let readonly = dynakube.needs_readonly_one_agents();
     let proxy = oneagent_proxy(dynakube);
 
     let selector = selector_labels(&name);
-    let mut labels = host.labels.clone().unwrap_or_default();
     // The operator's labels win: a user label must not change the selector (the DaemonSet would no
     // longer select its pods) nor hide the version that rolls out updates.
-    labels.extend(selector.clone());
+    let mut labels = pod::labels_over(host.labels.as_ref(), &selector);
     labels.insert(LABEL_COMPONENT.to_owned(), mode.metadata_name().replace('_', ""));
     if let Some(version) = facts.version.as_deref().and_then(label_value) {
         labels.insert(LABEL_VERSION.to_owned(), version);
     }
 
+    let volumes = volumes(dynakube, &name, readonly);
     let container = Container {
         name: CONTAINER_NAME.to_owned(),
         image: Some(facts.image.clone()),
@@ -226,15 +162,15 @@ pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<
         env: Some(env(&name, mode, host, facts, proxy, readonly)),
         resources: Some(resources(host)),
         security_context: Some(security_context(dynakube, readonly)),
-        volume_mounts: Some(volume_mounts(dynakube, readonly)),
-        liveness_probe: facts.healthcheck.as_ref().and_then(|h| probe(h, false)),
-        readiness_probe: facts.healthcheck.as_ref().and_then(|h| probe(h, true)),
+        volume_mounts: Some(volumes.mounts),
+        liveness_probe: probe(facts, ProbeKind::Liveness),
+        readiness_probe: probe(facts, ProbeKind::Readiness),
         ..Default::default()
     };
 
     let pod = PodSpec {
         containers: vec![container],
-        volumes: Some(volumes(dynakube, &name, readonly)),
+        volumes: Some(volumes.volumes),
         host_network: Some(true),
         host_pid: Some(true),
         host_ipc: Some(false),
@@ -244,51 +180,27 @@ pub fn oneagent_daemonset(dynakube: &DynaKube, facts: &OneAgentFacts) -> Result<
             name: dynakube.pull_secret_name(),
         }]),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-        dns_policy: Some(
-            host.dns_policy
-                .clone()
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| DEFAULT_DNS_POLICY.to_owned()),
-        ),
-        affinity: Some(node_affinity()),
+        dns_policy: Some(pod::host_network_dns_policy(host.dns_policy.as_deref())),
+        affinity: Some(pod::linux_node_affinity(&["kubernetes.io"], ARCHITECTURES)),
         node_selector: host.node_selector.clone().filter(|s| !s.is_empty()),
-        tolerations: host.tolerations.clone().filter(|t| !t.is_empty()),
+        tolerations: pod::tolerations(host.tolerations.as_deref(), &[]),
         priority_class_name: host.priority_class_name.clone().filter(|p| !p.is_empty()),
         ..Default::default()
     };
 
-    let ds = DaemonSet {
-        metadata: owned_metadata(
-            dynakube,
-            api::dynakube::names::one_agent_daemonset(&name),
-            labels.clone(),
-        )?,
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(pod_annotations(host)),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(
-                        dynakube.feature_flags().oneagent_max_unavailable(),
-                    )),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    };
+    let metadata = owned_metadata(
+        dynakube,
+        api::dynakube::names::one_agent_daemonset(&name),
+        labels.clone(),
+    )?;
+    let ds = pod::rolling_daemonset(
+        metadata,
+        selector,
+        labels,
+        Some(pod_annotations(host)),
+        pod,
+        dynakube.feature_flags().oneagent_max_unavailable(),
+    );
     Ok(with_template_hash(ds))
 }
 
@@ -331,19 +243,15 @@ fn oneagent_proxy(dynakube: &DynaKube) -> Option<Proxy<'_>> {
     }
     let proxy = dynakube.spec.proxy.as_ref()?;
     match (proxy.value.as_deref(), proxy.value_from.as_deref()) {
-        (Some(value), _) if !value.is_empty() => Some(Proxy::Literal(value)),
+        (Some(value), _) if !value.is_empty() => Some(Proxy::Value(value)),
         (_, Some(secret)) if !secret.is_empty() => Some(Proxy::Secret(secret)),
         _ => None,
     }
 }
 
-/// name, created-by and managed-by: the labels the DaemonSet selects its pods by.
+/// name `oneagent`, created-by the DynaKube and managed-by: the labels the DaemonSet selects its pods by.
 fn selector_labels(dynakube: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_owned(), "oneagent".to_owned()),
-        (LABEL_CREATED_BY.to_owned(), dynakube.to_owned()),
-        (LABEL_MANAGED_BY.to_owned(), "dynatrace-operator".to_owned()),
-    ])
+    pod::app_selector_labels("oneagent", dynakube)
 }
 
 /// A value as a valid label value (at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both
@@ -399,45 +307,13 @@ fn args(dynakube: &DynaKube, mode: Mode, host: &HostInjectSpec, has_proxy: bool)
     args
 }
 
-/// A variable with a literal value.
-pub(crate) fn literal_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: Some(value.to_owned()),
-        value_from: None,
-    }
-}
-
-/// A variable read from `source`.
-pub(crate) fn env_from(name: &str, source: EnvVarSource) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: None,
-        value_from: Some(source),
-    }
-}
-
-fn config_map_env(name: &str, config_map: String, key: &str) -> EnvVar {
-    env_from(
-        name,
-        EnvVarSource {
-            config_map_key_ref: Some(ConfigMapKeySelector {
-                name: config_map,
-                key: key.to_owned(),
-                optional: None,
-            }),
-            ..Default::default()
-        },
-    )
-}
-
 /// The container's environment: the user's variables, the operator's defaults for names the user did not
 /// set, and the mode's switches; sorted by name so that the template hash is stable.
 fn env(
     dynakube: &str,
     mode: Mode,
     host: &HostInjectSpec,
-    facts: &OneAgentFacts,
+    facts: &Facts,
     proxy: Option<Proxy<'_>>,
     readonly: bool,
 ) -> Vec<EnvVar> {
@@ -453,37 +329,14 @@ fn env(
     let metadata = names::deployment_metadata_config_map(dynakube);
     let connection_info = names::connection_info_config_map(dynakube);
     let mut defaults = vec![
-        env_from(
-            "DT_K8S_NODE_NAME",
-            EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "spec.nodeName".to_owned(),
-                    api_version: None,
-                }),
-                ..Default::default()
-            },
-        ),
+        field_env("DT_K8S_NODE_NAME", "spec.nodeName"),
         literal_env("DT_K8S_CLUSTER_ID", &facts.cluster_id),
-        config_map_env("DT_DEPLOYMENT_METADATA", metadata.clone(), "oneagent"),
-        config_map_env("DT_OPERATOR_VERSION", metadata, "operator"),
-        config_map_env("DT_TENANT", connection_info.clone(), "tenant-uuid"),
-        config_map_env("DT_SERVER", connection_info, "communication-endpoints"),
+        config_map_env("DT_DEPLOYMENT_METADATA", &metadata, "oneagent"),
+        config_map_env("DT_OPERATOR_VERSION", &metadata, "operator"),
+        config_map_env("DT_TENANT", &connection_info, "tenant-uuid"),
+        config_map_env("DT_SERVER", &connection_info, "communication-endpoints"),
     ];
-    match proxy {
-        Some(Proxy::Literal(value)) => defaults.push(literal_env(PROXY_ENV, value)),
-        Some(Proxy::Secret(secret)) => defaults.push(env_from(
-            PROXY_ENV,
-            EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.to_owned(),
-                    key: "proxy".to_owned(),
-                    optional: None,
-                }),
-                ..Default::default()
-            },
-        )),
-        None => {}
-    }
+    defaults.extend(proxy.map(pod::proxy_env));
     for default in defaults {
         env.entry(default.name.clone()).or_insert(default);
     }
@@ -508,58 +361,31 @@ fn env(
 /// The user's resources, with a CPU request of 100m when none is given. A CPU limit below 100m is used as
 /// the request instead, because a request above the limit would make the DaemonSet invalid.
 fn resources(host: &HostInjectSpec) -> ResourceRequirements {
-    with_default_cpu_request(host.one_agent_resources.clone().unwrap_or_default())
-}
-
-/// `resources` with a CPU request of 100m when none is given, or the CPU limit when that is below 100m.
-/// Shared with the legacy `OneAgent` DaemonSet.
-pub(crate) fn with_default_cpu_request(mut resources: ResourceRequirements) -> ResourceRequirements {
-    let limit = resources
-        .limits
-        .as_ref()
-        .and_then(|l| l.get("cpu"))
-        .filter(|l| cpu_millis(l).is_some_and(|m| m < DEFAULT_CPU_REQUEST_MILLIS))
-        .cloned();
-    resources
-        .requests
-        .get_or_insert_with(Default::default)
-        .entry("cpu".to_owned())
-        .or_insert_with(|| limit.unwrap_or_else(|| Quantity("100m".to_owned())));
-    resources
-}
-
-/// A CPU quantity in millicores, for the plain (`0.05`, `1`) and milli (`50m`) forms; other forms are
-/// not needed to tell whether a limit is below 100m.
-fn cpu_millis(quantity: &Quantity) -> Option<f64> {
-    let text = quantity.0.trim();
-    match text.strip_suffix('m') {
-        Some(millis) => millis.parse::<f64>().ok(),
-        None => text.parse::<f64>().ok().map(|cores| cores * 1000.0),
-    }
-    .filter(|m| m.is_finite())
+    pod::with_default_cpu_request(
+        host.one_agent_resources.clone().unwrap_or_default(),
+        DEFAULT_CPU_REQUEST,
+    )
 }
 
 /// Privileged when the flag says so, else only the capabilities the OneAgent needs (and the flag's
 /// seccomp profile). Read-only OneAgents also run as user and group 1000.
 fn security_context(dynakube: &DynaKube, readonly: bool) -> SecurityContext {
     let flags = dynakube.feature_flags();
-    let mut context = SecurityContext::default();
+    let mut context = if flags.oneagent_privileged() {
+        pod::privileged()
+    } else {
+        SecurityContext {
+            seccomp_profile: flags.oneagent_seccomp_profile().map(|profile| SeccompProfile {
+                type_: "Localhost".to_owned(),
+                localhost_profile: Some(profile.to_owned()),
+            }),
+            ..pod::only_capabilities(CAPABILITIES)
+        }
+    };
     if readonly {
         context.run_as_non_root = Some(true);
         context.run_as_user = Some(READONLY_USER);
         context.run_as_group = Some(READONLY_USER);
-    }
-    if flags.oneagent_privileged() {
-        context.privileged = Some(true);
-    } else {
-        context.capabilities = Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            add: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
-        });
-        context.seccomp_profile = flags.oneagent_seccomp_profile().map(|profile| SeccompProfile {
-            type_: "Localhost".to_owned(),
-            localhost_profile: Some(profile.to_owned()),
-        });
     }
     context
 }
@@ -568,156 +394,65 @@ fn trusted_cas(dynakube: &DynaKube) -> Option<&str> {
     dynakube.spec.trusted_cas.as_deref().filter(|c| !c.is_empty())
 }
 
-fn volumes(dynakube: &DynaKube, name: &str, readonly: bool) -> Vec<Volume> {
-    let mut volumes = vec![
-        Volume {
-            name: TENANT_TOKEN_VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(api::dynakube::names::tenant_secret(name)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        host_root_volume(),
-    ];
+/// The tenant token, the host's root, the CSI storage of read-only OneAgents and the trusted CAs, each
+/// with its mount.
+fn volumes(dynakube: &DynaKube, name: &str, readonly: bool) -> Volumes {
+    let mut volumes = Volumes::default();
+    volumes
+        .add_with(
+            pod::secret_volume(TENANT_TOKEN_VOLUME, &api::dynakube::names::tenant_secret(name)),
+            pod::sub_path_mount(TENANT_TOKEN_VOLUME, TENANT_TOKEN_PATH, TENANT_TOKEN_KEY, true),
+        )
+        .add(host_root_volume(), HOST_ROOT_PATH, readonly);
     if readonly {
-        volumes.push(Volume {
-            name: STORAGE_VOLUME.to_owned(),
-            csi: Some(CSIVolumeSource {
-                driver: CSI_DRIVER.to_owned(),
-                volume_attributes: Some(BTreeMap::from([
-                    ("mode".to_owned(), "host".to_owned()),
-                    ("dynakube".to_owned(), name.to_owned()),
-                ])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.add(
+            pod::csi_volume(
+                STORAGE_VOLUME,
+                CSI_DRIVER,
+                &[("mode", "host"), ("dynakube", name)],
+            ),
+            STORAGE_PATH,
+            false,
+        );
     }
     if let Some(config_map) = trusted_cas(dynakube) {
-        volumes.push(trusted_cas_volume(CERTS_VOLUME, config_map));
+        volumes.add(
+            pod::trusted_cas_volume(CERTS_VOLUME, config_map),
+            CERTS_PATH,
+            false,
+        );
     }
     volumes
 }
 
 /// The node's root file system, `host-root`.
 pub(crate) fn host_root_volume() -> Volume {
-    Volume {
-        name: HOST_ROOT_VOLUME.to_owned(),
-        host_path: Some(HostPathVolumeSource {
-            path: "/".to_owned(),
-            type_: None,
-        }),
-        ..Default::default()
-    }
+    pod::host_path_volume(HOST_ROOT_VOLUME, "/")
 }
 
-/// Volume `name` with the key `certs` of the trusted-CAs ConfigMap as `certs.pem`.
-pub(crate) fn trusted_cas_volume(name: &str, config_map: &str) -> Volume {
-    Volume {
-        name: name.to_owned(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: config_map.to_owned(),
-            items: Some(vec![KeyToPath {
-                key: "certs".to_owned(),
-                path: "certs.pem".to_owned(),
-                mode: None,
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// A mount of volume `name` at `path`.
-pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
-        read_only: read_only.then_some(true),
-        ..Default::default()
-    }
-}
-
-fn volume_mounts(dynakube: &DynaKube, readonly: bool) -> Vec<VolumeMount> {
-    let mut mounts = vec![
-        VolumeMount {
-            sub_path: Some(TENANT_TOKEN_KEY.to_owned()),
-            ..mount(TENANT_TOKEN_VOLUME, TENANT_TOKEN_PATH, true)
-        },
-        mount(HOST_ROOT_VOLUME, HOST_ROOT_PATH, readonly),
-    ];
-    if readonly {
-        mounts.push(mount(STORAGE_VOLUME, STORAGE_PATH, false));
-    }
-    if trusted_cas(dynakube).is_some() {
-        mounts.push(mount(CERTS_VOLUME, CERTS_PATH, false));
-    }
-    mounts
-}
-
-/// The required node affinity: the architectures and the OS OneAgent images exist for.
-fn node_affinity() -> Affinity {
-    let requirement = |key: &str, values: &[&str]| NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator: "In".to_owned(),
-        values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
-    };
-    Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                // One term: its expressions are ANDed.
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(vec![
-                        requirement("kubernetes.io/arch", &["amd64", "arm64", "ppc64le"]),
-                        requirement("kubernetes.io/os", &["linux"]),
-                    ]),
-                    match_fields: None,
-                }],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// A probe from the image's health check: `CMD-SHELL x` runs `/bin/sh -c x`, `CMD a b` runs `a b`. None
-/// for `NONE` or an empty test. Readiness waits at most 90 s before its first check.
-fn probe(health: &HealthCheck, readiness: bool) -> Option<Probe> {
-    let command = match health.test.split_first() {
-        Some((kind, script)) if kind == "CMD-SHELL" && !script.is_empty() => {
-            vec!["/bin/sh".to_owned(), "-c".to_owned(), script.join(" ")]
-        }
-        Some((kind, command)) if kind == "CMD" && !command.is_empty() => command.to_vec(),
-        _ => return None,
-    };
-    let or_default = |value: Option<i32>, default: i32| value.filter(|v| *v > 0).unwrap_or(default);
-    let start_period = or_default(health.start_period_seconds, DEFAULT_START_PERIOD_SECONDS);
-    Some(Probe {
-        exec: Some(ExecAction {
-            command: Some(command),
-        }),
-        initial_delay_seconds: Some(if readiness {
-            start_period.min(MAX_READINESS_DELAY_SECONDS)
-        } else {
-            start_period
-        }),
-        period_seconds: Some(or_default(health.interval_seconds, DEFAULT_INTERVAL_SECONDS)),
-        timeout_seconds: Some(or_default(health.timeout_seconds, DEFAULT_TIMEOUT_SECONDS)),
-        failure_threshold: Some(or_default(health.retries, DEFAULT_RETRIES)),
-        success_threshold: Some(1),
-        ..Default::default()
-    })
+/// A probe from the image's health check; none without one.
+fn probe(facts: &Facts, kind: ProbeKind) -> Option<Probe> {
+    facts
+        .healthcheck
+        .as_ref()
+        .and_then(|health| pod::health_check_probe(health, kind))
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::test_support::{container, pod, template};
+    use crate::test_support::{assert_user_scheduling, container, pod, template};
     use api::dynakube::v1beta1::DynaKubeProxy;
     use serde_json::json;
 
     use super::*;
     use crate::hash::TEMPLATE_HASH_ANNOTATION;
+    use crate::pod::{LABEL_CREATED_BY, LABEL_MANAGED_BY, LABEL_NAME};
+    use k8s_openapi::api::core::v1::{
+        CSIVolumeSource, Capabilities, ConfigMapKeySelector, ConfigMapVolumeSource, EnvVarSource, ExecAction,
+        HostPathVolumeSource, KeyToPath, NodeSelectorRequirement, ObjectFieldSelector, SecretKeySelector,
+        SecretVolumeSource, VolumeMount,
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     const CLASSIC: &str = "classicFullStack";
     const HOST: &str = "hostMonitoring";
@@ -749,8 +484,8 @@ mod tests {
         dk
     }
 
-    fn facts() -> OneAgentFacts {
-        OneAgentFacts {
+    fn facts() -> Facts {
+        Facts {
             image: "abc12345.live.dynatrace.com/linux/oneagent:latest".into(),
             version: Some("1.277.0.20230914-094321".into()),
             cluster_id: "9b3e0e5c-kube-system-uid".into(),
@@ -760,7 +495,7 @@ mod tests {
     }
 
     fn build(dk: &DynaKube) -> DaemonSet {
-        oneagent_daemonset(dk, &facts()).unwrap()
+        daemonset(dk, &facts()).unwrap()
     }
 
     fn args_of(ds: &DaemonSet) -> Vec<&str> {
@@ -1307,9 +1042,9 @@ mod tests {
             (Some("1.2.3+build/4"), Some("1.2.3_build_4")),
             (Some("-1.2.3-"), Some("1.2.3")),
         ] {
-            let ds = oneagent_daemonset(
+            let ds = daemonset(
                 &dk,
-                &OneAgentFacts {
+                &Facts {
                     version: version.map(str::to_owned),
                     ..facts()
                 },
@@ -1377,9 +1112,9 @@ mod tests {
     }
 
     fn probes(healthcheck: HealthCheck) -> (Option<Probe>, Option<Probe>) {
-        let ds = oneagent_daemonset(
+        let ds = daemonset(
             &dynakube(CLASSIC),
-            &OneAgentFacts {
+            &Facts {
                 healthcheck: Some(healthcheck),
                 ..facts()
             },
@@ -1506,16 +1241,7 @@ mod tests {
         let dk = flag(dk, "oneagent-max-unavailable", "3");
         let ds = build(&dk);
         let p = pod(&ds);
-        assert_eq!(p.dns_policy.as_deref(), Some("Default"));
-        assert_eq!(
-            p.node_selector,
-            Some(BTreeMap::from([("node-pool".into(), "apps".into())]))
-        );
-        assert_eq!(
-            p.tolerations.as_ref().unwrap()[0].key.as_deref(),
-            Some("node-role.kubernetes.io/master")
-        );
-        assert_eq!(p.priority_class_name.as_deref(), Some("high"));
+        assert_user_scheduling(p);
         assert_eq!(p.image_pull_secrets.as_ref().unwrap()[0].name, "my-pull-secret");
         assert_eq!(
             ds.spec
@@ -1552,7 +1278,7 @@ mod tests {
                 "sets 2 modes (classicFullStack, hostMonitoring); set exactly one",
             ),
         ] {
-            let err = oneagent_daemonset(&dk, &facts()).unwrap_err();
+            let err = daemonset(&dk, &facts()).unwrap_err();
             assert!(matches!(err, DesiredError::NoOneAgent { .. }), "{err:?}");
             let message = err.to_string();
             assert!(
@@ -1566,9 +1292,9 @@ mod tests {
     #[test]
     fn missing_facts_are_errors_that_say_what_to_do() {
         let dk = dynakube(CLASSIC);
-        let no_image = oneagent_daemonset(
+        let no_image = daemonset(
             &dk,
-            &OneAgentFacts {
+            &Facts {
                 image: String::new(),
                 ..facts()
             },
@@ -1579,9 +1305,9 @@ mod tests {
             no_image.contains("status.oneAgent.imageID") && no_image.contains("resolve"),
             "{no_image}"
         );
-        let no_cluster = oneagent_daemonset(
+        let no_cluster = daemonset(
             &dk,
-            &OneAgentFacts {
+            &Facts {
                 cluster_id: String::new(),
                 ..facts()
             },
@@ -1592,7 +1318,7 @@ mod tests {
         let mut no_namespace = dk.clone();
         no_namespace.metadata.namespace = None;
         assert!(
-            oneagent_daemonset(&no_namespace, &facts())
+            daemonset(&no_namespace, &facts())
                 .unwrap_err()
                 .to_string()
                 .contains("metadata.namespace")
@@ -1601,7 +1327,7 @@ mod tests {
         let mut no_uid = dk.clone();
         no_uid.metadata.uid = None;
         assert!(matches!(
-            oneagent_daemonset(&no_uid, &facts()),
+            daemonset(&no_uid, &facts()),
             Err(DesiredError::NoOwnerUid { .. })
         ));
     }
@@ -1622,9 +1348,9 @@ mod tests {
         assert_eq!(hash(&a), crate::hash::template_hash(&a));
 
         let base = hash(&build(&dynakube(HOST))).to_owned();
-        let newer = oneagent_daemonset(
+        let newer = daemonset(
             &dynakube(HOST),
-            &OneAgentFacts {
+            &Facts {
                 version: Some("1.279.0.20231010-101010".into()),
                 ..facts()
             },
@@ -1639,7 +1365,7 @@ mod tests {
     }
 
     /// A DynaKube that exercises most of the builder, per mode.
-    fn rich(mode: &str) -> (DynaKube, OneAgentFacts) {
+    fn rich(mode: &str) -> (DynaKube, Facts) {
         let mut dk = dynakube_with(
             mode,
             json!({
@@ -1657,7 +1383,7 @@ mod tests {
             value: None,
             value_from: Some("proxy-secret".into()),
         });
-        let facts = OneAgentFacts {
+        let facts = Facts {
             healthcheck: Some(HealthCheck {
                 test: strings(&["CMD-SHELL", "/usr/bin/watchdog-healthcheck64"]),
                 interval_seconds: Some(10),
@@ -1673,18 +1399,18 @@ mod tests {
     #[test]
     fn snapshot_classic_full_stack() {
         let (dk, facts) = rich(CLASSIC);
-        insta::assert_yaml_snapshot!(oneagent_daemonset(&dk, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&dk, &facts).unwrap());
     }
 
     #[test]
     fn snapshot_host_monitoring() {
         let (dk, facts) = rich(HOST);
-        insta::assert_yaml_snapshot!(oneagent_daemonset(&dk, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&dk, &facts).unwrap());
     }
 
     #[test]
     fn snapshot_cloud_native_full_stack() {
         let (dk, facts) = rich(CLOUD);
-        insta::assert_yaml_snapshot!(oneagent_daemonset(&dk, &facts).unwrap());
+        insta::assert_yaml_snapshot!(daemonset(&dk, &facts).unwrap());
     }
 }

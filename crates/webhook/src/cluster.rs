@@ -1,5 +1,6 @@
-//! What the validating webhook knows of the cluster: watched caches of DynaKubes and of node and namespace
-//! metadata (labels are all the rules need), so that validating does not list objects per request.
+//! What the validating webhook knows of the cluster: watched caches of DynaKubes, of node and namespace
+//! metadata (labels are all the rules need) and of the CSI driver's DaemonSet, so that validating does not
+//! list or get objects per request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ pub struct ClusterCache {
     dynakubes: Store<DynaKube>,
     nodes: Store<PartialObjectMeta<Node>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    csi_daemonsets: Store<PartialObjectMeta<DaemonSet>>,
     ready: Arc<AtomicBool>,
 }
 
@@ -48,8 +50,21 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    spawn_reflector_with(api, watcher::Config::default(), what, shutdown)
+}
+
+fn spawn_reflector_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    shutdown: CancellationToken,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     spawn_drain(stream, what, shutdown);
     reader
 }
@@ -88,12 +103,21 @@ impl ClusterCache {
             "Namespace",
             shutdown.clone(),
         );
+        // Only the DaemonSets of that name, in every namespace: the rule looks in the DynaKube's namespace,
+        // and the watch carries at most one small object per namespace.
+        let csi_daemonsets = spawn_reflector_with(
+            Api::<PartialObjectMeta<DaemonSet>>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={CSI_DAEMONSET}")),
+            "DaemonSet",
+            shutdown.clone(),
+        );
         let ready = Arc::new(AtomicBool::new(false));
         let cache = Self {
             client,
             dynakubes,
             nodes,
             namespaces,
+            csi_daemonsets,
             ready: ready.clone(),
         };
         let waiting = cache.clone();
@@ -101,7 +125,8 @@ impl ClusterCache {
             let all = async {
                 waiting.dynakubes.wait_until_ready().await?;
                 waiting.nodes.wait_until_ready().await?;
-                waiting.namespaces.wait_until_ready().await
+                waiting.namespaces.wait_until_ready().await?;
+                waiting.csi_daemonsets.wait_until_ready().await
             };
             if all.await.is_ok() {
                 ready.store(true, Ordering::Release);
@@ -130,18 +155,16 @@ impl ClusterCache {
         }
     }
 
-    /// Whether the CSI driver's DaemonSet exists in `namespace`; `None` when that could not be found out.
-    pub async fn csi_driver_installed(&self, namespace: &str) -> Option<bool> {
-        match Api::<DaemonSet>::namespaced(self.client.clone(), namespace)
-            .get_metadata_opt(CSI_DAEMONSET)
-            .await
-        {
-            Ok(found) => Some(found.is_some()),
-            Err(err) => {
-                tracing::warn!(%err, namespace, "cannot check for the CSI driver DaemonSet; skipping that rule");
-                None
-            }
+    /// Whether the CSI driver's DaemonSet exists in `namespace`, from the watch; `None` until the watch
+    /// has listed once.
+    pub fn csi_driver_installed(&self, namespace: &str) -> Option<bool> {
+        if !self.is_ready() {
+            return None;
         }
+        Some(self.csi_daemonsets.state().iter().any(|d| {
+            d.metadata.namespace.as_deref() == Some(namespace)
+                && d.metadata.name.as_deref() == Some(CSI_DAEMONSET)
+        }))
     }
 
     /// Whether Istio's networking API is served; `None` when discovery failed.

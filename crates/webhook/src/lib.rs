@@ -5,6 +5,7 @@
 //! changes, or taken from the operator's certificate Secret on every change of it. Metrics (`/metrics`) and
 //! plain-HTTP probes are served on a separate port.
 
+pub mod budget;
 pub mod cluster;
 pub mod handlers;
 pub mod metrics;
@@ -28,10 +29,18 @@ pub use metrics::Metrics;
 pub const DEFAULT_PORT: u16 = 8443;
 /// Default metrics port.
 pub const DEFAULT_METRICS_PORT: u16 = 8383;
-/// Connections served at once; more are refused until one ends.
-const MAX_CONNECTIONS: usize = 1024;
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The limits of the HTTPS server: [`serving::ServeOptions`]' production defaults (1,024 connections;
+/// connections without a request closed after 10 s, idle HTTP/1.1 ones after 10 s, idle HTTP/2 ones after
+/// 120 s).
+pub fn serve_options() -> serving::ServeOptions {
+    serving::ServeOptions {
+        drain_timeout: DRAIN_TIMEOUT,
+        ..Default::default()
+    }
+}
 
 /// Where and how the server listens.
 #[derive(Debug, Clone)]
@@ -147,6 +156,16 @@ pub async fn start(
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, StartError> {
+    start_with(config, state, shutdown, serve_options()).await
+}
+
+/// [`start`] with other connection limits and timeouts for the HTTPS server.
+pub async fn start_with(
+    config: &ServerConfig,
+    state: AppState,
+    shutdown: CancellationToken,
+    options: serving::ServeOptions,
+) -> Result<RunningServer, StartError> {
     let certificate = match &config.certificate_source {
         CertificateSource::Dir(dir) => tls::ReloadingCertificate::load(dir)?,
         source @ CertificateSource::Secret { .. } => tls::ReloadingCertificate::pending(source.to_string()),
@@ -176,23 +195,23 @@ pub async fn start(
             shutdown.clone(),
         )),
     };
-    let options = serving::ServeOptions {
-        max_connections: MAX_CONNECTIONS,
-        drain_timeout: DRAIN_TIMEOUT,
-        ..Default::default()
-    };
+    let connections = serving::Connections::new(options.max_connections);
     let router = handlers::router(state.clone());
-    let https = tokio::spawn(serving::serve(
+    let https = tokio::spawn(serving::serve_with(
         listener,
         Some(acceptor),
         router,
         shutdown.clone(),
         options,
+        connections.clone(),
     ));
     let metrics = tokio::spawn(serve_metrics(
         metrics_listener,
         state,
-        certificate.clone(),
+        Readiness {
+            certificate: certificate.clone(),
+            connections,
+        },
         shutdown.clone(),
     ));
     tracing::info!(%addr, %metrics_addr, certs = %config.certificate_source, "webhook server listening");
@@ -205,17 +224,40 @@ pub async fn start(
     })
 }
 
+/// What `/readyz` looks at besides the cluster caches.
+#[derive(Clone)]
+struct Readiness {
+    certificate: Arc<tls::ReloadingCertificate>,
+    connections: serving::Connections,
+}
+
+impl Readiness {
+    /// Why the HTTPS server cannot take a request now, if it cannot.
+    fn not_ready(&self) -> Option<String> {
+        if !self.certificate.is_loaded() {
+            return Some("waiting for the serving certificate".to_owned());
+        }
+        if self.connections.is_full() {
+            return Some(format!(
+                "all {} connection slots are in use; new connections are refused until idle ones are closed",
+                self.connections.max()
+            ));
+        }
+        None
+    }
+}
+
 async fn serve_metrics(
     listener: TcpListener,
     state: AppState,
-    certificate: Arc<tls::ReloadingCertificate>,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    let registry = state.metrics.registry();
-    let router = serving::probes::probes_and_metrics(registry, move || {
-        // Not ready while there is no certificate to serve (a Secret source before its first write).
-        if !certificate.is_loaded() {
-            return Err("waiting for the serving certificate".into());
+    let router = serving::probes::probes_and_metrics(state.metrics.registry(), move || {
+        // Not ready while there is no certificate to serve (a Secret source before its first write) or
+        // while every connection slot is taken.
+        if let Some(reason) = readiness.not_ready() {
+            return Err(reason.into());
         }
         state.readiness()
     });

@@ -17,7 +17,7 @@ pub use serving::probes::OPENMETRICS_CONTENT_TYPE as CONTENT_TYPE;
 pub struct RequestLabels {
     /// `validate`, `convert`, ...
     pub endpoint: &'static str,
-    /// `allowed`, `denied`, `converted`, `failed`, `bad_request`.
+    /// `allowed`, `denied`, `converted`, `failed`, `bad_request`, `busy` (the memory budget was taken).
     pub outcome: &'static str,
 }
 

@@ -353,3 +353,113 @@ async fn kubectl_explain_describes_the_modes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_empty_api_url_gets_the_webhooks_messages_not_the_schemas() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let empty = dynakube(
+        "empty-api-url",
+        json!({ "apiUrl": "", "oneAgent": { "classicFullStack": {} } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &empty).await);
+    assert!(
+        message.contains("admission webhook \"webhook.dynatrace.com\" denied the request"),
+        "{message}"
+    );
+    assert!(
+        message.contains("missing the API URL or still has the example value set"),
+        "{message}"
+    );
+    assert!(message.contains("including the /api postfix"), "{message}");
+    assert!(!message.contains("should be at least 1 chars long"), "{message}");
+
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    let oneagent: OneAgent = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent", "metadata": { "name": "empty-api-url" },
+        "spec": { "apiUrl": "" },
+    }))?;
+    let message = match oneagents.create(&PostParams::default(), &oneagent).await {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    assert!(message.contains("missing the API URL"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_csi_driver_rule_follows_the_daemonset_from_the_watch() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    // Dry runs: the webhook answers, nothing is stored, so the DynaKubes do not conflict with each other.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let cloud_native = |name: &str| {
+        dynakube(
+            name,
+            json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": { "nodeSelector": { "csi-test": ns.name } } } }),
+        )
+    };
+    let message = denial(dynakubes.create(&dry_run, &cloud_native("before")).await);
+    assert!(message.contains("needs the CSI driver"), "{message}");
+
+    install_csi_driver_marker(&ns).await?;
+    testkit::eventually("the DaemonSet to reach the webhook's cache", WAIT, || async {
+        match dynakubes.create(&dry_run, &cloud_native("after")).await {
+            Ok(_) => Ok(Some(())),
+            Err(kube::Error::Api(e)) if e.message.contains("needs the CSI driver") => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    })
+    .await?;
+    // Validating reads the cache: the API server counts no GET of a DaemonSet for these admissions.
+    let gets_before = daemonset_gets(&ns.client).await?;
+    for i in 0..5 {
+        dynakubes
+            .create(&dry_run, &cloud_native(&format!("more-{i}")))
+            .await?;
+    }
+    assert_eq!(
+        daemonset_gets(&ns.client).await?,
+        gets_before,
+        "GETs of DaemonSets"
+    );
+
+    Api::<DaemonSet>::namespaced(ns.client.clone(), &ns.name)
+        .delete(api::dynakube::names::CSI_DAEMONSET, &Default::default())
+        .await?;
+    testkit::eventually(
+        "the DaemonSet's deletion to reach the webhook's cache",
+        WAIT,
+        || async {
+            match dynakubes.create(&dry_run, &cloud_native("gone")).await {
+                Ok(_) => {
+                    dynakubes.delete("gone", &Default::default()).await?;
+                    Ok(None)
+                }
+                Err(kube::Error::Api(e)) if e.message.contains("needs the CSI driver") => Ok(Some(())),
+                Err(err) => Err(err.into()),
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// GET requests for DaemonSets the API server has served, from its metrics.
+async fn daemonset_gets(client: &Client) -> anyhow::Result<u64> {
+    let metrics = client
+        .request_text(axum::http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("apiserver_request_total{")
+                && line.contains(r#"resource="daemonsets""#)
+                && line.contains(r#"verb="GET""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}

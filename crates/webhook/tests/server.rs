@@ -318,3 +318,105 @@ async fn metrics_and_probes_on_the_plain_port_and_a_graceful_shutdown() {
         "metrics port closed"
     );
 }
+
+#[tokio::test]
+async fn a_body_far_over_the_limit_gets_the_400_not_a_reset() {
+    let t = start(None).await;
+    let body = vec![b' '; 50 * 1024 * 1024];
+    for path in ["/validate", "/convert"] {
+        let answer = common::https_whole_body(t.server.addr, &t.ca_pem, path, &body)
+            .await
+            .unwrap_or_else(|err| panic!("{path}: no answer to a 50 MiB body: {err:#}"));
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert!(
+            answer.body.contains("too large") && answer.body.contains("at most 7340032 bytes"),
+            "{path}: {}",
+            answer.body
+        );
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deep_nesting_and_bodies_too_dense_to_parse_get_a_400() {
+    let t = start(None).await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let answer = https(t.server.addr, &t.ca_pem, "POST", "/validate", deep.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("100000 levels deep"), "{}", answer.body);
+    // 3.5 million tiny values: well over 100 MiB once parsed, more than the whole budget.
+    let dense = format!("[{}0]", "0,".repeat(3_500_000));
+    let answer = https(t.server.addr, &t.ca_pem, "POST", "/convert", dense.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.contains("JSON values"), "{}", answer.body);
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_connections_fill_the_cap_readyz_says_so_and_they_are_closed() {
+    let options = serving::ServeOptions {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(2),
+        ..webhook::serve_options()
+    };
+    let t = common::start_with(None, options).await;
+    // TLS done, then nothing: two that negotiated HTTP/1.1, two HTTP/2 with the preface only.
+    let mut silent = Vec::new();
+    for alpn in [&b"http/1.1"[..], b"http/1.1", b"h2", b"h2"] {
+        let mut tls = common::tls_connection(t.server.addr, &t.ca_pem, alpn)
+            .await
+            .unwrap();
+        if alpn == b"h2" {
+            tokio::io::AsyncWriteExt::write_all(&mut tls, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        silent.push(tls);
+    }
+    let readyz = http(t.server.metrics_addr, "/readyz").await.unwrap();
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    assert!(
+        readyz.body.contains("all 4 connection slots are in use"),
+        "{}",
+        readyz.body
+    );
+    assert!(
+        https(t.server.addr, &t.ca_pem, "GET", "/livez", b"")
+            .await
+            .is_err(),
+        "a fifth connection is refused"
+    );
+
+    // Closed by the server after the header timeout: each read ends.
+    let started = std::time::Instant::now();
+    for mut tls in silent {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(&mut tls, &mut buf),
+            )
+            .await
+            {
+                Err(_) => panic!("a silent connection was still open after 10 s"),
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(http(t.server.metrics_addr, "/readyz").await.unwrap().status, 200);
+    let answer = https(t.server.addr, &t.ca_pem, "GET", "/livez", b"")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    t.server.shutdown().await;
+}

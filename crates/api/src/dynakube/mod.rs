@@ -71,7 +71,64 @@ impl OneAgentSpec {
     }
 }
 
+/// Where a proxy URL comes from. Empty strings in the spec count as unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxySource<'a> {
+    /// Written in the spec (`proxy.value`).
+    Value(&'a str),
+    /// The key [`PROXY_SECRET_KEY`] of this Secret in the resource's namespace (`proxy.valueFrom`).
+    Secret(&'a str),
+}
+
+/// Key of the proxy URL in a proxy Secret.
+pub const PROXY_SECRET_KEY: &str = "proxy";
+/// Key of the PEM certificates in a trusted-CAs ConfigMap.
+pub const TRUSTED_CAS_KEY: &str = "certs";
+
+impl v1beta1::DynaKubeProxy {
+    /// The proxy, with `value_wins` deciding which field wins when both are set.
+    pub(crate) fn source(&self, value_wins: bool) -> Option<ProxySource<'_>> {
+        let value = self
+            .value
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(ProxySource::Value);
+        let secret = self
+            .value_from
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(ProxySource::Secret);
+        if value_wins {
+            value.or(secret)
+        } else {
+            secret.or(value)
+        }
+    }
+}
+
 impl DynaKube {
+    /// The proxy of the operator's calls and of the OneAgents: a literal `spec.proxy.value` wins over
+    /// `valueFrom` (the reference's rule for DynaKubes).
+    pub fn proxy(&self) -> Option<ProxySource<'_>> {
+        self.spec.proxy.as_ref()?.source(true)
+    }
+
+    /// The ConfigMap whose key [`TRUSTED_CAS_KEY`] holds CAs to trust (`spec.trustedCAs`).
+    pub fn trusted_cas_config_map(&self) -> Option<&str> {
+        self.spec.trusted_cas.as_deref().filter(|n| !n.is_empty())
+    }
+
+    /// The ActiveGate's TLS Secret (`spec.activeGate.tlsSecretName`, kept among its other fields).
+    pub fn activegate_tls_secret(&self) -> Option<&str> {
+        self.spec
+            .active_gate
+            .as_ref()?
+            .other
+            .get("tlsSecretName")?
+            .as_str()
+            .filter(|n| !n.is_empty())
+    }
+
     /// The feature flags in this DynaKube's annotations.
     pub fn feature_flags(&self) -> FeatureFlags<'_> {
         FeatureFlags::new(self.metadata.annotations.as_ref())
@@ -270,6 +327,34 @@ mod tests {
             "spec": { "apiUrl": "https://abc12345.live.dynatrace.com/api", "oneAgent": one_agent }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_literal_proxy_wins_for_dynakubes_and_value_from_for_oneagents() {
+        let both = serde_json::json!({ "value": "http://proxy:3128", "valueFrom": "proxy-secret" });
+        let mut dk = dynakube(serde_json::json!({}));
+        dk.spec.proxy = serde_json::from_value(both.clone()).unwrap();
+        assert_eq!(dk.proxy(), Some(ProxySource::Value("http://proxy:3128")));
+        let oneagent: crate::oneagent::OneAgent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
+            "metadata": { "name": "oa" },
+            "spec": { "apiUrl": "https://x/api", "proxy": both },
+        }))
+        .unwrap();
+        assert_eq!(oneagent.proxy(), Some(ProxySource::Secret("proxy-secret")));
+        dk.spec.proxy = serde_json::from_value(serde_json::json!({ "value": "", "valueFrom": "s" })).unwrap();
+        assert_eq!(
+            dk.proxy(),
+            Some(ProxySource::Secret("s")),
+            "an empty value counts as unset"
+        );
+        dk.spec.proxy = serde_json::from_value(serde_json::json!({ "value": "", "valueFrom": "" })).unwrap();
+        assert_eq!(dk.proxy(), None);
+        dk.spec.trusted_cas = Some(String::new());
+        assert_eq!(dk.trusted_cas_config_map(), None);
+        dk.spec.active_gate =
+            serde_json::from_value(serde_json::json!({ "tlsSecretName": "ag-tls" })).unwrap();
+        assert_eq!(dk.activegate_tls_secret(), Some("ag-tls"));
     }
 
     #[test]

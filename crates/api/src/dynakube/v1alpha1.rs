@@ -34,7 +34,7 @@ pub use super::v1beta1::{DynaKubeProxy, LegacyActiveGateSpec};
 #[serde(rename_all = "camelCase")]
 pub struct DynaKubeSpec {
     /// URL of the Dynatrace environment's API, including the `/api` suffix.
-    #[schemars(length(min = 1))]
+    // No `minLength`: an empty URL must reach the validating webhook, whose answer says what to set.
     pub api_url: String,
     /// Name of the Secret with the tokens. Defaults to the DynaKube's own name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

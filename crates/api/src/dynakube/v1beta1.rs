@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 pub struct DynaKubeSpec {
     /// URL of the Dynatrace environment's API, including the `/api` suffix. SaaS:
     /// `https://<environment-id>.live.dynatrace.com/api`; Managed: `https://<host>/e/<environment-id>/api`.
-    #[schemars(length(min = 1))]
+    // No `minLength`: an empty URL must reach the validating webhook, whose answer says what to set.
     pub api_url: String,
 
     /// Name of the Secret with the tokens (keys `apiToken`, optional `paasToken` and `dataIngestToken`).

@@ -14,7 +14,7 @@ use kube::ResourceExt as _;
 use regex::Regex;
 use url::Url;
 
-use crate::dynakube::{DynaKube, EXAMPLE_API_URL, Mode, feature_flags as ff, names};
+use crate::dynakube::{DynaKube, EXAMPLE_API_URL, Mode, ProxySource, feature_flags as ff, names};
 use crate::selector::{
     Labels, is_dns1035_label, label_key_problem, label_value_problem, node_selector_matches,
     selector_matches, selector_problems,
@@ -200,12 +200,9 @@ const FORBIDDEN_PROXY_PASSWORD_CHARS: &[char] = &[' ', '\'', '`', ',', '&', '=',
 /// Rule 9: the proxy URL parses, its password has no characters the agents cannot handle, and a proxy
 /// Secret can be read.
 fn proxy_errors(dynakube: &DynaKube, secret: &ProxySecret) -> Vec<String> {
-    let Some(proxy) = &dynakube.spec.proxy else {
-        return Vec::new();
-    };
-    let (url, field) = match (&proxy.value, &proxy.value_from) {
-        (Some(value), _) if !value.is_empty() => (value.clone(), "spec.proxy.value".to_owned()),
-        (_, Some(secret_name)) if !secret_name.is_empty() => {
+    let (url, field) = match dynakube.proxy() {
+        Some(ProxySource::Value(value)) => (value.to_owned(), "spec.proxy.value".to_owned()),
+        Some(ProxySource::Secret(secret_name)) => {
             let field = format!("the key \"proxy\" of Secret {secret_name:?} (spec.proxy.valueFrom)");
             match secret {
                 ProxySecret::Value(value) => (value.clone(), field),
@@ -225,7 +222,7 @@ fn proxy_errors(dynakube: &DynaKube, secret: &ProxySecret) -> Vec<String> {
                 ProxySecret::NotLookedUp => return Vec::new(),
             }
         }
-        _ => return Vec::new(),
+        None => return Vec::new(),
     };
     let parsed = match Url::parse(&url) {
         Ok(parsed) if parsed.host_str().is_some() => parsed,

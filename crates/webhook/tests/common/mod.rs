@@ -37,6 +37,11 @@ pub fn write_certificate(dir: &Path) -> String {
 
 /// Starts a server on free ports of 127.0.0.1, with or without cluster caches.
 pub async fn start(cluster: Option<ClusterCache>) -> TestServer {
+    start_with(cluster, webhook::serve_options()).await
+}
+
+/// [`start`] with other connection limits and timeouts.
+pub async fn start_with(cluster: Option<ClusterCache>, options: serving::ServeOptions) -> TestServer {
     let certs_dir = std::env::temp_dir().join(format!(
         "webhook-test-{}-{}",
         std::process::id(),
@@ -52,7 +57,7 @@ pub async fn start(cluster: Option<ClusterCache>) -> TestServer {
         cluster,
         metrics: Metrics::new(),
     };
-    let server = webhook::start(&config, state, CancellationToken::new())
+    let server = webhook::start_with(&config, state, CancellationToken::new(), options)
         .await
         .unwrap();
     TestServer {
@@ -108,6 +113,47 @@ pub async fn https_with(
         })
 }
 
+/// A TLS connection to `addr` that offers `alpn` and sends nothing.
+pub async fn tls_connection(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = client_config(ca_pem, &[&rustls::version::TLS13]);
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    Ok(connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await?)
+}
+
+/// One HTTP/1.1 POST over TLS that fails when the body cannot be sent completely (a reset while
+/// sending), as most clients do.
+pub async fn https_whole_body(
+    addr: SocketAddr,
+    ca_pem: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<Answer> {
+    let mut tls = tls_connection(addr, ca_pem, b"http/1.1").await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body).await?;
+    tls.flush().await?;
+    exchange(&mut tls, "", "", b"")
+        .await
+        .map(|(status, body)| Answer {
+            status,
+            body,
+            tls: None,
+        })
+}
+
 /// One HTTP/1.1 request over TLS 1.2 or 1.3.
 pub async fn https(
     addr: SocketAddr,
@@ -143,12 +189,15 @@ async fn exchange<S>(stream: &mut S, method: &str, path: &str, body: &[u8]) -> a
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
+    // An empty method: the request was sent already.
+    if !method.is_empty() {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+    }
     // A server may answer and close before a huge body is sent completely.
     let _ = stream.write_all(body).await;
     let _ = stream.flush().await;
