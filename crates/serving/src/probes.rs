@@ -70,7 +70,6 @@ mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -98,40 +97,24 @@ mod tests {
                 Err("still starting".into())
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(crate::serve(
-            listener,
-            None,
-            router,
-            shutdown.clone(),
-            crate::ServeOptions::default(),
-        ));
+        let (addr, server) = crate::spawn_plain(([127, 0, 0, 1], 0).into(), router, shutdown.clone())
+            .await
+            .unwrap();
 
-        let livez = get(addr, "/livez").await;
-        assert!(
-            livez.starts_with("HTTP/1.1 200") && livez.ends_with("ok"),
-            "{livez}"
-        );
-        let readyz = get(addr, "/readyz").await;
-        assert!(
-            readyz.starts_with("HTTP/1.1 503") && readyz.ends_with("still starting"),
-            "{readyz}"
-        );
+        let expect = |answer: String, status: &str, body: &str| {
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")) && answer.ends_with(body),
+                "expected {status} ending in {body:?}: {answer}"
+            );
+        };
+        expect(get(addr, "/livez").await, "200", "ok");
+        expect(get(addr, "/readyz").await, "503", "still starting");
         ready.store(true, Ordering::Release);
-        let readyz = get(addr, "/readyz").await;
-        assert!(
-            readyz.starts_with("HTTP/1.1 200") && readyz.ends_with("ok"),
-            "{readyz}"
-        );
+        expect(get(addr, "/readyz").await, "200", "ok");
         let metrics = get(addr, "/metrics").await;
-        assert!(
-            metrics.contains(OPENMETRICS_CONTENT_TYPE)
-                && metrics.contains("probe_test_events_total 1")
-                && metrics.ends_with("# EOF\n"),
-            "{metrics}"
-        );
+        assert!(metrics.contains(OPENMETRICS_CONTENT_TYPE), "{metrics}");
+        expect(metrics, "200", "probe_test_events_total 1\n# EOF\n");
         shutdown.cancel();
         server.await.unwrap();
     }
