@@ -138,6 +138,7 @@ const BUILD_INFO: BuildInfo = BuildInfo {
 };
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version { output } => print_version(output),
@@ -154,6 +155,28 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// One malloc arena for the whole process and fixed trim/mmap thresholds of 128 KiB, unless
+/// `MALLOC_ARENA_MAX` says otherwise. glibc's default of up to eight arenas per core keeps the freed
+/// memory of every thread that ever allocated in its own arena, and its dynamic thresholds grow with the
+/// largest block freed (a page of a list response), so freed memory stays in the process. Measured with
+/// `memory_bench` (release build, 500 nodes, 1,000 namespaces): one arena cuts the peak RSS from 68.6 to
+/// 52.4 MiB, the fixed thresholds to 48.4 MiB, with no slowdown; mimalloc measured worse (106 MiB). See
+/// the README, "Memory at scale".
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        const THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: called first in `main`, before any other thread exists; mallopt only sets parameters
+        // of the allocator.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
         }
     }
 }

@@ -39,7 +39,10 @@ const OPERATOR_ACCOUNT: &str = "dynatrace-operator";
 const FLOW_SCHEMA: &str = "bench-dynatrace-operator";
 const INSTANCE_LABEL: &str = "dynakube.internal.dynatrace.com/instance";
 const INIT_SECRET: &str = "dynatrace-dynakube-config";
+const ENRICHMENT_SECRET: &str = "dynatrace-data-ingest-endpoint";
 const SELECTED: (&str, &str) = ("bench.dynatrace.com/inject", "yes");
+/// The operator's log, relative to the workspace.
+const LOG: &str = "target/memory-bench-operator.log";
 /// How long the operator may take to label the namespaces and write their Secrets.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -110,7 +113,7 @@ async fn operator_memory_at_scale() {
 
     let requests_before = operator_requests(&client).await;
     let port = testkit::cluster::free_port().unwrap();
-    let log_path = testkit::tools::workspace_root().join("target/memory-bench-operator.log");
+    let log_path = testkit::tools::workspace_root().join(LOG);
     let log = std::fs::File::create(&log_path).unwrap();
     let binary = std::env::var_os("BENCH_OPERATOR").map_or_else(
         || env!("CARGO_BIN_EXE_dynatrace-operator").into(),
@@ -169,6 +172,7 @@ async fn operator_memory_at_scale() {
         "the operator exited; see {}",
         log_path.display()
     );
+    assert_not_forbidden(&log_path);
     let peak = status_kib(pid, "VmHWM:");
     let rss = status_kib(pid, "VmRSS:");
     let anon = status_kib(pid, "RssAnon:");
@@ -221,6 +225,7 @@ where
     Fut: Future<Output = bool>,
 {
     while since.elapsed() < SETTLE_TIMEOUT {
+        assert_not_forbidden(&testkit::tools::workspace_root().join(LOG));
         if done().await {
             return since.elapsed();
         }
@@ -228,6 +233,13 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("timed out after {SETTLE_TIMEOUT:?} waiting for {what}");
+}
+
+/// Fails when the operator's log shows a request the narrow RBAC refused.
+fn assert_not_forbidden(log_path: &std::path::Path) {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("forbidden")).collect();
+    assert!(forbidden.is_empty(), "the operator was refused: {forbidden:#?}");
 }
 
 /// A field of `/proc/<pid>/status` in KiB.
@@ -259,7 +271,10 @@ async fn create(client: &Client, object: Value) {
         "ServiceAccount" => "serviceaccounts",
         "Secret" => "secrets",
         "DynaKube" => "dynakubes",
+        "ClusterRole" => "clusterroles",
         "ClusterRoleBinding" => "clusterrolebindings",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
         "FlowSchema" => "flowschemas",
         other => panic!("no plural known for {other}"),
     };
@@ -273,7 +288,7 @@ async fn create(client: &Client, object: Value) {
         .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", types.kind, object.metadata.name));
 }
 
-/// Gives the operator an identity of its own (a cluster-admin ServiceAccount) and a FlowSchema that
+/// Gives the operator an identity of its own (a ServiceAccount with the narrow Secret RBAC) and a FlowSchema that
 /// matches only it, so the API server counts its requests; returns the path of its kubeconfig.
 async fn operator_identity(client: &Client, admin_kubeconfig: &std::path::Path) -> std::path::PathBuf {
     create(
@@ -282,11 +297,50 @@ async fn operator_identity(client: &Client, admin_kubeconfig: &std::path::Path) 
                 "metadata": { "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NS } }),
     )
     .await;
+    // Secrets and ConfigMaps as narrow as the README's "RBAC for Secrets" says: in the cluster only the
+    // per-namespace Secrets by name (list/watch included: a list with a `metadata.name` field selector is
+    // authorized by `resourceNames`) and `create`; everything else only in the namespace of the DynaKube.
+    // The other kinds broadly, as this benchmark is not about them.
+    let everything = json!(["*"]);
+    create(
+        client,
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": "bench-dynatrace-operator" },
+                "rules": [
+                    { "apiGroups": [""], "resources": ["nodes", "namespaces", "pods", "events", "serviceaccounts"],
+                      "verbs": everything },
+                    { "apiGroups": ["apps", "dynatrace.com", "events.k8s.io", "coordination.k8s.io",
+                                    "admissionregistration.k8s.io", "apiextensions.k8s.io"],
+                      "resources": everything, "verbs": everything },
+                    { "apiGroups": [""], "resources": ["secrets"], "verbs": ["create"] },
+                    { "apiGroups": [""], "resources": ["secrets"],
+                      "resourceNames": [INIT_SECRET, ENRICHMENT_SECRET],
+                      "verbs": ["get", "list", "watch", "update", "patch", "delete"] },
+                ] }),
+    )
+    .await;
     create(
         client,
         json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                 "metadata": { "name": "bench-dynatrace-operator" },
-                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin" },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                             "name": "bench-dynatrace-operator" },
+                "subjects": [{ "kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NS }] }),
+    )
+    .await;
+    create(
+        client,
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": { "name": "bench-dynatrace-operator", "namespace": OPERATOR_NS },
+                "rules": [{ "apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": everything }] }),
+    )
+    .await;
+    create(
+        client,
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": { "name": "bench-dynatrace-operator", "namespace": OPERATOR_NS },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                             "name": "bench-dynatrace-operator" },
                 "subjects": [{ "kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NS }] }),
     )
     .await;

@@ -340,20 +340,26 @@ async fn write_status(
     ctx: &Context,
     mut status: DynaKubeStatus,
 ) -> Result<(), ReconcileError> {
+    let what = || {
+        format!(
+            "writing the status of DynaKube {}:{}",
+            dynakube.namespace().unwrap_or_default(),
+            dynakube.name_any()
+        )
+    };
+    let took_over = status::take_over_status(&ctx.client, dynakube, status::DYNAKUBE_MANAGER)
+        .await
+        .map_err(kube_error(what()))?;
     let mut previous = reported_status(dynakube.status.as_ref());
     previous.updated_timestamp = None;
     status.updated_timestamp = None;
-    if previous == status {
+    if previous == status && !took_over {
         return Ok(());
     }
     status.updated_timestamp = Some(now());
     status::apply_status(&ctx.client, dynakube, status::DYNAKUBE_MANAGER, &status)
         .await
-        .map_err(kube_error(format!(
-            "writing the status of DynaKube {}:{}",
-            dynakube.namespace().unwrap_or_default(),
-            dynakube.name_any()
-        )))?;
+        .map_err(kube_error(what()))?;
     ctx.metrics.status_written("dynakube");
     Ok(())
 }

@@ -52,16 +52,22 @@ async fn write_status(
     ctx: &Context,
     status: OneAgentStatus,
 ) -> Result<(), ReconcileError> {
-    if oneagent.status.as_ref() == Some(&status) {
+    let what = || {
+        format!(
+            "writing the status of OneAgent {}:{}",
+            oneagent.namespace().unwrap_or_default(),
+            oneagent.name_any()
+        )
+    };
+    let took_over = crate::status::take_over_status(&ctx.client, oneagent, crate::status::ONEAGENT_MANAGER)
+        .await
+        .map_err(kube_error(what()))?;
+    if oneagent.status.as_ref() == Some(&status) && !took_over {
         return Ok(());
     }
     crate::status::apply_status(&ctx.client, oneagent, crate::status::ONEAGENT_MANAGER, &status)
         .await
-        .map_err(kube_error(format!(
-            "writing the status of OneAgent {}:{}",
-            oneagent.namespace().unwrap_or_default(),
-            oneagent.name_any()
-        )))?;
+        .map_err(kube_error(what()))?;
     ctx.metrics.status_written("oneagent");
     Ok(())
 }

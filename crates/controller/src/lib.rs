@@ -16,7 +16,6 @@ pub mod watches;
 use std::future::Future;
 use std::sync::Arc;
 
-use api::dynakube::DynaKube;
 use api::oneagent::OneAgent;
 use futures::{FutureExt, StreamExt as _};
 use kube::runtime::Controller;
@@ -114,12 +113,22 @@ fn controllers(
     // Every reconcile is idempotent, so one cut short by the grace period is redone by the next operator.
     let shutdown =
         FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+    let cached_dynakubes = watches.dynakubes.store();
     let dynakubes =
         Controller::for_shared_stream(watches.dynakubes.controller_stream(), watches.dynakubes.store())
             .owns_shared_stream(watches.daemonsets.touched())
-            .watches_shared_stream(watches.secret_metadata.touched(), |secret| {
-                let namespace = secret.namespace()?;
-                Some(ObjectRef::<DynaKube>::new(&secret.name_any()).within(&namespace))
+            .watches_shared_stream(watches.secret_metadata.touched(), move |secret| {
+                // The token Secret: named after the DynaKube unless `spec.tokens` names another.
+                let (namespace, name) = (secret.namespace(), secret.name_any());
+                cached_dynakubes
+                    .state()
+                    .into_iter()
+                    .filter(|dk| {
+                        dk.namespace() == namespace
+                            && (dk.name_any() == name || dk.tokens_secret_name() == name)
+                    })
+                    .map(|dk| ObjectRef::from_obj(dk.as_ref()))
+                    .collect::<Vec<_>>()
             })
             .graceful_shutdown_on(shutdown.clone())
             .run(dynakube::reconcile, dynakube::error_policy, ctx.clone())

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::dynakube::FIELD_MANAGER;
 use crate::metrics::Metrics;
-use crate::watches::Watches;
+use crate::watches::{Watch, Watches};
 
 /// Name of this controller in logs and metrics.
 const CONTROLLER: &str = "namespaces";
@@ -112,7 +112,7 @@ pub(crate) fn controller(
     let trigger = Arc::new(Notify::new());
     let namespaces = watches.namespaces.store();
     let dynakubes = watches.dynakubes.store();
-    let secrets = watches.managed_secrets.store();
+    let secrets = watches.managed_secrets.each_ref().map(Watch::store);
     let nodes = watches.nodes.store();
     watches.namespaces.subscribe(wake_on_change(
         trigger.clone(),
@@ -129,11 +129,11 @@ pub(crate) fn controller(
         .subscribe(wake_on_change(trigger.clone(), |dk: &DynaKube| {
             fingerprint(&dk.metadata.resource_version)
         }));
-    watches
-        .managed_secrets
-        .subscribe(wake_on_change(trigger.clone(), |secret: &Secret| {
+    for watch in &watches.managed_secrets {
+        watch.subscribe(wake_on_change(trigger.clone(), |secret: &Secret| {
             fingerprint(&secret.metadata.resource_version)
         }));
+    }
     // Nodes change often; only their labels and existence matter here.
     watches
         .nodes
@@ -164,7 +164,7 @@ async fn run_loop(
     trigger: Arc<Notify>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
-    secrets: Store<Secret>,
+    secrets: [Store<Secret>; 2],
     nodes: Store<Node>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -172,7 +172,8 @@ async fn run_loop(
         for result in [
             namespaces.wait_until_ready().await,
             dynakubes.wait_until_ready().await,
-            secrets.wait_until_ready().await,
+            secrets[0].wait_until_ready().await,
+            secrets[1].wait_until_ready().await,
             nodes.wait_until_ready().await,
         ] {
             if let Err(error) = result {
@@ -284,20 +285,22 @@ where
 }
 
 /// Wakes the loop when an object of kind `K` that a DynaKube refers to (in its namespace) changes. Only
-/// metadata is watched; the pass reads the object itself.
+/// metadata is watched; the pass reads the object itself. The list of a namespace whose watch just opened
+/// counts as a change too: the object may have been created between the pass that missed it and the watch.
 fn wake_on_reference<K>(
     dynakubes: Store<DynaKube>,
     referenced: fn(&DynaKube) -> Vec<String>,
     trigger: Arc<Notify>,
-) -> impl FnMut(&watcher::Event<PartialObjectMeta<K>>, &Store<PartialObjectMeta<K>>) + Send + 'static
+) -> impl FnMut(&watcher::Event<PartialObjectMeta<K>>) + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    move |event, _| {
+    move |event| {
         let object = match event {
-            watcher::Event::Apply(object) | watcher::Event::Delete(object) => object,
-            // A re-list reports every object; the resync and the DynaKube watch cover what it missed.
-            _ => return,
+            watcher::Event::Apply(object)
+            | watcher::Event::Delete(object)
+            | watcher::Event::InitApply(object) => object,
+            watcher::Event::Init | watcher::Event::InitDone => return,
         };
         let (namespace, name) = (object.namespace(), object.name_any());
         let wanted = dynakubes
@@ -472,7 +475,7 @@ struct Controller {
     reporter: Reporter,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
-    secrets: Store<Secret>,
+    secrets: [Store<Secret>; 2],
     nodes: Store<Node>,
     /// Reads the DynaKubes' token, proxy and TLS Secrets, trusted CAs and the cluster id.
     inputs: dynakube_inputs::Reader,
@@ -722,7 +725,7 @@ impl Controller {
         report: &mut Report,
     ) {
         let live_names: HashSet<&str> = live.iter().filter_map(|ns| ns.metadata.name.as_deref()).collect();
-        let cached = self.secrets.state();
+        let cached: Vec<Arc<Secret>> = self.secrets.iter().flat_map(Store::state).collect();
         // (namespace, Secret name) → the Secret, for the Secrets this controller writes.
         let existing: HashMap<(String, &'static str), &Secret> = cached
             .iter()

@@ -1405,3 +1405,59 @@ async fn everything_written_for_a_legacy_oneagent_is_owned_by_it_and_deleted_wit
         .map(|(kind, name)| (kind, name.to_owned()));
     everything_written_is_owned_and_goes_with(&ns, &oneagents, "legacy", &expected).await;
 }
+
+#[tokio::test]
+async fn a_legacy_oneagent_forgets_the_instances_of_nodes_that_are_gone() {
+    use api::oneagent::OneAgent;
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let pool = format!("gone-{}", ns.name);
+    let mut nodes = Vec::new();
+    for suffix in ["g1", "g2"] {
+        let node = ns
+            .create_node(suffix, &[(pool.as_str(), "legacy")], Vec::new())
+            .await
+            .unwrap();
+        nodes.push(node.name_any());
+    }
+    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "gone" },
+        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    let oneagent: OneAgent = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
+        "metadata": { "name": "gone" },
+        "spec": { "apiUrl": env.api_url, "nodeSelector": { pool.clone(): "legacy" } },
+    }))
+    .unwrap();
+    oneagents.create(&PostParams::default(), &oneagent).await.unwrap();
+    let instances_are = |expected: Vec<String>| {
+        let oneagents = oneagents.clone();
+        async move {
+            testkit::eventually(&format!("instances {expected:?}"), WAIT, || async {
+                let status = oneagents.get("gone").await?.status.unwrap_or_default();
+                let instances: Vec<String> = status.instances.unwrap_or_default().into_keys().collect();
+                Ok((instances == expected).then_some(()))
+            })
+            .await
+            .unwrap();
+        }
+    };
+    instances_are(nodes.clone()).await;
+    delete_node(&ns, &nodes[1]).await;
+    instances_are(vec![nodes[0].clone()]).await;
+}

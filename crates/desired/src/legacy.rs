@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use api::dynakube::ProxySource;
 use api::oneagent::OneAgent;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -32,7 +33,7 @@ use crate::oneagent::{
     host_root_volume,
 };
 use crate::owner::owned_metadata;
-use crate::pod::{self, PROXY_ENV, Proxy, Volumes, field_env, literal_env, secret_env};
+use crate::pod::{self, PROXY_ENV, Volumes, field_env, literal_env, secret_env};
 use crate::tokens::{SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TokenKind, secret_ref};
 use crate::{DesiredError, MISSING_CLUSTER_ID};
 
@@ -84,18 +85,6 @@ pub struct Facts {
     pub image_version: Option<String>,
     /// Whether the cluster is OpenShift, which selects [`OPENSHIFT_INSTALLER_IMAGE`].
     pub openshift: bool,
-}
-
-/// The proxy of a `OneAgent`, or `None` when neither field is set (an empty string counts as unset).
-/// `valueFrom` wins over `value`, as in the old operator's client and DaemonSet (the DynaKube prefers
-/// `value`); the controller should use this too, so that it and the OneAgents use the same proxy.
-pub fn proxy(oneagent: &OneAgent) -> Option<Proxy<'_>> {
-    let proxy = oneagent.spec.proxy.as_ref()?;
-    match (proxy.value_from.as_deref(), proxy.value.as_deref()) {
-        (Some(secret), _) if !secret.is_empty() => Some(Proxy::Secret(secret)),
-        (_, Some(value)) if !value.is_empty() => Some(Proxy::Value(value)),
-        _ => None,
-    }
 }
 
 /// Whether the `OneAgent` runs the immutable image (`spec.useImmutableImage`).
@@ -290,7 +279,7 @@ pub fn daemonset(oneagent: &OneAgent, facts: &Facts) -> Result<DaemonSet, Desire
 
     let immutable = uses_immutable_image(oneagent);
     let unprivileged = spec.use_unprivileged_mode == Some(true);
-    let proxy = proxy(oneagent);
+    let proxy = oneagent.proxy();
 
     let image = if immutable {
         match non_empty(facts.image.as_deref()) {
@@ -606,7 +595,7 @@ fn env(
     name: &str,
     facts: &Facts,
     immutable: bool,
-    proxy: Option<Proxy<'_>>,
+    proxy: Option<ProxySource<'_>>,
 ) -> Vec<EnvVar> {
     let spec = &oneagent.spec;
     let mut reserved = vec![
@@ -1242,15 +1231,15 @@ mod tests {
         assert!(args_of(&from_secret).contains(&"--set-proxy=$(https_proxy)"));
 
         let both = oneagent(json!({ "proxy": { "value": "http://literal", "valueFrom": "proxy-secret" } }));
-        assert_eq!(proxy(&both), Some(Proxy::Secret("proxy-secret")));
+        assert_eq!(both.proxy(), Some(ProxySource::Secret("proxy-secret")));
         assert_eq!(
             secret_ref_of(env_var(&build(&both), "https_proxy")),
             ("proxy-secret", "proxy"),
             "valueFrom wins, as in the old operator"
         );
         let literal = oneagent(json!({ "proxy": { "value": "http://literal", "valueFrom": "" } }));
-        assert_eq!(proxy(&literal), Some(Proxy::Value("http://literal")));
-        assert_eq!(proxy(&oneagent(json!({}))), None);
+        assert_eq!(literal.proxy(), Some(ProxySource::Value("http://literal")));
+        assert_eq!(oneagent(json!({})).proxy(), None);
         assert!(!env_names(&build(&oneagent(json!({})))).contains(&"https_proxy"));
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use api::dynakube::{DynaKube, HostInjectSpec, Mode};
+use api::dynakube::{DynaKube, HostInjectSpec, Mode, ProxySource};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, LocalObjectReference, PodSpec, Probe, ResourceRequirements, SeccompProfile,
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use crate::hash::with_template_hash;
 use crate::owner::owned_metadata;
 use crate::pod::{
-    self, HealthCheck, LABEL_COMPONENT, LABEL_VERSION, PROXY_ENV, ProbeKind, Proxy, Volumes, config_map_env,
+    self, HealthCheck, LABEL_COMPONENT, LABEL_VERSION, PROXY_ENV, ProbeKind, Volumes, config_map_env,
     field_env, literal_env,
 };
 use crate::{DesiredError, MISSING_CLUSTER_ID};
@@ -237,16 +237,11 @@ fn host_mode<'a>(dynakube: &'a DynaKube, name: &str) -> Result<(Mode, &'a HostIn
 
 /// The proxy the OneAgents use: none when the DynaKube has none or the `oneagent-ignore-proxy` flag is
 /// set; a literal `value` wins over `valueFrom`, as everywhere else in the operator.
-fn oneagent_proxy(dynakube: &DynaKube) -> Option<Proxy<'_>> {
+fn oneagent_proxy(dynakube: &DynaKube) -> Option<ProxySource<'_>> {
     if dynakube.feature_flags().oneagent_ignore_proxy() {
         return None;
     }
-    let proxy = dynakube.spec.proxy.as_ref()?;
-    match (proxy.value.as_deref(), proxy.value_from.as_deref()) {
-        (Some(value), _) if !value.is_empty() => Some(Proxy::Value(value)),
-        (_, Some(secret)) if !secret.is_empty() => Some(Proxy::Secret(secret)),
-        _ => None,
-    }
+    dynakube.proxy()
 }
 
 /// name `oneagent`, created-by the DynaKube and managed-by: the labels the DaemonSet selects its pods by.
@@ -314,7 +309,7 @@ fn env(
     mode: Mode,
     host: &HostInjectSpec,
     facts: &Facts,
-    proxy: Option<Proxy<'_>>,
+    proxy: Option<ProxySource<'_>>,
     readonly: bool,
 ) -> Vec<EnvVar> {
     use api::dynakube::names;

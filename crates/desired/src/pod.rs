@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use api::dynakube::{PROXY_SECRET_KEY, ProxySource};
+
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
     Affinity, CSIVolumeSource, Capabilities, ConfigMapKeySelector, ConfigMapVolumeSource,
@@ -37,8 +39,6 @@ pub const MANAGED_BY_OPERATOR: &str = "dynatrace-operator";
 
 /// The proxy variable the OneAgents read (`--set-proxy=$(https_proxy)`).
 pub const PROXY_ENV: &str = "https_proxy";
-/// The key of a proxy Secret (`spec.proxy.valueFrom`) that holds the proxy URL.
-pub const PROXY_SECRET_KEY: &str = "proxy";
 
 /// The key of the trusted-CAs ConfigMap (`spec.trustedCAs`) with the PEM certificates.
 pub const TRUSTED_CAS_KEY: &str = "certs";
@@ -120,20 +120,11 @@ pub fn config_map_env(name: &str, config_map: &str, key: &str) -> EnvVar {
     )
 }
 
-/// Where a pod gets its proxy URL from. Which of a resource's fields wins is the caller's rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proxy<'a> {
-    /// The proxy URL itself (`spec.proxy.value`).
-    Value(&'a str),
-    /// The Secret whose key [`PROXY_SECRET_KEY`] holds the proxy URL (`spec.proxy.valueFrom`).
-    Secret(&'a str),
-}
-
 /// The [`PROXY_ENV`] variable for `proxy`.
-pub fn proxy_env(proxy: Proxy<'_>) -> EnvVar {
+pub fn proxy_env(proxy: ProxySource<'_>) -> EnvVar {
     match proxy {
-        Proxy::Value(value) => literal_env(PROXY_ENV, value),
-        Proxy::Secret(secret) => secret_env(PROXY_ENV, secret, PROXY_SECRET_KEY),
+        ProxySource::Value(value) => literal_env(PROXY_ENV, value),
+        ProxySource::Secret(secret) => secret_env(PROXY_ENV, secret, PROXY_SECRET_KEY),
     }
 }
 
@@ -535,14 +526,16 @@ mod tests {
     #[test]
     fn env_sources() {
         assert_eq!(
-            proxy_env(Proxy::Secret("proxy-secret"))
+            proxy_env(ProxySource::Secret("proxy-secret"))
                 .value_from
                 .and_then(|s| s.secret_key_ref)
                 .map(|s| (s.name, s.key)),
             Some(("proxy-secret".to_owned(), "proxy".to_owned()))
         );
         assert_eq!(
-            proxy_env(Proxy::Value("http://proxy:3128")).value.as_deref(),
+            proxy_env(ProxySource::Value("http://proxy:3128"))
+                .value
+                .as_deref(),
             Some("http://proxy:3128")
         );
         assert_eq!(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use api::dynakube::DynaKube;
+use api::dynakube::PROXY_SECRET_KEY;
 use api::dynakube::names::CSI_DAEMONSET;
 use api::validation::ProxySecret;
 use futures::StreamExt as _;
@@ -18,9 +19,6 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
-
-/// Key of the proxy URL in the proxy Secret.
-pub const PROXY_SECRET_KEY: &str = "proxy";
 
 /// Watched caches plus a client for the few reads that are not cached.
 #[derive(Clone)]
