@@ -10,7 +10,7 @@ use api::dynakube::DynaKube;
 use fake_tenant::{FakeTenant, Listen, TenantConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use testkit::TestNamespace;
 
@@ -20,20 +20,7 @@ const WAIT: Duration = Duration::from_secs(90);
 async fn the_status_an_earlier_operator_wrote_keeps_only_what_is_reported() {
     let ns = TestNamespace::create().await.unwrap();
     let client = ns.client.clone();
-    let endpoint = api::crd::ConversionEndpoint::Service {
-        namespace: "dynatrace".into(),
-    };
-    webhook::registration::apply_crds(&client, &endpoint, "upgrade-tests")
-        .await
-        .unwrap();
-    testkit::eventually("the CRDs to be served", WAIT, || async {
-        Api::<DynaKube>::all(client.clone())
-            .list(&ListParams::default())
-            .await?;
-        Ok(Some(()))
-    })
-    .await
-    .unwrap();
+    testkit::install_operator_crds(&client).await.unwrap();
     let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
         .await
         .unwrap();
