@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use api::dynakube::DynaKube;
@@ -142,9 +142,16 @@ async fn classic_full_stack_becomes_oneagent_pods_on_exactly_the_selected_nodes(
         (owner.kind.as_str(), owner.name.as_str(), owner.controller),
         ("DynaKube", "dynakube", Some(true))
     );
-    let status = testkit::eventually("the DynaKube to be Running", WAIT, || async {
+    // Running can be reported before the DaemonSet controller counted the second node; the status
+    // follows once it has.
+    let status = testkit::eventually("the DynaKube to be Running on both nodes", WAIT, || async {
         let status = dynakubes.get("dynakube").await?.status.unwrap_or_default();
-        Ok((status.phase.as_deref() == Some("Running")).then_some(status))
+        let nodes = status
+            .one_agent
+            .as_ref()
+            .and_then(|o| o.instances.as_ref())
+            .map_or(0, BTreeMap::len);
+        Ok((status.phase.as_deref() == Some("Running") && nodes == selected.len()).then_some(status))
     })
     .await
     .unwrap();
