@@ -16,6 +16,10 @@ use serde_json::json;
 use testkit::TestNamespace;
 
 const WAIT: Duration = Duration::from_secs(90);
+/// How long the pods of a deleted node may take to leave a status: the pod garbage collector deletes them
+/// after a quarantine of 40 s (it looks every 20 s), and the status follows at the next reconcile, which
+/// the test controller does at least every 60 s.
+const GONE_NODE_WAIT: Duration = Duration::from_secs(180);
 
 /// The fake tenant and the controller, shared by the tests of this binary on a runtime of their own.
 struct Env {
@@ -900,10 +904,10 @@ async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controlle
     );
     let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
     dynakubes.create(&PostParams::default(), &dk).await.unwrap();
-    let instances_are = |expected: Vec<String>| {
+    let instances_are = |expected: Vec<String>, wait: Duration| {
         let dynakubes = dynakubes.clone();
         async move {
-            testkit::eventually(&format!("instances {expected:?}"), WAIT, || async {
+            testkit::eventually(&format!("instances {expected:?}"), wait, || async {
                 let status = dynakubes.get("status").await?.status.unwrap_or_default();
                 let one_agent = status.one_agent.clone().unwrap_or_default();
                 let instances: Vec<String> = one_agent.instances.unwrap_or_default().into_keys().collect();
@@ -913,7 +917,7 @@ async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controlle
             .unwrap()
         }
     };
-    instances_are(nodes.clone()).await;
+    instances_are(nodes.clone(), WAIT).await;
 
     // The namespace controller's condition, written as that controller writes it.
     let conflict = json!({
@@ -935,7 +939,7 @@ async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controlle
 
     // A node that is gone leaves `instances`.
     delete_node(&ns, &nodes[1]).await;
-    instances_are(vec![nodes[0].clone()]).await;
+    instances_are(vec![nodes[0].clone()], GONE_NODE_WAIT).await;
 
     // Without OneAgents on the nodes, nothing about them stays in the status.
     let switch = json!({ "spec": { "oneAgent": { "classicFullStack": null, "applicationMonitoring": {} } } });
@@ -1452,10 +1456,10 @@ async fn a_legacy_oneagent_forgets_the_instances_of_nodes_that_are_gone() {
     }))
     .unwrap();
     oneagents.create(&PostParams::default(), &oneagent).await.unwrap();
-    let instances_are = |expected: Vec<String>| {
+    let instances_are = |expected: Vec<String>, wait: Duration| {
         let oneagents = oneagents.clone();
         async move {
-            testkit::eventually(&format!("instances {expected:?}"), WAIT, || async {
+            testkit::eventually(&format!("instances {expected:?}"), wait, || async {
                 let status = oneagents.get("gone").await?.status.unwrap_or_default();
                 let instances: Vec<String> = status.instances.unwrap_or_default().into_keys().collect();
                 Ok((instances == expected).then_some(()))
@@ -1464,7 +1468,7 @@ async fn a_legacy_oneagent_forgets_the_instances_of_nodes_that_are_gone() {
             .unwrap();
         }
     };
-    instances_are(nodes.clone()).await;
+    instances_are(nodes.clone(), WAIT).await;
     delete_node(&ns, &nodes[1]).await;
-    instances_are(vec![nodes[0].clone()]).await;
+    instances_are(vec![nodes[0].clone()], GONE_NODE_WAIT).await;
 }
