@@ -87,8 +87,7 @@ pub async fn shared_cluster() -> anyhow::Result<&'static Cluster> {
         .get_or_init(|| async {
             sweep_stale_test_dirs();
             let tools = Tools::locate().map_err(|e| format!("{e:#}"))?;
-            let _one_at_a_time = STARTING.lock().await;
-            Cluster::start(&tools, test_cluster_options(SHARED_CLUSTER_NODES))
+            start_cluster(&tools, SHARED_CLUSTER_NODES)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })
@@ -102,8 +101,25 @@ pub async fn shared_cluster() -> anyhow::Result<&'static Cluster> {
 pub async fn start_private_cluster(nodes: usize) -> anyhow::Result<Cluster> {
     sweep_stale_test_dirs();
     let tools = Tools::locate()?;
+    start_cluster(&tools, nodes).await
+}
+
+/// Starts a cluster, once more when a process found its port taken: ports are picked free just before
+/// the processes bind them, and anything else on the machine (an outgoing connection's ephemeral port)
+/// can take one in between.
+async fn start_cluster(tools: &Tools, nodes: usize) -> anyhow::Result<Cluster> {
+    const ATTEMPTS: usize = 3;
     let _one_at_a_time = STARTING.lock().await;
-    Cluster::start(&tools, test_cluster_options(nodes)).await
+    let mut attempt = 1;
+    loop {
+        match Cluster::start(tools, test_cluster_options(nodes)).await {
+            Err(error) if attempt < ATTEMPTS && format!("{error:#}").contains("address already in use") => {
+                tracing::warn!("a port was taken while the test cluster started; starting again: {error:#}");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Clusters of one test binary start one after the other: each picks free ports just before its
