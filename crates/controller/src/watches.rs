@@ -122,13 +122,10 @@ where
     /// (`owns_shared_stream`, `watches_shared_stream`).
     pub fn touched(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
         let (sender, receiver) = mpsc::unbounded();
-        self.subscribe(move |event, _| match event {
-            watcher::Event::Apply(object)
-            | watcher::Event::Delete(object)
-            | watcher::Event::InitApply(object) => {
+        self.subscribe(move |event, _| {
+            if let Some(object) = touched_object(event) {
                 let _ = sender.unbounded_send(Arc::new(object.clone()));
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
         });
         receiver
     }
@@ -247,13 +244,10 @@ where
     /// (`watches_shared_stream`).
     pub fn touched(&self) -> impl Stream<Item = Arc<PartialObjectMeta<K>>> + Send + 'static {
         let (sender, receiver) = mpsc::unbounded();
-        self.subscribe(move |event| match event {
-            watcher::Event::Apply(object)
-            | watcher::Event::Delete(object)
-            | watcher::Event::InitApply(object) => {
+        self.subscribe(move |event| {
+            if let Some(object) = touched_object(event) {
                 let _ = sender.unbounded_send(Arc::new(object.clone()));
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
         });
         receiver
     }
@@ -451,5 +445,15 @@ impl Drop for Running {
         for task in &self.0 {
             task.abort();
         }
+    }
+}
+
+/// The object an event applied, deleted or (re)listed; `None` for the markers of a relist.
+fn touched_object<K>(event: &watcher::Event<K>) -> Option<&K> {
+    match event {
+        watcher::Event::Apply(object)
+        | watcher::Event::Delete(object)
+        | watcher::Event::InitApply(object) => Some(object),
+        watcher::Event::Init | watcher::Event::InitDone => None,
     }
 }

@@ -71,8 +71,13 @@ fn dynakube(name: &str, api_url: &str, one_agent: serde_json::Value) -> DynaKube
 
 /// The OneAgent service account, which the Helm chart installs next to the operator.
 async fn oneagent_service_account(ns: &TestNamespace) {
+    service_account(ns, "dynatrace-dynakube-oneagent").await;
+}
+
+/// A ServiceAccount `name` in the test namespace (the legacy OneAgent pods use `dynatrace-oneagent`).
+async fn service_account(ns: &TestNamespace, name: &str) {
     let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-dynakube-oneagent" },
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": name },
     }))
     .unwrap();
     Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
@@ -82,9 +87,23 @@ async fn oneagent_service_account(ns: &TestNamespace) {
 }
 
 async fn token_secret(ns: &TestNamespace, name: &str) {
+    token_secret_with(ns, name, json!({ "apiToken": "dt0c01.test" })).await;
+}
+
+/// A token Secret with both tokens, as a legacy OneAgent needs.
+async fn legacy_token_secret(ns: &TestNamespace, name: &str) {
+    token_secret_with(
+        ns,
+        name,
+        json!({ "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" }),
+    )
+    .await;
+}
+
+async fn token_secret_with(ns: &TestNamespace, name: &str, tokens: serde_json::Value) {
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name },
-        "stringData": { "apiToken": "dt0c01.test" },
+        "stringData": tokens,
     }))
     .unwrap();
     Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
@@ -698,14 +717,7 @@ async fn two_legacy_oneagents_monitor_disjoint_node_groups_for_different_tenants
         FakeTenant::start(second, Listen::Http).await.unwrap(),
     ];
     let ns = TestNamespace::create().await.unwrap();
-    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
+    service_account(&ns, "dynatrace-oneagent").await;
     let pool = format!("legacy-{}", ns.name);
     let mut groups = [BTreeSet::new(), BTreeSet::new()];
     for (group, suffix) in [(0, "x1"), (0, "x2"), (1, "y1")] {
@@ -1121,15 +1133,7 @@ async fn pods_the_cluster_refuses_are_reported_with_what_to_fix_and_recover() {
         json!({ "classicFullStack": { "nodeSelector": { pool.clone(): "dk" } } }),
     );
     dynakubes.create(&PostParams::default(), &dk).await.unwrap();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "legacy" },
-        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    legacy_token_secret(&ns, "legacy").await;
     let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
     let oneagent: OneAgent = serde_json::from_value(json!({
         "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
@@ -1173,14 +1177,7 @@ async fn pods_the_cluster_refuses_are_reported_with_what_to_fix_and_recover() {
 
     // Fixed: the pods come and the conditions say so.
     oneagent_service_account(&ns).await;
-    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
+    service_account(&ns, "dynatrace-oneagent").await;
     testkit::eventually("the DynaKube's pods", Duration::from_secs(180), || async {
         Ok(condition_of(&dynakubes, "refused", "OneAgentRollout")
             .await
@@ -1376,23 +1373,8 @@ async fn everything_written_for_a_legacy_oneagent_is_owned_by_it_and_deleted_wit
     use api::oneagent::OneAgent;
     let env = env();
     let ns = TestNamespace::create().await.unwrap();
-    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "legacy" },
-        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    service_account(&ns, "dynatrace-oneagent").await;
+    legacy_token_secret(&ns, "legacy").await;
     // Immutable mode: the only one with a pull Secret.
     let oneagent: OneAgent = serde_json::from_value(json!({
         "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
@@ -1431,23 +1413,8 @@ async fn a_legacy_oneagent_forgets_the_instances_of_nodes_that_are_gone() {
             .unwrap();
         nodes.push(node.name_any());
     }
-    let account: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "dynatrace-oneagent" },
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "gone" },
-        "stringData": { "apiToken": "dt0c01.test", "paasToken": "dt0c01.test" },
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    service_account(&ns, "dynatrace-oneagent").await;
+    legacy_token_secret(&ns, "gone").await;
     let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
     let oneagent: OneAgent = serde_json::from_value(json!({
         "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent",
