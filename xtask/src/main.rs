@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use testkit::{Cluster, ClusterOptions, Lifetime};
+use test_kit::{Cluster, ClusterOptions, Lifetime};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,7 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Local clusters live in the checkout's target directory, one directory per name.
 fn clusters_dir() -> PathBuf {
-    testkit::tools::workspace_root().join("target/local-clusters")
+    test_kit::tools::workspace_root().join("target/local-clusters")
 }
 
 fn cluster_names() -> anyhow::Result<Vec<String>> {
@@ -178,7 +178,7 @@ fn cluster_up(name: &str, nodes: usize) -> anyhow::Result<()> {
 
 /// Starts the local cluster `name` with `nodes` kwok nodes in its directory under [`clusters_dir`].
 async fn start_cluster(
-    tools: &testkit::Tools,
+    tools: &test_kit::Tools,
     name: &str,
     nodes: usize,
     lifetime: Lifetime,
@@ -249,8 +249,8 @@ fn cluster_status() -> anyhow::Result<()> {
 }
 
 fn generate() -> anyhow::Result<()> {
-    let path = testkit::tools::workspace_root().join(api::crd::CHART_CRDS_PATH);
-    let yaml = api::crd::chart_yaml().context("rendering the CRDs")?;
+    let path = test_kit::tools::workspace_root().join(pure_api::crd::CHART_CRDS_PATH);
+    let yaml = pure_api::crd::chart_yaml().context("rendering the CRDs")?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -289,7 +289,7 @@ fn cargo(args: &[&str], failure: &str) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(args)
-        .current_dir(testkit::tools::workspace_root())
+        .current_dir(test_kit::tools::workspace_root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -2,7 +2,7 @@
 //! the operator and the webhook server as child processes, applies a sample DynaKube, waits until its
 //! OneAgent pods run on the kwok nodes, and serves until Ctrl-C or SIGTERM; then cleans up.
 //!
-//! The children are started through `testkit::process` with `PR_SET_PDEATHSIG`, so they die with xtask
+//! The children are started through `test_kit::process` with `PR_SET_PDEATHSIG`, so they die with xtask
 //! however it ends; so does a cluster this run started (unless `--keep-cluster`).
 
 use std::future::Future;
@@ -11,17 +11,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use api::dynakube::{DynaKube, DynaKubeStatus};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt as _};
+use pure_api::dynakube::{DynaKube, DynaKubeStatus};
 use serde_json::json;
-use testkit::cluster::free_port;
-use testkit::process::{Lifetime, ManagedProcess};
-use testkit::{Cluster, Tools};
+use test_kit::cluster::free_port;
+use test_kit::process::{Lifetime, ManagedProcess};
+use test_kit::{Cluster, Tools};
 use tokio::runtime::Runtime;
 
 use crate::webhook::{self, NAMESPACE};
@@ -115,7 +115,7 @@ impl Binaries {
             let path = dir.join(name);
             if !path.is_file() {
                 bail!(
-                    "{} does not exist; build it with `cargo build -p dynatrace-operator -p fake-tenant`, or \
+                    "{} does not exist; build it with `cargo build -p dynatrace-operator -p test-fake-tenant`, or \
                      leave out --binaries to have it built",
                     path.display()
                 );
@@ -135,14 +135,14 @@ impl Binaries {
             "-p",
             "dynatrace-operator",
             "-p",
-            "fake-tenant",
+            "test-fake-tenant",
             "--message-format=json-render-diagnostics",
         ];
         eprintln!("==> cargo {}", args.join(" "));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let output = Command::new(cargo)
             .args(args)
-            .current_dir(testkit::tools::workspace_root())
+            .current_dir(test_kit::tools::workspace_root())
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
@@ -719,7 +719,7 @@ fn check_no_other_run(dir: &Path, name: &str) -> anyhow::Result<()> {
         return Ok(());
     };
     let exe = std::env::current_exe().context("finding the path of this executable")?;
-    if testkit::process::pid_runs_binary(pid, &exe) {
+    if test_kit::process::pid_runs_binary(pid, &exe) {
         bail!(
             "another `cargo xtask run` (pid {pid}) uses cluster {name:?}; stop it first (Ctrl-C there, or \
              `kill {pid}`), or choose another cluster with --name"
@@ -754,7 +754,7 @@ fn listening_url(log: &str) -> Option<String> {
 
 /// Whether `/readyz` on 127.0.0.1:`port` answers 200.
 async fn is_ready(port: u16) -> anyhow::Result<Option<()>> {
-    let answer = testkit::http_get(port, "/readyz").await;
+    let answer = test_kit::http_get(port, "/readyz").await;
     Ok(answer
         .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
         .then_some(()))
@@ -763,10 +763,10 @@ async fn is_ready(port: u16) -> anyhow::Result<Option<()>> {
 /// Whether every dynatrace.com CRD is Established.
 async fn crds_established(client: &Client) -> anyhow::Result<Option<()>> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let endpoint = api::crd::ConversionEndpoint::Service {
+    let endpoint = pure_api::crd::ConversionEndpoint::Service {
         namespace: NAMESPACE.to_owned(),
     };
-    for crd in api::crd::all(&endpoint) {
+    for crd in pure_api::crd::all(&endpoint) {
         let name = crd.name_any();
         let established = crds.get_opt(&name).await?.is_some_and(|crd| {
             crd.status
@@ -833,7 +833,7 @@ async fn apply_dynakube(client: &Client, dynakube: &serde_json::Value) -> anyhow
 
 /// The OneAgent pods (pod, node, phase, OneAgent version) once as many run as the DaemonSet wants, sorted by node.
 async fn oneagent_pods(client: &Client) -> anyhow::Result<Option<Vec<[String; 4]>>> {
-    let daemonset_name = api::dynakube::names::one_agent_daemonset(DYNAKUBE);
+    let daemonset_name = pure_api::dynakube::names::one_agent_daemonset(DYNAKUBE);
     let Some(daemonset) = Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE)
         .get_opt(&daemonset_name)
         .await?
@@ -991,7 +991,7 @@ mod tests {
 
     #[test]
     fn the_token_is_the_fake_tenants_default() {
-        let config = fake_tenant::TenantConfig::default();
+        let config = test_fake_tenant::TenantConfig::default();
         assert!(config.tokens.iter().any(|t| t.value == API_TOKEN));
     }
 

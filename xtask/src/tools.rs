@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use testkit::tools::{self, COMPLETE_MARKER, Tools};
+use test_kit::tools::{self, COMPLETE_MARKER, Tools};
 
 /// Kubernetes commands built from `tools/k8s`.
 const KUBERNETES_COMMANDS: &[&str] = &[

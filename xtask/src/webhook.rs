@@ -6,15 +6,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::Context as _;
+use io_webhook::registration;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
-use testkit::Cluster;
-use testkit::pki::CertificateAuthority;
+use test_kit::Cluster;
+use test_kit::pki::CertificateAuthority;
 use tokio_util::sync::CancellationToken;
-use webhook::registration;
 
 /// Name of the ValidatingWebhookConfiguration, as in the Helm chart.
 pub const CONFIGURATION: &str = "dynatrace-webhook";
@@ -36,16 +36,16 @@ async fn serve(cluster: &Cluster, certs_dir: &Path, port: u16) -> anyhow::Result
     let ca_pem = write_certificates(certs_dir)?;
 
     let shutdown = CancellationToken::new();
-    let state = webhook::AppState {
-        cluster: Some(webhook::ClusterCache::start(client.clone(), &shutdown)),
-        metrics: webhook::Metrics::new(),
+    let state = io_webhook::AppState {
+        cluster: Some(io_webhook::ClusterCache::start(client.clone(), &shutdown)),
+        metrics: io_webhook::Metrics::new(),
     };
-    let config = webhook::ServerConfig {
+    let config = io_webhook::ServerConfig {
         bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        certificate_source: webhook::CertificateSource::Dir(certs_dir.to_owned()),
+        certificate_source: io_webhook::CertificateSource::Dir(certs_dir.to_owned()),
     };
-    let server = webhook::start(&config, state, shutdown.clone()).await?;
+    let server = io_webhook::start(&config, state, shutdown.clone()).await?;
     let base = format!("https://{}", server.addr);
     install_crds(&client, &base, &ca_pem).await?;
     register_validating(&client, &base, &ca_pem).await?;
@@ -77,8 +77,8 @@ pub fn write_certificates(certs_dir: &Path) -> anyhow::Result<String> {
     )?;
     std::fs::create_dir_all(certs_dir).with_context(|| format!("creating {}", certs_dir.display()))?;
     for (file, pem) in [
-        (webhook::tls::CERT_FILE, &serving.cert_pem),
-        (webhook::tls::KEY_FILE, &serving.key_pem),
+        (io_webhook::tls::CERT_FILE, &serving.cert_pem),
+        (io_webhook::tls::KEY_FILE, &serving.key_pem),
     ] {
         let path = certs_dir.join(file);
         std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
@@ -89,7 +89,7 @@ pub fn write_certificates(certs_dir: &Path) -> anyhow::Result<String> {
 /// Installs the CRDs with conversion by URL (`<base>/convert`, trusting `ca_pem`) and the `dynatrace`
 /// namespace.
 pub async fn install_crds(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<()> {
-    let endpoint = api::crd::ConversionEndpoint::Url {
+    let endpoint = pure_api::crd::ConversionEndpoint::Url {
         url: format!("{base}/convert"),
         ca_bundle_pem: ca_pem.to_owned(),
     };

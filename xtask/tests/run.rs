@@ -47,11 +47,11 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
             binaries.join(name).is_file(),
             "{} is missing. This test runs the built binaries and cannot build them itself (a running \
              `cargo test` holds cargo's build lock): `cargo test --workspace` builds them, or run `cargo build \
-             -p dynatrace-operator -p fake-tenant` before `cargo test -p xtask`.",
+             -p dynatrace-operator -p test-fake-tenant` before `cargo test -p xtask`.",
             binaries.join(name).display()
         );
     }
-    if let Err(err) = testkit::Tools::locate() {
+    if let Err(err) = test_kit::Tools::locate() {
         panic!("{err:#}");
     }
 
@@ -72,7 +72,7 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let root = testkit::tools::workspace_root();
+    let root = test_kit::tools::workspace_root();
     let _ = std::fs::remove_dir_all(root.join("target/local-run-logs").join(&name));
     assert!(
         output.status.success(),

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serving::logging::LogFormat;
+use io_serving::logging::LogFormat;
 
 /// Command-line interface of the `dynatrace-operator` binary.
 #[derive(Debug, Parser)]
@@ -105,10 +105,10 @@ struct WebhookServerArgs {
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: std::net::IpAddr,
     /// HTTPS port of /validate, /convert, /livez and /readyz.
-    #[arg(long, default_value_t = webhook::DEFAULT_PORT)]
+    #[arg(long, default_value_t = io_webhook::DEFAULT_PORT)]
     port: u16,
     /// Plain-HTTP port of /metrics, /livez and /readyz.
-    #[arg(long, default_value_t = webhook::DEFAULT_METRICS_PORT)]
+    #[arg(long, default_value_t = io_webhook::DEFAULT_METRICS_PORT)]
     metrics_port: u16,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -183,7 +183,7 @@ fn limit_malloc_arenas() {
 
 fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    serving::logging::init(args.log_format, serving::logging::LogTarget::Stdout)?;
+    io_serving::logging::init(args.log_format, io_serving::logging::LogTarget::Stdout)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -195,34 +195,34 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
                 tracing::error!(%err, "cannot listen for termination signals");
             }
         };
-        let metrics = controller::Metrics::new();
+        let metrics = io_controller::Metrics::new();
         let stop_health = tokio_util::sync::CancellationToken::new();
-        let (_, health) = serving::spawn_plain(args.health_address, metrics.router(), stop_health.clone())
+        let (_, health) = io_serving::spawn_plain(args.health_address, metrics.router(), stop_health.clone())
             .await
             .context("cannot serve the health endpoints")?;
-        let requeue = controller::Requeue {
+        let requeue = io_controller::Requeue {
             ready_timeout: std::time::Duration::from_secs(args.oneagent_ready_timeout),
             ..Default::default()
         };
         let version = BUILD_INFO.version.to_owned();
         let certificates = args.webhook_certificates.then(|| {
-            let mut config = controller::certificates::CertificateConfig::for_namespace(&args.namespace);
+            let mut config = io_controller::certificates::CertificateConfig::for_namespace(&args.namespace);
             config.policy.extra_ips = args.webhook_cert_ips.clone();
             config.policy.extra_dns_names = args.webhook_cert_dns_names.clone();
             config
         });
         let result = if args.leader_elect {
-            let mut leader = controller::leader::LeaderConfig::new(
+            let mut leader = io_controller::leader::LeaderConfig::new(
                 &args.namespace,
-                controller::leader::identity(args.pod_name.as_deref()),
+                io_controller::leader::identity(args.pod_name.as_deref()),
             );
             leader.lease_duration = std::time::Duration::from_secs(args.lease_duration);
             leader.renew_deadline = std::time::Duration::from_secs(args.renew_deadline);
             let lead_client = client.clone();
             let lead_metrics = metrics.clone();
             let namespace = args.namespace.clone();
-            controller::leader::run_as_leader(client, leader, metrics, shutdown, move |stop| {
-                controller::run_all(
+            io_controller::leader::run_as_leader(client, leader, metrics, shutdown, move |stop| {
+                io_controller::run_all(
                     lead_client,
                     version,
                     requeue,
@@ -237,7 +237,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
         } else {
-            controller::run_all(
+            io_controller::run_all(
                 client,
                 version,
                 requeue,
@@ -258,12 +258,12 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
 
 fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    serving::logging::init(args.log_format, serving::logging::LogTarget::Stdout)?;
+    io_serving::logging::init(args.log_format, io_serving::logging::LogTarget::Stdout)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if args.certs_secret.is_none() {
         // Fail on a missing or broken certificate before anything else, with the files named.
-        webhook::tls::ReloadingCertificate::load(&args.certs_dir)?;
+        io_webhook::tls::ReloadingCertificate::load(&args.certs_dir)?;
     }
     runtime.block_on(async {
         let client = kube::Client::try_default().await.context(
@@ -273,23 +273,23 @@ fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
         let shutdown = tokio_util::sync::CancellationToken::new();
         // With a Secret the server starts at once; /readyz is 503 until the Secret holds a certificate.
         let certificate_source = match args.certs_secret {
-            Some(name) => webhook::CertificateSource::Secret {
+            Some(name) => io_webhook::CertificateSource::Secret {
                 client: client.clone(),
                 namespace: args.namespace,
                 name,
             },
-            None => webhook::CertificateSource::Dir(args.certs_dir),
+            None => io_webhook::CertificateSource::Dir(args.certs_dir),
         };
-        let state = webhook::AppState {
-            cluster: Some(webhook::ClusterCache::start(client, &shutdown)),
-            metrics: webhook::Metrics::new(),
+        let state = io_webhook::AppState {
+            cluster: Some(io_webhook::ClusterCache::start(client, &shutdown)),
+            metrics: io_webhook::Metrics::new(),
         };
-        let config = webhook::ServerConfig {
+        let config = io_webhook::ServerConfig {
             bind: (args.bind_address, args.port).into(),
             metrics_bind: (args.bind_address, args.metrics_port).into(),
             certificate_source,
         };
-        let server = webhook::start(&config, state, shutdown.clone()).await?;
+        let server = io_webhook::start(&config, state, shutdown.clone()).await?;
         wait_for_termination().await?;
         tracing::info!("shutting down");
         server.shutdown().await;
@@ -316,14 +316,15 @@ fn print_crds(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let endpoint = match (url, ca_bundle_file) {
-        (Some(url), Some(file)) => api::crd::ConversionEndpoint::Url {
+        (Some(url), Some(file)) => pure_api::crd::ConversionEndpoint::Url {
             url,
             ca_bundle_pem: std::fs::read_to_string(&file)
                 .with_context(|| format!("reading the CA bundle {}", file.display()))?,
         },
-        _ => api::crd::ConversionEndpoint::Service { namespace },
+        _ => pure_api::crd::ConversionEndpoint::Service { namespace },
     };
-    let yaml = api::crd::to_yaml(&api::crd::all(&endpoint)).context("rendering the CRDs as YAML")?;
+    let yaml =
+        pure_api::crd::to_yaml(&pure_api::crd::all(&endpoint)).context("rendering the CRDs as YAML")?;
     std::io::stdout().lock().write_all(yaml.as_bytes())?;
     Ok(())
 }

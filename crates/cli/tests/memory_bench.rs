@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fake_tenant::{FakeTenant, Listen, TenantConfig};
 use futures::StreamExt as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
@@ -32,6 +31,7 @@ use kube::api::{ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
 
 const OPERATOR_NS: &str = "dynatrace";
 const DYNAKUBE: &str = "dynakube";
@@ -61,10 +61,10 @@ async fn operator_memory_at_scale() {
     let settle = Duration::from_secs(env_or("BENCH_SETTLE_SECS", 30));
 
     let started = Instant::now();
-    let cluster = testkit::start_private_cluster(nodes).await.unwrap();
+    let cluster = test_kit::start_private_cluster(nodes).await.unwrap();
     eprintln!("cluster with {nodes} nodes up after {:?}", started.elapsed());
     let client = cluster.client().await.unwrap();
-    testkit::install_operator_crds(&client).await.unwrap();
+    test_kit::install_operator_crds(&client).await.unwrap();
     let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
         .await
         .unwrap();
@@ -112,8 +112,8 @@ async fn operator_memory_at_scale() {
     .await;
 
     let requests_before = operator_requests(&client).await;
-    let port = testkit::cluster::free_port().unwrap();
-    let log_path = testkit::tools::workspace_root().join(LOG);
+    let port = test_kit::cluster::free_port().unwrap();
+    let log_path = test_kit::tools::workspace_root().join(LOG);
     let log = std::fs::File::create(&log_path).unwrap();
     let binary = std::env::var_os("BENCH_OPERATOR").map_or_else(
         || env!("CARGO_BIN_EXE_dynatrace-operator").into(),
@@ -130,7 +130,7 @@ async fn operator_memory_at_scale() {
         .unwrap();
     let operator_started = Instant::now();
     let pid = operator.id();
-    let mut operator = testkit::process::KillOnDrop(operator);
+    let mut operator = test_kit::process::KillOnDrop(operator);
 
     let selector = format!("{INSTANCE_LABEL}={DYNAKUBE}");
     let mut samples = Vec::new();
@@ -225,7 +225,7 @@ where
     Fut: Future<Output = bool>,
 {
     while since.elapsed() < SETTLE_TIMEOUT {
-        assert_not_forbidden(&testkit::tools::workspace_root().join(LOG));
+        assert_not_forbidden(&test_kit::tools::workspace_root().join(LOG));
         if done().await {
             return since.elapsed();
         }
@@ -381,8 +381,8 @@ async fn operator_identity(client: &Client, admin_kubeconfig: &std::path::Path) 
     std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
 
     // The API server applies a new FlowSchema within a moment; wait until a request shows up under it.
-    let operator = testkit::cluster::client_from_kubeconfig(&path).await.unwrap();
-    testkit::eventually(
+    let operator = test_kit::cluster::client_from_kubeconfig(&path).await.unwrap();
+    test_kit::eventually(
         "the FlowSchema to count the operator's requests",
         Duration::from_secs(30),
         || async {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn serves_probes_and_metrics_and_stops_on_sigterm() {
-    let cluster = testkit::shared_cluster().await.unwrap();
+    let cluster = test_kit::shared_cluster().await.unwrap();
     let client = cluster.client().await.unwrap();
-    testkit::install_operator_crds(&client).await.unwrap();
-    let namespace = testkit::TestNamespace::create().await.unwrap();
-    let port = testkit::cluster::free_port().unwrap();
+    test_kit::install_operator_crds(&client).await.unwrap();
+    let namespace = test_kit::TestNamespace::create().await.unwrap();
+    let port = test_kit::cluster::free_port().unwrap();
     let operator = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args(["operator", "--health-address", &format!("127.0.0.1:{port}")])
         .args(["--namespace", &namespace.name])
@@ -23,22 +23,22 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     // Killed if the test fails before it stops the operator itself.
-    let mut operator = testkit::process::KillOnDrop(operator);
-    testkit::eventually("the operator to be ready", Duration::from_secs(60), || async {
-        Ok(testkit::http_get(port, "/readyz")
+    let mut operator = test_kit::process::KillOnDrop(operator);
+    test_kit::eventually("the operator to be ready", Duration::from_secs(60), || async {
+        Ok(test_kit::http_get(port, "/readyz")
             .await
             .filter(|a| a.starts_with("HTTP/1.1 200")))
     })
     .await
     .unwrap();
     assert!(
-        testkit::http_get(port, "/livez")
+        test_kit::http_get(port, "/livez")
             .await
             .unwrap()
             .starts_with("HTTP/1.1 200")
     );
     assert!(
-        testkit::http_get(port, "/metrics")
+        test_kit::http_get(port, "/metrics")
             .await
             .unwrap()
             .contains("# EOF")
@@ -52,15 +52,19 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(
-        started.elapsed() < controller::SHUTDOWN_GRACE + Duration::from_secs(5),
+        started.elapsed() < io_controller::SHUTDOWN_GRACE + Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
 }
 
 /// Starts an operator replica whose Lease lives in `namespace`, with a short lease for a quick failover.
-fn replica(kubeconfig: &std::path::Path, namespace: &str, name: &str) -> (testkit::process::KillOnDrop, u16) {
-    let port = testkit::cluster::free_port().unwrap();
+fn replica(
+    kubeconfig: &std::path::Path,
+    namespace: &str,
+    name: &str,
+) -> (test_kit::process::KillOnDrop, u16) {
+    let port = test_kit::cluster::free_port().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args(["operator", "--health-address", &format!("127.0.0.1:{port}")])
         .args(["--namespace", namespace, "--pod-name", name])
@@ -71,12 +75,12 @@ fn replica(kubeconfig: &std::path::Path, namespace: &str, name: &str) -> (testki
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (testkit::process::KillOnDrop(child), port)
+    (test_kit::process::KillOnDrop(child), port)
 }
 
 /// The replica's leader gauge and reconcile count, from its /metrics (None while it does not answer).
 async fn leader_state(port: u16) -> Option<(bool, u64)> {
-    let text = testkit::http_get(port, "/metrics").await?;
+    let text = test_kit::http_get(port, "/metrics").await?;
     let leading = text
         .lines()
         .any(|l| l.starts_with("dynatrace_operator_leader{") && l.ends_with(" 1"));
@@ -90,22 +94,22 @@ async fn leader_state(port: u16) -> Option<(bool, u64)> {
 
 /// A DynaKube without its token Secret: the leader reconciles it into status condition Tokens=False.
 async fn create_dynakube(client: &kube::Client, namespace: &str, name: &str) {
-    let dynakube: api::dynakube::DynaKube = serde_json::from_value(serde_json::json!({
+    let dynakube: pure_api::dynakube::DynaKube = serde_json::from_value(serde_json::json!({
         "apiVersion": "dynatrace.com/v1beta1",
         "kind": "DynaKube",
         "metadata": { "name": name, "namespace": namespace },
         "spec": { "apiUrl": "https://abc12345.live.dynatrace.com/api", "oneAgent": { "classicFullStack": {} } }
     }))
     .unwrap();
-    kube::Api::<api::dynakube::DynaKube>::namespaced(client.clone(), namespace)
+    kube::Api::<pure_api::dynakube::DynaKube>::namespaced(client.clone(), namespace)
         .create(&Default::default(), &dynakube)
         .await
         .unwrap();
 }
 
 async fn wait_reconciled(client: &kube::Client, namespace: &str, name: &str, within: Duration) {
-    let api = kube::Api::<api::dynakube::DynaKube>::namespaced(client.clone(), namespace);
-    testkit::eventually(&format!("DynaKube {name} reconciled"), within, || async {
+    let api = kube::Api::<pure_api::dynakube::DynaKube>::namespaced(client.clone(), namespace);
+    test_kit::eventually(&format!("DynaKube {name} reconciled"), within, || async {
         let dynakube = api.get(name).await?;
         Ok(dynakube
             .status
@@ -120,17 +124,17 @@ async fn wait_reconciled(client: &kube::Client, namespace: &str, name: &str, wit
 async fn a_standby_replica_takes_over_when_the_leader_dies() {
     // A private cluster: the replicas watch DynaKubes everywhere, and no other test's operator may
     // reconcile the objects this test counts.
-    let cluster = testkit::start_private_cluster(1).await.unwrap();
+    let cluster = test_kit::start_private_cluster(1).await.unwrap();
     let client = cluster.client().await.unwrap();
-    testkit::install_operator_crds(&client).await.unwrap();
-    let namespace = testkit::TestNamespace::create_in(&cluster).await.unwrap();
+    test_kit::install_operator_crds(&client).await.unwrap();
+    let namespace = test_kit::TestNamespace::create_in(&cluster).await.unwrap();
     let ns = namespace.name.as_str();
 
     let mut replicas = vec![
         replica(cluster.kubeconfig(), ns, "operator-a"),
         replica(cluster.kubeconfig(), ns, "operator-b"),
     ];
-    let leader = testkit::eventually("one replica to lead", Duration::from_secs(60), || async {
+    let leader = test_kit::eventually("one replica to lead", Duration::from_secs(60), || async {
         let mut states = Vec::new();
         for (_, port) in &replicas {
             states.push(leader_state(*port).await);

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn serves_until_sigterm_and_exits_cleanly() {
-    let cluster = testkit::shared_cluster().await.unwrap();
+    let cluster = test_kit::shared_cluster().await.unwrap();
     let client = cluster.client().await.unwrap();
     // The DynaKube cache needs the CRD.
-    testkit::install_operator_crds(&client).await.unwrap();
+    test_kit::install_operator_crds(&client).await.unwrap();
     let certs = std::env::temp_dir().join(format!("cli-webhook-certs-{}", std::process::id()));
     std::fs::create_dir_all(&certs).unwrap();
-    let ca = testkit::pki::CertificateAuthority::new("cli-test-ca").unwrap();
+    let ca = test_kit::pki::CertificateAuthority::new("cli-test-ca").unwrap();
     let leaf = ca
         .issue_server_cert("webhook", &["localhost"], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
         .unwrap();
@@ -23,8 +23,8 @@ async fn serves_until_sigterm_and_exits_cleanly() {
     std::fs::write(certs.join("tls.key"), leaf.key_pem).unwrap();
 
     let (port, metrics_port) = (
-        testkit::cluster::free_port().unwrap(),
-        testkit::cluster::free_port().unwrap(),
+        test_kit::cluster::free_port().unwrap(),
+        test_kit::cluster::free_port().unwrap(),
     );
     let server = Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
         .args([
@@ -48,19 +48,19 @@ async fn serves_until_sigterm_and_exits_cleanly() {
         .spawn()
         .unwrap();
     // Killed if the test fails before it stops the server itself.
-    let mut server = testkit::process::KillOnDrop(server);
-    testkit::eventually(
+    let mut server = test_kit::process::KillOnDrop(server);
+    test_kit::eventually(
         "the webhook server to be ready",
         Duration::from_secs(60),
         || async {
-            Ok(testkit::http_get(metrics_port, "/readyz")
+            Ok(test_kit::http_get(metrics_port, "/readyz")
                 .await
                 .filter(|a| a.starts_with("HTTP/1.1 200")))
         },
     )
     .await
     .unwrap();
-    let metrics = testkit::http_get(metrics_port, "/metrics").await.unwrap();
+    let metrics = test_kit::http_get(metrics_port, "/metrics").await.unwrap();
     assert!(
         metrics.contains("application/openmetrics-text") && metrics.ends_with("# EOF\n"),
         "{metrics}"

@@ -1,0 +1,459 @@
+//! One watch per kind for every controller of the process. The DynaKube, OneAgent, namespace and node
+//! controllers each need some of the same kinds (DynaKubes three times, Nodes three times, DaemonSets and
+//! Secret metadata twice); a [`Watches`] opens each watch once, keeps one cache (a kube-runtime
+//! [`Store`]) where a controller reads the objects, and hands every event to each controller that
+//! subscribed.
+//!
+//! What is cached is cut to what the controllers read: `managedFields` never (nobody reads them, and they
+//! are often the larger half of an object), Node status not at all, DaemonSets as metadata only. Secrets
+//! the operator does not write and ConfigMaps are watched as metadata, not cached (their events only
+//! trigger work; the objects are read by name), and only in the namespaces that hold DynaKubes
+//! ([`ScopedWatch`]); the per-namespace Secrets the operator writes are watched by name. So the operator
+//! never lists every Secret of the cluster. The initial lists come in pages of [`PAGE_SIZE`] so that one
+//! list response stays small.
+//!
+//! Controllers subscribe while they are set up, before [`Watches::start`] opens the watches, so that each
+//! sees the initial list. Subscribers run inside the watch's task and must not block: they notify, or
+//! send into an unbounded channel that a controller drains.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use pure_api::dynakube::{DynaKube, names};
+use pure_api::oneagent::OneAgent;
+use serde::de::DeserializeOwned;
+
+/// Objects per page of an initial list: a page of 500 Secrets is megabytes of JSON at once.
+pub const PAGE_SIZE: u32 = 100;
+
+/// Something a controller does with each event of a watch (after the cache has applied it).
+type Subscriber<K> = Box<dyn FnMut(&watcher::Event<K>, &Store<K>) + Send>;
+
+/// One watch of kind `K`, set up but not started yet.
+struct Pending<K: Resource<DynamicType = ()> + Clone + 'static> {
+    api: Api<K>,
+    config: watcher::Config,
+    /// Cuts what is kept and passed on (see the module documentation).
+    trim: fn(&mut K),
+    writer: Writer<K>,
+    /// Whether a controller reads the cache; without, the watch only passes events on.
+    cached: bool,
+    subscribers: Vec<Subscriber<K>>,
+}
+
+/// A shared watch of kind `K`: its cache and, until it starts, its subscribers.
+pub struct Watch<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: Store<K>,
+    pending: Mutex<Option<Pending<K>>>,
+}
+
+impl<K> Watch<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Self {
+        let writer = Writer::default();
+        Self {
+            reader: writer.as_reader(),
+            pending: Mutex::new(Some(Pending {
+                api,
+                config: config.page_size(PAGE_SIZE),
+                trim,
+                writer,
+                cached: false,
+                subscribers: Vec::new(),
+            })),
+        }
+    }
+
+    fn with_pending(&self, f: impl FnOnce(&mut Pending<K>)) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.as_mut() {
+            Some(pending) => f(pending),
+            // A programming error: every controller is set up before the watches start.
+            None => tracing::error!(
+                kind = %K::kind(&()),
+                "a controller subscribed to a watch that had already started; it misses its events"
+            ),
+        }
+    }
+
+    /// The cache of this watch; it is filled once the watch has started.
+    pub fn store(&self) -> Store<K> {
+        self.with_pending(|p| p.cached = true);
+        self.reader.clone()
+    }
+
+    /// Calls `subscriber` with every event of the watch, after the cache (if any) has applied it.
+    pub fn subscribe(&self, subscriber: impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static) {
+        self.with_pending(|p| p.subscribers.push(Box::new(subscriber)));
+    }
+
+    /// The objects for a kube-runtime `Controller` of this kind (`Controller::for_shared_stream` with
+    /// [`Watch::store`]): each object applied, and every cached object after each (re)list.
+    pub fn controller_stream(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.with_pending(|p| p.cached = true);
+        let (sender, receiver) = mpsc::unbounded();
+        self.subscribe(move |event, store| match event {
+            watcher::Event::Apply(object) => {
+                if let Some(cached) = store.get(&ObjectRef::from_obj(object)) {
+                    let _ = sender.unbounded_send(cached);
+                }
+            }
+            watcher::Event::InitDone => {
+                for cached in store.state() {
+                    let _ = sender.unbounded_send(cached);
+                }
+            }
+            watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        });
+        receiver
+    }
+
+    /// Every object applied, deleted or (re)listed, for the triggers of a `Controller`
+    /// (`owns_shared_stream`, `watches_shared_stream`).
+    pub fn touched(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let (sender, receiver) = mpsc::unbounded();
+        self.subscribe(move |event, _| {
+            if let Some(object) = touched_object(event) {
+                let _ = sender.unbounded_send(Arc::new(object.clone()));
+            }
+        });
+        receiver
+    }
+
+    /// Starts the watch when anything uses it.
+    fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        if !pending.cached && pending.subscribers.is_empty() {
+            return None;
+        }
+        let reader = self.reader.clone();
+        Some(tokio::spawn(async move {
+            let Pending {
+                api,
+                config,
+                trim,
+                mut writer,
+                cached,
+                mut subscribers,
+            } = pending;
+            let events = watcher::watcher(api, config).default_backoff().modify(trim);
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        if cached {
+                            writer.apply_watcher_event(&event);
+                        }
+                        for subscriber in &mut subscribers {
+                            subscriber(&event, &reader);
+                        }
+                    }
+                    Err(error) => tracing::warn!(
+                        kind = %K::kind(&()),
+                        %error,
+                        "watching failed; retrying with backoff (check the operator's RBAC for list/watch)"
+                    ),
+                }
+            }
+        }))
+    }
+}
+
+/// Drops `managedFields`: no controller reads them.
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// Keeps what the controllers read of a Node: its name, labels and spec (cordon, taints).
+fn trim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    node.status = None;
+}
+
+/// Keeps a digest of the data of the Secrets the operator writes: enough to tell whether one is current.
+fn digest_secret(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+    if let Some(data) = &mut secret.data {
+        crate::namespaces::digest_data(data);
+    }
+}
+
+/// A metadata watch of kind `K` (Secrets, ConfigMaps) in each namespace that holds a DynaKube or a legacy
+/// OneAgent, and nowhere else: the objects a DynaKube refers to (tokens, proxy, TLS Secret, trusted CAs)
+/// live in its own namespace, and a watch of every namespace would need list/watch of every Secret of the
+/// cluster. A watch opens when the first DynaKube or OneAgent of a namespace appears and closes when the
+/// last goes away. Nothing is cached: the events only trigger work, and the objects are read by name.
+pub struct ScopedWatch<K: Resource<DynamicType = ()> + Clone + 'static> {
+    client: Client,
+    /// Until the watch starts; then the subscribers move into the running tasks.
+    subscribers: Mutex<Option<Vec<ScopedSubscriber<K>>>>,
+}
+
+/// Something a controller does with each event of a [`ScopedWatch`].
+type ScopedSubscriber<K> = Box<dyn FnMut(&watcher::Event<PartialObjectMeta<K>>) + Send>;
+
+impl<K> ScopedWatch<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(client: &Client) -> Self {
+        Self {
+            client: client.clone(),
+            subscribers: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Calls `subscriber` with every event of the watch in each watched namespace.
+    pub fn subscribe(&self, subscriber: impl FnMut(&watcher::Event<PartialObjectMeta<K>>) + Send + 'static) {
+        match self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            Some(subscribers) => subscribers.push(Box::new(subscriber)),
+            None => tracing::error!(
+                kind = %K::kind(&()),
+                "a controller subscribed to a watch that had already started; it misses its events"
+            ),
+        }
+    }
+
+    /// Every object applied, deleted or (re)listed, for the triggers of a `Controller`
+    /// (`watches_shared_stream`).
+    pub fn touched(&self) -> impl Stream<Item = Arc<PartialObjectMeta<K>>> + Send + 'static {
+        let (sender, receiver) = mpsc::unbounded();
+        self.subscribe(move |event| {
+            if let Some(object) = touched_object(event) {
+                let _ = sender.unbounded_send(Arc::new(object.clone()));
+            }
+        });
+        receiver
+    }
+
+    /// Starts the watch when anything subscribed: it follows the namespaces of the DynaKubes (and, when a
+    /// controller uses them, the OneAgents) in `dynakubes` and `oneagents`.
+    fn start(
+        &self,
+        dynakubes: &Watch<DynaKube>,
+        oneagents: &Watch<OneAgent>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        if subscribers.is_empty() {
+            return None;
+        }
+        let subscribers = Arc::new(Mutex::new(subscribers));
+        // Each kind reports the namespaces it holds after every change; the task below opens and closes
+        // the watches to match.
+        let (sender, mut receiver) = mpsc::unbounded::<(Holder, BTreeSet<String>)>();
+        dynakubes.with_pending(|p| p.cached = true);
+        dynakubes.subscribe(report_namespaces(Holder::DynaKube, sender.clone()));
+        let mut oneagents_used = false;
+        oneagents.with_pending(|p| {
+            oneagents_used = p.cached || !p.subscribers.is_empty();
+            p.cached |= oneagents_used;
+        });
+        if oneagents_used {
+            oneagents.subscribe(report_namespaces(Holder::OneAgent, sender));
+        }
+        let client = self.client.clone();
+        Some(tokio::spawn(async move {
+            let mut held: [BTreeSet<String>; 2] = Default::default();
+            // Dropping a task handle does not stop the task, so each is aborted when it leaves the map
+            // (and when this task is aborted, its map is dropped).
+            let mut running: HashMap<String, AbortOnDrop> = HashMap::new();
+            while let Some((holder, namespaces)) = receiver.next().await {
+                held[holder as usize] = namespaces;
+                let wanted: BTreeSet<&String> = held[0].union(&held[1]).collect();
+                running.retain(|namespace, _| wanted.contains(namespace));
+                for namespace in wanted {
+                    if running.contains_key(namespace) {
+                        continue;
+                    }
+                    tracing::debug!(kind = %K::kind(&()), %namespace, "watching a namespace that holds a DynaKube");
+                    let task = tokio::spawn(watch_namespace::<K>(
+                        Api::namespaced(client.clone(), namespace),
+                        subscribers.clone(),
+                    ));
+                    running.insert(namespace.clone(), AbortOnDrop(task));
+                }
+            }
+        }))
+    }
+}
+
+/// Sends the namespaces that hold an object of the cache after each change (not during a re-list).
+fn report_namespaces<H: Resource<DynamicType = ()> + Clone>(
+    holder: Holder,
+    sender: mpsc::UnboundedSender<(Holder, BTreeSet<String>)>,
+) -> impl FnMut(&watcher::Event<H>, &Store<H>) + Send + 'static {
+    move |event, store| match event {
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+            let namespaces = store.state().iter().filter_map(|o| o.namespace()).collect();
+            let _ = sender.unbounded_send((holder, namespaces));
+        }
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// The kinds whose namespaces a [`ScopedWatch`] covers.
+#[derive(Clone, Copy)]
+enum Holder {
+    DynaKube = 0,
+    OneAgent = 1,
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The metadata watch of one namespace of a [`ScopedWatch`].
+async fn watch_namespace<K>(api: Api<PartialObjectMeta<K>>, subscribers: Arc<Mutex<Vec<ScopedSubscriber<K>>>>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().page_size(PAGE_SIZE);
+    let events = watcher::watcher(api, config)
+        .default_backoff()
+        .modify(drop_managed_fields);
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                let mut subscribers = subscribers.lock().unwrap_or_else(PoisonError::into_inner);
+                for subscriber in subscribers.iter_mut() {
+                    subscriber(&event);
+                }
+            }
+            Err(error) => tracing::warn!(
+                kind = %K::kind(&()),
+                %error,
+                "watching failed; retrying with backoff (check the operator's RBAC: list/watch in the \
+                 namespaces that hold DynaKubes)"
+            ),
+        }
+    }
+}
+
+/// The watches of the operator process, one per kind.
+pub struct Watches {
+    /// DynaKubes in every namespace.
+    pub dynakubes: Watch<DynaKube>,
+    /// Legacy OneAgents in every namespace.
+    pub oneagents: Watch<OneAgent>,
+    /// DaemonSets (metadata): the DynaKube and OneAgent controllers own theirs.
+    pub daemonsets: Watch<PartialObjectMeta<DaemonSet>>,
+    /// Namespaces (metadata).
+    pub namespaces: Watch<PartialObjectMeta<Namespace>>,
+    /// Nodes without their status (see [`trim_node`]).
+    pub nodes: Watch<Node>,
+    /// The per-namespace Secrets the operator writes, one watch per name (selected by the name and their
+    /// labels), with a digest of their data ([`digest_secret`]). Selecting by name lets RBAC grant
+    /// list/watch on these names only (`resourceNames` applies to a list with a `metadata.name` field
+    /// selector).
+    pub managed_secrets: [Watch<Secret>; 2],
+    /// Secret metadata in the namespaces that hold DynaKubes: a change of a token, proxy or TLS Secret
+    /// triggers the controllers that read it.
+    pub secret_metadata: ScopedWatch<Secret>,
+    /// ConfigMap metadata in the namespaces that hold DynaKubes: a change of a trusted-CAs ConfigMap
+    /// triggers the namespace controller.
+    pub config_map_metadata: ScopedWatch<ConfigMap>,
+}
+
+impl Watches {
+    /// The watches, not started: controllers subscribe, then [`Watches::start`] opens the ones in use.
+    pub fn new(client: &Client) -> Self {
+        let all = watcher::Config::default;
+        let managed = |name: &str| {
+            Watch::new(
+                Api::all(client.clone()),
+                all()
+                    .fields(&format!("metadata.name={name}"))
+                    .labels(&pure_desired::mapping::managed_secrets_selector()),
+                digest_secret,
+            )
+        };
+        Self {
+            dynakubes: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
+            oneagents: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
+            daemonsets: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
+            namespaces: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
+            nodes: Watch::new(Api::all(client.clone()), all(), trim_node),
+            managed_secrets: [managed(names::INIT_SECRET), managed(names::ENRICHMENT_SECRET)],
+            secret_metadata: ScopedWatch::new(client),
+            config_map_metadata: ScopedWatch::new(client),
+        }
+    }
+
+    /// Opens every watch a controller subscribed to or reads the cache of. The watches stop when the
+    /// returned value is dropped.
+    pub fn start(&self) -> Running {
+        // The scoped watches subscribe to the DynaKube and OneAgent watches, so they go first.
+        let scoped = [
+            self.secret_metadata.start(&self.dynakubes, &self.oneagents),
+            self.config_map_metadata.start(&self.dynakubes, &self.oneagents),
+        ];
+        let [init_secrets, enrichment_secrets] = &self.managed_secrets;
+        let tasks = [
+            self.dynakubes.start(),
+            self.oneagents.start(),
+            self.daemonsets.start(),
+            self.namespaces.start(),
+            self.nodes.start(),
+            init_secrets.start(),
+            enrichment_secrets.start(),
+        ];
+        Running(scoped.into_iter().chain(tasks).flatten().collect())
+    }
+}
+
+/// The running watches; dropping this stops them.
+pub struct Running(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The object an event applied, deleted or (re)listed; `None` for the markers of a relist.
+fn touched_object<K>(event: &watcher::Event<K>) -> Option<&K> {
+    match event {
+        watcher::Event::Apply(object)
+        | watcher::Event::Delete(object)
+        | watcher::Event::InitApply(object) => Some(object),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}

@@ -1,0 +1,104 @@
+//! Registering the webhooks with the API server: the CRDs (whose conversion points at the webhook) and the
+//! ValidatingWebhookConfiguration.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt as _};
+use pure_api::crd::ConversionEndpoint;
+
+/// Name of the validating webhook, as in the reference's Helm chart.
+pub const VALIDATING_WEBHOOK_NAME: &str = "webhook.dynatrace.com";
+
+/// A ValidatingWebhookConfiguration that sends DynaKube and OneAgent creates and updates to `url` (the
+/// server's `/validate`), trusting `ca_pem`, for the namespaces `namespace_selector` picks (all if `None`).
+pub fn validating_configuration(
+    name: &str,
+    url: &str,
+    ca_pem: &str,
+    namespace_selector: Option<LabelSelector>,
+) -> ValidatingWebhookConfiguration {
+    ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![ValidatingWebhook {
+            name: VALIDATING_WEBHOOK_NAME.to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            side_effects: "None".to_owned(),
+            failure_policy: Some("Fail".to_owned()),
+            timeout_seconds: Some(10),
+            client_config: WebhookClientConfig {
+                url: Some(url.to_owned()),
+                ca_bundle: Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())),
+                service: None,
+            },
+            namespace_selector,
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["dynatrace.com".to_owned()]),
+                api_versions: Some(vec!["v1alpha1".to_owned(), "v1beta1".to_owned()]),
+                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+                resources: Some(vec!["dynakubes".to_owned(), "oneagents".to_owned()]),
+                scope: Some("Namespaced".to_owned()),
+            }]),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Applies the CRDs (server-side, as `field_manager`) with conversion through `endpoint`, and waits up to
+/// 30 s until the API server serves them, so that the caller can create resources at once.
+pub async fn apply_crds(
+    client: &Client,
+    endpoint: &ConversionEndpoint,
+    field_manager: &str,
+) -> kube::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let all = pure_api::crd::all(endpoint);
+    for crd in &all {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(crd),
+        )
+        .await?;
+    }
+    for crd in &all {
+        let name = crd.name_any();
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(30), established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(crd = %name, %error, "cannot watch the CRD until it is established")
+            }
+            Err(_) => {
+                tracing::warn!(crd = %name, "the CRD is not established after 30 s; creating resources may fail")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies a ValidatingWebhookConfiguration (server-side, as `field_manager`).
+pub async fn apply_validating_configuration(
+    client: &Client,
+    configuration: &ValidatingWebhookConfiguration,
+    field_manager: &str,
+) -> kube::Result<()> {
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            &configuration.name_any(),
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(configuration),
+        )
+        .await
+        .map(drop)
+}

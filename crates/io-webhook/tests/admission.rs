@@ -1,0 +1,465 @@
+//! The webhooks through a real API server: the CRDs install, the API server calls `/validate` and
+//! `/convert` over HTTPS, and users see the answers `kubectl` would show.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use io_webhook::registration;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::PostParams;
+use kube::{Api, Client, ResourceExt as _};
+use pure_api::dynakube::{DynaKube, v1alpha1};
+use pure_api::oneagent::OneAgent;
+use serde_json::{Value, json};
+use test_kit::TestNamespace;
+
+const API_URL: &str = "https://abc12345.live.dynatrace.com/api";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The webhook server and CRDs shared by the tests of this binary. The server runs on a runtime of its
+/// own, so it outlives each test's runtime.
+struct Env {
+    kubeconfig: std::path::PathBuf,
+}
+
+fn env() -> &'static Env {
+    static ENV: test_kit::PerBinary<Env> = test_kit::PerBinary::new();
+    ENV.get_or_start("the webhook test environment", || async {
+        let (env, server) = set_up().await?;
+        // The server's tasks run on this runtime for the life of the test binary.
+        Ok((env, async move { std::mem::forget(server) }))
+    })
+}
+
+async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
+    let cluster = test_kit::shared_cluster().await?;
+    let client = cluster.client().await?;
+    let server = common::start(Some(io_webhook::ClusterCache::start(
+        client.clone(),
+        &Default::default(),
+    )))
+    .await;
+    let base = format!("https://{}", server.server.addr);
+
+    // CRDs with conversion through our server, and validation in test namespaces.
+    let endpoint = pure_api::crd::ConversionEndpoint::Url {
+        url: format!("{base}/convert"),
+        ca_bundle_pem: server.ca_pem.clone(),
+    };
+    test_kit::install_crds(&client, &pure_api::crd::all(&endpoint)).await?;
+    let tests_only = LabelSelector {
+        match_labels: Some([(test_kit::TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())].into()),
+        ..Default::default()
+    };
+    let configuration = registration::validating_configuration(
+        "dynatrace-webhook-tests",
+        &format!("{base}/validate"),
+        &server.ca_pem,
+        Some(tests_only),
+    );
+    registration::apply_validating_configuration(&client, &configuration, "webhook-tests").await?;
+
+    // The API server picks webhook configurations up asynchronously: wait until it asks us.
+    let probe = TestNamespace::create_in(cluster).await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(probe.client.clone(), &probe.name);
+    test_kit::eventually("the API server to call the validating webhook", WAIT, || async {
+        // The example URL passes the schema and only the webhook rejects it.
+        let bad = dynakube("probe", json!({ "apiUrl": pure_api::dynakube::EXAMPLE_API_URL }));
+        match dynakubes.create(&PostParams::default(), &bad).await {
+            Err(kube::Error::Api(e)) if e.message.contains("error(s) found") => Ok(Some(())),
+            Ok(_) => {
+                dynakubes.delete("probe", &Default::default()).await?;
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    Ok((
+        Env {
+            kubeconfig: cluster.kubeconfig().to_owned(),
+        },
+        server,
+    ))
+}
+
+fn dynakube(name: &str, spec: Value) -> DynaKube {
+    serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube", "metadata": { "name": name }, "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The CSI driver's DaemonSet, which the modes that need CSI look for in the DynaKube's namespace.
+async fn install_csi_driver_marker(ns: &TestNamespace) -> anyhow::Result<()> {
+    let daemonset: DaemonSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": { "name": pure_api::dynakube::names::CSI_DAEMONSET },
+        "spec": {
+            "selector": { "matchLabels": { "app": "csi" } },
+            "template": {
+                "metadata": { "labels": { "app": "csi" } },
+                "spec": {
+                    "nodeSelector": { "no-such-node": "true" },
+                    "containers": [{ "name": "server", "image": "registry.invalid/csi:1" }]
+                }
+            }
+        }
+    }))?;
+    Api::<DaemonSet>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &daemonset)
+        .await?;
+    Ok(())
+}
+
+async fn namespace() -> anyhow::Result<TestNamespace> {
+    let _ = env();
+    TestNamespace::create().await
+}
+
+fn denial(result: Result<DynaKube, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+/// The YAML blocks of the README that hold a DynaKube.
+fn readme_dynakubes() -> Vec<Value> {
+    let readme = include_str!("../../../README.md");
+    readme
+        .split("```yaml")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains("kind: DynaKube"))
+        .map(|block| serde_saphyr::from_str::<Value>(block).expect("README YAML parses"))
+        .collect()
+}
+
+#[tokio::test]
+async fn readme_examples_of_every_mode_are_admitted() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let examples = readme_dynakubes();
+    let mut modes: Vec<String> = examples
+        .iter()
+        .flat_map(|e| {
+            e["spec"]["oneAgent"]
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys().cloned())
+        })
+        .collect();
+    modes.sort();
+    assert_eq!(
+        modes,
+        [
+            "applicationMonitoring",
+            "classicFullStack",
+            "cloudNativeFullStack",
+            "hostMonitoring"
+        ]
+    );
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    for example in examples {
+        let mut example: DynaKube = serde_json::from_value(example)?;
+        example.metadata.namespace = None;
+        let name = example.name_any();
+        dynakubes
+            .create(&PostParams::default(), &example)
+            .await
+            .map_err(|e| anyhow::anyhow!("README example {name} was not admitted: {e}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_seed_invalid_dynakube_is_denied_with_both_api_url_errors() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let invalid = dynakube(
+        "invalid-dynakube",
+        json!({ "apiUrl": "https://ENVIRONMENTID.live.dynatrace.com", "oneAgent": { "classicFullStack": { "nodeSelector": { "none": "x" } } } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &invalid).await);
+    assert!(
+        message.contains("admission webhook \"webhook.dynatrace.com\" denied the request"),
+        "{message}"
+    );
+    assert!(message.contains("2 error(s) found in the Dynakube"), "{message}");
+    assert!(message.contains(
+        "1. The DynaKube's specification is missing the API URL or still has the example value set"
+    ));
+    assert!(message.contains("2. The DynaKube's specification has an invalid API URL value set"));
+    assert!(message.contains("including the /api postfix"));
+    assert!(
+        dynakubes.get_opt("invalid-dynakube").await?.is_none(),
+        "a denied object is not stored"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_selector_conflicts_are_found_from_the_nodes_both_select() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let (pool, zone) = (format!("pool-{}", ns.name), format!("zone-{}", ns.name));
+    ns.create_node(
+        "shared",
+        &[(pool.as_str(), "a"), (zone.as_str(), "z")],
+        Vec::new(),
+    )
+    .await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let first = dynakube(
+        "by-pool",
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "nodeSelector": { pool.clone(): "a" } } } }),
+    );
+    dynakubes.create(&PostParams::default(), &first).await?;
+    // {pool: a} and {zone: z} are no subsets of each other; the node they both select is the conflict.
+    let second = dynakube(
+        "by-zone",
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "nodeSelector": { zone.clone(): "z" } } } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &second).await);
+    assert!(
+        message.contains(&format!("conflicts with DynaKube {}/by-pool", ns.name)),
+        "{message}"
+    );
+    assert!(message.contains(&format!("{}-shared", ns.name)), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn objects_written_as_v1beta1_read_back_through_v1alpha1_unchanged() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let original = dynakube(
+        "round-trip",
+        json!({
+            "apiUrl": API_URL,
+            "namespaceSelector": { "matchLabels": { "round-trip": ns.name } },
+            "oneAgent": { "cloudNativeFullStack": {
+                "nodeSelector": { "round-trip": ns.name },
+                "args": ["--set-host-group=prod"],
+                "tolerations": [{ "key": "dedicated", "operator": "Exists", "effect": "NoSchedule" }],
+            } },
+        }),
+    );
+    let created = dynakubes.create(&PostParams::default(), &original).await?;
+
+    let old: Api<v1alpha1::DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let as_alpha = old.get("round-trip").await?;
+    assert!(
+        as_alpha.spec.classic_full_stack.is_none(),
+        "v1alpha1 has no cloudNativeFullStack to show"
+    );
+    // Written back through v1alpha1, as an old client would do.
+    old.replace("round-trip", &PostParams::default(), &as_alpha)
+        .await?;
+
+    let back = dynakubes.get("round-trip").await?;
+    assert_eq!(
+        back.spec, created.spec,
+        "nothing was lost on the way through v1alpha1"
+    );
+    assert_eq!(
+        back.metadata.annotations, created.metadata.annotations,
+        "no conversion annotation is stored"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn schema_rules_hold_without_the_webhook() -> anyhow::Result<()> {
+    let _ = env();
+    let cluster = test_kit::shared_cluster().await?;
+    let client: Client = cluster.client().await?;
+    // A namespace the webhook does not watch stands in for "the webhook is down".
+    let name = format!("no-webhook-{}", std::process::id());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } }))?;
+    namespaces.create(&PostParams::default(), &namespace).await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(client, &name);
+
+    let two_modes = dynakube(
+        "two-modes",
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": {}, "hostMonitoring": {} } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &two_modes).await);
+    assert!(message.contains("multiple OneAgent modes"), "{message}");
+    let image_without_csi = dynakube(
+        "image-without-csi",
+        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "registry/cm:1" } } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &image_without_csi).await);
+    assert!(message.contains("codeModulesImage is set"), "{message}");
+    let dotted = dynakube("dk.with.dots", json!({ "apiUrl": API_URL }));
+    let message = denial(dynakubes.create(&PostParams::default(), &dotted).await);
+    assert!(message.contains("DNS-1035"), "{message}");
+    namespaces.delete(&name, &Default::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn oneagent_resources_are_validated_too() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    let oneagent = |name: &str, api_url: &str| -> OneAgent {
+        serde_json::from_value(json!({
+            "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent", "metadata": { "name": name },
+            "spec": { "apiUrl": api_url, "nodeSelector": { "pool": "legacy" } },
+        }))
+        .unwrap()
+    };
+    oneagents
+        .create(&PostParams::default(), &oneagent("oneagent", API_URL))
+        .await?;
+    let message = match oneagents
+        .create(&PostParams::default(), &oneagent("broken", "https://example.com"))
+        .await
+    {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    assert!(message.contains("1 error(s) found in the OneAgent"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_explain_describes_the_modes() -> anyhow::Result<()> {
+    let env = env();
+    let tools = test_kit::Tools::locate()?;
+    let output = tokio::process::Command::new(&tools.kubectl)
+        .args(["--kubeconfig", &env.kubeconfig.display().to_string()])
+        .args(["explain", "dynakube.spec.oneAgent.cloudNativeFullStack"])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kubectl explain failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("cached per node by the CSI driver"), "{text}");
+    assert!(
+        text.contains("codeModulesImage") && text.contains("nodeSelector"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_empty_api_url_gets_the_webhooks_messages_not_the_schemas() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let empty = dynakube(
+        "empty-api-url",
+        json!({ "apiUrl": "", "oneAgent": { "classicFullStack": {} } }),
+    );
+    let message = denial(dynakubes.create(&PostParams::default(), &empty).await);
+    assert!(
+        message.contains("admission webhook \"webhook.dynatrace.com\" denied the request"),
+        "{message}"
+    );
+    assert!(
+        message.contains("missing the API URL or still has the example value set"),
+        "{message}"
+    );
+    assert!(message.contains("including the /api postfix"), "{message}");
+    assert!(!message.contains("should be at least 1 chars long"), "{message}");
+
+    let oneagents: Api<OneAgent> = Api::namespaced(ns.client.clone(), &ns.name);
+    let oneagent: OneAgent = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1alpha1", "kind": "OneAgent", "metadata": { "name": "empty-api-url" },
+        "spec": { "apiUrl": "" },
+    }))?;
+    let message = match oneagents.create(&PostParams::default(), &oneagent).await {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    assert!(message.contains("missing the API URL"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_csi_driver_rule_follows_the_daemonset_from_the_watch() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    // Dry runs: the webhook answers, nothing is stored, so the DynaKubes do not conflict with each other.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let cloud_native = |name: &str| {
+        dynakube(
+            name,
+            json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": { "nodeSelector": { "csi-test": ns.name } } } }),
+        )
+    };
+    let message = denial(dynakubes.create(&dry_run, &cloud_native("before")).await);
+    assert!(message.contains("needs the CSI driver"), "{message}");
+
+    install_csi_driver_marker(&ns).await?;
+    test_kit::eventually("the DaemonSet to reach the webhook's cache", WAIT, || async {
+        match dynakubes.create(&dry_run, &cloud_native("after")).await {
+            Ok(_) => Ok(Some(())),
+            Err(kube::Error::Api(e)) if e.message.contains("needs the CSI driver") => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    })
+    .await?;
+    // Validating reads the cache: the API server counts no GET of a DaemonSet for these admissions.
+    let gets_before = daemonset_gets(&ns.client).await?;
+    for i in 0..5 {
+        dynakubes
+            .create(&dry_run, &cloud_native(&format!("more-{i}")))
+            .await?;
+    }
+    assert_eq!(
+        daemonset_gets(&ns.client).await?,
+        gets_before,
+        "GETs of DaemonSets"
+    );
+
+    Api::<DaemonSet>::namespaced(ns.client.clone(), &ns.name)
+        .delete(pure_api::dynakube::names::CSI_DAEMONSET, &Default::default())
+        .await?;
+    test_kit::eventually(
+        "the DaemonSet's deletion to reach the webhook's cache",
+        WAIT,
+        || async {
+            match dynakubes.create(&dry_run, &cloud_native("gone")).await {
+                Ok(_) => {
+                    dynakubes.delete("gone", &Default::default()).await?;
+                    Ok(None)
+                }
+                Err(kube::Error::Api(e)) if e.message.contains("needs the CSI driver") => Ok(Some(())),
+                Err(err) => Err(err.into()),
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// GET requests for DaemonSets the API server has served, from its metrics.
+async fn daemonset_gets(client: &Client) -> anyhow::Result<u64> {
+    let metrics = client
+        .request_text(axum::http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("apiserver_request_total{")
+                && line.contains(r#"resource="daemonsets""#)
+                && line.contains(r#"verb="GET""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}

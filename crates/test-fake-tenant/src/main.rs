@@ -1,0 +1,97 @@
+//! `fake-tenant`: runs the fake Dynatrace environment API until SIGTERM or SIGINT.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Parser;
+use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
+
+/// A fake Dynatrace environment (tenant) API for tests, benchmarks and local runs.
+///
+/// Prints `fake tenant listening on <api url>` once it serves. The admin API (no authentication) is under
+/// /admin: POST /admin/versions, PUT|DELETE /admin/faults, GET|DELETE /admin/requests, POST /admin/hosts,
+/// GET /admin/events.
+#[derive(Debug, Parser)]
+#[command(name = "fake-tenant", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Serving certificate chain (PEM) for HTTPS; needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "PEM FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM FILE")]
+    tls_key: Option<PathBuf>,
+    /// Tenant configuration as JSON (camelCase fields of TenantConfig; missing fields keep their defaults).
+    #[arg(long, value_name = "JSON FILE")]
+    config: Option<PathBuf>,
+    /// Size in bytes of the payload file in every OneAgent archive (overrides the configuration).
+    #[arg(long, value_name = "N")]
+    payload_bytes: Option<u64>,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Logs go to stderr: stdout carries the URL line that callers wait for.
+    io_serving::logging::init(
+        io_serving::logging::LogFormat::Text,
+        io_serving::logging::LogTarget::Stderr,
+    )?;
+    let args = Args::parse();
+
+    let mut config = match &args.config {
+        Some(path) => {
+            serde_json::from_str::<TenantConfig>(&read(path, "configuration")?).with_context(|| {
+                format!(
+                    "{} is not a valid tenant configuration (JSON with camelCase fields such as \
+                     environmentId, tokens, versions)",
+                    path.display()
+                )
+            })?
+        }
+        None => TenantConfig::default(),
+    };
+    if let Some(bytes) = args.payload_bytes {
+        config.archive_payload_bytes = bytes;
+    }
+    let listen = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Listen::Https {
+            cert_pem: read(cert, "certificate")?,
+            key_pem: read(key, "private key")?,
+        },
+        _ => Listen::Http,
+    };
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            addr = %args.listen,
+            "listening beyond loopback: anyone who can reach this address can use the fake tokens and the \
+             unauthenticated admin API"
+        );
+    }
+
+    let tenant = FakeTenant::start_on(config, listen, args.listen).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "fake tenant listening on {}", tenant.api_url())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")?;
+    drop(stdout);
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+        result = tokio::signal::ctrl_c() => {
+            result.context("cannot listen for SIGINT")?;
+            tracing::info!("SIGINT received; shutting down");
+        }
+    }
+    tenant.shutdown().await;
+    Ok(())
+}
