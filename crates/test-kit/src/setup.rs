@@ -58,6 +58,51 @@ pub async fn install_crds(client: &Client, crds: &[CustomResourceDefinition]) ->
     Ok(())
 }
 
+/// Applies objects given as JSON (server-side, as `field_manager`, forcing ownership), in order. Each kind
+/// is looked up through discovery, so any built-in or served custom kind works; a CRD is waited for until
+/// the API server serves it, so objects of its kind may follow in the same list.
+pub async fn apply_objects(
+    client: &Client,
+    objects: &[serde_json::Value],
+    field_manager: &str,
+) -> anyhow::Result<()> {
+    for value in objects {
+        let object: DynamicObject =
+            serde_json::from_value(value.clone()).context("an object to apply is not a Kubernetes object")?;
+        let types = object
+            .types
+            .clone()
+            .context("an object to apply has no apiVersion/kind")?;
+        let name = object.name_any();
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .with_context(|| format!("the API server does not serve {}", types.kind))?;
+        let api: Api<DynamicObject> = match (&capabilities.scope, object.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(namespace)) => {
+                Api::namespaced_with(client.clone(), namespace, &resource)
+            }
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))?;
+        if types.kind == "CustomResourceDefinition" {
+            let crd: CustomResourceDefinition = serde_json::from_value(value.clone())?;
+            install_crds(client, &[crd]).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The API resource of `crd`'s storage version.
 fn storage_resource(crd: &CustomResourceDefinition) -> anyhow::Result<ApiResource> {
     let spec = &crd.spec;
