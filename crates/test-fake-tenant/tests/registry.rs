@@ -438,6 +438,41 @@ async fn faults_and_latency_apply_to_registry_calls() {
     tenant.shutdown().await;
 }
 
+#[tokio::test]
+async fn serves_the_registry_over_https_and_http2() {
+    let ca = test_kit::pki::CertificateAuthority::new("fake-tenant-registry-ca").unwrap();
+    let leaf = ca
+        .issue_server_cert("fake-tenant", &["localhost"], &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let tenant = FakeTenant::start(
+        config(),
+        Listen::Https {
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let built = oci_layout(dir.path(), &[(LATEST_TAG, b"tls")]);
+    tenant
+        .add_image(&format!("linux/oneagent:{LATEST_TAG}"), dir.path())
+        .await
+        .unwrap();
+    for http in [client(Some(&ca.cert_pem())), client_h2(Some(&ca.cert_pem()))] {
+        let response = pull(http.get(v2(
+            &tenant,
+            &format!("linux/oneagent/blobs/{}", built[0].layer_digest),
+        )))
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(digest(&response.bytes().await.unwrap()), built[0].layer_digest);
+    }
+    tenant.shutdown().await;
+}
+
 /// Resident memory of this process in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
