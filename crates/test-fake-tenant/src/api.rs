@@ -13,11 +13,13 @@ use futures::stream::{BoxStream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::archive::{Archive, ArchiveKey};
+use crate::archive::ArchiveKey;
+use crate::images::ImageError;
 use crate::model::{
     AgentVersion, Endpoint, Fault, Host, RequestRecord, SCOPE_API_TOKENS_READ, SCOPE_DATA_EXPORT,
     SCOPE_INSTALLER_DOWNLOAD, TokenConfig, check_version,
 };
+use crate::registry::{self, API_VERSION_HEADER, RegistryRequest, basic_credentials};
 use crate::state::Shared;
 
 /// Header with the hex SHA-256 of a download's body (an extension of this fake).
@@ -64,6 +66,10 @@ enum Route {
     Image {
         code_modules: bool,
     },
+    Registry {
+        request: RegistryRequest,
+        head: bool,
+    },
     AdminVersions,
     AdminSetFault,
     AdminClearFaults,
@@ -71,6 +77,8 @@ enum Route {
     AdminClearRequests,
     AdminHosts,
     AdminEvents,
+    AdminAddImage,
+    AdminImages,
     AdminNotFound,
     NotFound,
 }
@@ -113,6 +121,10 @@ impl Route {
             ["api", "v1", "tokens", "lookup"] if post => Self::TokenLookup,
             ["api", "v1", "entity", "infrastructure", "hosts"] if get => Self::Hosts,
             ["api", "v1", "events"] if post => Self::Events,
+            ["v2", rest @ ..] => Self::Registry {
+                request: RegistryRequest::parse(get || method == Method::HEAD, rest),
+                head: method == Method::HEAD,
+            },
             ["admin", rest @ ..] => match (rest, method.as_str()) {
                 (["versions"], "POST") => Self::AdminVersions,
                 (["faults"], "PUT") => Self::AdminSetFault,
@@ -121,6 +133,8 @@ impl Route {
                 (["requests"], "DELETE") => Self::AdminClearRequests,
                 (["hosts"], "POST") => Self::AdminHosts,
                 (["events"], "GET") => Self::AdminEvents,
+                (["images"], "POST") => Self::AdminAddImage,
+                (["images"], "GET") => Self::AdminImages,
                 _ => Self::AdminNotFound,
             },
             _ => Self::NotFound,
@@ -138,6 +152,7 @@ impl Route {
             Self::Hosts => Endpoint::Hosts,
             Self::Events => Endpoint::Events,
             Self::Image { .. } => Endpoint::Images,
+            Self::Registry { request, .. } => request.endpoint(),
             Self::AdminVersions
             | Self::AdminSetFault
             | Self::AdminClearFaults
@@ -145,6 +160,8 @@ impl Route {
             | Self::AdminClearRequests
             | Self::AdminHosts
             | Self::AdminEvents
+            | Self::AdminAddImage
+            | Self::AdminImages
             | Self::AdminNotFound => Endpoint::Admin,
             Self::NotFound => Endpoint::Unknown,
         }
@@ -225,18 +242,27 @@ async fn handle(State(state): State<Arc<Shared>>, request: Request) -> Response 
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
-    let token = api_token(request.headers());
+    // The registry authenticates with Basic credentials whose password is the token.
+    let token = api_token(request.headers())
+        .or_else(|| basic_credentials(request.headers()).map(|(_, password)| password));
     let route = Route::parse(&method, &path);
     let endpoint = route.endpoint();
+    let is_registry = matches!(route, Route::Registry { .. });
 
-    let response = match state.take_fault(endpoint, false) {
+    let mut response = match state.take_fault(endpoint, false) {
         Some(Fault::Latency { millis }) => {
             tokio::time::sleep(Duration::from_millis(millis)).await;
             answer(&state, route, &query, token.as_deref(), request).await
         }
+        Some(fault) if is_registry => registry::fault_response(&state, &fault),
         Some(fault) => fault_response(&fault),
         None => answer(&state, route, &query, token.as_deref(), request).await,
     };
+    if is_registry {
+        response
+            .headers_mut()
+            .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    }
 
     let status = response.status().as_u16();
     tracing::info!(%method, %path, %query, %endpoint, status, "request");
@@ -297,6 +323,10 @@ async fn answer(
         Route::Hosts => hosts(state, token),
         Route::Events => events(state, token, request).await,
         Route::Image { code_modules } => image(state, token, code_modules),
+        Route::Registry {
+            request: registry_request,
+            head,
+        } => Ok(registry::answer(state, registry_request, head, request.headers()).await),
         Route::AdminVersions => admin_publish(state, request).await,
         Route::AdminSetFault => admin_set_fault(state, request).await,
         Route::AdminClearFaults => {
@@ -310,16 +340,19 @@ async fn answer(
         }
         Route::AdminHosts => admin_add_host(state, request).await,
         Route::AdminEvents => Ok(axum::Json(state.events()).into_response()),
+        Route::AdminAddImage => admin_add_image(state, request).await,
+        Route::AdminImages => Ok(axum::Json(state.images.images()).into_response()),
         Route::AdminNotFound => Err(error(
             StatusCode::NOT_FOUND,
             "No such admin endpoint; use POST /admin/versions, PUT or DELETE /admin/faults, GET or DELETE \
-             /admin/requests, POST /admin/hosts or GET /admin/events",
+             /admin/requests, POST /admin/hosts, GET /admin/events or POST or GET /admin/images",
         )),
         Route::NotFound => Err(error(
             StatusCode::NOT_FOUND,
             format!(
                 "No endpoint for {} {}: the fake tenant serves the installer, connection info, process \
-                 module config, token lookup, hosts, events and image endpoints under /api",
+                 module config, token lookup, hosts, events and image endpoints under /api and a registry \
+                 under /v2",
                 request.method(),
                 request.uri().path()
             ),
@@ -443,7 +476,7 @@ async fn download(
     let body = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).boxed();
     let body = match state.take_fault(Endpoint::Download, true) {
         Some(Fault::CutAfter { bytes }) => cut_after(body, bytes, archive.len),
-        Some(Fault::Corrupt) => corrupt(body, &archive),
+        Some(Fault::Corrupt) => corrupt(body, archive.len),
         _ => body,
     };
     let mut response = Response::new(Body::from_stream(body));
@@ -465,10 +498,10 @@ async fn download(
     Ok(response)
 }
 
-type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+pub(crate) type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
 /// The first `limit` bytes of `body`, then an error that makes the server drop the connection.
-fn cut_after(body: ByteStream, limit: u64, len: u64) -> ByteStream {
+pub(crate) fn cut_after(body: ByteStream, limit: u64, len: u64) -> ByteStream {
     if limit >= len {
         return body;
     }
@@ -502,10 +535,10 @@ fn cut_after(body: ByteStream, limit: u64, len: u64) -> ByteStream {
     .boxed()
 }
 
-/// `body` with [`CORRUPT_BYTES`] bytes in the middle inverted.
-fn corrupt(body: ByteStream, archive: &Archive) -> ByteStream {
-    let start = archive.len.saturating_sub(CORRUPT_BYTES) / 2;
-    let end = start + CORRUPT_BYTES.min(archive.len);
+/// `body` (of `len` bytes) with [`CORRUPT_BYTES`] bytes in the middle inverted.
+pub(crate) fn corrupt(body: ByteStream, len: u64) -> ByteStream {
+    let start = len.saturating_sub(CORRUPT_BYTES) / 2;
+    let end = start + CORRUPT_BYTES.min(len);
     let mut offset = 0u64;
     body.map(move |chunk| {
         let chunk = chunk?;
@@ -725,11 +758,11 @@ async fn admin_set_fault(state: &Shared, request: Request) -> Answer {
             "the admin endpoints cannot be faulted; choose another endpoint",
         ));
     }
-    if set.fault.is_download_only() && set.endpoint != Endpoint::Download {
+    if set.fault.is_download_only() && !matches!(set.endpoint, Endpoint::Download | Endpoint::RegistryBlobs) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!(
-                "fault {:?} only applies to the download endpoint, not to {}",
+                "fault {:?} only applies to the download and registry_blobs endpoints, not to {}",
                 set.fault, set.endpoint
             ),
         ));
@@ -755,6 +788,27 @@ async fn admin_add_host(state: &Shared, request: Request) -> Answer {
     }
     state.add_host(host);
     Ok(StatusCode::CREATED.into_response())
+}
+
+async fn admin_add_image(state: &Shared, request: Request) -> Answer {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AddImage {
+        image: String,
+        path: std::path::PathBuf,
+    }
+    let add: AddImage = read_json(
+        request,
+        r#"an image like {"image":"linux/oneagent:1.277.0","path":"/path/to/oci-layout-or-archive.tar"}"#,
+    )
+    .await?;
+    match state.load_image(add.image, add.path).await {
+        Ok(info) => Ok((StatusCode::CREATED, axum::Json(info)).into_response()),
+        Err(err @ (ImageError::Reference(_) | ImageError::OneAgentLatest | ImageError::Invalid { .. })) => {
+            Err(error(StatusCode::BAD_REQUEST, err.to_string()))
+        }
+        Err(err @ ImageError::Io { .. }) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())),
+    }
 }
 
 #[cfg(test)]

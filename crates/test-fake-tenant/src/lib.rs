@@ -19,12 +19,27 @@
 //! | `DELETE /admin/requests` | clears the request log |
 //! | `POST /admin/hosts` `{"entity_id":"HOST-1","ip_addresses":["10.0.0.5"],"agent_version":"1.277.0.20230914-094321","network_zone":null}` | adds a [`Host`] (camelCase keys accepted too) |
 //! | `GET /admin/events` | the event bodies posted to `/api/v1/events` |
+//! | `POST /admin/images` `{"image":"linux/oneagent:1.277.0","path":"/images/oneagent.tar"}` | loads an image into the registry (201 with its [`ImageInfo`]) |
+//! | `GET /admin/images` | the registry's images as a JSON array of [`ImageInfo`] |
 //!
 //! Admin requests are logged too, and never faulted.
+//!
+//! The environment is also the registry of its OneAgent images, as a real one is: a read-only OCI
+//! distribution API under `/v2/` (version check, manifests and blobs by `GET` or `HEAD`, tag lists) on the
+//! same listener. Clients authenticate with Basic credentials whose password is a token with
+//! `InstallerDownload` (what the operator's pull Secret holds; the user name is not checked); without them
+//! the answer is 401 with a `WWW-Authenticate: Basic` challenge. Images are loaded from OCI image layout
+//! directories or OCI/docker archive tars ([`FakeTenant::add_image`], `POST /admin/images`, the binary's
+//! `--image`). In [`ONEAGENT_REPOSITORY`] the tag `latest` names the image loaded for the tenant's latest
+//! version (tagged with the full version or `major.minor.patch`), so publishing a version moves it. Faults
+//! and the request log are keyed by [`Endpoint::RegistryBase`], [`Endpoint::RegistryManifests`],
+//! [`Endpoint::RegistryBlobs`] and [`Endpoint::RegistryTags`].
 
 mod api;
 mod archive;
+mod images;
 mod model;
+mod registry;
 mod server;
 mod state;
 
@@ -36,6 +51,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use api::CHECKSUM_HEADER;
+pub use images::{ImageError, ImageInfo, ONEAGENT_REPOSITORY};
 pub use model::{
     Endpoint, Fault, Host, MAX_PAYLOAD_BYTES, RequestRecord, SCOPE_API_TOKENS_READ, SCOPE_DATA_EXPORT,
     SCOPE_INSTALLER_DOWNLOAD, TenantConfig, TokenConfig,
@@ -195,7 +211,7 @@ impl FakeTenant {
     /// Makes requests of `endpoint` fail with `fault`, replacing the endpoint's previous fault: the next
     /// `count` requests it affects, or every one until [`FakeTenant::clear_faults`] when `None`
     /// (`Some(0)` removes the endpoint's fault). [`Fault::CutAfter`] and [`Fault::Corrupt`] affect only
-    /// successful downloads; set on another endpoint they do nothing. [`Endpoint::Admin`] is never faulted.
+    /// successful downloads and registry blobs; set on another endpoint they do nothing. [`Endpoint::Admin`] is never faulted.
     pub fn set_fault(&self, endpoint: Endpoint, fault: Fault, count: Option<u32>) {
         self.state.set_fault(endpoint, fault, count);
     }
@@ -223,6 +239,24 @@ impl FakeTenant {
     /// Adds a host to the hosts endpoint (replacing one with the same entity id).
     pub fn add_host(&self, host: Host) {
         self.state.add_host(host);
+    }
+
+    /// Loads the image at `source` into the registry as `reference` (`<name>:<tag>`, like
+    /// `linux/oneagent:1.277.0`), replacing an image with that tag. `source` is an OCI image layout
+    /// directory (served in place: keep it unchanged) or an OCI or docker archive tar (unpacked into the
+    /// cache directory). When it holds several images, the one named with the tag is taken. Every blob is
+    /// checked against its digest. `linux/oneagent:latest` cannot be loaded: it follows the latest version.
+    pub async fn add_image(
+        &self,
+        reference: &str,
+        source: impl Into<std::path::PathBuf>,
+    ) -> Result<ImageInfo, ImageError> {
+        self.state.load_image(reference.to_owned(), source.into()).await
+    }
+
+    /// The images the registry serves, by repository and tag.
+    pub fn images(&self) -> Vec<ImageInfo> {
+        self.state.images.images()
     }
 
     /// The bodies POSTed to `/api/v1/events`, oldest first.

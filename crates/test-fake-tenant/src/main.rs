@@ -12,7 +12,7 @@ use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
 ///
 /// Prints `fake tenant listening on <api url>` once it serves. The admin API (no authentication) is under
 /// /admin: POST /admin/versions, PUT|DELETE /admin/faults, GET|DELETE /admin/requests, POST /admin/hosts,
-/// GET /admin/events.
+/// GET /admin/events, POST|GET /admin/images. The OneAgent images are served by a registry under /v2/.
 #[derive(Debug, Parser)]
 #[command(name = "fake-tenant", version)]
 struct Args {
@@ -31,6 +31,21 @@ struct Args {
     /// Size in bytes of the payload file in every OneAgent archive (overrides the configuration).
     #[arg(long, value_name = "N")]
     payload_bytes: Option<u64>,
+    /// An image for the registry: `<name>:<tag>=<path>`, the path an OCI image layout directory or an OCI
+    /// or docker archive tar (for example `linux/oneagent:1.277.0=oneagent.tar`). Repeatable.
+    #[arg(long = "image", value_name = "NAME:TAG=PATH", value_parser = parse_image)]
+    images: Vec<(String, PathBuf)>,
+}
+
+fn parse_image(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((reference, path)) if !reference.is_empty() && !path.is_empty() => {
+            Ok((reference.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "{value:?} is not <name>:<tag>=<path>, like linux/oneagent:1.277.0=/images/oneagent.tar"
+        )),
+    }
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -77,6 +92,19 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let tenant = FakeTenant::start_on(config, listen, args.listen).await?;
+    for (reference, path) in &args.images {
+        let image = tenant
+            .add_image(reference, path)
+            .await
+            .with_context(|| format!("cannot load --image {reference}={}", path.display()))?;
+        tracing::info!(
+            image = %reference,
+            digest = %image.digest,
+            blobs = image.blobs,
+            bytes = image.blob_bytes,
+            "image loaded into the registry"
+        );
+    }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "fake tenant listening on {}", tenant.api_url())
         .and_then(|()| stdout.flush())

@@ -113,6 +113,14 @@ pub enum Endpoint {
     Events,
     /// `GET /api/v1/deployment/image/agent/{oneAgent,codeModules}/latest`
     Images,
+    /// `GET|HEAD /v2/`: the registry's version check.
+    RegistryBase,
+    /// `GET|HEAD /v2/<name>/manifests/<tag | digest>`
+    RegistryManifests,
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`
+    RegistryBlobs,
+    /// `GET /v2/<name>/tags/list`
+    RegistryTags,
     /// Everything under `/admin` (never faulted).
     Admin,
     /// Any other path, or a known path with the wrong method.
@@ -132,6 +140,10 @@ impl Endpoint {
             Self::Hosts => "hosts",
             Self::Events => "events",
             Self::Images => "images",
+            Self::RegistryBase => "registry_base",
+            Self::RegistryManifests => "registry_manifests",
+            Self::RegistryBlobs => "registry_blobs",
+            Self::RegistryTags => "registry_tags",
             Self::Admin => "admin",
             Self::Unknown => "unknown",
         }
@@ -168,19 +180,19 @@ pub enum Fault {
         /// The error message.
         message: String,
     },
-    /// Download only: the headers (with the full `Content-Length`) and this many body bytes, then the
-    /// connection is dropped.
+    /// Downloads and registry blobs only: the headers (with the full `Content-Length`) and this many body
+    /// bytes, then the connection is dropped.
     CutAfter {
         /// Body bytes sent before the connection is dropped.
         bytes: u64,
     },
-    /// Download only: the good archive's length and `x-checksum-sha256` header, but bytes in the middle of
-    /// the body are flipped.
+    /// Downloads and registry blobs only: the good body's length and checksum headers
+    /// (`x-checksum-sha256`, `Docker-Content-Digest`), but bytes in the middle of the body are flipped.
     Corrupt,
 }
 
 impl Fault {
-    /// Whether the fault changes a download's body (and so applies to successful downloads only).
+    /// Whether the fault changes a body (and so applies to successful downloads and blob pulls only).
     pub fn is_download_only(&self) -> bool {
         matches!(self, Self::CutAfter { .. } | Self::Corrupt)
     }

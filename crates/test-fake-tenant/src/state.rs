@@ -1,10 +1,12 @@
 //! The fake tenant's mutable state, shared by the handlers and the [`crate::FakeTenant`] handle.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::archive::ArchiveCache;
+use crate::images::{ImageError, ImageInfo, ImageStore};
 use crate::lock;
 use crate::model::{Endpoint, Fault, Host, RequestRecord, TenantConfig, TokenConfig};
 
@@ -36,6 +38,8 @@ pub(crate) struct Shared {
     next_event_id: AtomicU64,
     /// The generated archives.
     pub archives: ArchiveCache,
+    /// The registry's images.
+    pub images: Arc<ImageStore>,
 }
 
 impl Shared {
@@ -50,7 +54,24 @@ impl Shared {
             events: Mutex::new(Vec::new()),
             next_event_id: AtomicU64::new(1),
             archives,
+            images: Arc::default(),
         }
+    }
+
+    /// Loads an image into the registry (see [`ImageStore::load`]); archives are unpacked into the
+    /// archive cache, so shutdown removes them.
+    pub async fn load_image(&self, reference: String, source: PathBuf) -> Result<ImageInfo, ImageError> {
+        let images = self.images.clone();
+        let extract_dir = self.archives.path().join("images");
+        let path = source.clone();
+        tokio::task::spawn_blocking(move || images.load(&reference, &path, &extract_dir))
+            .await
+            .unwrap_or_else(|err| {
+                Err(ImageError::Io {
+                    path: source,
+                    source: std::io::Error::other(format!("the loading task failed: {err}")),
+                })
+            })
     }
 
     /// The configured token with this value.

@@ -257,10 +257,14 @@ async fn the_binary_serves_until_sigterm() {
         .to_string(),
     )
     .unwrap();
+    let layout = dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let built = oci_layout(&layout, &[("1.290.0", b"binary")]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_fake-tenant"))
         .args(["--config"])
         .arg(&config_path)
         .args(["--payload-bytes", "2048"])
+        .arg(format!("--image=linux/oneagent:1.290.0={}", layout.display()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -296,6 +300,19 @@ async fn the_binary_serves_until_sigterm() {
         zip.by_name("agent/lib64/liboneagentproc.so").unwrap().size(),
         2048
     );
+    // The --image is served as latest, the binary's only version.
+    let base = api_url.trim_end_matches("/api");
+    let manifest = http
+        .head(format!("{base}/v2/linux/oneagent/manifests/latest"))
+        .basic_auth("xyz98765", Some("dt0c01.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status().as_u16(), 200);
+    assert_eq!(
+        manifest.headers()["docker-content-digest"],
+        built[0].manifest_digest.as_str()
+    );
 
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
@@ -328,4 +345,24 @@ fn the_binary_rejects_a_bad_config() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a valid tenant configuration"), "{stderr}");
     assert!(stderr.contains("environment_id"), "{stderr}");
+
+    // An --image that cannot be loaded stops the binary with the reason.
+    let output = Command::new(env!("CARGO_BIN_EXE_fake-tenant"))
+        .arg(format!("--image=linux/oneagent:1.0.0={}", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot load --image linux/oneagent:1.0.0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("neither index.json"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_fake-tenant"))
+        .arg("--image=linux/oneagent")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("<name>:<tag>=<path>"), "{stderr}");
 }

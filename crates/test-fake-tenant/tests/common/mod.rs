@@ -99,3 +99,143 @@ pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// A layer: an uncompressed tar holding one executable file.
+pub fn layer_tar(path: &str, content: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o755);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder.append_data(&mut header, path, content).unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// What [`oci_layout`] wrote for one image.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    pub tag: String,
+    pub manifest: Vec<u8>,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layer: Vec<u8>,
+    pub layer_digest: String,
+}
+
+/// Writes `blobs/sha256/<hex>` and returns the digest.
+pub fn write_blob(dir: &std::path::Path, bytes: &[u8]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(sha256_hex(bytes)), bytes).unwrap();
+    digest(bytes)
+}
+
+/// An image manifest for a config and layers already in `dir`.
+pub fn write_manifest(
+    dir: &std::path::Path,
+    config_digest: &str,
+    config_len: usize,
+    layers: &[(String, u64)],
+) -> (Vec<u8>, String) {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(digest, size)| {
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size})
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_len},
+        "layers": layers,
+    }))
+    .unwrap();
+    let digest = write_blob(dir, &manifest);
+    (manifest, digest)
+}
+
+/// The image config of a OneAgent-like image with the given layer digests.
+pub fn image_config(version: &str, diff_ids: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/opt/oneagent"], "Labels": {"com.dynatrace.build-version": version}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap()
+}
+
+/// Writes `index.json` and `oci-layout` naming each manifest with its tag.
+pub fn write_index(dir: &std::path::Path, manifests: &[(&str, &[u8], &str)]) {
+    let manifests: Vec<_> = manifests
+        .iter()
+        .map(|(tag, bytes, digest)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// An OCI image layout in `dir` with one image per `(tag, content)`: one layer whose `opt/oneagent`
+/// holds `content`.
+pub fn oci_layout(dir: &std::path::Path, images: &[(&str, &[u8])]) -> Vec<BuiltImage> {
+    let built: Vec<BuiltImage> = images
+        .iter()
+        .map(|(tag, content)| {
+            let layer = layer_tar("opt/oneagent", content);
+            let layer_digest = write_blob(dir, &layer);
+            let config = image_config(tag, &[&layer_digest]);
+            let config_digest = write_blob(dir, &config);
+            let (manifest, manifest_digest) = write_manifest(
+                dir,
+                &config_digest,
+                config.len(),
+                &[(layer_digest.clone(), layer.len() as u64)],
+            );
+            BuiltImage {
+                tag: (*tag).to_owned(),
+                manifest,
+                manifest_digest,
+                config_digest,
+                layer,
+                layer_digest,
+            }
+        })
+        .collect();
+    let entries: Vec<(&str, &[u8], &str)> = built
+        .iter()
+        .map(|b| (b.tag.as_str(), b.manifest.as_slice(), b.manifest_digest.as_str()))
+        .collect();
+    write_index(dir, &entries);
+    built
+}
+
+/// The only regular file's content in a layer tar.
+pub fn file_in_layer(layer: &[u8], path: &str) -> Vec<u8> {
+    let mut archive = tar::Archive::new(layer);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some(path) {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            return content;
+        }
+    }
+    panic!("{path} is not in the layer");
+}
