@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok)
-    /// from the Go module proxy, unless the pinned build is already cached.
+    /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok,
+    /// and the kubelet for the real node) from the Go module proxy, unless the pinned build is already cached.
     Tools {
         /// Rebuild even if the cache has them.
         #[arg(long)]
@@ -94,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Tools { force, print_dir } => {
             let tools = tools::ensure(force)?;
+            tools::ensure_kubelet(force)?;
             if print_dir {
                 println!("{}", tools.dir.display());
             } else {
@@ -278,6 +279,7 @@ fn test() -> anyhow::Result<()> {
         "clippy found problems",
     )?;
     tools::ensure(false)?;
+    tools::ensure_kubelet(false)?;
     cargo(
         &["test", "--workspace", "--locked", "--no-fail-fast"],
         "tests failed",
