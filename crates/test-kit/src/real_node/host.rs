@@ -706,7 +706,7 @@ mod tests {
         after.iptables.clear();
         assert_eq!(
             after.differences_from(&before),
-            vec!["+ link: dto0", "- iptables: a"]
+            vec!["- iptables: a", "+ link: dto0"]
         );
         assert!(before.differences_from(&before).is_empty());
     }
