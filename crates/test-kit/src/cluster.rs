@@ -526,7 +526,9 @@ impl Cluster {
         // The real node first: its kubelet talks to the API server until it stops.
         let node_result = match self.real_node.take() {
             Some(node) => node.stop(),
-            None if self.state.real_node && !self.started_here => crate::real_node::teardown(),
+            None if self.state.real_node && !self.started_here => {
+                crate::real_node::teardown(&self.state.data_dir)
+            }
             None => Ok(()),
         };
         if let Err(err) = node_result {

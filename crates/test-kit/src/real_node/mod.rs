@@ -335,12 +335,21 @@ impl Drop for RealNode {
     }
 }
 
-/// Removes a real node started by another process (`cargo xtask cluster down`). Its kubelet holds the
-/// lock: the kubelet is stopped first, then the lock taken and every trace removed. Should a waiting test
-/// take the lock in between, that test removes the traces itself before it starts its node.
-pub fn teardown() -> anyhow::Result<()> {
+/// Removes the real node of the cluster in `cluster_dir`, started by another process (`cargo xtask cluster
+/// down`). Its kubelet holds the lock: the kubelet is stopped first, then the lock taken and every trace
+/// removed. Should a waiting test take the lock in between, that test removes the traces itself before it
+/// starts its node. A node that belongs to another cluster is left alone.
+pub fn teardown(cluster_dir: &Path) -> anyhow::Result<()> {
     let lock = open_lock()?;
     if !try_lock(&lock)? {
+        let holder = std::fs::read_to_string(LOCK_FILE).unwrap_or_default();
+        if !holder.contains(&format!("in {},", cluster_dir.display())) {
+            eprintln!(
+                "The real node belongs to another cluster ({}); leaving it running.",
+                holder.trim()
+            );
+            return Ok(());
+        }
         host::stop_kubelet()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !try_lock(&lock)? {
