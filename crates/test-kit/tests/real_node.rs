@@ -8,8 +8,22 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{AttachParams, LogParams, PostParams};
 use test_kit::real_node::{self, HostSnapshot, NODE_LABEL, PAUSE_BINARY, PAUSE_IMAGE};
-use test_kit::{TestNamespace, eventually};
+use test_kit::{Cluster, ClusterOptions, Lifetime, TestNamespace, Tools, eventually};
 use tokio::io::AsyncReadExt as _;
+
+/// The tests compare the machine before and after, so they take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Stops a detached cluster when dropped, so a failing test leaves no control plane behind.
+struct StopOnDrop(std::path::PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Ok(cluster) = Cluster::load(&self.0) {
+            let _ = cluster.stop();
+        }
+    }
+}
 
 fn pod(name: &str, spec: serde_json::Value) -> serde_json::Result<Pod> {
     serde_json::from_value(serde_json::json!({
@@ -45,6 +59,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_on_the_real_node_and_stopping_leaves_the_machine_as_it_was() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let test_start = Instant::now();
     let before = HostSnapshot::take();
     let Some(cluster) = test_kit::start_real_node_cluster(1).await.unwrap() else {
@@ -164,6 +179,84 @@ async fn pods_run_on_the_real_node_and_stopping_leaves_the_machine_as_it_was() {
     assert!(
         differences.is_empty(),
         "the machine differs from before the real node:\n{}",
+        differences.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_real_node_is_cleaned_up_by_the_next_start() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if let Some(reason) = real_node::unsupported_reason() {
+        eprintln!("\n*** SKIPPED: real-node test: this machine cannot run the real node: {reason} ***\n");
+        return;
+    }
+    let before = HostSnapshot::take();
+
+    // A node whose starter is gone, then its kubelet and containerd killed: what a crash leaves.
+    let dir = std::env::temp_dir().join(format!("testkit-crashed-node-{}", std::process::id()));
+    let options = ClusterOptions {
+        name: "crashed".into(),
+        data_dir: dir.clone(),
+        nodes: 0,
+        workloads: true,
+        lifetime: Lifetime::Detached,
+        real_node: true,
+    };
+    let crashed_control_plane = StopOnDrop(dir.clone());
+    let crashed = Cluster::start(&Tools::locate().unwrap(), options).await.unwrap();
+    let client = crashed.client().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "left-behind",
+            serde_json::json!({
+                "nodeSelector": { NODE_LABEL: "true" },
+                "volumes": [{ "name": "data", "emptyDir": {} }],
+                "containers": [container("pause", &[])],
+            }),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("pod left-behind running", Duration::from_secs(90), || async {
+        let phase = pods.get("left-behind").await?.status.and_then(|s| s.phase);
+        Ok((phase.as_deref() == Some("Running")).then_some(()))
+    })
+    .await
+    .unwrap();
+    let node_processes = crashed.real_node().unwrap().process_records();
+    crashed.detach();
+    for process in &node_processes {
+        let pid = rustix::process::Pid::from_raw(process.pid).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    }
+    eventually("the node's processes killed", Duration::from_secs(10), || async {
+        let alive = node_processes
+            .iter()
+            .any(|p| test_kit::process::pid_runs_binary(p.pid, &p.binary));
+        Ok((!alive).then_some(()))
+    })
+    .await
+    .unwrap();
+    let left = HostSnapshot::take().differences_from(&before);
+    for trace in ["+ link: dto0", "+ mount: /var/lib/kubelet", "+ process:"] {
+        assert!(
+            left.iter().any(|l| l.starts_with(trace)),
+            "the crash should leave {trace}: {left:#?}"
+        );
+    }
+
+    // The next start removes the traces and runs a node; stopping it leaves the machine as it was.
+    let next = test_kit::start_real_node_cluster(0).await.unwrap().unwrap();
+    next.stop().unwrap();
+    // The crashed cluster's control plane; its node is gone already.
+    drop(crashed_control_plane);
+    let differences = HostSnapshot::take().differences_from(&before);
+    assert!(
+        differences.is_empty(),
+        "the machine differs from before the crashed node:\n{}",
         differences.join("\n")
     );
 }
