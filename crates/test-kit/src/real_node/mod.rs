@@ -433,15 +433,16 @@ pub fn write_registry_host(host_port: &str, ca_pem: &str) -> anyhow::Result<Path
     let ca = dir.join("ca.crt");
     write(&ca, ca_pem)?;
     let hosts = dir.join("hosts.toml");
-    write(
-        &hosts,
-        &format!(
-            "server = \"https://{host_port}\"\n\n[host.\"https://{host_port}\"]\n  capabilities = [\"pull\", \
-             \"resolve\"]\n  ca = \"{}\"\n",
-            ca.display()
-        ),
-    )?;
+    write(&hosts, &hosts_toml(host_port, &ca))?;
     Ok(hosts)
+}
+
+fn hosts_toml(host_port: &str, ca: &Path) -> String {
+    format!(
+        "server = \"https://{host_port}\"\n\n[host.\"https://{host_port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  \
+         ca = \"{}\"\n",
+        ca.display()
+    )
 }
 
 fn ctr(args: &[&str]) -> anyhow::Result<String> {
@@ -603,5 +604,15 @@ mod tests {
         assert_eq!(cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], POD_CIDR);
         let kubelet = kubelet_yaml("192.0.2.2");
         assert!(kubelet.contains("failCgroupV1: false") && kubelet.contains("address: 192.0.2.2"));
+    }
+
+    #[test]
+    fn registry_hosts_name_the_server_and_its_ca() {
+        let toml = hosts_toml("127.0.0.1:8443", Path::new("/x/ca.crt"));
+        assert_eq!(
+            toml,
+            "server = \"https://127.0.0.1:8443\"\n\n[host.\"https://127.0.0.1:8443\"]\n  capabilities = \
+             [\"pull\", \"resolve\"]\n  ca = \"/x/ca.crt\"\n"
+        );
     }
 }
