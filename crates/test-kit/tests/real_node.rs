@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{AttachParams, LogParams, PostParams};
 use test_kit::real_node::{self, HostSnapshot, NODE_LABEL, PAUSE_BINARY, PAUSE_IMAGE};
@@ -73,6 +73,20 @@ async fn pods_run_on_the_real_node_and_stopping_leaves_the_machine_as_it_was() {
     );
     let ns = TestNamespace::create_in(&cluster).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+
+    // The kubelet reports the node, not kwok; the kwok node is still there and Ready.
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    let real = nodes.get(real_node::NODE_NAME).await.unwrap();
+    let runtime = real
+        .status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.container_runtime_version.clone());
+    assert!(
+        runtime.as_deref().is_some_and(|r| r.starts_with("containerd://")),
+        "{runtime:?}"
+    );
+    assert!(test_kit::node_is_ready(&nodes.get("kwok-node-0").await.unwrap()));
 
     let on_real_node = serde_json::json!({ NODE_LABEL: "true" });
     let created = Instant::now();
