@@ -52,6 +52,8 @@ const CREATED_DIRS: &[&str] = &[
     "/var/log/pods",
     "/run/containerd",
     "/run/netns",
+    // libcni caches each pod's network results here.
+    "/var/lib/cni",
 ];
 
 /// Why this machine cannot run a real node, or `None` when it can.
