@@ -363,6 +363,21 @@ pub fn teardown(cluster_dir: &Path) -> anyhow::Result<()> {
     host::remove_traces()
 }
 
+/// Removes what a crashed node left, waiting while another node runs (as a start would, without starting
+/// one): for tests that snapshot the machine before their node starts.
+pub fn remove_crashed_node() -> anyhow::Result<()> {
+    let config = RealNodeConfig {
+        kubeconfig: PathBuf::new(),
+        api_port: 0,
+        logs: PathBuf::new(),
+        lifetime: Lifetime::Tied,
+        owner: format!("a clean-up by pid {}", std::process::id()),
+        wait_for_lock: true,
+    };
+    let _lock = acquire_lock(&config)?;
+    host::remove_traces()
+}
+
 fn open_lock() -> anyhow::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
