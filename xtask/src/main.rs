@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok)
-    /// from the Go module proxy, unless the pinned build is already cached.
+    /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok,
+    /// and the kubelet for the real node) from the Go module proxy, unless the pinned build is already cached.
     Tools {
         /// Rebuild even if the cache has them.
         #[arg(long)]
@@ -66,6 +66,10 @@ enum ClusterAction {
         /// Number of kwok nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Add the machine's one real node (containerd and a kubelet; needs root, installs containerd,
+        /// runc and the CNI plugins from Debian's packages when missing).
+        #[arg(long)]
+        real_node: bool,
     },
     /// Stop a cluster's processes and remove its data.
     Down {
@@ -94,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Tools { force, print_dir } => {
             let tools = tools::ensure(force)?;
+            tools::ensure_kubelet(force)?;
             if print_dir {
                 println!("{}", tools.dir.display());
             } else {
@@ -102,8 +107,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Cluster {
-            action: ClusterAction::Up { name, nodes },
-        } => cluster_up(&name, nodes),
+            action:
+                ClusterAction::Up {
+                    name,
+                    nodes,
+                    real_node,
+                },
+        } => cluster_up(&name, nodes, real_node),
         Task::Cluster {
             action: ClusterAction::Down { name, all },
         } => {
@@ -155,17 +165,28 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cluster_up(name: &str, nodes: usize) -> anyhow::Result<()> {
+fn cluster_up(name: &str, nodes: usize, real_node: bool) -> anyhow::Result<()> {
     validate_name(name)?;
     let tools = tools::ensure(false)?;
+    if real_node {
+        if let Some(reason) = test_kit::real_node::unsupported_reason() {
+            bail!("this machine cannot run the real node: {reason}");
+        }
+        tools::ensure_kubelet(false)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let cluster = runtime.block_on(start_cluster(&tools, name, nodes, Lifetime::Detached))?;
+    let cluster = runtime.block_on(start_cluster(&tools, name, nodes, real_node, Lifetime::Detached))?;
     let state = cluster.state().clone();
     cluster.detach();
+    let real = if real_node {
+        format!(" and the real node {:?}", test_kit::real_node::NODE_NAME)
+    } else {
+        String::new()
+    };
     println!(
-        "Cluster {name:?} is up: API server {}, {nodes} nodes.",
+        "Cluster {name:?} is up: API server {}, {nodes} kwok nodes{real}.",
         state.api_server_url
     );
     println!("kubeconfig: {}", state.kubeconfig.display());
@@ -181,6 +202,7 @@ async fn start_cluster(
     tools: &test_kit::Tools,
     name: &str,
     nodes: usize,
+    real_node: bool,
     lifetime: Lifetime,
 ) -> anyhow::Result<Cluster> {
     let options = ClusterOptions {
@@ -189,8 +211,10 @@ async fn start_cluster(
         nodes,
         workloads: true,
         lifetime,
+        real_node,
     };
-    eprintln!("Starting cluster {name:?} with {nodes} kwok nodes ...");
+    let real = if real_node { " and the real node" } else { "" };
+    eprintln!("Starting cluster {name:?} with {nodes} kwok nodes{real} ...");
     Cluster::start(tools, options).await
 }
 
@@ -278,6 +302,7 @@ fn test() -> anyhow::Result<()> {
         "clippy found problems",
     )?;
     tools::ensure(false)?;
+    tools::ensure_kubelet(false)?;
     cargo(
         &["test", "--workspace", "--locked", "--no-fail-fast"],
         "tests failed",

@@ -480,7 +480,7 @@ impl Session {
         } else {
             Lifetime::Tied
         };
-        self.cluster = Some(crate::start_cluster(tools, &name, nodes, lifetime).await?);
+        self.cluster = Some(crate::start_cluster(tools, &name, nodes, false, lifetime).await?);
         self.started_cluster = true;
         Ok(())
     }

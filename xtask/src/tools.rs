@@ -19,6 +19,8 @@ const KUBERNETES_COMMANDS: &[&str] = &[
     "k8s.io/kubernetes/cmd/kube-scheduler",
     "k8s.io/kubernetes/cmd/kubectl",
 ];
+/// The kubelet, for the real node; built from `tools/k8s` like the control plane but cached on its own.
+const KUBELET_PACKAGE: &str = "k8s.io/kubernetes/cmd/kubelet";
 /// The etcd server package (its main is in the module root, so the binary must be named explicitly).
 const ETCD_PACKAGE: &str = "go.etcd.io/etcd/server/v3";
 const KWOK_PACKAGE: &str = "sigs.k8s.io/kwok/cmd/kwok";
@@ -44,6 +46,70 @@ pub fn ensure(force: bool) -> anyhow::Result<Tools> {
     Tools::locate()
 }
 
+/// Builds the pinned kubelet unless it is already cached; returns its path.
+pub fn ensure_kubelet(force: bool) -> anyhow::Result<PathBuf> {
+    if std::env::var_os(tools::TOOLS_DIR_ENV).is_some() {
+        return tools::locate_kubelet();
+    }
+    let dir = tools::kubelet_dir()?;
+    if !force && dir.join(COMPLETE_MARKER).exists() {
+        return tools::locate_kubelet();
+    }
+    build_kubelet(&dir).with_context(|| format!("building the kubelet into {}", dir.display()))?;
+    tools::locate_kubelet()
+}
+
+fn build_kubelet(dir: &Path) -> anyhow::Result<()> {
+    let workspace = tools::workspace_root();
+    let k8s_version = tools::pinned_kubernetes_version(&workspace)?;
+    check_go(&workspace)?;
+    let staging = dir.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let started = Instant::now();
+    eprintln!("Building the kubelet {k8s_version} into {}", dir.display());
+    go_build(
+        &workspace.join("tools/k8s"),
+        &format!("kubelet {k8s_version}"),
+        &kubernetes_build_args(&k8s_version, &staging.join("kubelet"), &[KUBELET_PACKAGE])?,
+        &[KUBELET_PACKAGE],
+    )?;
+    verify_version(&staging.join("kubelet"), "--version", &format!("v{k8s_version}"))?;
+    std::fs::write(
+        staging.join(COMPLETE_MARKER),
+        format!("kubelet {k8s_version}\nbuilt in {:.0?}\n", started.elapsed()),
+    )
+    .context("writing the completion marker")?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing the incomplete {}", dir.display()))?;
+    }
+    std::fs::rename(&staging, dir).with_context(|| format!("moving the build into {}", dir.display()))?;
+    eprintln!("Built the kubelet in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// `go build` arguments for Kubernetes commands: upstream's tags and the version stamps. `output` is a
+/// directory (ending in `/`) for several packages or a file for one.
+fn kubernetes_build_args(version: &str, output: &Path, packages: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = [
+        "build",
+        "-v",
+        "-trimpath",
+        "-tags",
+        "selinux,notest,grpcnotrace",
+        "-ldflags",
+    ]
+    .map(String::from)
+    .into();
+    args.push(version_ldflags(version)?);
+    args.push("-o".into());
+    args.push(output.display().to_string());
+    args.extend(packages.iter().map(|s| (*s).to_owned()));
+    Ok(args)
+}
+
 fn build(dir: &Path) -> anyhow::Result<()> {
     let workspace = tools::workspace_root();
     let k8s_version = tools::pinned_kubernetes_version(&workspace)?;
@@ -62,21 +128,7 @@ fn build(dir: &Path) -> anyhow::Result<()> {
     );
 
     let k8s_module = workspace.join("tools/k8s");
-    let ldflags = version_ldflags(&k8s_version)?;
-    let mut args: Vec<String> = [
-        "build",
-        "-v",
-        "-trimpath",
-        "-tags",
-        "selinux,notest,grpcnotrace",
-        "-ldflags",
-    ]
-    .map(String::from)
-    .into();
-    args.push(ldflags);
-    args.push("-o".into());
-    args.push(format!("{}/", bin.display()));
-    args.extend(KUBERNETES_COMMANDS.iter().map(|s| (*s).to_owned()));
+    let args = kubernetes_build_args(&k8s_version, &bin.join(""), KUBERNETES_COMMANDS)?;
     go_build(
         &k8s_module,
         &format!("Kubernetes {k8s_version}"),
@@ -287,22 +339,27 @@ fn verify(bin: &Path, k8s_version: &str) -> anyhow::Result<()> {
         ("etcd", "--version", "etcd Version".to_owned()),
         ("kwok", "--version", String::new()),
     ] {
-        let path = bin.join(name);
-        let mut command = Command::new(&path);
-        command.arg(flag);
-        if name == "kubectl" {
-            command.arg("--client");
-        }
-        let output = command
-            .output()
-            .with_context(|| format!("running {} {flag}", path.display()))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() || !text.contains(&expect) {
-            bail!(
-                "{} {flag} printed {text:?}, expected it to contain {expect:?}",
-                path.display()
-            );
-        }
+        verify_version(&bin.join(name), flag, &expect)?;
+    }
+    Ok(())
+}
+
+/// Runs `binary flag` (kubectl with `--client`) and checks that it prints `expect`.
+fn verify_version(path: &Path, flag: &str, expect: &str) -> anyhow::Result<()> {
+    let mut command = Command::new(path);
+    command.arg(flag);
+    if path.ends_with("kubectl") {
+        command.arg("--client");
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("running {} {flag}", path.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !text.contains(expect) {
+        bail!(
+            "{} {flag} printed {text:?}, expected it to contain {expect:?}",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pki::{CertificateAuthority, service_account_key_pair};
 use crate::process::{Lifetime, ManagedProcess, ProcessRecord};
+use crate::real_node::{RealNode, RealNodeConfig};
 use crate::tools::Tools;
 
 /// Name of the state file in a cluster's data directory.
@@ -47,6 +48,9 @@ pub struct ClusterOptions {
     pub workloads: bool,
     /// Whether the processes die with the starter (tests) or outlive it (`cargo xtask cluster up`).
     pub lifetime: Lifetime,
+    /// Add the machine's one real node ([`crate::real_node`]; needs `workloads` and root). Tied clusters
+    /// wait for another cluster's real node to go away; detached ones fail at once.
+    pub real_node: bool,
 }
 
 /// What a running cluster is: written to `cluster.json` so that another process can use or stop it.
@@ -64,6 +68,9 @@ pub struct ClusterState {
     pub ca_pem: String,
     /// The started processes, in start order.
     pub processes: Vec<ProcessRecord>,
+    /// Whether the cluster has the real node (stopping the cluster removes it).
+    #[serde(default)]
+    pub real_node: bool,
 }
 
 /// A running cluster. Dropping a cluster that this process started stops it and, for tied clusters, removes
@@ -72,6 +79,7 @@ pub struct ClusterState {
 pub struct Cluster {
     state: ClusterState,
     processes: Vec<ManagedProcess>,
+    real_node: Option<RealNode>,
     started_here: bool,
     remove_data_on_drop: bool,
 }
@@ -90,8 +98,10 @@ impl Cluster {
                 api_server_url: String::new(),
                 ca_pem: String::new(),
                 processes: Vec::new(),
+                real_node: false,
             },
             processes: Vec::new(),
+            real_node: None,
             started_here: true,
             remove_data_on_drop: options.lifetime == Lifetime::Tied,
         };
@@ -198,6 +208,8 @@ impl Cluster {
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
+            // The real node's name does not resolve; `logs` and `exec` dial its InternalIP.
+            "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
             "--v=1".into(),
         ];
         if !options.workloads {
@@ -217,6 +229,30 @@ impl Cluster {
             self.start_workload_components(tools, options, &logs).await?;
             create_kwok_nodes(&client, options.nodes).await?;
             self.wait_for_workloads(&client, options.nodes).await?;
+        }
+        if options.real_node {
+            if !options.workloads {
+                bail!("the real node needs the workload components (set `workloads: true`)");
+            }
+            // Recorded first, so that `cluster down` removes a node whose start was interrupted.
+            self.state.real_node = true;
+            self.write_state()?;
+            let config = RealNodeConfig {
+                kubeconfig: self.state.kubeconfig.clone(),
+                api_port,
+                logs: logs.clone(),
+                lifetime: options.lifetime,
+                owner: format!(
+                    "cluster {:?} in {}, started by pid {}",
+                    options.name,
+                    dir.display(),
+                    std::process::id()
+                ),
+                wait_for_lock: options.lifetime == Lifetime::Tied,
+            };
+            let node = RealNode::start(&config, &client).await?;
+            self.state.processes.extend(node.process_records());
+            self.real_node = Some(node);
         }
         self.write_state()?;
         Ok(())
@@ -428,6 +464,7 @@ impl Cluster {
         Ok(Self {
             state,
             processes,
+            real_node: None,
             started_here: false,
             remove_data_on_drop: false,
         })
@@ -451,15 +488,28 @@ impl Cluster {
 
     /// Names of the processes that are not running any more.
     pub fn dead_processes(&mut self) -> Vec<String> {
-        self.processes
+        let mut dead: Vec<String> = self
+            .processes
             .iter_mut()
             .filter_map(|p| (!p.is_running()).then(|| p.record.name.clone()))
-            .collect()
+            .collect();
+        if let Some(node) = &mut self.real_node {
+            dead.extend(node.dead_processes());
+        }
+        dead
+    }
+
+    /// The real node, when this process started the cluster with one.
+    pub fn real_node(&self) -> Option<&RealNode> {
+        self.real_node.as_ref()
     }
 
     /// Leaves the processes running after this handle is gone (for `cargo xtask cluster up`).
     pub fn detach(mut self) {
         self.remove_data_on_drop = false;
+        if let Some(node) = self.real_node.take() {
+            node.detach();
+        }
         for process in std::mem::take(&mut self.processes) {
             process.release();
         }
@@ -473,6 +523,17 @@ impl Cluster {
 
     fn stop_processes(&mut self) -> anyhow::Result<()> {
         let mut errors = Vec::new();
+        // The real node first: its kubelet talks to the API server until it stops.
+        let node_result = match self.real_node.take() {
+            Some(node) => node.stop(),
+            None if self.state.real_node && !self.started_here => {
+                crate::real_node::teardown(&self.state.data_dir)
+            }
+            None => Ok(()),
+        };
+        if let Err(err) = node_result {
+            errors.push(format!("{err:#}"));
+        }
         while let Some(mut process) = self.processes.pop() {
             if let Err(err) = process.stop() {
                 errors.push(format!("{err:#}"));
@@ -720,6 +781,7 @@ mod tests {
             api_server_url: String::new(),
             ca_pem: String::new(),
             processes: vec![record.clone()],
+            real_node: false,
         };
         std::fs::write(dir.join(STATE_FILE), serde_json::to_string(&state).unwrap()).unwrap();
 
@@ -750,6 +812,7 @@ mod tests {
                 binary: "/nonexistent/etcd".into(),
                 log: dir.join("etcd.log"),
             }],
+            real_node: false,
         };
         std::fs::write(dir.join(STATE_FILE), serde_json::to_string(&state).unwrap()).unwrap();
         prepare_data_dir(&dir).unwrap();

@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod pki;
 pub mod process;
+pub mod real_node;
 pub mod setup;
 pub mod tools;
 
@@ -70,7 +71,7 @@ fn sweep_stale_test_dirs() {
     }
 }
 
-fn test_cluster_options(nodes: usize) -> ClusterOptions {
+fn test_cluster_options(nodes: usize, real_node: bool) -> ClusterOptions {
     let name = format!("test-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
     ClusterOptions {
         data_dir: test_data_root().join(format!("{}-{name}", std::process::id())),
@@ -78,6 +79,7 @@ fn test_cluster_options(nodes: usize) -> ClusterOptions {
         nodes,
         workloads: true,
         lifetime: Lifetime::Tied,
+        real_node,
     }
 }
 
@@ -87,7 +89,7 @@ pub async fn shared_cluster() -> anyhow::Result<&'static Cluster> {
         .get_or_init(|| async {
             sweep_stale_test_dirs();
             let tools = Tools::locate().map_err(|e| format!("{e:#}"))?;
-            start_cluster(&tools, SHARED_CLUSTER_NODES)
+            start_cluster(&tools, SHARED_CLUSTER_NODES, false)
                 .await
                 .map_err(|e| format!("{e:#}"))
         })
@@ -101,18 +103,39 @@ pub async fn shared_cluster() -> anyhow::Result<&'static Cluster> {
 pub async fn start_private_cluster(nodes: usize) -> anyhow::Result<Cluster> {
     sweep_stale_test_dirs();
     let tools = Tools::locate()?;
-    start_cluster(&tools, nodes).await
+    start_cluster(&tools, nodes, false).await
+}
+
+/// Set to `1` where real-node tests must run (CI): a machine that cannot run the real node then fails
+/// them instead of skipping them.
+pub const REQUIRE_REAL_NODE_ENV: &str = "DTO_REQUIRE_REAL_NODE";
+
+/// Starts a cluster owned by the caller with `nodes` kwok nodes and the machine's real node
+/// ([`real_node::NODE_NAME`]). Real-node tests of all test binaries run one after the other: this waits
+/// while another holds the node. Returns `None`, after saying why on stderr, where this machine cannot run
+/// a real node (not root, no overlayfs) unless [`REQUIRE_REAL_NODE_ENV`] is set.
+pub async fn start_real_node_cluster(nodes: usize) -> anyhow::Result<Option<Cluster>> {
+    if let Some(reason) = real_node::unsupported_reason() {
+        if std::env::var(REQUIRE_REAL_NODE_ENV).is_ok_and(|v| v == "1") {
+            anyhow::bail!("{REQUIRE_REAL_NODE_ENV}=1 but this machine cannot run the real node: {reason}");
+        }
+        eprintln!("\n*** SKIPPED: real-node test: this machine cannot run the real node: {reason} ***\n");
+        return Ok(None);
+    }
+    sweep_stale_test_dirs();
+    let tools = Tools::locate()?;
+    start_cluster(&tools, nodes, true).await.map(Some)
 }
 
 /// Starts a cluster, once more when a process found its port taken: ports are picked free just before
 /// the processes bind them, and anything else on the machine (an outgoing connection's ephemeral port)
 /// can take one in between.
-async fn start_cluster(tools: &Tools, nodes: usize) -> anyhow::Result<Cluster> {
+async fn start_cluster(tools: &Tools, nodes: usize, real_node: bool) -> anyhow::Result<Cluster> {
     const ATTEMPTS: usize = 3;
     let _one_at_a_time = STARTING.lock().await;
     let mut attempt = 1;
     loop {
-        match Cluster::start(tools, test_cluster_options(nodes)).await {
+        match Cluster::start(tools, test_cluster_options(nodes, real_node)).await {
             Err(error) if attempt < ATTEMPTS && format!("{error:#}").contains("address already in use") => {
                 tracing::warn!("a port was taken while the test cluster started; starting again: {error:#}");
                 attempt += 1;
@@ -293,7 +316,7 @@ mod tests {
 
     #[test]
     fn test_data_dirs_start_with_the_pid() {
-        let options = test_cluster_options(1);
+        let options = test_cluster_options(1, false);
         let dir = options
             .data_dir
             .file_name()

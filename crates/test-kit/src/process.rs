@@ -83,6 +83,19 @@ impl ManagedProcess {
         log: &Path,
         lifetime: Lifetime,
     ) -> anyhow::Result<Self> {
+        Self::start_inheriting(name, binary, args, log, lifetime, None)
+    }
+
+    /// Like [`ManagedProcess::start`], and the process inherits the open descriptor `inherit` (at the same
+    /// number): a lock held with `flock` stays held while the process lives.
+    pub fn start_inheriting(
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        log: &Path,
+        lifetime: Lifetime,
+        inherit: Option<std::os::fd::RawFd>,
+    ) -> anyhow::Result<Self> {
         let log_file = File::create(log)
             .with_context(|| format!("creating the log file {} for {name}", log.display()))?;
         close_inherited_fds_on_exec();
@@ -92,6 +105,9 @@ impl ManagedProcess {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("duplicating a log file handle")?)
             .stderr(log_file);
+        if let Some(fd) = inherit {
+            keep_open_on_exec(&mut command, fd);
+        }
         let child = match lifetime {
             Lifetime::Detached => {
                 detach_from_session(&mut command);
@@ -205,6 +221,21 @@ fn tie_to_parent(command: &mut Command) {
     unsafe {
         command.pre_exec(|| {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            Ok(())
+        });
+    }
+}
+
+/// Clears close-on-exec on `fd` in the child, so the started program inherits it.
+#[allow(unsafe_code)]
+fn keep_open_on_exec(command: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe system call
+    // (fcntl) on a descriptor the parent keeps open until the spawn returns; it neither allocates nor locks.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             Ok(())
         });
     }

@@ -93,6 +93,57 @@ pub fn pinned_tools_dir() -> anyhow::Result<PathBuf> {
     Ok(cache_root()?.join("tools").join(pins_hash(&workspace)?))
 }
 
+/// Bumped whenever the kubelet's build recipe changes. The kubelet is cached apart from the control plane
+/// (see [`kubelet_dir`]), so a kubelet-only change does not rebuild the control plane.
+pub const KUBELET_RECIPE_VERSION: &str = "1";
+
+/// The kubelet's cache directory for this checkout: `<cache>/kubelet/<hash>`, the hash covering
+/// `tools/k8s` (which pins the kubelet with the control plane) and [`KUBELET_RECIPE_VERSION`].
+pub fn kubelet_dir() -> anyhow::Result<PathBuf> {
+    let workspace = workspace_root();
+    let mut hasher = Sha256::new();
+    hasher.update(KUBELET_RECIPE_VERSION.as_bytes());
+    for file in ["go.mod", "go.sum"] {
+        let path = workspace.join("tools/k8s").join(file);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading the tool pin {}", path.display()))?;
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    let hash: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(cache_root()?.join("kubelet").join(hash))
+}
+
+/// The pinned kubelet (for the real node): `$DTO_TOOLS_DIR/bin/kubelet` when that is set, else the cached
+/// build. Fails with what to run when it is not built.
+pub fn locate_kubelet() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(TOOLS_DIR_ENV) {
+        let path = PathBuf::from(dir).join("bin/kubelet");
+        if !path.exists() {
+            bail!(
+                "{TOOLS_DIR_ENV} is set but {} does not exist; build it there or unset {TOOLS_DIR_ENV}",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let dir = kubelet_dir()?;
+    let path = dir.join("kubelet");
+    if !path.exists() || !dir.join(COMPLETE_MARKER).exists() {
+        bail!(
+            "the pinned kubelet is not built in {}; run `cargo xtask tools` to build it (about 1 minute after \
+             the control plane, 5 cold)",
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Paths of the built control plane tools.
 #[derive(Debug, Clone)]
 pub struct Tools {
