@@ -1,0 +1,14 @@
+//! The sandbox (pause) image's process: holds the pod's namespaces, reaps orphans as PID 1, and exits 0 on
+//! SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match test_image_programs::wait_for_stop(true) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pause: cannot wait for signals: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
