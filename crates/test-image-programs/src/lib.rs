@@ -6,17 +6,27 @@ use std::io;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Blocks until SIGTERM or SIGINT arrives and returns its name. With `reap`, children that exit meanwhile
-/// are waited for, so a PID 1 leaves no zombies.
-pub fn wait_for_stop(reap: bool) -> io::Result<&'static str> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGCHLD])?;
-    loop {
-        for signal in signals.wait() {
-            match signal {
-                SIGTERM => return Ok("SIGTERM"),
-                SIGINT => return Ok("SIGINT"),
-                _ if reap => reap_children(),
-                _ => {}
+/// The stop signals (SIGTERM, SIGINT), caught from the moment this is created: create it before telling
+/// anyone the program runs, so a stop right after the start is not lost (or fatal).
+pub struct Stop(Signals);
+
+impl Stop {
+    /// Starts catching SIGTERM, SIGINT and SIGCHLD.
+    pub fn catch() -> io::Result<Self> {
+        Ok(Self(Signals::new([SIGTERM, SIGINT, SIGCHLD])?))
+    }
+
+    /// Blocks until SIGTERM or SIGINT arrives and returns its name. With `reap`, children that exit
+    /// meanwhile are waited for, so a PID 1 leaves no zombies.
+    pub fn wait(mut self, reap: bool) -> &'static str {
+        loop {
+            for signal in self.0.wait() {
+                match signal {
+                    SIGTERM => return "SIGTERM",
+                    SIGINT => return "SIGINT",
+                    _ if reap => reap_children(),
+                    _ => {}
+                }
             }
         }
     }
@@ -25,6 +35,12 @@ pub fn wait_for_stop(reap: bool) -> io::Result<&'static str> {
 /// Waits for every child that has exited, without blocking.
 pub fn reap_children() {
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
+}
+
+/// Prints a line on stdout; a closed stdout (a reader that went away) is no reason to fail or panic.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// `s` as a JSON string literal.

@@ -96,17 +96,28 @@ static BUILT: Mutex<BTreeMap<Profile, Binaries>> = Mutex::new(BTreeMap::new());
 /// a fake OneAgent per [`FAKE_ONEAGENT_VERSIONS`] and the sample app. Cargo runs once per process and
 /// profile (and compiles only what changed); archives whose content did not change are not rewritten.
 pub fn build_images(profile: Profile) -> anyhow::Result<Vec<ImageArchive>> {
+    build_images_into(profile, &images_dir())
+}
+
+/// [`build_images`] with the archives in `dir`.
+pub fn build_images_into(profile: Profile, dir: &Path) -> anyhow::Result<Vec<ImageArchive>> {
     let binaries = binaries(profile)?;
     let mtime = source_date_epoch()?;
     let tag = profile.tag();
     let mut images = vec![
-        operator_image(&binaries, &tag, mtime)?,
-        pause_image(&binaries, &tag, mtime)?,
+        operator_image(&binaries, &tag, mtime, dir)?,
+        pause_image(&binaries, &tag, mtime, dir)?,
     ];
     for version in FAKE_ONEAGENT_VERSIONS {
-        images.push(oneagent_image(&binaries, FAKE_ONEAGENT_IMAGE, version, mtime)?);
+        images.push(oneagent_image(
+            &binaries,
+            FAKE_ONEAGENT_IMAGE,
+            version,
+            mtime,
+            dir,
+        )?);
     }
-    images.push(sample_app_image(&binaries, &tag, mtime)?);
+    images.push(sample_app_image(&binaries, &tag, mtime, dir)?);
     Ok(images)
 }
 
@@ -119,7 +130,13 @@ pub fn fake_oneagent_image(
     version: &str,
 ) -> anyhow::Result<ImageArchive> {
     let binaries = binaries(profile)?;
-    oneagent_image(&binaries, repository, version, source_date_epoch()?)
+    oneagent_image(
+        &binaries,
+        repository,
+        version,
+        source_date_epoch()?,
+        &images_dir(),
+    )
 }
 
 /// The directory the archives go to: `target/images/`.
@@ -241,6 +258,15 @@ fn cargo_build(
         rustflags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
     }
     let mut command = Command::new(&cargo);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
     command
         .current_dir(&root)
         .args(["build", "--message-format=json-render-diagnostics"])
@@ -248,6 +274,13 @@ fn cargo_build(
         .args(selection)
         // Only the target's artifacts get these flags, so host builds are not invalidated.
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
+        // What Cargo sets for a running test or `cargo run` must not leak into the build: build scripts
+        // that watch these (ring watches CARGO_MANIFEST_DIR) would rebuild on every change of caller.
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("CARGO_MANIFEST_PATH")
+        .env_remove("CARGO_PRIMARY_PACKAGE")
+        .env_remove("CARGO_TARGET_TMPDIR")
+        .env_remove("OUT_DIR")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let shown = format!(
@@ -302,8 +335,8 @@ fn read_static(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn archive_path(name: &str, tag: &str) -> PathBuf {
-    images_dir().join(format!("{}_{tag}.tar", name.replace(['/', ':'], "_")))
+fn archive_path(dir: &Path, name: &str, tag: &str) -> PathBuf {
+    dir.join(format!("{}_{tag}.tar", name.replace(['/', ':'], "_")))
 }
 
 fn oci_labels(title: &str, version: &str, description: &str) -> BTreeMap<String, String> {
@@ -318,7 +351,7 @@ fn oci_labels(title: &str, version: &str, description: &str) -> BTreeMap<String,
     .collect()
 }
 
-fn operator_image(binaries: &Binaries, tag: &str, mtime: u64) -> anyhow::Result<ImageArchive> {
+fn operator_image(binaries: &Binaries, tag: &str, mtime: u64, dir: &Path) -> anyhow::Result<ImageArchive> {
     let ca = std::fs::read(CA_BUNDLE).with_context(|| {
         format!("reading {CA_BUNDLE} for the operator image (install the ca-certificates package)")
     })?;
@@ -361,10 +394,10 @@ fn operator_image(binaries: &Binaries, tag: &str, mtime: u64) -> anyhow::Result<
         created: created()?,
     };
     let layers = [layer.to_tar(mtime)?];
-    oci::write_archive(&config, &layers, mtime, &archive_path(&config.name, tag))
+    oci::write_archive(&config, &layers, mtime, &archive_path(dir, &config.name, tag))
 }
 
-fn pause_image(binaries: &Binaries, tag: &str, mtime: u64) -> anyhow::Result<ImageArchive> {
+fn pause_image(binaries: &Binaries, tag: &str, mtime: u64, dir: &Path) -> anyhow::Result<ImageArchive> {
     let mut layer = Layer::new();
     layer.file("/pause", 0o755, read_static(&binaries.pause)?)?;
     let config = ImageConfig {
@@ -378,7 +411,7 @@ fn pause_image(binaries: &Binaries, tag: &str, mtime: u64) -> anyhow::Result<Ima
         ..ImageConfig::default()
     };
     let layers = [layer.to_tar(mtime)?];
-    oci::write_archive(&config, &layers, mtime, &archive_path(&config.name, tag))
+    oci::write_archive(&config, &layers, mtime, &archive_path(dir, &config.name, tag))
 }
 
 /// The tag the operator gives a OneAgent version: its first three parts.
@@ -399,14 +432,16 @@ fn oneagent_image(
     repository: &str,
     version: &str,
     mtime: u64,
+    dir: &Path,
 ) -> anyhow::Result<ImageArchive> {
     let tag = oneagent_tag(version)?;
     let mut layer = Layer::new();
     layer
         .file(FAKE_ONEAGENT_PATH, 0o755, read_static(&binaries.fake_oneagent)?)?
         // The same binary answers as the health check and as `sh -c` (the probes run `/bin/sh -c <check>`).
+        // Relative links, so an unpacked copy works outside a container too.
         .symlink(ONEAGENT_HEALTHCHECK, "fake-oneagent")?
-        .symlink("/bin/sh", FAKE_ONEAGENT_PATH)?
+        .symlink("/bin/sh", "../usr/bin/fake-oneagent")?
         .dir("/tmp", 0o1777)?;
     let mut labels = oci_labels(FAKE_ONEAGENT_IMAGE, version, "Fake Dynatrace OneAgent for tests");
     labels.insert("com.dynatrace.build-version".to_owned(), version.to_owned());
@@ -424,10 +459,10 @@ fn oneagent_image(
         created: created()?,
     };
     let layers = [layer.to_tar(mtime)?];
-    oci::write_archive(&config, &layers, mtime, &archive_path(repository, &tag))
+    oci::write_archive(&config, &layers, mtime, &archive_path(dir, repository, &tag))
 }
 
-fn sample_app_image(binaries: &Binaries, tag: &str, mtime: u64) -> anyhow::Result<ImageArchive> {
+fn sample_app_image(binaries: &Binaries, tag: &str, mtime: u64, dir: &Path) -> anyhow::Result<ImageArchive> {
     let program = read(&binaries.sample_app)?;
     ensure!(
         interpreter(&program)?.is_some(),
@@ -457,7 +492,7 @@ fn sample_app_image(binaries: &Binaries, tag: &str, mtime: u64) -> anyhow::Resul
         created: created()?,
     };
     let layers = [layer.to_tar(mtime)?];
-    oci::write_archive(&config, &layers, mtime, &archive_path(&config.name, tag))
+    oci::write_archive(&config, &layers, mtime, &archive_path(dir, &config.name, tag))
 }
 
 /// The shared libraries `program` loads, with its dynamic loader, as `ldd` resolves them on this host;

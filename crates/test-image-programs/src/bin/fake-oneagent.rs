@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use test_image_programs::{json_string, json_strings};
+use test_image_programs::{Stop, json_string, json_strings, say};
 
 /// Where the report goes unless `FAKE_ONEAGENT_REPORT` says otherwise.
 const DEFAULT_REPORT: &str = "/tmp/fake-oneagent.json";
@@ -34,23 +34,23 @@ fn report_path() -> String {
 }
 
 fn agent(args: &[String]) -> ExitCode {
+    let stop = match Stop::catch() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("fake-oneagent: cannot catch signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let report = report(args);
-    println!("fake-oneagent started: {report}");
     let path = report_path();
     if let Err(err) = std::fs::write(&path, format!("{report}\n")) {
         // Runs on: the health check then fails, which shows in the pod's events.
         eprintln!("fake-oneagent: cannot write the report to {path}: {err}");
     }
-    match test_image_programs::wait_for_stop(false) {
-        Ok(signal) => {
-            println!("fake-oneagent stopping on {signal}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("fake-oneagent: cannot wait for signals: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    say(format_args!("fake-oneagent started: {report}"));
+    let signal = stop.wait(false);
+    say(format_args!("fake-oneagent stopping on {signal}"));
+    ExitCode::SUCCESS
 }
 
 /// One line of JSON: version, pid, uid/gid, arguments, OneAgent/Dynatrace/proxy environment, and mounts.
@@ -108,21 +108,23 @@ fn healthcheck() -> ExitCode {
     let report = match std::fs::read_to_string(&path) {
         Ok(report) => report,
         Err(err) => {
-            println!("unhealthy: no report at {path} ({err}): fake-oneagent has not started");
+            say(format_args!(
+                "unhealthy: no report at {path} ({err}): fake-oneagent has not started"
+            ));
             return ExitCode::FAILURE;
         }
     };
     let Some(pid) = report_pid(&report) else {
-        println!("unhealthy: the report at {path} names no pid");
+        say(format_args!("unhealthy: the report at {path} names no pid"));
         return ExitCode::FAILURE;
     };
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) if !matches!(process_state(&stat), Some('Z' | 'X')) => {
-            println!("healthy: fake-oneagent runs as pid {pid}");
+            say(format_args!("healthy: fake-oneagent runs as pid {pid}"));
             ExitCode::SUCCESS
         }
         _ => {
-            println!("unhealthy: fake-oneagent (pid {pid}) does not run");
+            say(format_args!("unhealthy: fake-oneagent (pid {pid}) does not run"));
             ExitCode::FAILURE
         }
     }

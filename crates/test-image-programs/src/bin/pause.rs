@@ -4,10 +4,13 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match test_image_programs::wait_for_stop(true) {
-        Ok(_) => ExitCode::SUCCESS,
+    match test_image_programs::Stop::catch() {
+        Ok(stop) => {
+            stop.wait(true);
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("pause: cannot wait for signals: {err}");
+            eprintln!("pause: cannot catch signals: {err}");
             ExitCode::FAILURE
         }
     }

@@ -7,28 +7,29 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::process::ExitCode;
 
-use test_image_programs::{json_string, json_strings};
+use test_image_programs::{Stop, json_string, json_strings, say};
 
 fn main() -> ExitCode {
+    let stop = match Stop::catch() {
+        Ok(stop) => stop,
+        Err(err) => {
+            eprintln!("sample-app: cannot catch signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let report = report();
-    println!("sample-app started: {report}");
     let port = std::env::var("SAMPLE_APP_PORT").unwrap_or_else(|_| "8080".to_owned());
     match TcpListener::bind(format!("0.0.0.0:{port}")) {
         Ok(listener) => {
+            let report = report.clone();
             std::thread::spawn(move || serve(&listener, &report));
         }
         Err(err) => eprintln!("sample-app: not serving on port {port}: {err}"),
     }
-    match test_image_programs::wait_for_stop(true) {
-        Ok(signal) => {
-            println!("sample-app stopping on {signal}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("sample-app: cannot wait for signals: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    say(format_args!("sample-app started: {report}"));
+    let signal = stop.wait(true);
+    say(format_args!("sample-app stopping on {signal}"));
+    ExitCode::SUCCESS
 }
 
 fn serve(listener: &TcpListener, report: &str) {
