@@ -45,6 +45,13 @@ enum Task {
     /// Run the product locally until Ctrl-C: a local cluster, the fake tenant, the operator and the webhook
     /// server, and a sample DynaKube whose OneAgent pods run on the kwok nodes.
     Run(run::Options),
+    /// Build the container images (the operator and the test images) as OCI archives in target/images/,
+    /// for `ctr -n k8s.io images import` or `docker load`; no daemon, no registry.
+    Image {
+        /// Build the shipped release binaries (fat LTO) instead of the quick test profile.
+        #[arg(long)]
+        release: bool,
+    },
     /// Run the webhook server against a local cluster (CRDs and webhook registered by URL) until Ctrl-C.
     Webhook {
         /// Name of the local cluster.
@@ -129,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             validate_name(&options.name)?;
             run::run(&options)
         }
+        Task::Image { release } => image(release),
         Task::Webhook { name, port } => {
             validate_name(&name)?;
             webhook::run(&clusters_dir().join(&name), port)
@@ -269,6 +277,36 @@ fn cluster_status() -> anyhow::Result<()> {
             Err(err) => println!("{name}\tunknown\t{err:#}"),
         }
     }
+    Ok(())
+}
+
+fn image(release: bool) -> anyhow::Result<()> {
+    let profile = if release {
+        test_images::Profile::Release
+    } else {
+        test_images::Profile::Test
+    };
+    let started = std::time::Instant::now();
+    let images = test_images::build_images(profile)?;
+    println!(
+        "Built {} images ({} profile) in {:.1} s:",
+        images.len(),
+        profile.cargo_profile(),
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!("{:<32} {:>9}  {:<19}  ARCHIVE", "IMAGE", "SIZE", "DIGEST");
+    for image in &images {
+        println!(
+            "{:<32} {:>5.1} MiB  {:<19}  {}",
+            image.reference(),
+            image.size as f64 / (1024.0 * 1024.0),
+            image.digest.get(..19).unwrap_or(&image.digest),
+            image.path.display()
+        );
+    }
+    println!();
+    println!("Import into a node's containerd: ctr -n k8s.io images import <archive>");
     Ok(())
 }
 
