@@ -210,6 +210,9 @@ impl Cluster {
             "--profiling=false".into(),
             // The real node's name does not resolve; `logs` and `exec` dial its InternalIP.
             "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+            // There is no kube-proxy, so a Service's cluster IP leads nowhere (on some machines into an egress
+            // proxy): webhooks and conversion behind a Service are called at the endpoints' pod IPs instead.
+            "--enable-aggregator-routing=true".into(),
             "--v=1".into(),
         ];
         if !options.workloads {

@@ -174,7 +174,14 @@ impl RealNode {
         }
 
         let containerd_config = base.join("containerd/config.toml");
-        write(&containerd_config, &containerd_toml())?;
+        let missing = missing_capabilities();
+        if !missing.is_empty() {
+            let wrapper = Path::new(BASE_DIR).join(RUNC_WRAPPER);
+            write(&wrapper, &runc_wrapper(&missing))?;
+            std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .with_context(|| format!("making {} executable", wrapper.display()))?;
+        }
+        write(&containerd_config, &containerd_toml(&missing))?;
         self.spawn(
             "containerd",
             Path::new("/usr/bin/containerd"),
@@ -498,8 +505,117 @@ fn node_ip() -> anyhow::Result<String> {
         .context("the host has no global IPv4 address to give the real node (the kubelet needs one that is not loopback)")
 }
 
-fn containerd_toml() -> String {
+/// The runc wrapper the node uses when this machine withholds capabilities (see [`runc_wrapper`]).
+const RUNC_WRAPPER: &str = "runc-wrapper";
+/// The host's runc.
+const RUNC: &str = "/usr/sbin/runc";
+
+/// Capability names by bit number (`linux/capability.h`).
+const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The capabilities missing from this process's bounding set (this VM withholds `CAP_SYS_RESOURCE` even
+/// from root), as `CAP_*` names.
+fn missing_capabilities() -> Vec<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    missing_from(bounding)
+}
+
+fn missing_from(bounding: u64) -> Vec<String> {
+    CAPABILITY_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) == 0)
+        .map(|(_, name)| format!("CAP_{name}"))
+        .collect()
+}
+
+/// A runc that removes `missing` capabilities from a container's spec (`create --bundle`) and from an exec's
+/// process (`exec --process`) before running the host's runc. runc cannot grant a capability its caller
+/// lacks ("unable to apply caps: operation not permitted"), so on a machine that withholds one from root, a
+/// pod asking for it (the OneAgent asks for `SYS_RESOURCE`) could never start; a real node with such a
+/// restriction has the same effect on its containers. The specs are compact JSON written by containerd.
+fn runc_wrapper(missing: &[String]) -> String {
+    let edits: String = missing
+        .iter()
+        .map(|cap| format!(" -e 's/\"{cap}\",//g' -e 's/,\"{cap}\"//g' -e 's/\"{cap}\"//g'"))
+        .collect();
+    format!(
+        r#"#!/bin/sh
+# The real node's runc (test-kit): drops capabilities this machine withholds from root, then runs runc.
+previous=""
+for arg in "$@"; do
+  case "$previous" in
+    --bundle|-b) [ -f "$arg/config.json" ] && sed -i{edits} "$arg/config.json" ;;
+    --process|-p) [ -f "$arg" ] && sed -i{edits} "$arg" ;;
+  esac
+  case "$arg" in
+    --bundle=*) [ -f "${{arg#--bundle=}}/config.json" ] && sed -i{edits} "${{arg#--bundle=}}/config.json" ;;
+    --process=*) [ -f "${{arg#--process=}}" ] && sed -i{edits} "${{arg#--process=}}" ;;
+  esac
+  previous="$arg"
+done
+exec {RUNC} "$@"
+"#
+    )
+}
+
+fn containerd_toml(missing_capabilities: &[String]) -> String {
     let base = BASE_DIR;
+    let binary_name = if missing_capabilities.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  # This VM withholds {}: see `runc_wrapper`.\n  BinaryName = \"{base}/{RUNC_WRAPPER}\"\n",
+            missing_capabilities.join(", ")
+        )
+    };
     let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
     format!(
         r#"# The real node's containerd (test-kit); see shared/spec/real-node.md for why each setting is here.
@@ -532,7 +648,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [{cri}.containerd.runtimes.runc.options]
   SystemdCgroup = false
   Root = "{base}/runc"
-
+{binary_name}
 [{cri}.cni]
   bin_dir = "{cni}"
   conf_dir = "{base}/cni/net.d"
@@ -610,8 +726,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_capabilities_this_vm_withholds_are_named() {
+        assert_eq!(missing_from(0x0000_01ff_feff_ffff), vec!["CAP_SYS_RESOURCE"]);
+        assert!(missing_from(u64::MAX).is_empty());
+        let containerd = containerd_toml(&["CAP_SYS_RESOURCE".to_owned()]);
+        assert!(containerd.contains(&format!("BinaryName = \"{BASE_DIR}/{RUNC_WRAPPER}\"")));
+        assert!(!containerd_toml(&[]).contains("BinaryName"));
+    }
+
+    #[test]
+    fn the_runc_wrapper_removes_withheld_capabilities_wherever_they_stand_in_a_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = vec!["CAP_SYS_RESOURCE".to_owned(), "CAP_BPF".to_owned()];
+        // The wrapper execs the host's runc at the end; a stand-in records that it ran.
+        let script = runc_wrapper(&missing).replace(RUNC, "true");
+        let wrapper = dir.path().join("runc");
+        std::fs::write(&wrapper, script).unwrap();
+        let spec = r#"{"process":{"capabilities":{"bounding":["CAP_SYS_RESOURCE","CAP_CHOWN"],"effective":["CAP_CHOWN","CAP_SYS_RESOURCE","CAP_KILL"],"permitted":["CAP_CHOWN","CAP_SYS_RESOURCE"],"ambient":["CAP_SYS_RESOURCE"],"inheritable":["CAP_BPF","CAP_SYS_RESOURCE"]}}}"#;
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), spec).unwrap();
+        let process = dir.path().join("process.json");
+        std::fs::write(&process, &spec[11..spec.len() - 1]).unwrap();
+        let status = Command::new("sh")
+            .arg(&wrapper)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("--process={}", process.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for file in [bundle.join("config.json"), process] {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let caps = value
+                .pointer("/process/capabilities")
+                .or(value.pointer("/capabilities"))
+                .unwrap();
+            assert_eq!(caps["bounding"], serde_json::json!(["CAP_CHOWN"]), "{text}");
+            assert_eq!(
+                caps["effective"],
+                serde_json::json!(["CAP_CHOWN", "CAP_KILL"]),
+                "{text}"
+            );
+            assert_eq!(caps["ambient"], serde_json::json!([]), "{text}");
+            assert_eq!(caps["inheritable"], serde_json::json!([]), "{text}");
+        }
+    }
+
+    #[test]
     fn configs_name_our_directories_and_settings() {
-        let containerd = containerd_toml();
+        let containerd = containerd_toml(&[]);
         assert!(containerd.contains("restrict_oom_score_adj = true"));
         assert!(containerd.contains(&format!("sandbox_image = \"{PAUSE_IMAGE}\"")));
         assert!(containerd.contains(&format!("config_path = \"{BASE_DIR}/certs.d\"")));

@@ -1,0 +1,341 @@
+//! End to end on the real node: the operator and the webhook server run **in the cluster** as pods of the
+//! `dynatrace-operator` image (in-cluster config, the webhook behind its Service with certificates from the
+//! operator), a DynaKube is validated by that webhook and reconciled by that operator, the OneAgent
+//! DaemonSet's pod runs the fake OneAgent image pulled from the fake tenant's registry (pull Secret,
+//! `imagePullPolicy: Always`, probes passing), an automatic update replaces it with the new version's
+//! container, and the sample application runs next to it.
+//!
+//! The fake tenant listens on the node's address (not loopback: the operator pod has a network namespace
+//! of its own) over HTTPS with a CA that the DynaKube names in `trustedCAs` and containerd trusts for the
+//! registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, LogParams, PostParams};
+use kube::{Api, Client, ResourceExt as _};
+use pure_api::dynakube::DynaKube;
+use pure_install::{FIELD_MANAGER, Installation};
+use serde_json::json;
+use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
+use test_images::{FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE};
+use test_kit::eventually;
+use test_kit::real_node::{self, NODE_LABEL, NODE_NAME};
+
+const NAMESPACE: &str = "dynatrace";
+const DYNAKUBE: &str = "e2e";
+/// The fake tenant's default API token (every scope).
+const TOKEN: &str = "dt0c01.test";
+/// Image pulls, container starts and the operator's first reconcile on a loaded 2-core machine.
+const POD_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `a.b.c` of a full OneAgent version: the tag the tenant registry serves it under.
+fn tag(version: &str) -> String {
+    version.splitn(4, '.').take(3).collect::<Vec<_>>().join(".")
+}
+
+fn image<'a>(images: &'a [ImageArchive], name: &str) -> &'a ImageArchive {
+    images.iter().find(|i| i.name == name).unwrap()
+}
+
+async fn apply(client: &Client, objects: &[serde_json::Value]) {
+    test_kit::setup::apply_objects(client, objects, "e2e")
+        .await
+        .unwrap();
+}
+
+/// The OneAgent pod on the real node with a Ready container, and the version its process reported.
+async fn ready_oneagent(client: &Client) -> anyhow::Result<Option<(String, String)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=oneagent"))
+        .await?;
+    for pod in list.items {
+        let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(NODE_NAME);
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.ready));
+        if !on_node || !ready || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let logs = pods.logs(&pod.name_any(), &LogParams::default()).await?;
+        let version = logs
+            .lines()
+            .find_map(|l| l.split("\"version\":\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_owned();
+        return Ok(Some((pod.name_any(), version)));
+    }
+    Ok(None)
+}
+
+/// What a person debugging a failed run needs: the DynaKube's status, every pod's state, the events and
+/// the operator's last log lines.
+async fn diagnose(client: &Client) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let dynakubes: Api<DynaKube> = Api::namespaced(client.clone(), NAMESPACE);
+    if let Ok(dk) = dynakubes.get(DYNAKUBE).await {
+        let _ = writeln!(
+            out,
+            "DynaKube status: {}",
+            serde_json::to_string(&dk.status).unwrap_or_default()
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    for pod in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let _ = writeln!(
+            out,
+            "pod {}: {}",
+            pod.name_any(),
+            serde_json::to_string(&pod.status).unwrap_or_default()
+        );
+        if pod.name_any().starts_with("dynatrace-operator") {
+            let params = LogParams {
+                tail_lines: Some(30),
+                ..LogParams::default()
+            };
+            let _ = writeln!(
+                out,
+                "{}",
+                pods.logs(&pod.name_any(), &params).await.unwrap_or_default()
+            );
+        }
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NAMESPACE);
+    for event in events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let _ = writeln!(
+            out,
+            "event {} {}: {}",
+            event.involved_object.name.unwrap_or_default(),
+            event.reason.unwrap_or_default(),
+            event.message.unwrap_or_default()
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_on_the_real_node() {
+    let started = Instant::now();
+    let Some(cluster) = test_kit::start_real_node_cluster(1).await.unwrap() else {
+        return;
+    };
+    let node_ip: IpAddr = cluster.real_node().unwrap().node_ip().parse().unwrap();
+    let client = cluster.client().await.unwrap();
+    let images = tokio::task::spawn_blocking(|| test_images::build_images(Profile::Test))
+        .await
+        .unwrap()
+        .unwrap();
+    for archive in &images {
+        real_node::import_image(&archive.path).unwrap();
+    }
+    eprintln!(
+        "cluster, real node and images ready after {:.1?}",
+        started.elapsed()
+    );
+
+    // The fake tenant on the node's address, serving both fake OneAgent versions, the older one latest.
+    let ca = test_kit::pki::CertificateAuthority::new("e2e-tenant-ca").unwrap();
+    let cert = ca.issue_server_cert("fake-tenant", &[], &[node_ip]).unwrap();
+    let (old, new) = (FAKE_ONEAGENT_VERSIONS[0], FAKE_ONEAGENT_VERSIONS[1]);
+    let config = TenantConfig {
+        versions: vec![old.to_owned()],
+        ..TenantConfig::default()
+    };
+    let listen = Listen::Https {
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+    };
+    let tenant = FakeTenant::start_on(config, listen, SocketAddr::new(node_ip, 0))
+        .await
+        .unwrap();
+    for version in [old, new] {
+        let archive = images
+            .iter()
+            .find(|i| i.name == test_images::FAKE_ONEAGENT_IMAGE && version.starts_with(&i.tag))
+            .unwrap();
+        tenant
+            .add_image(&format!("linux/oneagent:{}", tag(version)), &archive.path)
+            .await
+            .unwrap();
+    }
+    real_node::write_registry_host(&tenant.addr().to_string(), &ca.cert_pem()).unwrap();
+
+    // The operator and the webhook as pods of our image on the real node.
+    let mut installation = Installation::new(&image(&images, OPERATOR_IMAGE).reference());
+    installation.webhook_replicas = 1;
+    installation.node_selector = BTreeMap::from([(NODE_LABEL.to_owned(), "true".to_owned())]);
+    test_kit::setup::apply_objects(&client, &installation.objects(), FIELD_MANAGER)
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    eventually(
+        "the operator and webhook pods to be available",
+        POD_TIMEOUT,
+        || async {
+            let mut available = 0;
+            for name in ["dynatrace-operator", "dynatrace-webhook"] {
+                let status = deployments.get(name).await?.status.unwrap_or_default();
+                available += usize::from(status.available_replicas.unwrap_or(0) >= 1);
+            }
+            let bundle = configurations
+                .get("dynatrace-webhook")
+                .await?
+                .webhooks
+                .unwrap_or_default()[0]
+                .client_config
+                .ca_bundle
+                .is_some();
+            Ok((available == 2 && bundle).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "operator and webhook pods available after {:.1?}",
+        started.elapsed()
+    );
+
+    // The webhook in the cluster answers through its Service: an invalid DynaKube is denied with its
+    // message (eventually: the webhook pod reads the certificate the operator just wrote).
+    let dynakubes: Api<DynaKube> = Api::namespaced(client.clone(), NAMESPACE);
+    let invalid: DynaKube = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+        "metadata": { "name": "invalid" },
+        "spec": { "apiUrl": "https://ENVIRONMENTID.live.dynatrace.com/api" },
+    }))
+    .unwrap();
+    let denial = eventually(
+        "the in-cluster webhook to deny an invalid DynaKube",
+        Duration::from_secs(90),
+        || async {
+            match dynakubes.create(&PostParams::default(), &invalid).await {
+                Err(kube::Error::Api(status)) if status.message.contains("denied the request") => {
+                    Ok(Some(status.message))
+                }
+                Err(kube::Error::Api(status)) => {
+                    eprintln!("not yet: {}", status.message);
+                    Ok(None)
+                }
+                Err(other) => Err(other.into()),
+                Ok(_) => panic!("the invalid DynaKube was admitted"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(denial.contains("API URL"), "{denial}");
+
+    // A classicFullStack DynaKube on the real node.
+    apply(
+        &client,
+        &[
+            json!({ "apiVersion": "v1", "kind": "Secret",
+                    "metadata": { "name": DYNAKUBE, "namespace": NAMESPACE },
+                    "stringData": { "apiToken": TOKEN, "paasToken": TOKEN } }),
+            json!({ "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": { "name": "tenant-ca", "namespace": NAMESPACE },
+                    "data": { "certs": ca.cert_pem() } }),
+            json!({ "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+                    "metadata": { "name": DYNAKUBE, "namespace": NAMESPACE, "annotations": {
+                        "feature.dynatrace.com/dynatrace-api-request-threshold": "0" } },
+                    "spec": { "apiUrl": tenant.api_url(), "trustedCAs": "tenant-ca",
+                              "oneAgent": { "classicFullStack": {
+                                  "nodeSelector": { NODE_LABEL: "true" } } } } }),
+        ],
+    )
+    .await;
+    let (first_pod, version) = eventually(
+        "the OneAgent pod to be Ready on the real node",
+        POD_TIMEOUT,
+        || ready_oneagent(&client),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", futures::executor::block_on(diagnose(&client))));
+    assert_eq!(
+        version, old,
+        "the first OneAgent pod runs the latest version at the time"
+    );
+    let pulls = tenant.request_count(test_fake_tenant::Endpoint::RegistryManifests);
+    assert!(
+        pulls >= 1,
+        "the kubelet pulled the OneAgent image from the tenant's registry"
+    );
+    eprintln!(
+        "OneAgent {version} Ready on the real node after {:.1?}",
+        started.elapsed()
+    );
+
+    // An automatic update: the tenant publishes the new version, the operator rolls it out, and the
+    // kubelet pulls `latest` again, which now is the new version's image.
+    tenant.publish_version(new);
+    let (second_pod, version) = eventually("the updated OneAgent pod", POD_TIMEOUT, || async {
+        Ok(ready_oneagent(&client).await?.filter(|(_, v)| v == new))
+    })
+    .await
+    .unwrap();
+    assert_ne!(first_pod, second_pod);
+    assert_eq!(version, new);
+    eprintln!("OneAgent updated to {version} after {:.1?}", started.elapsed());
+
+    // The sample application runs on the real node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let sample: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "sample-app" },
+        "spec": { "nodeSelector": { NODE_LABEL: "true" }, "containers": [{
+            "name": "app", "image": image(&images, SAMPLE_APP_IMAGE).reference(),
+            "imagePullPolicy": "IfNotPresent" }] },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &sample).await.unwrap();
+    let logs = eventually("the sample application to run", POD_TIMEOUT, || async {
+        let logs = pods
+            .logs("sample-app", &LogParams::default())
+            .await
+            .unwrap_or_default();
+        Ok(logs.contains("sample-app started").then_some(logs))
+    })
+    .await
+    .unwrap();
+    assert!(logs.contains("sample-app started"), "{logs}");
+
+    // The operator logged no permission error: the installation's RBAC is enough for this scenario.
+    for name in ["dynatrace-operator", "dynatrace-webhook"] {
+        let selector = format!("internal.dynatrace.com/app={name}");
+        for pod in pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+        {
+            let logs = pods.logs(&pod.name_any(), &LogParams::default()).await.unwrap();
+            assert!(
+                !logs.contains("forbidden"),
+                "{name} was refused a permission:\n{logs}"
+            );
+        }
+    }
+    eprintln!("end to end on the real node: {:.1?}", started.elapsed());
+    tenant.shutdown().await;
+}
