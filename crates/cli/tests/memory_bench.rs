@@ -1,7 +1,7 @@
 //! Memory at scale: the real `dynatrace-operator operator` process on a private cluster of 500 kwok nodes
 //! and 1,000 namespaces selected by one cloudNativeFullStack DynaKube (against the fake tenant). Prints the
 //! process's peak RSS (`VmHWM`), the time until every selected namespace is labelled and has its init
-//! Secret, and the API requests the operator made.
+//! Secret, the API requests the operator made, its CPU time and its file-backed RSS per mapped file.
 //!
 //! Too heavy for the test suite (a 500-node cluster on a 2-core machine); run it by hand:
 //!
@@ -204,6 +204,10 @@ async fn operator_memory_at_scale() {
         "  API requests by the operator     {requests:>8} (until {:.0} s after start)",
         operator_started.elapsed().as_secs_f64()
     );
+    println!("  CPU time of the operator         {:>8.1} s", cpu_seconds(pid));
+    for (path, kib) in file_rss(pid).into_iter().take(4) {
+        println!("  file-backed RSS {:>8.1} MiB  {path}", mib(kib));
+    }
     println!();
 
     let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
@@ -250,6 +254,45 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// User plus system CPU time of a process so far, from `/proc/<pid>/stat` (in USER_HZ, 100 per second on
+/// Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which is in parentheses and may hold spaces); utime and stime
+    // are the 14th and 15th fields of the line, the 12th and 13th after the name.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    #[allow(clippy::cast_precision_loss)] // tick counts are far below 2^52
+    let seconds = ticks as f64 / 100.0;
+    seconds
+}
+
+/// Resident file-backed memory per mapped file (from `/proc/<pid>/smaps`), largest first, in KiB.
+fn file_rss(pid: u32) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut by_path: BTreeMap<String, u64> = BTreeMap::new();
+    let mut path: Option<String> = None;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            // A mapping's header: address range, perms, offset, device, inode, path.
+            path = fields
+                .get(5)
+                .filter(|p| p.starts_with('/'))
+                .map(|p| (*p).to_owned());
+        } else if let (Some(p), Some(&"Rss:")) = (&path, fields.first()) {
+            *by_path.entry(p.clone()).or_default() += fields[1].parse::<u64>().unwrap_or(0);
+        }
+    }
+    let mut sorted: Vec<(String, u64)> = by_path.into_iter().collect();
+    sorted.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    sorted
 }
 
 #[allow(clippy::cast_precision_loss)] // KiB counts are far below 2^52

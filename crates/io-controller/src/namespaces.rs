@@ -577,32 +577,35 @@ impl Controller {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        // The futures are built first: a stream `map` closure over borrowed items trips the compiler's
-        // `Send` check in a spawned task (higher-ranked lifetimes).
-        let writes: Vec<_> = mapping
-            .changes
-            .iter()
-            .filter(|change| {
+        // Lazily, and only the outcome kept: the API answers each patch with the whole Namespace, and a
+        // pass over 1,000 namespaces that kept every answer (or every future) until the end held megabytes.
+        // By index: a closure over borrowed items trips the compiler's `Send` check in a spawned task
+        // (higher-ranked lifetimes).
+        let all_changes = &mapping.changes;
+        let to_write: Vec<usize> = (0..all_changes.len())
+            .filter(|&i| {
+                let change = &all_changes[i];
                 self.pending_labels
                     .get(&change.namespace)
                     .is_none_or(|p| p.value != change.to)
             })
-            .map(|change| {
-                let (api, params) = (&api, &params);
-                async move {
-                    let patch = Patch::Merge(mapping::label_patch(change.to.as_deref()));
-                    let result = api.patch(&change.namespace, params, &patch).await;
-                    (change, result)
-                }
-            })
             .collect();
+        let writes = to_write.into_iter().map(|i| {
+            let (api, params) = (&api, &params);
+            async move {
+                let change = &all_changes[i];
+                let patch = Patch::Merge(mapping::label_patch(change.to.as_deref()));
+                let result = api.patch(&change.namespace, params, &patch).await.map(|_| ());
+                (change, result)
+            }
+        });
         let results: Vec<_> = stream::iter(writes)
             .buffer_unordered(self.config.max_parallel_writes.max(1))
             .collect()
             .await;
         for (change, result) in results {
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     match &change.to {
                         Some(dk) => {
                             report.labelled += 1;
