@@ -55,7 +55,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How the binaries in the images are compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Profile {
-    /// Cargo profile `image-test`: the dev profile without debug info, stripped; quick to build for tests.
+    /// Cargo's dev profile, without debug info: quick to build for tests. Not a profile of its own: one
+    /// would compile every build script and proc macro again for the host (223 against 163 CPU seconds
+    /// cold); the flags that drop the debug info apply to the image's target only.
     Test,
     /// Cargo profile `release`: the shipped operator (fat LTO, size-optimized).
     Release,
@@ -65,7 +67,7 @@ impl Profile {
     /// The Cargo profile's name.
     pub fn cargo_profile(self) -> &'static str {
         match self {
-            Profile::Test => "image-test",
+            Profile::Test => "dev",
             Profile::Release => "release",
         }
     }
@@ -256,6 +258,11 @@ fn cargo_build(
     let mut rustflags = vec![format!("--remap-path-prefix={}=/build", root.display())];
     if let Some(home) = cargo_home {
         rustflags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    if profile == Profile::Test {
+        // The operator binary shrinks from 100 to 73 MB; the symbols stay for backtraces (without them:
+        // 49 MB).
+        rustflags.extend(["-Cdebuginfo=0".to_owned(), "-Cstrip=debuginfo".to_owned()]);
     }
     let mut command = Command::new(&cargo);
     for (name, _) in std::env::vars_os() {
