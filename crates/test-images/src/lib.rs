@@ -94,11 +94,11 @@ struct Binaries {
 /// Binaries already built in this process, per profile: tests ask for images many times, Cargo runs once.
 static BUILT: Mutex<BTreeMap<Profile, Binaries>> = Mutex::new(BTreeMap::new());
 
-/// Builds every image of `profile` into `target/images/` and returns the archives: the operator, pause,
+/// Builds every image of `profile` into [`images_dir`] and returns the archives: the operator, pause,
 /// a fake OneAgent per [`FAKE_ONEAGENT_VERSIONS`] and the sample app. Cargo runs once per process and
 /// profile (and compiles only what changed); archives whose content did not change are not rewritten.
 pub fn build_images(profile: Profile) -> anyhow::Result<Vec<ImageArchive>> {
-    build_images_into(profile, &images_dir())
+    build_images_into(profile, &images_dir(profile))
 }
 
 /// [`build_images`] with the archives in `dir`.
@@ -137,13 +137,18 @@ pub fn fake_oneagent_image(
         repository,
         version,
         source_date_epoch()?,
-        &images_dir(),
+        &images_dir(profile),
     )
 }
 
-/// The directory the archives go to: `target/images/`.
-pub fn images_dir() -> PathBuf {
-    target_dir().join("images")
+/// The directory the archives of `profile` go to: `target/images/test/` or `target/images/release/` (the
+/// fake OneAgent images have the same names in both).
+pub fn images_dir(profile: Profile) -> PathBuf {
+    let name = match profile {
+        Profile::Test => "test",
+        Profile::Release => "release",
+    };
+    target_dir().join("images").join(name)
 }
 
 /// The checkout: two levels above this crate.
