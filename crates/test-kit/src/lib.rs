@@ -34,6 +34,9 @@ use tokio::sync::OnceCell;
 pub use cluster::{Cluster, ClusterOptions, ClusterState, client_from_kubeconfig, kwok_node, node_is_ready};
 pub use process::Lifetime;
 pub use setup::{PerBinary, RunningTask, StopSignal, install_crds, install_operator_crds};
+/// The container images for a real node: `images::build_images(images::Profile::Test)` builds them once per
+/// process (blocking: from async code call it in `spawn_blocking`).
+pub use test_images as images;
 pub use tools::Tools;
 
 /// Number of kwok nodes in the shared test cluster.
