@@ -221,5 +221,6 @@ fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
     assert!(left.is_empty(), "processes left running: {left:?}");
     let cluster_dir = root.join("target/local-clusters").join(&name);
     assert!(!cluster_dir.exists(), "{} was not removed", cluster_dir.display());
+    eprintln!("{stdout}");
     eprintln!("xtask run --real-node --exit-when-ready --update-to {new} took {elapsed:?}");
 }

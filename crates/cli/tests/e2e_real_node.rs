@@ -24,7 +24,7 @@ use serde_json::json;
 use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
 use test_images::{FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE};
 use test_kit::eventually;
-use test_kit::real_node::{self, NODE_LABEL, NODE_NAME};
+use test_kit::real_node::{self, NODE_LABEL};
 
 const NAMESPACE: &str = "dynatrace";
 const DYNAKUBE: &str = "e2e";
