@@ -21,6 +21,7 @@ use pure_api::dynakube::{DynaKube, DynaKubeStatus};
 use serde_json::json;
 use test_kit::cluster::free_port;
 use test_kit::process::{Lifetime, ManagedProcess};
+use test_kit::real_node::workloads::FakeOneAgent;
 use test_kit::{Cluster, Tools};
 use tokio::runtime::Runtime;
 
@@ -49,6 +50,14 @@ pub struct Options {
     /// through the nodes (for example `1.278.0.20231001-000000`).
     #[arg(long, value_name = "VERSION")]
     pub update_to: Option<String>,
+    /// Add the machine's real node (needs root): the operator and the webhook run on it as pods of the
+    /// locally built image, and the OneAgent DaemonSet runs the fake OneAgent there for real, pulled from
+    /// the fake tenant's registry.
+    #[arg(long)]
+    pub real_node: bool,
+    /// With --real-node: build the images with the release profile (slower) instead of the test profile.
+    #[arg(long, requires = "real_node")]
+    pub release: bool,
 }
 
 /// Name of the sample DynaKube and of its token Secret.
@@ -70,6 +79,8 @@ const NO_COLOR: &str = "NO_COLOR=1";
 /// File in the cluster's directory holding the pid of the `cargo xtask run` that uses the cluster.
 const RUN_PID_FILE: &str = "run.pid";
 
+mod real_node;
+
 /// Runs everything until Ctrl-C or SIGTERM (or until ready, with `--exit-when-ready`), then cleans up.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let binaries = match &options.binaries {
@@ -82,6 +93,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         );
     }
     let tools = crate::tools::ensure(false)?;
+    if options.real_node {
+        if let Some(reason) = test_kit::real_node::unsupported_reason() {
+            bail!("--real-node: this machine cannot run the real node: {reason}; leave out --real-node");
+        }
+        crate::tools::ensure_kubelet(false)?;
+        real_node::check_version(options.update_to.as_deref())?;
+    }
     let started = Instant::now();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -202,6 +220,12 @@ struct Session {
     exit_when_ready: bool,
     /// The fake tenant's API URL, once it runs.
     tenant_api_url: Option<String>,
+    /// The CA of the fake tenant's HTTPS certificate (with the real node).
+    tenant_ca_pem: Option<String>,
+    /// Whether the cluster has the real node and the operator and webhook run as its pods.
+    real_node: bool,
+    /// How long the operator may take to roll out the OneAgent pods.
+    rollout_timeout: Duration,
 }
 
 impl Session {
@@ -221,6 +245,13 @@ impl Session {
             started,
             exit_when_ready: options.exit_when_ready,
             tenant_api_url: None,
+            tenant_ca_pem: None,
+            real_node: options.real_node,
+            rollout_timeout: if options.real_node {
+                real_node::ROLLOUT_TIMEOUT
+            } else {
+                ROLLOUT_TIMEOUT
+            },
         })
     }
 
@@ -229,7 +260,7 @@ impl Session {
     async fn run(&mut self, options: &Options, tools: &Tools, binaries: &Binaries) -> anyhow::Result<()> {
         let mut signals = Termination::listen()?;
         tokio::select! {
-            result = self.start(options.nodes, tools, binaries) => result?,
+            result = self.start(options, tools, binaries) => result?,
             signal = signals.recv() => {
                 eprintln!("{signal} received during start-up; cleaning up.");
                 return Ok(());
@@ -257,8 +288,11 @@ impl Session {
         }
     }
 
-    async fn start(&mut self, nodes: usize, tools: &Tools, binaries: &Binaries) -> anyhow::Result<()> {
-        self.cluster_up(tools, nodes).await?;
+    async fn start(&mut self, options: &Options, tools: &Tools, binaries: &Binaries) -> anyhow::Result<()> {
+        if options.real_node {
+            return self.start_on_real_node(options, tools, binaries).await;
+        }
+        self.cluster_up(tools, options.nodes).await?;
         let cluster = self.cluster.as_ref().context("the cluster handle is missing")?;
         let (kubeconfig, api_server) = (
             cluster.kubeconfig().to_owned(),
@@ -266,33 +300,19 @@ impl Session {
         );
         let client = cluster.client().await?;
         self.client = Some(client.clone());
-        std::fs::write(self.dir.join(RUN_PID_FILE), std::process::id().to_string())
-            .with_context(|| format!("writing {}", self.dir.join(RUN_PID_FILE).display()))?;
-        self.wrote_pid_file = true;
-        let logs = self.dir.join("logs");
-        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let logs = self.claim()?;
         eprintln!(
             "Starting the fake tenant, the webhook server and the operator; their logs go to {}",
             logs.display()
         );
 
-        // The fake tenant picks a free port and says which.
-        let tenant_log = logs.join("fake-tenant.log");
-        self.spawn(
-            "fake-tenant",
-            &binaries.fake_tenant,
-            &["--listen".into(), "127.0.0.1:0".into()],
-            None,
-            &logs,
-        )?;
         let api_url = self
-            .wait("the fake tenant to listen", START_TIMEOUT, || async {
-                let log = std::fs::read_to_string(&tenant_log).unwrap_or_default();
-                Ok(listening_url(&log))
-            })
+            .start_fake_tenant(
+                &binaries.fake_tenant,
+                &["--listen".into(), "127.0.0.1:0".into()],
+                &logs,
+            )
             .await?;
-        self.set_endpoint("fake-tenant", &api_url);
-        self.tenant_api_url = Some(api_url.clone());
 
         // The CRDs (conversion by URL) before the webhook and the operator, whose watches need them.
         let ca_pem = webhook::write_certificates(&self.dir.join("webhook"))?;
@@ -388,8 +408,39 @@ impl Session {
             })
             .await?;
 
-        self.print_summary(&pods, &status, &api_server, &logs, &tools.kubectl);
+        self.print_summary(&pods, &status, &api_server, &logs, &tools.kubectl, None);
         Ok(())
+    }
+
+    /// Marks the cluster as used by this run (see [`check_no_other_run`]) and creates its log directory,
+    /// which it returns.
+    fn claim(&mut self) -> anyhow::Result<PathBuf> {
+        std::fs::write(self.dir.join(RUN_PID_FILE), std::process::id().to_string())
+            .with_context(|| format!("writing {}", self.dir.join(RUN_PID_FILE).display()))?;
+        self.wrote_pid_file = true;
+        let logs = self.dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        Ok(logs)
+    }
+
+    /// Starts the fake tenant with `args` and returns its API URL; it picks a free port and says which.
+    async fn start_fake_tenant(
+        &mut self,
+        binary: &Path,
+        args: &[String],
+        logs: &Path,
+    ) -> anyhow::Result<String> {
+        let tenant_log = logs.join("fake-tenant.log");
+        self.spawn("fake-tenant", binary, args, None, logs)?;
+        let api_url = self
+            .wait("the fake tenant to listen", START_TIMEOUT, || async {
+                let log = std::fs::read_to_string(&tenant_log).unwrap_or_default();
+                Ok(listening_url(&log))
+            })
+            .await?;
+        self.set_endpoint("fake-tenant", &api_url);
+        self.tenant_api_url = Some(api_url.clone());
+        Ok(api_url)
     }
 
     /// Publishes `version` on the fake tenant and follows the operator's rollout of it until every node
@@ -400,7 +451,7 @@ impl Session {
             .tenant_api_url
             .clone()
             .context("the fake tenant is not running")?;
-        publish_version(&api_url, version).await?;
+        publish_version(&api_url, version, self.tenant_ca_pem.as_deref()).await?;
         // The operator asks the tenant when it reconciles; a touch of the DynaKube makes it reconcile now
         // instead of at its next periodic check.
         let touch = json!({ "metadata": { "annotations": {
@@ -413,7 +464,8 @@ impl Session {
         println!("\nPublished OneAgent {version} on the fake tenant; the operator rolls it out:");
         let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let wanted = version.to_owned();
-        self.wait("the rollout of the new version", ROLLOUT_TIMEOUT, || {
+        let rollout_timeout = self.rollout_timeout;
+        self.wait("the rollout of the new version", rollout_timeout, || {
             let (client, wanted, last) = (client.clone(), wanted.clone(), last.clone());
             async move {
                 let status = Api::<DynaKube>::namespaced(client, NAMESPACE)
@@ -442,7 +494,7 @@ impl Session {
         })
         .await?;
         let pods = self
-            .wait("every OneAgent pod on the new version", ROLLOUT_TIMEOUT, || {
+            .wait("every OneAgent pod on the new version", rollout_timeout, || {
                 let (client, wanted) = (client.clone(), wanted.clone());
                 async move {
                     let pods = oneagent_pods(&client).await?;
@@ -452,6 +504,10 @@ impl Session {
             .await?;
         let header = ["POD", "NODE", "PHASE", "VERSION"].map(String::from);
         println!("\n{}", table(std::iter::once(&header).chain(&pods)));
+        if self.real_node {
+            let agent = self.wait_for_fake_oneagent(Some(version)).await?;
+            print_fake_oneagent(&agent);
+        }
         Ok(())
     }
 
@@ -461,6 +517,12 @@ impl Session {
         if let Ok(mut cluster) = Cluster::load(&self.dir) {
             let dead = cluster.dead_processes();
             let total = cluster.state().processes.len();
+            if dead.is_empty() && total > 0 && self.real_node && !cluster.state().real_node {
+                bail!(
+                    "cluster {name:?} runs without the real node; stop it with `cargo xtask cluster down --name \
+                     {name}`, or choose another cluster with --name"
+                );
+            }
             if dead.is_empty() && total > 0 {
                 eprintln!("Using the running cluster {name:?}; it keeps running afterwards.");
                 self.cluster = Some(cluster);
@@ -480,7 +542,7 @@ impl Session {
         } else {
             Lifetime::Tied
         };
-        self.cluster = Some(crate::start_cluster(tools, &name, nodes, false, lifetime).await?);
+        self.cluster = Some(crate::start_cluster(tools, &name, nodes, self.real_node, lifetime).await?);
         self.started_cluster = true;
         Ok(())
     }
@@ -585,6 +647,7 @@ impl Session {
         api_server: &str,
         logs: &Path,
         kubectl: &Path,
+        agent: Option<&FakeOneAgent>,
     ) {
         let name = &self.name;
         println!(
@@ -595,6 +658,10 @@ impl Session {
         let header = ["POD", "NODE", "PHASE", "VERSION"].map(String::from);
         print!("{}", table(std::iter::once(&header).chain(pods)));
         println!();
+        if let Some(agent) = agent {
+            print_fake_oneagent(agent);
+            println!();
+        }
         let version = status
             .one_agent
             .as_ref()
@@ -620,9 +687,20 @@ impl Session {
             })
             .collect();
         print!("{}", table(&rows));
-        println!(
-            "  cluster components: etcd.log, kube-apiserver.log, kube-controller-manager.log, ... in the same directory"
-        );
+        if self.real_node {
+            println!(
+                "  operator, webhook: pods in namespace {NAMESPACE} on node {} (kubectl -n {NAMESPACE} logs \
+                 deploy/dynatrace-operator)",
+                test_kit::real_node::NODE_NAME
+            );
+            println!(
+                "  cluster components: etcd.log, kube-apiserver.log, ..., containerd.log, kubelet.log in the same directory"
+            );
+        } else {
+            println!(
+                "  cluster components: etcd.log, kube-apiserver.log, kube-controller-manager.log, ... in the same directory"
+            );
+        }
         println!();
         println!("kubectl:");
         let kubeconfig = self.dir.join("kubeconfig");
@@ -635,6 +713,11 @@ impl Session {
         if self.exit_when_ready {
             return;
         }
+        let stops = if self.real_node {
+            "the fake tenant stops"
+        } else {
+            "the operator, the webhook server and the fake tenant stop, the webhook registration is removed"
+        };
         let cluster = if !self.started_cluster {
             "the cluster keeps running (it ran before)"
         } else if self.keep_cluster {
@@ -642,17 +725,19 @@ impl Session {
         } else {
             "the cluster is stopped (this run started it; --keep-cluster keeps it)"
         };
-        println!(
-            "Stop with Ctrl-C: the operator, the webhook server and the fake tenant stop, the webhook \
-             registration is removed, and {cluster}."
-        );
+        println!("Stop with Ctrl-C: {stops}, and {cluster}.");
     }
 
     /// Stops what this run started; the cluster only if this run started it and `--keep-cluster` is off.
     fn shutdown(&mut self, runtime: &Runtime) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         if !self.children.is_empty() {
-            eprintln!("Stopping the operator, the webhook server and the fake tenant ...");
+            let what = if self.real_node {
+                "the fake tenant"
+            } else {
+                "the operator, the webhook server and the fake tenant"
+            };
+            eprintln!("Stopping {what} ...");
         }
         while let Some(mut child) = self.children.pop() {
             if let Err(err) = child.process.stop() {
@@ -913,30 +998,49 @@ async fn dynakube_running(client: &Client) -> anyhow::Result<Option<DynaKubeStat
     )
 }
 
-/// Publishes a OneAgent version on the fake tenant (`POST /admin/versions`).
-async fn publish_version(api_url: &str, version: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let authority = api_url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .with_context(|| format!("the fake tenant's URL {api_url} is not http://host:port/..."))?;
-    let body = json!({ "version": version }).to_string();
-    let request = format!(
-        "POST /admin/versions HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(authority)
+/// Publishes a OneAgent version on the fake tenant (`POST /admin/versions`), over HTTPS trusting `ca_pem`
+/// when given.
+async fn publish_version(api_url: &str, version: &str, ca_pem: Option<&str>) -> anyhow::Result<()> {
+    let base = api_url
+        .strip_suffix("/api")
+        .with_context(|| format!("the fake tenant's URL {api_url} does not end in /api"))?;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(pem) = ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+            .context("the fake tenant's CA certificate is not valid PEM")?;
+        builder = builder.add_root_certificate(ca);
+    }
+    let client = builder
+        .build()
+        .context("building the HTTP client for the fake tenant")?;
+    let url = format!("{base}/admin/versions");
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(json!({ "version": version }).to_string())
+        .send()
         .await
-        .with_context(|| format!("connecting to the fake tenant at {authority}"))?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    let status_line = answer.lines().next().unwrap_or_default();
-    if !status_line.contains(" 2") {
-        bail!("the fake tenant refused version {version}: {answer}");
+        .with_context(|| format!("POST {url} (is the fake tenant running? see its log)"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("the fake tenant refused version {version} ({status}): {body}");
     }
     Ok(())
+}
+
+/// What the fake OneAgent on the real node printed when it started.
+fn print_fake_oneagent(agent: &FakeOneAgent) {
+    println!(
+        "OneAgent pod {} on node {} printed:",
+        agent.pod,
+        test_kit::real_node::NODE_NAME
+    );
+    println!(
+        "  {}{}",
+        test_kit::real_node::workloads::FAKE_ONEAGENT_STARTED,
+        agent.report
+    );
 }
 
 /// Left-aligned columns separated by two spaces.

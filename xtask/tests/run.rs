@@ -130,3 +130,97 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
     assert!(!cluster_dir.exists(), "{} was not removed", cluster_dir.display());
     eprintln!("xtask run --exit-when-ready took {elapsed:?}");
 }
+
+/// `cargo xtask run --real-node --exit-when-ready --update-to <newer fake OneAgent>`: the operator and the
+/// webhook as pods, the OneAgent pod Ready on the real node with what the fake OneAgent printed, then the
+/// update, and nothing left behind.
+#[test]
+fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
+    if let Some(reason) = test_kit::real_node::unsupported_reason() {
+        assert!(
+            std::env::var(test_kit::REQUIRE_REAL_NODE_ENV).as_deref() != Ok("1"),
+            "{}=1 but this machine cannot run the real node: {reason}",
+            test_kit::REQUIRE_REAL_NODE_ENV
+        );
+        eprintln!(
+            "\n*** SKIPPED: xtask run --real-node: this machine cannot run the real node: {reason} ***\n"
+        );
+        return;
+    }
+    let binaries = binaries_dir();
+    assert!(
+        binaries.join("fake-tenant").is_file(),
+        "{} is missing: run `cargo build -p test-fake-tenant` before `cargo test -p xtask`",
+        binaries.join("fake-tenant").display()
+    );
+    let (old, new) = (
+        test_images::FAKE_ONEAGENT_VERSIONS[0],
+        test_images::FAKE_ONEAGENT_VERSIONS[1],
+    );
+    let name = format!("xtask-run-real-{}", std::process::id());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let marker = format!("{name}-{nanos}");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run", "--real-node", "--exit-when-ready", "--nodes", "1"])
+        .arg("--binaries")
+        .arg(&binaries)
+        .args(["--name", &name])
+        .args(["--update-to", new])
+        .env(MARKER_VAR, &marker)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let root = test_kit::tools::workspace_root();
+    let _ = std::fs::remove_dir_all(root.join("target/local-run-logs").join(&name));
+    assert!(
+        output.status.success(),
+        "xtask run --real-node failed ({}) after {elapsed:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+
+    // Before the update: the pod on the real node, Running, and what the fake OneAgent printed.
+    let (before, after) = stdout
+        .split_once(&format!("Published OneAgent {new}"))
+        .unwrap_or_else(|| panic!("no update in the output:\n{stdout}"));
+    let oneagent_rows = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .filter(|line| line.starts_with("dynakube-oneagent-"))
+            .map(|line| line.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let rows = oneagent_rows(before);
+    assert_eq!(rows.len(), 1, "{before}");
+    assert_eq!(rows[0][1], "real-node", "{before}");
+    assert_eq!(rows[0][2], "Running", "{before}");
+    let report = |text: &str| -> serde_json::Value {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("fake-oneagent started: "))
+            .unwrap_or_else(|| panic!("no report of the fake OneAgent in:\n{text}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    assert_eq!(report(before)["version"], old, "{before}");
+    assert!(before.contains("phase Running"), "{before}");
+
+    // After the update: the new version's container on the real node.
+    let rows = oneagent_rows(after);
+    assert_eq!(rows.len(), 1, "{after}");
+    assert_eq!(rows[0][1], "real-node", "{after}");
+    assert_eq!(rows[0][3], new, "{after}");
+    assert_eq!(report(after)["version"], new, "{after}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = marked_processes(&marker);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = marked_processes(&marker);
+    }
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    let cluster_dir = root.join("target/local-clusters").join(&name);
+    assert!(!cluster_dir.exists(), "{} was not removed", cluster_dir.display());
+    eprintln!("{stdout}");
+    eprintln!("xtask run --real-node --exit-when-ready --update-to {new} took {elapsed:?}");
+}

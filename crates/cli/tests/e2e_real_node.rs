@@ -15,8 +15,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, LogParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
@@ -26,7 +24,7 @@ use serde_json::json;
 use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
 use test_images::{FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE};
 use test_kit::eventually;
-use test_kit::real_node::{self, NODE_LABEL, NODE_NAME};
+use test_kit::real_node::{self, NODE_LABEL};
 
 const NAMESPACE: &str = "dynatrace";
 const DYNAKUBE: &str = "e2e";
@@ -52,30 +50,9 @@ async fn apply(client: &Client, objects: &[serde_json::Value]) {
 
 /// The OneAgent pod on the real node with a Ready container, and the version its process reported.
 async fn ready_oneagent(client: &Client) -> anyhow::Result<Option<(String, String)>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let list = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=oneagent"))
-        .await?;
-    for pod in list.items {
-        let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(NODE_NAME);
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.ready));
-        if !on_node || !ready || pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let logs = pods.logs(&pod.name_any(), &LogParams::default()).await?;
-        let version = logs
-            .lines()
-            .find_map(|l| l.split("\"version\":\"").nth(1))
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_default()
-            .to_owned();
-        return Ok(Some((pod.name_any(), version)));
-    }
-    Ok(None)
+    Ok(real_node::workloads::ready_fake_oneagent(client, NAMESPACE)
+        .await?
+        .map(|agent| (agent.pod, agent.version)))
 }
 
 /// What a person debugging a failed run needs: the DynaKube's status, every pod's state, the events and
@@ -188,27 +165,10 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
     test_kit::setup::apply_objects(&client, &installation.objects(), FIELD_MANAGER)
         .await
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     eventually(
         "the operator and webhook pods to be available",
         POD_TIMEOUT,
-        || async {
-            let mut available = 0;
-            for name in ["dynatrace-operator", "dynatrace-webhook"] {
-                let status = deployments.get(name).await?.status.unwrap_or_default();
-                available += usize::from(status.available_replicas.unwrap_or(0) >= 1);
-            }
-            let bundle = configurations
-                .get("dynatrace-webhook")
-                .await?
-                .webhooks
-                .unwrap_or_default()[0]
-                .client_config
-                .ca_bundle
-                .is_some();
-            Ok((available == 2 && bundle).then_some(()))
-        },
+        || real_node::workloads::installation_available(&client, NAMESPACE),
     )
     .await
     .unwrap();

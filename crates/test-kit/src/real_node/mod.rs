@@ -8,6 +8,7 @@
 
 pub mod host;
 pub mod image;
+pub mod workloads;
 
 use std::fs::File;
 use std::io::Write as _;
