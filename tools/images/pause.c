@@ -1,6 +1,7 @@
 /*
  * The real node's sandbox ("pause") program, and a tiny multi-call tool for real-node tests, so test
- * images need no shell or busybox. Built static (`cc -static -Os`) by test-kit.
+ * images need no shell or busybox. Built static (`cc -static -Os -s`) by `test_images::pause_program`
+ * for the `pause` image of `cargo xtask image` and the real node's sandbox image.
  *
  *   pause                      sleep until SIGTERM/SIGINT, reaping children (the pod sandbox's job)
  *   pause write FILE TEXT      write TEXT and a newline to FILE, then exit
@@ -29,10 +30,16 @@ static void reap(int sig) {
     }
 }
 
-static int pause_forever(void) {
+/* Before anything is printed: a stop right after the output must not find the default action (fatal, or
+ * ignored as PID 1). */
+static void catch_signals(void) {
     signal(SIGTERM, stop);
     signal(SIGINT, stop);
     signal(SIGCHLD, reap);
+}
+
+static int pause_forever(void) {
+    catch_signals();
     for (;;) pause();
     return 0;
 }
@@ -84,6 +91,7 @@ int main(int argc, char **argv) {
         return failed;
     }
     if (argc == 3 && strcmp(argv[1], "serve-file") == 0) {
+        catch_signals();
         if (cat(argv[2]) != 0) return 1;
         return pause_forever();
     }

@@ -5,7 +5,8 @@
 //! Images (tag `<version>` with [`Profile::Release`], `<version>-dev` with [`Profile::Test`]):
 //! - `dynatrace-operator`: the static (musl) binary at `/usr/local/bin/dynatrace-operator`, user 1001, the
 //!   host's CA bundle, `/etc/passwd`/`/etc/group` entries and `/tmp`; no shell.
-//! - `pause`: the sandbox image for a node without a registry.
+//! - `pause`: the sandbox image for a node without a registry: [`PAUSE_SOURCE`] compiled static with the
+//!   host's C compiler ([`pause_program`]); besides pausing it has a few test commands (see the source).
 //! - `fake-oneagent:<a.b.c>`: behaves like a OneAgent for the DaemonSet (see the `test-image-programs`
 //!   crate), one per [`FAKE_ONEAGENT_VERSIONS`], or any name and version with [`fake_oneagent_image`].
 //! - `sample-app`: a dynamically linked program with the exact host libraries it loads.
@@ -22,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use anyhow::{Context as _, bail, ensure};
+use sha2::{Digest as _, Sha256};
 
 pub use elf::interpreter;
 pub use oci::{ImageArchive, ImageConfig, Layer};
@@ -34,6 +36,13 @@ pub const DYNAMIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub const OPERATOR_IMAGE: &str = "dynatrace-operator";
 /// Repository of the sandbox image.
 pub const PAUSE_IMAGE: &str = "pause";
+/// The pause program's C source, relative to the workspace: the one pause of the project (the sandbox of
+/// the real node and of [`PAUSE_IMAGE`]), with test commands `write`, `cat`, `serve-file` and `connect`.
+pub const PAUSE_SOURCE: &str = "tools/images/pause.c";
+/// Where the pause program lives in a pause image (also its entrypoint).
+pub const PAUSE_PATH: &str = "/pause";
+/// How [`pause_program`] compiles [`PAUSE_SOURCE`]: static (it runs on an empty base), small, stripped.
+const PAUSE_CFLAGS: [&str; 3] = ["-static", "-Os", "-s"];
 /// Repository of the fake OneAgent images built by [`build_images`].
 pub const FAKE_ONEAGENT_IMAGE: &str = "fake-oneagent";
 /// Repository of the sample application image.
@@ -86,7 +95,6 @@ impl Profile {
 #[derive(Debug, Clone)]
 struct Binaries {
     operator: PathBuf,
-    pause: PathBuf,
     fake_oneagent: PathBuf,
     sample_app: PathBuf,
 }
@@ -108,7 +116,7 @@ pub fn build_images_into(profile: Profile, dir: &Path) -> anyhow::Result<Vec<Ima
     let tag = profile.tag();
     let mut images = vec![
         operator_image(&binaries, &tag, mtime, dir)?,
-        pause_image(&binaries, &tag, mtime, dir)?,
+        pause_image(&tag, mtime, dir)?,
     ];
     for version in FAKE_ONEAGENT_VERSIONS {
         images.push(oneagent_image(
@@ -224,8 +232,6 @@ fn binaries(profile: Profile) -> anyhow::Result<Binaries> {
             "--bin",
             "dynatrace-operator",
             "--bin",
-            "pause",
-            "--bin",
             "fake-oneagent",
         ],
     )?;
@@ -240,7 +246,6 @@ fn binaries(profile: Profile) -> anyhow::Result<Binaries> {
     };
     let binaries = Binaries {
         operator: take(&mut statics, "dynatrace-operator")?,
-        pause: take(&mut statics, "pause")?,
         fake_oneagent: take(&mut statics, "fake-oneagent")?,
         sample_app: take(&mut dynamic, "sample-app")?,
     };
@@ -340,7 +345,7 @@ fn read_static(path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = read(path)?;
     if let Some(loader) = interpreter(&bytes).with_context(|| format!("reading {}", path.display()))? {
         bail!(
-            "{} is dynamically linked (loader {loader}); the images need static {STATIC_TARGET} binaries",
+            "{} is dynamically linked (loader {loader}); the images need static binaries ({STATIC_TARGET} or `cc -static`)",
             path.display()
         );
     }
@@ -409,21 +414,84 @@ fn operator_image(binaries: &Binaries, tag: &str, mtime: u64, dir: &Path) -> any
     oci::write_archive(&config, &layers, mtime, &archive_path(dir, &config.name, tag))
 }
 
-fn pause_image(binaries: &Binaries, tag: &str, mtime: u64, dir: &Path) -> anyhow::Result<ImageArchive> {
-    let mut layer = Layer::new();
-    layer.file("/pause", 0o755, read_static(&binaries.pause)?)?;
-    let config = ImageConfig {
-        name: PAUSE_IMAGE.to_owned(),
+fn pause_image(tag: &str, mtime: u64, dir: &Path) -> anyhow::Result<ImageArchive> {
+    let program = pause_program(&target_dir().join("images"))?;
+    // As Kubernetes' own pause image: nobody.
+    let config = pause_image_config(PAUSE_IMAGE, tag, Some("65535:65535"))?;
+    write_pause_image(&config, &program, mtime, &archive_path(dir, &config.name, tag))
+}
+
+/// The config of a pause image `name:tag` running as `user` (root when `None`).
+pub fn pause_image_config(name: &str, tag: &str, user: Option<&str>) -> anyhow::Result<ImageConfig> {
+    Ok(ImageConfig {
+        name: name.to_owned(),
         tag: tag.to_owned(),
-        // As Kubernetes' own pause image: nobody.
-        user: Some("65535:65535".to_owned()),
-        entrypoint: vec!["/pause".to_owned()],
-        labels: oci_labels(PAUSE_IMAGE, VERSION, "Pod sandbox for a node without a registry"),
+        user: user.map(str::to_owned),
+        entrypoint: vec![PAUSE_PATH.to_owned()],
+        labels: oci_labels(name, VERSION, "Pod sandbox for a node without a registry"),
         created: created()?,
         ..ImageConfig::default()
-    };
+    })
+}
+
+/// Writes the pause image of `config` holding `program` (from [`pause_program`]) at [`PAUSE_PATH`] as an
+/// OCI archive at `path` (kept when it already holds this very image).
+pub fn write_pause_image(
+    config: &ImageConfig,
+    program: &Path,
+    mtime: u64,
+    path: &Path,
+) -> anyhow::Result<ImageArchive> {
+    let mut layer = Layer::new();
+    layer.file(PAUSE_PATH, 0o755, read_static(program)?)?;
     let layers = [layer.to_tar(mtime)?];
-    oci::write_archive(&config, &layers, mtime, &archive_path(dir, &config.name, tag))
+    oci::write_archive(config, &layers, mtime, path)
+}
+
+/// Compiles [`PAUSE_SOURCE`] with `cc -static -Os -s` into `<cache>/pause-<hash>/pause`, where the hash
+/// covers the source and the flags, unless it is there already; returns its path. The binary does not
+/// depend on where the checkout is (stripped, paths mapped), so two builds give the same bytes.
+pub fn pause_program(cache: &Path) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let source = root.join(PAUSE_SOURCE);
+    let code = read(&source)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&code);
+    hasher.update(PAUSE_CFLAGS.join(" "));
+    let hash = hex::encode(&hasher.finalize()[..8]);
+    let dir = cache.join(format!("pause-{hash}"));
+    let binary = dir.join("pause");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Compiled under a name of its own and renamed: concurrent builders never see half a binary.
+    let partial = dir.join(format!("pause.{}.tmp", std::process::id()));
+    let output = Command::new("cc")
+        .args(PAUSE_CFLAGS)
+        .arg(format!("-ffile-prefix-map={}=/build", root.display()))
+        .arg("-o")
+        .arg(&partial)
+        .arg(&source)
+        .output()
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot run `cc` to compile {} ({err}); install a C compiler and a static libc \
+                 (`apt-get install gcc libc6-dev`)",
+                source.display()
+            )
+        })?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "`cc {}` of {} failed: {}; a static libc is needed (`apt-get install libc6-dev`)",
+            PAUSE_CFLAGS.join(" "),
+            source.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    std::fs::rename(&partial, &binary).with_context(|| format!("writing {}", binary.display()))?;
+    Ok(binary)
 }
 
 /// The tag the operator gives a OneAgent version: its first three parts.

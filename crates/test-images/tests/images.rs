@@ -273,6 +273,66 @@ fn pause_stops_on_sigterm_and_sigint() {
     }
 }
 
+#[test]
+fn pause_is_the_static_c_program_with_its_test_commands() {
+    let image = image("pause");
+    let config = &open(image).config["config"];
+    assert_eq!(config["Entrypoint"], serde_json::json!([test_images::PAUSE_PATH]));
+    assert_eq!(config["User"], "65535:65535");
+    let dir = unpack(image);
+    let pause = dir.path().join("pause");
+    assert_eq!(
+        test_images::interpreter(&std::fs::read(&pause).unwrap()).unwrap(),
+        None,
+        "must be static"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("greeting");
+    let run = |args: &[&std::ffi::OsStr]| Command::new(&pause).args(args).output().unwrap();
+    let written = run(&["write".as_ref(), file.as_os_str(), "hello".as_ref()]);
+    assert!(written.status.success(), "{written:?}");
+    let cat = run(&["cat".as_ref(), file.as_os_str()]);
+    assert!(cat.status.success(), "{cat:?}");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello\n");
+    let missing = run(&["cat".as_ref(), work.path().join("none").as_os_str()]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    let usage = run(&["nonsense".as_ref()]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    let unset = Command::new(&pause)
+        .args(["connect", "PAUSE_TEST_UNSET", "80"])
+        .env_remove("PAUSE_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert_eq!(unset.status.code(), Some(1), "{unset:?}");
+
+    // serve-file prints the file, then pauses until stopped.
+    let mut served = Command::new(&pause)
+        .arg("serve-file")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (line, _) = first_line(&mut served);
+    assert_eq!(line, "hello\n");
+    assert!(served.try_wait().unwrap().is_none(), "serve-file exited early");
+    signal_child(&served, rustix::process::Signal::TERM);
+    assert!(wait_for_exit(&mut served).success());
+}
+
+#[test]
+fn the_pause_program_compiles_to_the_same_bytes_twice() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = test_images::pause_program(one.path()).unwrap();
+    let second = test_images::pause_program(two.path()).unwrap();
+    assert_eq!(
+        sha256(&std::fs::read(&first).unwrap()),
+        sha256(&std::fs::read(&second).unwrap())
+    );
+    // Cached: asking again compiles nothing and gives the same path.
+    assert_eq!(test_images::pause_program(one.path()).unwrap(), first);
+}
+
 fn signal_child(child: &Child, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
     rustix::process::kill_process(pid, signal).unwrap();
