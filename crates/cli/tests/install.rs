@@ -24,26 +24,19 @@ async fn the_installation_is_accepted_as_is_and_applying_it_again_changes_nothin
         .unwrap();
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &installation.namespace);
-    let before: Vec<(String, i64)> = deployments
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|d| (d.name_any(), d.metadata.generation.unwrap()))
-        .collect();
+    let generations = || async {
+        let list = deployments.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .map(|d| (d.name_any(), d.metadata.generation.unwrap()))
+            .collect::<Vec<(String, i64)>>()
+    };
+    let before = generations().await;
     assert_eq!(before.len(), 2, "{before:?}");
     test_kit::setup::apply_objects(&client, &objects, FIELD_MANAGER)
         .await
         .unwrap();
-    let after: Vec<(String, i64)> = deployments
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|d| (d.name_any(), d.metadata.generation.unwrap()))
-        .collect();
+    let after = generations().await;
     assert_eq!(
         before, after,
         "a second apply changed a Deployment's spec (its generation)"

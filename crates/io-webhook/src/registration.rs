@@ -1,53 +1,36 @@
 //! Registering the webhooks with the API server: the CRDs (whose conversion points at the webhook) and the
 //! ValidatingWebhookConfiguration.
 
-use k8s_openapi::api::admissionregistration::v1::{
-    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt as _};
 use pure_api::crd::ConversionEndpoint;
 
 /// Name of the validating webhook, as in the reference's Helm chart.
-pub const VALIDATING_WEBHOOK_NAME: &str = "webhook.dynatrace.com";
+pub const VALIDATING_WEBHOOK_NAME: &str = pure_install::VALIDATING_WEBHOOK_NAME;
 
 /// A ValidatingWebhookConfiguration that sends DynaKube and OneAgent creates and updates to `url` (the
 /// server's `/validate`), trusting `ca_pem`, for the namespaces `namespace_selector` picks (all if `None`).
+/// The rules are the installation's ([`pure_install::validating_webhook_configuration`]); only the client
+/// differs.
 pub fn validating_configuration(
     name: &str,
     url: &str,
     ca_pem: &str,
     namespace_selector: Option<LabelSelector>,
 ) -> ValidatingWebhookConfiguration {
-    ValidatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![ValidatingWebhook {
-            name: VALIDATING_WEBHOOK_NAME.to_owned(),
-            admission_review_versions: vec!["v1".to_owned()],
-            side_effects: "None".to_owned(),
-            failure_policy: Some("Fail".to_owned()),
-            timeout_seconds: Some(10),
-            client_config: WebhookClientConfig {
-                url: Some(url.to_owned()),
-                ca_bundle: Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())),
-                service: None,
-            },
-            namespace_selector,
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec!["dynatrace.com".to_owned()]),
-                api_versions: Some(vec!["v1alpha1".to_owned(), "v1beta1".to_owned()]),
-                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
-                resources: Some(vec!["dynakubes".to_owned(), "oneagents".to_owned()]),
-                scope: Some("Namespaced".to_owned()),
-            }]),
-            ..Default::default()
-        }]),
+    let client = WebhookClientConfig {
+        url: Some(url.to_owned()),
+        ca_bundle: Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())),
+        service: None,
+    };
+    let mut configuration = pure_install::validating_webhook_configuration(name, client);
+    for webhook in configuration.webhooks.iter_mut().flatten() {
+        webhook.namespace_selector = namespace_selector.clone();
     }
+    configuration
 }
 
 /// Applies the CRDs (server-side, as `field_manager`) with conversion through `endpoint`, and waits up to

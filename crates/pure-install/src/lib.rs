@@ -301,37 +301,53 @@ impl Installation {
     /// The ValidatingWebhookConfiguration `dynatrace-webhook`: DynaKube and OneAgent creates and updates go
     /// to the Service's `/validate`; `caBundle` is set by the operator.
     pub fn validating_webhook_configuration(&self) -> ValidatingWebhookConfiguration {
-        ValidatingWebhookConfiguration {
-            metadata: ObjectMeta {
-                name: Some(WEBHOOK.to_owned()),
-                labels: Some(labels("webhook")),
+        let mut configuration = validating_webhook_configuration(
+            WEBHOOK,
+            WebhookClientConfig {
+                service: Some(ServiceReference {
+                    name: WEBHOOK.to_owned(),
+                    namespace: self.namespace.clone(),
+                    path: Some("/validate".to_owned()),
+                    port: Some(443),
+                }),
                 ..Default::default()
             },
-            webhooks: Some(vec![ValidatingWebhook {
-                name: "webhook.dynatrace.com".to_owned(),
-                admission_review_versions: vec!["v1".to_owned()],
-                side_effects: "None".to_owned(),
-                failure_policy: Some("Fail".to_owned()),
-                timeout_seconds: Some(10),
-                client_config: WebhookClientConfig {
-                    service: Some(ServiceReference {
-                        name: WEBHOOK.to_owned(),
-                        namespace: self.namespace.clone(),
-                        path: Some("/validate".to_owned()),
-                        port: Some(443),
-                    }),
-                    ..Default::default()
-                },
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec!["dynatrace.com".to_owned()]),
-                    api_versions: Some(vec!["v1alpha1".to_owned(), "v1beta1".to_owned()]),
-                    operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
-                    resources: Some(vec!["dynakubes".to_owned(), "oneagents".to_owned()]),
-                    scope: Some("Namespaced".to_owned()),
-                }]),
-                ..Default::default()
+        );
+        configuration.metadata.labels = Some(labels("webhook"));
+        configuration
+    }
+}
+
+/// Name of the validating webhook, as in the reference's Helm chart.
+pub const VALIDATING_WEBHOOK_NAME: &str = "webhook.dynatrace.com";
+
+/// A ValidatingWebhookConfiguration `name` that sends DynaKube and OneAgent creates and updates (every
+/// served version) to `client_config`: the Service in an installation, a URL in local runs and tests.
+pub fn validating_webhook_configuration(
+    name: &str,
+    client_config: WebhookClientConfig,
+) -> ValidatingWebhookConfiguration {
+    ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![ValidatingWebhook {
+            name: VALIDATING_WEBHOOK_NAME.to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            side_effects: "None".to_owned(),
+            failure_policy: Some("Fail".to_owned()),
+            timeout_seconds: Some(10),
+            client_config,
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["dynatrace.com".to_owned()]),
+                api_versions: Some(vec!["v1alpha1".to_owned(), "v1beta1".to_owned()]),
+                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+                resources: Some(vec!["dynakubes".to_owned(), "oneagents".to_owned()]),
+                scope: Some("Namespaced".to_owned()),
             }]),
-        }
+            ..Default::default()
+        }]),
     }
 }
 
