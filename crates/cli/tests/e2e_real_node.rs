@@ -250,11 +250,22 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
     // An automatic update: the tenant publishes the new version, the operator rolls it out, and the
     // kubelet pulls `latest` again, which now is the new version's image.
     tenant.publish_version(new);
+    // The operator asks the tenant when it reconciles, which in a quiet cluster is its 5-minute resync; an
+    // annotation (no change to what the DynaKube asks for) makes it reconcile now, as `cargo xtask run` does.
+    let touch = json!({ "metadata": { "annotations": { "e2e.dynatrace.com/touched": new } } });
+    dynakubes
+        .patch(
+            DYNAKUBE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&touch),
+        )
+        .await
+        .unwrap();
     let (second_pod, version) = eventually("the updated OneAgent pod", POD_TIMEOUT, || async {
         Ok(ready_oneagent(&client).await?.filter(|(_, v)| v == new))
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", futures::executor::block_on(diagnose(&client))));
     assert_ne!(first_pod, second_pod);
     assert_eq!(version, new);
     eprintln!("OneAgent updated to {version} after {:.1?}", started.elapsed());
