@@ -33,11 +33,6 @@ const TOKEN: &str = "dt0c01.test";
 /// Image pulls, container starts and the operator's first reconcile on a loaded 2-core machine.
 const POD_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// `a.b.c` of a full OneAgent version: the tag the tenant registry serves it under.
-fn tag(version: &str) -> String {
-    version.splitn(4, '.').take(3).collect::<Vec<_>>().join(".")
-}
-
 fn image<'a>(images: &'a [ImageArchive], name: &str) -> &'a ImageArchive {
     images.iter().find(|i| i.name == name).unwrap()
 }
@@ -53,6 +48,14 @@ async fn ready_oneagent(client: &Client) -> anyhow::Result<Option<(String, Strin
     Ok(real_node::workloads::ready_fake_oneagent(client, NAMESPACE)
         .await?
         .map(|agent| (agent.pod, agent.version)))
+}
+
+/// The value, or a panic with the error and what [`diagnose`] finds.
+async fn or_diagnose<T>(result: anyhow::Result<T>, client: &Client) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{error:#}\n{}", diagnose(client).await),
+    }
 }
 
 /// What a person debugging a failed run needs: the DynaKube's status, every pod's state, the events and
@@ -146,16 +149,16 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
     let tenant = FakeTenant::start_on(config, listen, SocketAddr::new(node_ip, 0))
         .await
         .unwrap();
-    for version in [old, new] {
-        let archive = images
-            .iter()
-            .find(|i| i.name == test_images::FAKE_ONEAGENT_IMAGE && version.starts_with(&i.tag))
-            .unwrap();
+    for archive in images
+        .iter()
+        .filter(|i| i.name == test_images::FAKE_ONEAGENT_IMAGE)
+    {
         tenant
-            .add_image(&format!("linux/oneagent:{}", tag(version)), &archive.path)
+            .add_image(&format!("linux/oneagent:{}", archive.tag), &archive.path)
             .await
             .unwrap();
     }
+
     real_node::write_registry_host(&tenant.addr().to_string(), &ca.cert_pem()).unwrap();
 
     // The operator and the webhook as pods of our image on the real node.
@@ -226,13 +229,13 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
         ],
     )
     .await;
-    let (first_pod, version) = eventually(
+    let ready = eventually(
         "the OneAgent pod to be Ready on the real node",
         POD_TIMEOUT,
         || ready_oneagent(&client),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", futures::executor::block_on(diagnose(&client))));
+    .await;
+    let (first_pod, version) = or_diagnose(ready, &client).await;
     assert_eq!(
         version, old,
         "the first OneAgent pod runs the latest version at the time"
@@ -261,11 +264,11 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
         )
         .await
         .unwrap();
-    let (second_pod, version) = eventually("the updated OneAgent pod", POD_TIMEOUT, || async {
+    let updated = eventually("the updated OneAgent pod", POD_TIMEOUT, || async {
         Ok(ready_oneagent(&client).await?.filter(|(_, v)| v == new))
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", futures::executor::block_on(diagnose(&client))));
+    .await;
+    let (second_pod, version) = or_diagnose(updated, &client).await;
     assert_ne!(first_pod, second_pod);
     assert_eq!(version, new);
     eprintln!("OneAgent updated to {version} after {:.1?}", started.elapsed());

@@ -28,7 +28,6 @@ use futures::StreamExt as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{ListParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
@@ -300,35 +299,11 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Creates an object given as JSON (its kind from `apiVersion`/`kind`).
+/// Creates an object given as JSON (its kind from `apiVersion`/`kind`, looked up by discovery).
 async fn create(client: &Client, object: Value) {
-    let object: DynamicObject = serde_json::from_value(object).unwrap();
-    let types = object.types.clone().unwrap();
-    let (group, version) = types
-        .api_version
-        .split_once('/')
-        .unwrap_or(("", types.api_version.as_str()));
-    let gvk = GroupVersionKind::gvk(group, version, &types.kind);
-    let plural = match types.kind.as_str() {
-        "Namespace" => "namespaces",
-        "ServiceAccount" => "serviceaccounts",
-        "Secret" => "secrets",
-        "DynaKube" => "dynakubes",
-        "ClusterRole" => "clusterroles",
-        "ClusterRoleBinding" => "clusterrolebindings",
-        "Role" => "roles",
-        "RoleBinding" => "rolebindings",
-        "FlowSchema" => "flowschemas",
-        other => panic!("no plural known for {other}"),
-    };
-    let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
-    let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    api.create(&PostParams::default(), &object)
+    test_kit::setup::apply_objects(client, &[object], "memory-bench")
         .await
-        .unwrap_or_else(|e| panic!("creating {} {:?}: {e}", types.kind, object.metadata.name));
+        .unwrap();
 }
 
 /// Gives the operator an identity of its own (a ServiceAccount with the narrow Secret RBAC) and a FlowSchema that

@@ -494,7 +494,8 @@ pub fn pause_program(cache: &Path) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-/// The tag the operator gives a OneAgent version: its first three parts.
+/// The tag the operator gives a OneAgent version (the operator's own rule,
+/// [`pure_desired::version::image_tag`]), for a version that has the three numeric parts the tag needs.
 fn oneagent_tag(version: &str) -> anyhow::Result<String> {
     let parts: Vec<&str> = version.split('.').take(3).collect();
     ensure!(
@@ -504,7 +505,7 @@ fn oneagent_tag(version: &str) -> anyhow::Result<String> {
                 .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
         "OneAgent version {version:?} must look like 1.277.0.20230914-094321"
     );
-    Ok(parts.join("."))
+    Ok(pure_desired::version::image_tag(Some(version)))
 }
 
 fn oneagent_image(

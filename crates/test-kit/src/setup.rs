@@ -66,6 +66,9 @@ pub async fn apply_objects(
     objects: &[serde_json::Value],
     field_manager: &str,
 ) -> anyhow::Result<()> {
+    // Kinds looked up once per call: an installation lists many objects of few kinds.
+    let mut kinds: std::collections::HashMap<String, (ApiResource, kube::discovery::ApiCapabilities)> =
+        std::collections::HashMap::new();
     for value in objects {
         let object: DynamicObject =
             serde_json::from_value(value.clone()).context("an object to apply is not a Kubernetes object")?;
@@ -79,9 +82,18 @@ pub async fn apply_objects(
             .split_once('/')
             .unwrap_or(("", types.api_version.as_str()));
         let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
-        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
-            .await
-            .with_context(|| format!("the API server does not serve {}", types.kind))?;
+        let key = format!("{}/{}", types.api_version, types.kind);
+        let (resource, capabilities) =
+            match kinds.get(&key) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = kube::discovery::pinned_kind(client, &gvk).await.with_context(|| {
+                    format!("the API server does not serve {key}; install its CRD before objects of its kind")
+                })?;
+                    kinds.insert(key, found.clone());
+                    found
+                }
+            };
         let api: Api<DynamicObject> = match (&capabilities.scope, object.metadata.namespace.as_deref()) {
             (kube::discovery::Scope::Namespaced, Some(namespace)) => {
                 Api::namespaced_with(client.clone(), namespace, &resource)
