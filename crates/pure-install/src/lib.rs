@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
-    WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -112,6 +112,7 @@ impl Installation {
         out.push(to_value(&self.webhook_service()));
         out.push(to_value(&self.webhook_deployment()));
         out.push(to_value(&self.validating_webhook_configuration()));
+        out.push(to_value(&self.mutating_webhook_configuration()));
         out.push(to_value(&self.operator_deployment()));
         out
     }
@@ -192,6 +193,8 @@ impl Installation {
             args: Some(vec![
                 "webhook-server".to_owned(),
                 format!("--certs-secret={}", names::WEBHOOK_CERTS_SECRET),
+                // Injected pods run `init` from the webhook's own image.
+                format!("--init-image={}", self.image),
                 format!("--log-format={}", self.log_format),
             ]),
             ports: Some(vec![
@@ -318,6 +321,95 @@ impl Installation {
     }
 }
 
+impl Installation {
+    /// The MutatingWebhookConfiguration `dynatrace-webhook`: pod creates in mapped namespaces go to the
+    /// Service's `/inject`, namespace creates and updates to `/label-ns`; `caBundle` is set by the operator.
+    pub fn mutating_webhook_configuration(&self) -> MutatingWebhookConfiguration {
+        let service = |path: &str| WebhookClientConfig {
+            service: Some(ServiceReference {
+                name: WEBHOOK.to_owned(),
+                namespace: self.namespace.clone(),
+                path: Some(path.to_owned()),
+                port: Some(443),
+            }),
+            ..Default::default()
+        };
+        let mut configuration = mutating_webhook_configuration(
+            WEBHOOK,
+            service(INJECT_PATH),
+            service(LABEL_NAMESPACE_PATH),
+        );
+        configuration.metadata.labels = Some(labels("webhook"));
+        configuration
+    }
+}
+
+/// Name of the pod webhook, as in the reference's Helm chart.
+pub const POD_WEBHOOK_NAME: &str = "webhook.pod.dynatrace.com";
+/// Name of the namespace webhook, as in the reference's Helm chart.
+pub const NAMESPACE_WEBHOOK_NAME: &str = "webhook.ns.dynatrace.com";
+/// The webhook server's path for pods.
+pub const INJECT_PATH: &str = "/inject";
+/// The webhook server's path for namespaces.
+pub const LABEL_NAMESPACE_PATH: &str = "/label-ns";
+/// How long the API server waits for the mutating webhooks (the reference's default at HEAD). Our
+/// answers take a millisecond; the timeout only matters when the webhook cannot be reached.
+pub const MUTATING_TIMEOUT_SECONDS: i32 = 10;
+
+/// A MutatingWebhookConfiguration `name` (spec §3.1 at HEAD): pod creates in the namespaces the operator
+/// labelled with `dynakube.internal.dynatrace.com/instance` go to `pods`, namespace creates and updates to
+/// `namespaces`. Both fail open (`failurePolicy: Ignore`): an unreachable webhook never stops a pod or a
+/// namespace. Pods are re-sent when a later webhook changed them (`reinvocationPolicy: IfNeeded`), so
+/// containers added after ours are injected too.
+pub fn mutating_webhook_configuration(
+    name: &str,
+    pods: WebhookClientConfig,
+    namespaces: WebhookClientConfig,
+) -> MutatingWebhookConfiguration {
+    let webhook = |name: &str, client_config, resource: &str, scope: &str, operations: &[&str]| MutatingWebhook {
+        name: name.to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        side_effects: "None".to_owned(),
+        failure_policy: Some("Ignore".to_owned()),
+        reinvocation_policy: Some("IfNeeded".to_owned()),
+        timeout_seconds: Some(MUTATING_TIMEOUT_SECONDS),
+        client_config,
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".to_owned()]),
+            operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
+            resources: Some(vec![resource.to_owned()]),
+            scope: Some(scope.to_owned()),
+        }]),
+        ..Default::default()
+    };
+    let mut pod_webhook = webhook(POD_WEBHOOK_NAME, pods, "pods", "Namespaced", &["CREATE"]);
+    pod_webhook.namespace_selector = Some(LabelSelector {
+        match_expressions: Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                key: pure_desired::mapping::INSTANCE_LABEL.to_owned(),
+                operator: "Exists".to_owned(),
+                values: None,
+            },
+        ]),
+        match_labels: None,
+    });
+    let namespace_webhook = webhook(
+        NAMESPACE_WEBHOOK_NAME,
+        namespaces,
+        "namespaces",
+        "Cluster",
+        &["CREATE", "UPDATE"],
+    );
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![pod_webhook, namespace_webhook]),
+    }
+}
+
 /// Name of the validating webhook, as in the reference's Helm chart.
 pub const VALIDATING_WEBHOOK_NAME: &str = "webhook.dynatrace.com";
 
@@ -431,12 +523,22 @@ fn operator_namespace_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// What the webhook reads across the cluster for validation (io-webhook cluster.rs).
+/// What the webhook reads across the cluster (io-webhook cluster.rs): for validation, and for injection
+/// the per-namespace Secrets' presence (watched by name) and the workload owners of pods.
 fn webhook_cluster_rules() -> Vec<PolicyRule> {
     vec![
         rule("dynatrace.com", &["dynakubes"], &["get", "list", "watch"]),
         rule("", &["namespaces", "nodes"], &["get", "list", "watch"]),
-        rule("apps", &["daemonsets"], &["get", "list", "watch"]),
+        rule("apps", &["daemonsets", "replicasets"], &["get", "list", "watch"]),
+        rule("batch", &["jobs"], &["get", "list", "watch"]),
+        rule("", &["replicationcontrollers"], &["get", "list", "watch"]),
+        PolicyRule {
+            resource_names: Some(vec![
+                names::INIT_SECRET.to_owned(),
+                names::ENRICHMENT_SECRET.to_owned(),
+            ]),
+            ..rule("", &["secrets"], &["get", "list", "watch"])
+        },
         rule("", &["events"], &["create", "patch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
@@ -551,6 +653,7 @@ mod tests {
             "Deployment/dynatrace-webhook",
             "Service/dynatrace-webhook",
             "ValidatingWebhookConfiguration/dynatrace-webhook",
+            "MutatingWebhookConfiguration/dynatrace-webhook",
             "ServiceAccount/dynatrace-dynakube-oneagent",
             "ClusterRole/dynatrace-operator",
             "RoleBinding/dynatrace-webhook",
@@ -565,6 +668,45 @@ mod tests {
         for object in &objects {
             assert!(object["apiVersion"].is_string(), "{object}");
         }
+    }
+
+    #[test]
+    fn the_mutating_webhooks_fail_open_and_only_pods_of_mapped_namespaces_are_sent() {
+        let install = install();
+        let configuration = install.mutating_webhook_configuration();
+        let webhooks = configuration.webhooks.unwrap();
+        assert_eq!(webhooks.len(), 2);
+        for webhook in &webhooks {
+            assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"), "{}", webhook.name);
+            assert_eq!(webhook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+            assert_eq!(webhook.timeout_seconds, Some(10));
+            assert_eq!(webhook.admission_review_versions, ["v1"]);
+            assert_eq!(webhook.side_effects, "None");
+            let service = webhook.client_config.service.as_ref().unwrap();
+            assert_eq!((service.name.as_str(), service.port), (WEBHOOK, Some(443)));
+        }
+        let (pods, namespaces) = (&webhooks[0], &webhooks[1]);
+        assert_eq!(pods.name, POD_WEBHOOK_NAME);
+        let path = |w: &MutatingWebhook| w.client_config.service.as_ref().unwrap().path.clone();
+        assert_eq!(path(pods).as_deref(), Some(INJECT_PATH));
+        assert_eq!(path(namespaces).as_deref(), Some(LABEL_NAMESPACE_PATH));
+        let selector = pods.namespace_selector.as_ref().unwrap();
+        let requirement = &selector.match_expressions.as_ref().unwrap()[0];
+        assert_eq!(requirement.key, pure_desired::mapping::INSTANCE_LABEL);
+        assert_eq!(requirement.operator, "Exists");
+        let rules = |w: &MutatingWebhook| w.rules.clone().unwrap()[0].clone();
+        assert_eq!(rules(pods).resources.unwrap(), ["pods"]);
+        assert_eq!(rules(pods).operations.unwrap(), ["CREATE"]);
+        assert_eq!(rules(namespaces).resources.unwrap(), ["namespaces"]);
+        assert_eq!(rules(namespaces).operations.unwrap(), ["CREATE", "UPDATE"]);
+        assert!(namespaces.namespace_selector.is_none());
+        // The webhook tells injected pods to run `init` from its own image.
+        let deployment = install.webhook_deployment();
+        let args = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(args.contains(&format!("--init-image={}", install.image)), "{args:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod pki;
 pub mod process;
+pub mod procfs;
 pub mod real_node;
 pub mod setup;
 pub mod tools;
