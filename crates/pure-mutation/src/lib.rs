@@ -267,8 +267,14 @@ pub const EVENT_CSI_DRIVER_MISSING: &str = "CSIDriverMissing";
 /// The pod webhook: decides and builds the patch (spec §3.4, with the differences in the crate
 /// documentation).
 pub fn mutate_pod(req: &PodRequest<'_>) -> PodOutcome {
+    mutate(req).0
+}
+
+/// [`mutate_pod`] with the mutated pod (the original when it is unchanged), which the patch must turn
+/// the original into.
+pub(crate) fn mutate(req: &PodRequest<'_>) -> (PodOutcome, Pod) {
     match decide(req) {
-        Ok(outcome) => outcome,
+        Ok(mutated) => mutated,
         Err(skip) => {
             let events = if skip.is_failure() {
                 let dynakube = req
@@ -288,16 +294,17 @@ pub fn mutate_pod(req: &PodRequest<'_>) -> PodOutcome {
             } else {
                 Vec::new()
             };
-            PodOutcome {
+            let outcome = PodOutcome {
                 patch: json_patch::Patch(Vec::new()),
                 result: PodResult::Unchanged(skip),
                 events,
-            }
+            };
+            (outcome, req.pod.clone())
         }
     }
 }
 
-fn decide(req: &PodRequest<'_>) -> Result<PodOutcome, Skip> {
+fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
     let label = req
         .namespace
         .labels
@@ -349,7 +356,7 @@ fn decide(req: &PodRequest<'_>) -> Result<PodOutcome, Skip> {
         if patch.0.is_empty() {
             return Err(Skip::AlreadyInjected);
         }
-        return Ok(PodOutcome {
+        let outcome = PodOutcome {
             patch,
             result: PodResult::Updated,
             events: vec![dynakube_event(
@@ -361,7 +368,8 @@ fn decide(req: &PodRequest<'_>) -> Result<PodOutcome, Skip> {
                     req.namespace.name
                 ),
             )],
-        });
+        };
+        return Ok((outcome, pod));
     }
 
     let automatic = flags.automatic_injection();
@@ -454,11 +462,12 @@ fn decide(req: &PodRequest<'_>) -> Result<PodOutcome, Skip> {
             req.namespace.name
         ),
     ));
-    Ok(PodOutcome {
+    let outcome = PodOutcome {
         patch: diff(req.pod, &pod),
         result: PodResult::Injected,
         events,
-    })
+    };
+    Ok((outcome, pod))
 }
 
 /// A reinvoked admission of an injected pod: every application container gets what it lacks, and the

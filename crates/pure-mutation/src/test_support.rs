@@ -71,6 +71,7 @@ pub(crate) fn settings(csi: bool) -> Settings {
 }
 
 /// A request's facts besides the pod, owned, so that tests can change them.
+#[derive(Debug, Clone)]
 pub(crate) struct Facts {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
