@@ -128,6 +128,31 @@ pub fn proxy_env(proxy: ProxySource<'_>) -> EnvVar {
     }
 }
 
+/// Adds `var` unless the list has a variable of that name already (the user's value wins); whether it
+/// was added.
+pub fn add_env_if_absent(env: &mut Option<Vec<EnvVar>>, var: EnvVar) -> bool {
+    // No list is created unless something goes into it: `None` and `[]` serialize differently.
+    if env.iter().flatten().any(|v| v.name == var.name) {
+        return false;
+    }
+    env.get_or_insert_with(Vec::new).push(var);
+    true
+}
+
+/// Sets `var`: replaces the first variable of that name in place (so the order stays), or appends it.
+pub fn set_env(env: &mut Option<Vec<EnvVar>>, var: EnvVar) {
+    let list = env.get_or_insert_with(Vec::new);
+    match list.iter_mut().find(|v| v.name == var.name) {
+        Some(existing) => *existing = var,
+        None => list.push(var),
+    }
+}
+
+/// The literal value of the first variable `name`, if it has one.
+pub fn env_value<'a>(env: Option<&'a [EnvVar]>, name: &str) -> Option<&'a str> {
+    env?.iter().find(|v| v.name == name)?.value.as_deref()
+}
+
 // ---- volumes and mounts ----
 
 /// A mount of volume `name` at `path`; `readOnly` is left out unless true.
@@ -146,6 +171,25 @@ pub fn sub_path_mount(name: &str, path: &str, sub_path: &str, read_only: bool) -
         sub_path: Some(sub_path.to_owned()),
         ..mount(name, path, read_only)
     }
+}
+
+/// Adds `mount` unless something is mounted at its path already (two mounts at one path make the pod
+/// invalid); whether it was added.
+pub fn add_mount_if_absent(mounts: &mut Option<Vec<VolumeMount>>, mount: VolumeMount) -> bool {
+    if mounts.iter().flatten().any(|m| m.mount_path == mount.mount_path) {
+        return false;
+    }
+    mounts.get_or_insert_with(Vec::new).push(mount);
+    true
+}
+
+/// Adds `volume` unless the pod has a volume of that name already; whether it was added.
+pub fn add_volume_if_absent(volumes: &mut Option<Vec<Volume>>, volume: Volume) -> bool {
+    if volumes.iter().flatten().any(|v| v.name == volume.name) {
+        return false;
+    }
+    volumes.get_or_insert_with(Vec::new).push(volume);
+    true
 }
 
 /// Volume `name` with the node's directory `path` (no type check).
@@ -545,6 +589,39 @@ mod tests {
                 .map(|f| f.field_path),
             Some("metadata.uid".to_owned())
         );
+    }
+
+    #[test]
+    fn ensure_helpers_add_once_and_keep_the_users_entries() {
+        let mut env = None;
+        assert!(add_env_if_absent(&mut env, literal_env("A", "1")));
+        assert!(
+            !add_env_if_absent(&mut env, literal_env("A", "2")),
+            "the user's value wins"
+        );
+        set_env(&mut env, literal_env("B", "1"));
+        set_env(&mut env, literal_env("A", "3"));
+        let list = env.clone().unwrap_or_default();
+        assert_eq!(
+            list.iter()
+                .map(|v| (v.name.as_str(), v.value.as_deref()))
+                .collect::<Vec<_>>(),
+            [("A", Some("3")), ("B", Some("1"))],
+            "set_env replaces in place"
+        );
+        assert_eq!(env_value(env.as_deref(), "B"), Some("1"));
+        assert_eq!(env_value(env.as_deref(), "C"), None);
+
+        let mut mounts = None;
+        assert!(add_mount_if_absent(&mut mounts, mount("a", "/x", false)));
+        assert!(
+            !add_mount_if_absent(&mut mounts, mount("b", "/x", true)),
+            "one mount per path"
+        );
+        let mut volumes = None;
+        assert!(add_volume_if_absent(&mut volumes, empty_dir_volume("a")));
+        assert!(!add_volume_if_absent(&mut volumes, secret_volume("a", "s")));
+        assert_eq!(volumes.map(|v| v.len()), Some(1));
     }
 
     #[test]
