@@ -39,6 +39,7 @@ async fn serve(cluster: &Cluster, certs_dir: &Path, port: u16) -> anyhow::Result
     let state = io_webhook::AppState {
         cluster: Some(io_webhook::ClusterCache::start(client.clone(), &shutdown)),
         metrics: io_webhook::Metrics::new(),
+        injection: None,
     };
     let config = io_webhook::ServerConfig {
         bind: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),

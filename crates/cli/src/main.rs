@@ -104,7 +104,11 @@ struct WebhookServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: std::net::IpAddr,
-    /// HTTPS port of /validate, /convert, /livez and /readyz.
+    /// Image of the init container injected into pods (`dynatrace-operator init`). Without it, the image
+    /// of this pod's `webhook` container is used (read once at start through POD_NAME).
+    #[arg(long, env = "DT_INIT_IMAGE")]
+    init_image: Option<String>,
+    /// HTTPS port of /validate, /convert, /inject, /label-ns, /livez and /readyz.
     #[arg(long, default_value_t = io_webhook::DEFAULT_PORT)]
     port: u16,
     /// Plain-HTTP port of /metrics, /livez and /readyz.
@@ -275,14 +279,34 @@ fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
         let certificate_source = match args.certs_secret {
             Some(name) => io_webhook::CertificateSource::Secret {
                 client: client.clone(),
-                namespace: args.namespace,
+                namespace: args.namespace.clone(),
                 name,
             },
             None => io_webhook::CertificateSource::Dir(args.certs_dir),
         };
+        let metrics = io_webhook::Metrics::new();
+        let init_image = match args.init_image {
+            Some(image) => Some(image),
+            None => own_image(&client, &args.namespace).await,
+        };
+        let injection = match init_image {
+            Some(init_image) => Some(io_webhook::Injection {
+                init_image,
+                webhook_namespace: args.namespace.clone(),
+                events: io_webhook::events::EventQueue::start(client.clone(), metrics.clone(), shutdown.clone()),
+            }),
+            None => {
+                tracing::error!(
+                    "no init image: pass --init-image (or DT_INIT_IMAGE), or run in a pod with POD_NAME set and a \
+                     container named webhook; until then pods are admitted without the OneAgent code module"
+                );
+                None
+            }
+        };
         let state = io_webhook::AppState {
             cluster: Some(io_webhook::ClusterCache::start(client, &shutdown)),
-            metrics: io_webhook::Metrics::new(),
+            metrics,
+            injection,
         };
         let config = io_webhook::ServerConfig {
             bind: (args.bind_address, args.port).into(),
@@ -295,6 +319,25 @@ fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// The image of the container `webhook` of this pod (POD_NAME in `namespace`), as the reference takes its
+/// init image; `None` (logged) outside a pod or when the pod cannot be read.
+async fn own_image(client: &kube::Client, namespace: &str) -> Option<String> {
+    let name = std::env::var("POD_NAME").ok()?;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), namespace);
+    match pods.get(&name).await {
+        Ok(pod) => pod
+            .spec?
+            .containers
+            .into_iter()
+            .find(|c| c.name == "webhook")
+            .and_then(|c| c.image),
+        Err(err) => {
+            tracing::warn!(%err, pod = %name, "cannot read the webhook's own pod for the init image");
+            None
+        }
+    }
 }
 
 /// Returns on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

@@ -219,6 +219,7 @@ async fn certificates_rotate_under_load_without_a_failed_call_and_tampering_is_r
         io_webhook::AppState {
             cluster: None,
             metrics: io_webhook::Metrics::new(),
+            injection: None,
         },
         stop_server.clone(),
     )

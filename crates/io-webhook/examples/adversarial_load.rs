@@ -87,6 +87,7 @@ async fn main() {
     let state = io_webhook::AppState {
         cluster: None,
         metrics: io_webhook::Metrics::new(),
+        injection: None,
     };
     let server = io_webhook::start(&config, state, CancellationToken::new())
         .await

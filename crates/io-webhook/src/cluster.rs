@@ -1,21 +1,24 @@
-//! What the validating webhook knows of the cluster: watched caches of DynaKubes, of node and namespace
-//! metadata (labels are all the rules need) and of the CSI driver's DaemonSet, so that validating does not
-//! list or get objects per request.
+//! What the webhooks know of the cluster: watched caches of DynaKubes, of node and namespace metadata
+//! (labels are all the rules need), of the CSI driver's DaemonSet, of the per-namespace Secrets the
+//! injected pods mount (metadata, watched by name) and of the workload kinds that own pods (metadata,
+//! without managed fields or annotations), so that neither validating nor injecting lists or gets objects
+//! per request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, ReplicationController, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use pure_api::dynakube::DynaKube;
 use pure_api::dynakube::PROXY_SECRET_KEY;
-use pure_api::dynakube::names::CSI_DAEMONSET;
+use pure_api::dynakube::names::{CSI_DAEMONSET, ENRICHMENT_SECRET, INIT_SECRET};
 use pure_api::validation::ProxySecret;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +31,16 @@ pub struct ClusterCache {
     nodes: Store<PartialObjectMeta<Node>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     csi_daemonsets: Store<PartialObjectMeta<DaemonSet>>,
+    init_secrets: Store<PartialObjectMeta<Secret>>,
+    enrichment_secrets: Store<PartialObjectMeta<Secret>>,
+    replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
+    jobs: Store<PartialObjectMeta<Job>>,
+    replication_controllers: Store<PartialObjectMeta<ReplicationController>>,
     ready: Arc<AtomicBool>,
 }
+
+/// Page size of the initial lists: a page of metadata of 100 objects keeps one response small.
+const PAGE_SIZE: u32 = 100;
 
 /// A consistent copy of the cached state, for one validation.
 #[derive(Debug, Default)]
@@ -62,7 +73,10 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let stream = watcher(api, config.page_size(PAGE_SIZE))
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None);
+    let stream = reflector::reflector(writer, stream);
     spawn_drain(stream, what, shutdown);
     reader
 }
@@ -87,6 +101,29 @@ where
     });
 }
 
+/// Watches the metadata of an owner kind, keeping only names and owner references.
+fn spawn_owner_reflector<K>(
+    api: Api<PartialObjectMeta<K>>,
+    what: &'static str,
+    shutdown: &CancellationToken,
+) -> Store<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    PartialObjectMeta<K>: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().page_size(PAGE_SIZE))
+        .default_backoff()
+        .modify(|object: &mut PartialObjectMeta<K>| {
+            let meta = &mut object.metadata;
+            meta.managed_fields = None;
+            meta.annotations = None;
+            meta.labels = None;
+        });
+    spawn_drain(reflector::reflector(writer, stream), what, shutdown.clone());
+    reader
+}
+
 impl ClusterCache {
     /// Starts watching. The cache is ready once every watch has listed once ([`Self::is_ready`]).
     pub fn start(client: Client, shutdown: &CancellationToken) -> Self {
@@ -109,6 +146,23 @@ impl ClusterCache {
             "DaemonSet",
             shutdown.clone(),
         );
+        // The per-namespace Secrets by name: only their presence is read (a pod that mounts a missing
+        // Secret would never start), and RBAC can grant list/watch for these two names only.
+        let named_secrets = |name: &str, what| {
+            spawn_reflector_with(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+                what,
+                shutdown.clone(),
+            )
+        };
+        let init_secrets = named_secrets(INIT_SECRET, "Secret dynatrace-dynakube-config");
+        let enrichment_secrets = named_secrets(ENRICHMENT_SECRET, "Secret dynatrace-data-ingest-endpoint");
+        // The kinds between a pod and its workload; their owner references are all that is read.
+        let replica_sets = spawn_owner_reflector(Api::all(client.clone()), "ReplicaSet", shutdown);
+        let jobs = spawn_owner_reflector(Api::all(client.clone()), "Job", shutdown);
+        let replication_controllers =
+            spawn_owner_reflector(Api::all(client.clone()), "ReplicationController", shutdown);
         let ready = Arc::new(AtomicBool::new(false));
         let cache = Self {
             client,
@@ -116,6 +170,11 @@ impl ClusterCache {
             nodes,
             namespaces,
             csi_daemonsets,
+            init_secrets,
+            enrichment_secrets,
+            replica_sets,
+            jobs,
+            replication_controllers,
             ready: ready.clone(),
         };
         let waiting = cache.clone();
@@ -124,7 +183,12 @@ impl ClusterCache {
                 waiting.dynakubes.wait_until_ready().await?;
                 waiting.nodes.wait_until_ready().await?;
                 waiting.namespaces.wait_until_ready().await?;
-                waiting.csi_daemonsets.wait_until_ready().await
+                waiting.csi_daemonsets.wait_until_ready().await?;
+                waiting.init_secrets.wait_until_ready().await?;
+                waiting.enrichment_secrets.wait_until_ready().await?;
+                waiting.replica_sets.wait_until_ready().await?;
+                waiting.jobs.wait_until_ready().await?;
+                waiting.replication_controllers.wait_until_ready().await
             };
             if all.await.is_ok() {
                 ready.store(true, Ordering::Release);
@@ -163,6 +227,71 @@ impl ClusterCache {
             d.metadata.namespace.as_deref() == Some(namespace)
                 && d.metadata.name.as_deref() == Some(CSI_DAEMONSET)
         }))
+    }
+
+    /// The cached metadata of namespace `name`.
+    pub fn namespace(&self, name: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+        self.namespaces.get(&ObjectRef::new(name))
+    }
+
+    /// The DynaKube `name` in `namespace`.
+    pub fn dynakube(&self, namespace: &str, name: &str) -> Option<Arc<DynaKube>> {
+        self.dynakubes.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every DynaKube in `namespace`.
+    pub fn dynakubes_in(&self, namespace: &str) -> Vec<DynaKube> {
+        self.dynakubes
+            .state()
+            .iter()
+            .filter(|d| d.metadata.namespace.as_deref() == Some(namespace))
+            .map(|d| (**d).clone())
+            .collect()
+    }
+
+    /// Whether the init Secret `dynatrace-dynakube-config` exists in `namespace`.
+    pub fn has_init_secret(&self, namespace: &str) -> bool {
+        self.init_secrets
+            .get(&ObjectRef::new(INIT_SECRET).within(namespace))
+            .is_some()
+    }
+
+    /// Whether the enrichment Secret `dynatrace-data-ingest-endpoint` exists in `namespace`.
+    pub fn has_enrichment_secret(&self, namespace: &str) -> bool {
+        self.enrichment_secrets
+            .get(&ObjectRef::new(ENRICHMENT_SECRET).within(namespace))
+            .is_some()
+    }
+
+    /// The owner references of a cached ReplicaSet, Job or ReplicationController; `None` for other kinds
+    /// and for objects not in the cache.
+    pub fn owners_of(&self, kind: &str, namespace: &str, name: &str) -> Option<Vec<OwnerReference>> {
+        fn refs<K>(
+            store: &Store<PartialObjectMeta<K>>,
+            namespace: &str,
+            name: &str,
+        ) -> Option<Vec<OwnerReference>>
+        where
+            K: Resource<DynamicType = ()> + Clone,
+            PartialObjectMeta<K>: Resource<DynamicType = ()> + Clone,
+        {
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|o| o.metadata.owner_references.clone().unwrap_or_default())
+        }
+        match kind {
+            "ReplicaSet" => refs(&self.replica_sets, namespace, name),
+            "Job" => refs(&self.jobs, namespace, name),
+            "ReplicationController" => refs(&self.replication_controllers, namespace, name),
+            _ => None,
+        }
+    }
+
+    /// The cluster id: the UID of the `kube-system` namespace, as the reference uses.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.namespace("kube-system")
+            .and_then(|ns| ns.metadata.uid.clone())
+            .filter(|uid| !uid.is_empty())
     }
 
     /// Whether Istio's networking API is served; `None` when discovery failed.

@@ -1,5 +1,5 @@
-//! The webhook endpoints: `/validate` (DynaKube and OneAgent), `/convert` (DynaKube versions), `/livez`
-//! and `/readyz`.
+//! The webhook endpoints: `/validate` (DynaKube and OneAgent), `/convert` (DynaKube versions), `/inject`
+//! and `/label-ns` (in [`crate::inject`]), `/livez` and `/readyz`.
 //!
 //! Anything that is not a well-formed review gets a 400 that says what was wrong; nothing a client sends
 //! can panic or stall the server (bodies are capped in size and time, and the memory requests in flight
@@ -50,13 +50,15 @@ pub struct AppState {
     pub cluster: Option<ClusterCache>,
     /// Request metrics.
     pub metrics: Metrics,
+    /// What `/inject` and `/label-ns` need besides the caches; without it they admit everything unchanged.
+    pub injection: Option<crate::inject::Injection>,
 }
 
 /// State of the admission and conversion endpoints.
 #[derive(Clone)]
-struct Endpoints {
-    state: AppState,
-    budget: MemoryBudget,
+pub(crate) struct Endpoints {
+    pub(crate) state: AppState,
+    pub(crate) budget: MemoryBudget,
 }
 
 /// The webhook router: the admission and conversion endpoints plus the probes. The endpoints share a
@@ -70,6 +72,11 @@ pub fn router_with_budget(state: AppState, budget: MemoryBudget) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/convert", post(convert))
+        .route(pure_install::INJECT_PATH, post(crate::inject::inject))
+        .route(
+            pure_install::LABEL_NAMESPACE_PATH,
+            post(crate::inject::label_namespace),
+        )
         .with_state(Endpoints {
             state: state.clone(),
             budget,
@@ -93,7 +100,7 @@ impl AppState {
 }
 
 /// A 400 answer with a message for the client.
-fn bad_request(message: String) -> Response {
+pub(crate) fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
 
@@ -113,7 +120,10 @@ fn busy(budget: &MemoryBudget) -> Response {
 /// Reads a body of at most [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`], charging its bytes to the budget as
 /// they arrive, then charges the estimate of its parsed form. The returned charge is held until the
 /// answer is ready.
-async fn read_body(body: Body, budget: &MemoryBudget) -> Result<(Bytes, budget::Charge), Response> {
+pub(crate) async fn read_body(
+    body: Body,
+    budget: &MemoryBudget,
+) -> Result<(Bytes, budget::Charge), Response> {
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
     let too_slow = || bad_request(format!("the request body did not arrive within {BODY_TIMEOUT:?}"));
     let mut charge = budget.charge();
@@ -180,7 +190,7 @@ async fn drain(mut stream: axum::body::BodyDataStream, deadline: tokio::time::In
     }
 }
 
-fn json_response<T: serde::Serialize>(value: &T) -> Response {
+pub(crate) fn json_response<T: serde::Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(json) => ([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(err) => (
@@ -192,7 +202,7 @@ fn json_response<T: serde::Serialize>(value: &T) -> Response {
 }
 
 /// The metric outcome of a request that got no review back.
-fn failure_outcome(response: &Response) -> &'static str {
+pub(crate) fn failure_outcome(response: &Response) -> &'static str {
     if response.status() == StatusCode::SERVICE_UNAVAILABLE {
         "busy"
     } else {

@@ -1,5 +1,6 @@
 //! The webhook server: validates DynaKube and OneAgent objects, converts DynaKubes between API versions,
-//! and reports health and Prometheus metrics.
+//! injects the OneAgent code module into pods and labels namespaces for their DynaKube, and reports health
+//! and Prometheus metrics.
 //!
 //! HTTPS with rustls (TLS 1.2 minimum, 1.3 preferred); the certificate is re-read from its files when it
 //! changes, or taken from the operator's certificate Secret on every change of it. Metrics (`/metrics`) and
@@ -7,7 +8,9 @@
 
 pub mod budget;
 pub mod cluster;
+pub mod events;
 pub mod handlers;
+pub mod inject;
 pub mod metrics;
 pub mod registration;
 pub mod tls;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cluster::ClusterCache;
 pub use handlers::AppState;
+pub use inject::Injection;
 pub use metrics::Metrics;
 
 /// Default HTTPS port, as in the reference's Helm chart.

@@ -28,12 +28,31 @@ pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
 
+/// Labels of the pod-injection counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InjectionLabels {
+    /// `injected`, `updated` (reinvocation added containers), `skipped` (the user's choice) or `failed`
+    /// (something of ours was missing; the pod was admitted unchanged).
+    pub result: &'static str,
+    /// CamelCase reason, e.g. `InitSecretMissing`; empty for injected and updated pods.
+    pub reason: String,
+}
+
+/// Labels of the event counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `written`, `failed` or `dropped` (the queue was full).
+    pub outcome: &'static str,
+}
+
 /// The webhook server's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<EndpointLabels, Histogram>,
+    injections: Family<InjectionLabels, Counter>,
+    events: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -61,11 +80,41 @@ impl Metrics {
             "Time to answer a request, by endpoint",
             latency.clone(),
         );
+        let injections = Family::<InjectionLabels, Counter>::default();
+        registry.register(
+            "pod_injections",
+            "Pods seen by /inject, by result and reason: every pod that was admitted without injection is \
+             counted with the reason",
+            injections.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Kubernetes events the webhook wrote, failed to write or dropped",
+            events.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
             latency,
+            injections,
+            events,
         }
+    }
+
+    /// Counts one pod seen by `/inject`.
+    pub fn injection(&self, result: &'static str, reason: &str) {
+        self.injections
+            .get_or_create(&InjectionLabels {
+                result,
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one event by outcome.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&EventLabels { outcome }).inc();
     }
 
     /// Records one answered request.

@@ -1,7 +1,9 @@
-//! Registering the webhooks with the API server: the CRDs (whose conversion points at the webhook) and the
-//! ValidatingWebhookConfiguration.
+//! Registering the webhooks with the API server: the CRDs (whose conversion points at the webhook), the
+//! ValidatingWebhookConfiguration and the MutatingWebhookConfiguration.
 
-use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
@@ -31,6 +33,38 @@ pub fn validating_configuration(
         webhook.namespace_selector = namespace_selector.clone();
     }
     configuration
+}
+
+/// A MutatingWebhookConfiguration that sends pod creates in mapped namespaces to `<base_url>/inject` and
+/// namespace creates and updates to `<base_url>/label-ns`, trusting `ca_pem`. The rules are the
+/// installation's ([`pure_install::mutating_webhook_configuration`]); only the clients differ.
+pub fn mutating_configuration(name: &str, base_url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
+    let client = |path: &str| WebhookClientConfig {
+        url: Some(format!("{}{path}", base_url.trim_end_matches('/'))),
+        ca_bundle: Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())),
+        service: None,
+    };
+    pure_install::mutating_webhook_configuration(
+        name,
+        client(pure_install::INJECT_PATH),
+        client(pure_install::LABEL_NAMESPACE_PATH),
+    )
+}
+
+/// Applies a MutatingWebhookConfiguration (server-side, as `field_manager`).
+pub async fn apply_mutating_configuration(
+    client: &Client,
+    configuration: &MutatingWebhookConfiguration,
+    field_manager: &str,
+) -> kube::Result<()> {
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            &configuration.name_any(),
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(configuration),
+        )
+        .await
+        .map(drop)
 }
 
 /// Applies the CRDs (server-side, as `field_manager`) with conversion through `endpoint`, and waits up to

@@ -56,10 +56,49 @@ pub async fn start_with(cluster: Option<ClusterCache>, options: io_serving::Serv
     let state = AppState {
         cluster,
         metrics: Metrics::new(),
+        injection: None,
     };
     let server = io_webhook::start_with(&config, state, CancellationToken::new(), options)
         .await
         .unwrap();
+    TestServer {
+        server,
+        certs_dir,
+        ca_pem,
+    }
+}
+
+/// Starts a server with cluster caches that injects pods (init image `init_image`, DynaKubes in
+/// `webhook_namespace`), writing events through `client`.
+pub async fn start_injecting(
+    cluster: ClusterCache,
+    client: kube::Client,
+    init_image: &str,
+    webhook_namespace: &str,
+) -> TestServer {
+    let certs_dir = std::env::temp_dir().join(format!(
+        "webhook-test-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let ca_pem = write_certificate(&certs_dir);
+    let config = ServerConfig {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        certificate_source: io_webhook::CertificateSource::Dir(certs_dir.clone()),
+    };
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        cluster: Some(cluster),
+        metrics: metrics.clone(),
+        injection: Some(io_webhook::Injection {
+            init_image: init_image.to_owned(),
+            webhook_namespace: webhook_namespace.to_owned(),
+            events: io_webhook::events::EventQueue::start(client, metrics, shutdown.clone()),
+        }),
+    };
+    let server = io_webhook::start(&config, state, shutdown).await.unwrap();
     TestServer {
         server,
         certs_dir,

@@ -1,0 +1,323 @@
+//! `/inject` (pods) and `/label-ns` (namespaces): the mutating webhooks.
+//!
+//! Everything a decision needs comes from the watch caches ([`ClusterCache`]); the pure rules are in
+//! `pure-mutation`. Neither endpoint ever refuses an object: every failure of ours (a review we cannot
+//! read, caches not synced, a missing DynaKube or Secret, even a panic in the rules) admits the object
+//! unchanged, counts it in `dynatrace_webhook_pod_injections_total` and, for pods, queues a warning event
+//! on the pod's namespace that says what is missing and what to do.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::core::admission::AdmissionResponse;
+use pure_mutation::{
+    EventTarget, EventType, Lookup, NamespaceFacts, OwnerRef, PodOutcome, PodRequest, PodResult, Settings,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::events::{EventQueue, QueuedEvent, Regarding};
+use crate::handlers::{Endpoints, failure_outcome, json_response, read_body};
+
+/// What the mutating webhooks need besides the caches.
+#[derive(Clone)]
+pub struct Injection {
+    /// Image of the init container added to pods: the webhook's own image.
+    pub init_image: String,
+    /// The namespace the operator and the DynaKubes live in.
+    pub webhook_namespace: String,
+    /// Where events go.
+    pub events: EventQueue,
+}
+
+/// The parts of an AdmissionReview the mutating webhooks read; the object stays raw until it is needed,
+/// so that an object we cannot parse still gets an answer for its `uid`.
+#[derive(Deserialize)]
+struct Review<'a> {
+    #[serde(borrow)]
+    request: Option<ReviewRequest<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ReviewRequest<'a> {
+    uid: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+/// An answer that admits the object, with a patch when there is one.
+fn admit(uid: String, patch: Option<json_patch::Patch>, warning: Option<String>) -> Response {
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = uid;
+    response.allowed = true;
+    response.result = Default::default();
+    response.warnings = warning.map(|w| vec![w]);
+    let response = match patch {
+        Some(patch) if !patch.0.is_empty() => match response.clone().with_patch(patch) {
+            Ok(with_patch) => with_patch,
+            Err(err) => {
+                tracing::error!(%err, "cannot encode the patch; admitting unchanged");
+                response
+            }
+        },
+        _ => response,
+    };
+    json_response(&response.into_review())
+}
+
+/// `/inject`.
+pub(crate) async fn inject(State(endpoints): State<Endpoints>, body: Body) -> Response {
+    let started = Instant::now();
+    let state = &endpoints.state;
+    let (bytes, charge) = match read_body(body, &endpoints.budget).await {
+        Ok(read) => read,
+        Err(response) => {
+            state
+                .metrics
+                .observe("inject", failure_outcome(&response), started.elapsed());
+            return response;
+        }
+    };
+    let review: Review<'_> = match serde_json::from_slice(&bytes) {
+        Ok(review) => review,
+        Err(err) => {
+            state.metrics.observe("inject", "bad_request", started.elapsed());
+            return crate::handlers::bad_request(format!(
+                "the body is not an admission.k8s.io/v1 AdmissionReview: {err}"
+            ));
+        }
+    };
+    let Some(request) = review.request else {
+        state.metrics.observe("inject", "bad_request", started.elapsed());
+        return crate::handlers::bad_request("the AdmissionReview has no request".to_owned());
+    };
+    let (patch, result, reason) = decide_pod(&endpoints, &request);
+    drop(charge);
+    state.metrics.injection(result, &reason);
+    state.metrics.observe("inject", "allowed", started.elapsed());
+    admit(request.uid, patch, None)
+}
+
+/// Runs the pod rules; any failure of ours becomes "admit unchanged" with a reason.
+fn decide_pod(
+    endpoints: &Endpoints,
+    request: &ReviewRequest<'_>,
+) -> (Option<json_patch::Patch>, &'static str, String) {
+    let state = &endpoints.state;
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let fail = |reason: &str, message: String| {
+        if let Some(injection) = &state.injection {
+            injection.events.send(QueuedEvent {
+                regarding: Regarding::Namespace(namespace.clone()),
+                warning: true,
+                reason: reason.to_owned(),
+                message,
+                action: "Admit".to_owned(),
+            });
+        }
+        (None, "failed", reason.to_owned())
+    };
+    let (Some(cluster), Some(injection)) = (&state.cluster, &state.injection) else {
+        return fail(
+            "InjectionNotConfigured",
+            "the webhook server runs without cluster access or an init image; pods are admitted without \
+             the OneAgent code module"
+                .to_owned(),
+        );
+    };
+    if !cluster.is_ready() {
+        return fail(
+            "CachesNotSynced",
+            format!(
+                "a pod in namespace {namespace} was admitted without the OneAgent code module: the webhook had \
+                 not finished reading the cluster yet; restart the pod's workload to inject it"
+            ),
+        );
+    }
+    let pod: Pod = match request.object.map(|raw| serde_json::from_str(raw.get())) {
+        Some(Ok(pod)) => pod,
+        Some(Err(err)) => {
+            return fail(
+                "PodUnreadable",
+                format!(
+                    "a pod in namespace {namespace} could not be read ({err}); it was admitted unchanged"
+                ),
+            );
+        }
+        None => return fail("PodUnreadable", "the review carries no pod".to_owned()),
+    };
+    let Some(ns) = cluster.namespace(&namespace) else {
+        return fail(
+            "NamespaceNotCached",
+            format!(
+                "namespace {namespace} is not in the webhook's cache yet; restart the pod's workload to inject it"
+            ),
+        );
+    };
+    let Some(cluster_id) = cluster.cluster_id() else {
+        return fail(
+            "ClusterIdUnknown",
+            "the UID of namespace kube-system (the cluster id) is not known; check that the webhook may list \
+             namespaces"
+                .to_owned(),
+        );
+    };
+    let empty = Default::default();
+    let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
+    let annotations = ns.metadata.annotations.as_ref().unwrap_or(&empty);
+    let dynakube = labels
+        .get(pure_desired::mapping::INSTANCE_LABEL)
+        .and_then(|name| cluster.dynakube(&injection.webhook_namespace, name));
+    let csi_driver_installed = cluster
+        .csi_driver_installed(&injection.webhook_namespace)
+        .unwrap_or(false);
+    let settings = Settings {
+        init_image: injection.init_image.clone(),
+        cluster_id,
+        webhook_namespace: injection.webhook_namespace.clone(),
+        csi_driver_installed,
+    };
+    let workload = pure_mutation::workload(&pod, |owner| owner_lookup(cluster, &namespace, owner));
+    let pod_request = PodRequest {
+        pod: &pod,
+        namespace: NamespaceFacts {
+            name: &namespace,
+            labels,
+            annotations,
+        },
+        dynakube: dynakube.as_deref(),
+        init_secret_present: cluster.has_init_secret(&namespace),
+        enrichment_secret_present: cluster.has_enrichment_secret(&namespace),
+        workload: &workload,
+        settings: &settings,
+    };
+    // The rules are pure and tested, but a panic in them must still admit the pod.
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pure_mutation::mutate_pod(&pod_request)
+    })) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            return fail(
+                "InternalError",
+                format!(
+                    "the webhook failed on a pod in namespace {namespace} and admitted it unchanged; please \
+                     report this with the webhook's log"
+                ),
+            );
+        }
+    };
+    let PodOutcome {
+        patch,
+        result,
+        events,
+    } = outcome;
+    for event in events {
+        injection.events.send(QueuedEvent {
+            regarding: match event.regarding {
+                EventTarget::Namespace(namespace) => Regarding::Namespace(namespace),
+                EventTarget::DynaKube { namespace, name } => Regarding::DynaKube { namespace, name },
+            },
+            warning: event.type_ == EventType::Warning,
+            reason: event.reason.to_owned(),
+            message: event.message,
+            action: "Inject".to_owned(),
+        });
+    }
+    match result {
+        PodResult::Injected => (Some(patch), "injected", String::new()),
+        PodResult::Updated => (Some(patch), "updated", String::new()),
+        PodResult::Unchanged(skip) => {
+            let label = if skip.is_failure() { "failed" } else { "skipped" };
+            (None, label, skip.reason().to_owned())
+        }
+    }
+}
+
+/// One step of the owner chain from the caches: ReplicaSets, Jobs and ReplicationControllers are cached
+/// (they are owned by the workload); any other kind is the top of its chain for us (`Missing` makes the
+/// walk stop at it and name it).
+fn owner_lookup(cluster: &crate::ClusterCache, namespace: &str, owner: &OwnerRef) -> Lookup {
+    match cluster.owners_of(&owner.kind, namespace, &owner.name) {
+        Some(references) => Lookup::Found(references.into_iter().find(|r| r.controller == Some(true)).map(
+            |r| OwnerRef {
+                api_version: r.api_version,
+                kind: r.kind,
+                name: r.name,
+            },
+        )),
+        None => Lookup::Missing,
+    }
+}
+
+/// `/label-ns`: labels a namespace for the DynaKube that selects it. Never denies: a conflict or a failure
+/// of ours admits the namespace as it is, with an admission warning.
+pub(crate) async fn label_namespace(State(endpoints): State<Endpoints>, body: Body) -> Response {
+    let started = Instant::now();
+    let state = &endpoints.state;
+    let (bytes, charge) = match read_body(body, &endpoints.budget).await {
+        Ok(read) => read,
+        Err(response) => {
+            state
+                .metrics
+                .observe("label-ns", failure_outcome(&response), started.elapsed());
+            return response;
+        }
+    };
+    let review: Review<'_> = match serde_json::from_slice(&bytes) {
+        Ok(review) => review,
+        Err(err) => {
+            state
+                .metrics
+                .observe("label-ns", "bad_request", started.elapsed());
+            return crate::handlers::bad_request(format!(
+                "the body is not an admission.k8s.io/v1 AdmissionReview: {err}"
+            ));
+        }
+    };
+    let Some(request) = review.request else {
+        state
+            .metrics
+            .observe("label-ns", "bad_request", started.elapsed());
+        return crate::handlers::bad_request("the AdmissionReview has no request".to_owned());
+    };
+    let (patch, warning) = decide_namespace(&endpoints, &request);
+    drop(charge);
+    state.metrics.observe("label-ns", "allowed", started.elapsed());
+    admit(request.uid, patch, warning)
+}
+
+fn decide_namespace(
+    endpoints: &Endpoints,
+    request: &ReviewRequest<'_>,
+) -> (Option<json_patch::Patch>, Option<String>) {
+    let state = &endpoints.state;
+    let (Some(cluster), Some(injection)) = (&state.cluster, &state.injection) else {
+        return (None, None);
+    };
+    let namespace: Namespace = match request.object.map(|raw| serde_json::from_str(raw.get())) {
+        Some(Ok(namespace)) => namespace,
+        _ => return (None, None),
+    };
+    if !cluster.is_ready() {
+        return (
+            None,
+            Some(
+                "the Dynatrace webhook had not read the cluster yet; the operator labels this namespace on its \
+                 next pass"
+                    .to_owned(),
+            ),
+        );
+    }
+    let dynakubes = cluster.dynakubes_in(&injection.webhook_namespace);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pure_mutation::label_namespace(&namespace, &dynakubes, &injection.webhook_namespace)
+    })) {
+        Ok(outcome) => (Some(outcome.patch), outcome.warning),
+        Err(_) => (None, None),
+    }
+}
