@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, ValidatingWebhook,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -334,11 +334,8 @@ impl Installation {
             }),
             ..Default::default()
         };
-        let mut configuration = mutating_webhook_configuration(
-            WEBHOOK,
-            service(INJECT_PATH),
-            service(LABEL_NAMESPACE_PATH),
-        );
+        let mut configuration =
+            mutating_webhook_configuration(WEBHOOK, service(INJECT_PATH), service(LABEL_NAMESPACE_PATH));
         configuration.metadata.labels = Some(labels("webhook"));
         configuration
     }
@@ -366,23 +363,24 @@ pub fn mutating_webhook_configuration(
     pods: WebhookClientConfig,
     namespaces: WebhookClientConfig,
 ) -> MutatingWebhookConfiguration {
-    let webhook = |name: &str, client_config, resource: &str, scope: &str, operations: &[&str]| MutatingWebhook {
-        name: name.to_owned(),
-        admission_review_versions: vec!["v1".to_owned()],
-        side_effects: "None".to_owned(),
-        failure_policy: Some("Ignore".to_owned()),
-        reinvocation_policy: Some("IfNeeded".to_owned()),
-        timeout_seconds: Some(MUTATING_TIMEOUT_SECONDS),
-        client_config,
-        rules: Some(vec![RuleWithOperations {
-            api_groups: Some(vec![String::new()]),
-            api_versions: Some(vec!["v1".to_owned()]),
-            operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
-            resources: Some(vec![resource.to_owned()]),
-            scope: Some(scope.to_owned()),
-        }]),
-        ..Default::default()
-    };
+    let webhook =
+        |name: &str, client_config, resource: &str, scope: &str, operations: &[&str]| MutatingWebhook {
+            name: name.to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            side_effects: "None".to_owned(),
+            failure_policy: Some("Ignore".to_owned()),
+            reinvocation_policy: Some("IfNeeded".to_owned()),
+            timeout_seconds: Some(MUTATING_TIMEOUT_SECONDS),
+            client_config,
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".to_owned()]),
+                operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
+                resources: Some(vec![resource.to_owned()]),
+                scope: Some(scope.to_owned()),
+            }]),
+            ..Default::default()
+        };
     let mut pod_webhook = webhook(POD_WEBHOOK_NAME, pods, "pods", "Namespaced", &["CREATE"]);
     pod_webhook.namespace_selector = Some(LabelSelector {
         match_expressions: Some(vec![
@@ -677,7 +675,12 @@ mod tests {
         let webhooks = configuration.webhooks.unwrap();
         assert_eq!(webhooks.len(), 2);
         for webhook in &webhooks {
-            assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"), "{}", webhook.name);
+            assert_eq!(
+                webhook.failure_policy.as_deref(),
+                Some("Ignore"),
+                "{}",
+                webhook.name
+            );
             assert_eq!(webhook.reinvocation_policy.as_deref(), Some("IfNeeded"));
             assert_eq!(webhook.timeout_seconds, Some(10));
             assert_eq!(webhook.admission_review_versions, ["v1"]);
@@ -706,7 +709,10 @@ mod tests {
             .args
             .clone()
             .unwrap();
-        assert!(args.contains(&format!("--init-image={}", install.image)), "{args:?}");
+        assert!(
+            args.contains(&format!("--init-image={}", install.image)),
+            "{args:?}"
+        );
     }
 
     #[test]
