@@ -12,11 +12,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::core::admission::AdmissionResponse;
 use pure_mutation::{
     EventTarget, EventType, Lookup, NamespaceFacts, OwnerRef, PodOutcome, PodRequest, PodResult, Settings,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::events::{EventQueue, QueuedEvent, Regarding};
@@ -50,24 +49,53 @@ struct ReviewRequest<'a> {
     object: Option<&'a RawValue>,
 }
 
+/// The AdmissionReview answer of the mutating webhooks. Written here rather than with kube's
+/// `AdmissionResponse`, which serializes the patch as an array of numbers (the API server accepts that, but
+/// it is four times the size of the base64 string the API defines).
+#[derive(Serialize)]
+struct ReviewAnswer<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    response: AnswerBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerBody<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<Vec<String>>,
+}
+
 /// An answer that admits the object, with a patch when there is one.
-fn admit(uid: String, patch: Option<json_patch::Patch>, warning: Option<String>) -> Response {
-    let mut response = AdmissionResponse::invalid("");
-    response.uid = uid;
-    response.allowed = true;
-    response.result = Default::default();
-    response.warnings = warning.map(|w| vec![w]);
-    let response = match patch {
-        Some(patch) if !patch.0.is_empty() => match response.clone().with_patch(patch) {
-            Ok(with_patch) => with_patch,
+fn admit(uid: &str, patch: Option<json_patch::Patch>, warning: Option<String>) -> Response {
+    use base64::Engine as _;
+    let patch = patch
+        .filter(|p| !p.0.is_empty())
+        .and_then(|patch| match serde_json::to_vec(&patch) {
+            Ok(json) => Some(base64::engine::general_purpose::STANDARD.encode(json)),
             Err(err) => {
                 tracing::error!(%err, "cannot encode the patch; admitting unchanged");
-                response
+                None
             }
+        });
+    json_response(&ReviewAnswer {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response: AnswerBody {
+            uid,
+            allowed: true,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: warning.map(|w| vec![w]),
         },
-        _ => response,
-    };
-    json_response(&response.into_review())
+    })
 }
 
 /// `/inject`.
@@ -100,7 +128,7 @@ pub(crate) async fn inject(State(endpoints): State<Endpoints>, body: Body) -> Re
     drop(charge);
     state.metrics.injection(result, &reason);
     state.metrics.observe("inject", "allowed", started.elapsed());
-    admit(request.uid, patch, None)
+    admit(&request.uid, patch, None)
 }
 
 /// Runs the pod rules; any failure of ours becomes "admit unchanged" with a reason.
@@ -288,7 +316,7 @@ pub(crate) async fn label_namespace(State(endpoints): State<Endpoints>, body: Bo
     let (patch, warning) = decide_namespace(&endpoints, &request);
     drop(charge);
     state.metrics.observe("label-ns", "allowed", started.elapsed());
-    admit(request.uid, patch, warning)
+    admit(&request.uid, patch, warning)
 }
 
 fn decide_namespace(
@@ -319,5 +347,44 @@ fn decide_namespace(
     })) {
         Ok(outcome) => (Some(outcome.patch), outcome.warning),
         Err(_) => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_patch_is_a_base64_string_as_the_admission_api_defines() {
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            { "op": "add", "path": "/metadata/annotations", "value": { "a": "b" } }
+        ]))
+        .unwrap();
+        let response = admit("uid-1", Some(patch.clone()), Some("careful".to_owned()));
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["response"]["uid"], "uid-1");
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        assert_eq!(answer["response"]["warnings"][0], "careful");
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<json_patch::Patch>(&decoded).unwrap(),
+            patch
+        );
+
+        // No patch: no patchType either.
+        let response = admit("uid-2", Some(json_patch::Patch(Vec::new())), None);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(answer["response"].get("patch").is_none() && answer["response"].get("patchType").is_none());
     }
 }
