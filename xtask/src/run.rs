@@ -62,6 +62,15 @@ pub struct Options {
 
 /// Name of the sample DynaKube and of its token Secret.
 const DYNAKUBE: &str = "dynakube";
+/// The sample DynaKube that injects code modules into the sample application's namespace.
+const APPS_DYNAKUBE: &str = "apps";
+/// The sample application's namespace and its label that the DynaKube `apps` selects.
+const SAMPLE_NAMESPACE: &str = "sample-apps";
+const SAMPLE_SELECTOR: (&str, &str) = ("sample.dynatrace.com/inject", "true");
+/// The sample application's Deployment.
+const SAMPLE_APP: &str = "sample-app";
+/// The init container image the webhook puts into injected pods on kwok nodes (never pulled there).
+const SAMPLE_INIT_IMAGE: &str = "dynatrace-operator:0.1.0-dev";
 /// The ServiceAccount the OneAgent pods run as; the Helm chart installs it next to the operator.
 const ONEAGENT_SERVICE_ACCOUNT: &str = "dynatrace-dynakube-oneagent";
 /// The API token of the fake tenant's default configuration (it has every scope).
@@ -338,6 +347,9 @@ impl Session {
             &port.to_string(),
             "--metrics-port",
             &metrics_port.to_string(),
+            // Nothing pulls it on kwok nodes; the real-node run uses the image it imported.
+            "--init-image",
+            SAMPLE_INIT_IMAGE,
         ]
         .map(String::from);
         self.spawn(
@@ -374,6 +386,7 @@ impl Session {
         // Registered first: the operator's certificate controller acts once a webhook configuration exists,
         // and the webhook server is ready once the operator has written the certificate.
         webhook::register_validating(&client, &base, &ca_pem).await?;
+        webhook::register_mutating(&client, &base, &ca_pem).await?;
         self.webhook_registered = true;
         self.wait("the operator to be ready", START_TIMEOUT, || {
             is_ready(health_port)
@@ -408,7 +421,30 @@ impl Session {
             })
             .await?;
 
-        self.print_summary(&pods, &status, &api_server, &logs, &tools.kubectl, None);
+        eprintln!(
+            "Applying the sample application: DynaKube {NAMESPACE}/{APPS_DYNAKUBE} (applicationMonitoring), \
+             namespace {SAMPLE_NAMESPACE} and Deployment {SAMPLE_APP} ..."
+        );
+        apply_sample_application(&client).await?;
+        let injected = self
+            .wait(
+                "the sample application's pod with the OneAgent code module injected",
+                ROLLOUT_TIMEOUT,
+                || injected_sample_pod(&client),
+            )
+            .await?;
+
+        self.print_summary(
+            &pods,
+            &status,
+            &api_server,
+            &logs,
+            &tools.kubectl,
+            Shown {
+                agent: None,
+                injected: Some(&injected),
+            },
+        );
         Ok(())
     }
 
@@ -647,8 +683,9 @@ impl Session {
         api_server: &str,
         logs: &Path,
         kubectl: &Path,
-        agent: Option<&FakeOneAgent>,
+        shown: Shown<'_>,
     ) {
+        let Shown { agent, injected } = shown;
         let name = &self.name;
         println!(
             "Ready {:.1} s after start: DynaKube {NAMESPACE}/{DYNAKUBE} on cluster {name:?} ({api_server}).",
@@ -672,6 +709,9 @@ impl Session {
             status.phase.as_deref().unwrap_or("unknown")
         );
         println!();
+        if let Some(pod) = injected {
+            print_injected_pod(pod);
+        }
         println!("Processes (logs in {}):", logs.display());
         let rows: Vec<[String; 4]> = self
             .children
@@ -707,7 +747,9 @@ impl Session {
         crate::print_kubectl_usage(
             &kubeconfig,
             kubectl,
-            &format!("-n {NAMESPACE} get dynakube,daemonset,pods -o wide"),
+            &format!(
+                "-n {NAMESPACE} get dynakube,daemonset,pods -o wide; kubectl -n {SAMPLE_NAMESPACE} get pods -o yaml"
+            ),
         );
         println!();
         if self.exit_when_ready {
@@ -753,7 +795,7 @@ impl Session {
         {
             match runtime.block_on(webhook::unregister(&client)) {
                 Ok(()) => eprintln!(
-                    "Removed the ValidatingWebhookConfiguration {}.",
+                    "Removed the Validating- and MutatingWebhookConfiguration {}.",
                     webhook::CONFIGURATION
                 ),
                 Err(err) => errors.push(format!("{err:#}")),
@@ -793,6 +835,14 @@ impl Session {
             bail!("cleaning up: {}", errors.join("; "))
         }
     }
+}
+
+/// What the summary shows besides the OneAgent pods.
+struct Shown<'a> {
+    /// What the fake OneAgent on the real node reports.
+    agent: Option<&'a FakeOneAgent>,
+    /// The sample application's injected pod.
+    injected: Option<&'a Pod>,
 }
 
 /// Refuses to start when another `cargo xtask run` uses the cluster directory `dir`.
@@ -914,6 +964,158 @@ async fn apply_dynakube(client: &Client, dynakube: &serde_json::Value) -> anyhow
         .await
         .with_context(|| format!("applying the DynaKube {NAMESPACE}/{DYNAKUBE}"))?;
     Ok(Some(()))
+}
+
+/// The sample application: an applicationMonitoring DynaKube `apps` (sharing the sample's token Secret)
+/// that selects the namespace `sample-apps`, the namespace, and a Deployment in it.
+async fn apply_sample_application(client: &Client) -> anyhow::Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let dynakube = json!({
+        "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+        "metadata": { "name": APPS_DYNAKUBE, "namespace": NAMESPACE },
+        "spec": {
+            "apiUrl": sample_dynakube_api_url(client).await?,
+            "tokens": DYNAKUBE,
+            "namespaceSelector": { "matchLabels": { SAMPLE_SELECTOR.0: SAMPLE_SELECTOR.1 } },
+            "oneAgent": { "applicationMonitoring": {} },
+        },
+    });
+    Api::<DynaKube>::namespaced(client.clone(), NAMESPACE)
+        .patch(APPS_DYNAKUBE, &params, &Patch::Apply(&dynakube))
+        .await
+        .with_context(|| format!("applying the DynaKube {NAMESPACE}/{APPS_DYNAKUBE}"))?;
+    let namespace = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": SAMPLE_NAMESPACE, "labels": { SAMPLE_SELECTOR.0: SAMPLE_SELECTOR.1 } },
+    });
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(SAMPLE_NAMESPACE, &params, &Patch::Apply(&namespace))
+        .await
+        .with_context(|| format!("applying the namespace {SAMPLE_NAMESPACE}"))?;
+    Ok(())
+}
+
+/// The `apiUrl` of the sample DynaKube (the fake tenant this run started).
+async fn sample_dynakube_api_url(client: &Client) -> anyhow::Result<String> {
+    let sample = Api::<DynaKube>::namespaced(client.clone(), NAMESPACE)
+        .get(DYNAKUBE)
+        .await
+        .with_context(|| format!("reading the DynaKube {NAMESPACE}/{DYNAKUBE}"))?;
+    Ok(sample.spec.api_url)
+}
+
+/// Creates the sample Deployment once the namespace is ready for injection (labelled, with the init
+/// Secret the operator writes), and returns its pod once it has been injected. A pod created earlier is
+/// admitted without injection by design, so the Deployment is created only then.
+async fn injected_sample_pod(client: &Client) -> anyhow::Result<Option<Pod>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
+    if secrets
+        .get_opt(pure_api::dynakube::names::INIT_SECRET)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": SAMPLE_APP, "namespace": SAMPLE_NAMESPACE },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": SAMPLE_APP } },
+            "template": {
+                "metadata": { "labels": { "app": SAMPLE_APP } },
+                "spec": { "containers": [{ "name": "app", "image": test_images::SAMPLE_APP_IMAGE }] },
+            },
+        },
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), SAMPLE_NAMESPACE)
+        .patch(
+            SAMPLE_APP,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .with_context(|| format!("applying the Deployment {SAMPLE_NAMESPACE}/{SAMPLE_APP}"))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={SAMPLE_APP}")))
+        .await?;
+    for pod in list.items {
+        let injected = pod
+            .annotations()
+            .get("oneagent.dynatrace.com/injected")
+            .is_some_and(|v| v == "true");
+        if injected {
+            return Ok(Some(pod));
+        }
+        // Created before the webhook could inject it: let the ReplicaSet make a new one.
+        pods.delete(&pod.name_any(), &Default::default()).await?;
+    }
+    Ok(None)
+}
+
+/// Prints what the webhook added to the sample application's pod.
+fn print_injected_pod(pod: &Pod) {
+    let Some(spec) = pod.spec.as_ref() else { return };
+    println!(
+        "Sample application {SAMPLE_NAMESPACE}/{} (phase {}), injected by DynaKube {APPS_DYNAKUBE}:",
+        pod.name_any(),
+        pod.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending")
+    );
+    for init in spec.init_containers.iter().flatten() {
+        println!(
+            "  init container   {} ({} {})",
+            init.name,
+            init.image.as_deref().unwrap_or_default(),
+            init.args.as_deref().unwrap_or_default().join(" ")
+        );
+    }
+    let volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| !v.name.starts_with("kube-api-access"))
+        .map(|v| {
+            let source = if v.csi.is_some() {
+                "csi"
+            } else if v.secret.is_some() {
+                "secret"
+            } else {
+                "emptyDir"
+            };
+            format!("{} ({source})", v.name)
+        })
+        .collect();
+    println!("  volumes          {}", volumes.join(", "));
+    for container in &spec.containers {
+        let preload = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "LD_PRELOAD")
+            .and_then(|e| e.value.as_deref())
+            .unwrap_or("-");
+        println!("  container {:<6} LD_PRELOAD={preload}", container.name);
+        for mount in container.volume_mounts.iter().flatten() {
+            if mount.name.starts_with("kube-api-access") {
+                continue;
+            }
+            println!(
+                "                   {} <- {}{}",
+                mount.mount_path,
+                mount.name,
+                mount
+                    .sub_path
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    println!();
 }
 
 /// The OneAgent pods (pod, node, phase, OneAgent version) once as many run as the DaemonSet wants, sorted by node.

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use io_webhook::registration;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
@@ -120,19 +122,38 @@ pub async fn register_validating(client: &Client, base: &str, ca_pem: &str) -> a
         .context("registering the validating webhook")
 }
 
-/// Removes the ValidatingWebhookConfiguration; one that is already gone is fine.
+/// Registers the mutating webhooks at `<base>/inject` (pods of mapped namespaces) and `<base>/label-ns`
+/// (namespaces), trusting `ca_pem`.
+pub async fn register_mutating(client: &Client, base: &str, ca_pem: &str) -> anyhow::Result<()> {
+    let configuration = registration::mutating_configuration(CONFIGURATION, base, ca_pem);
+    registration::apply_mutating_configuration(client, &configuration, FIELD_MANAGER)
+        .await
+        .context("registering the mutating webhooks")
+}
+
+/// Removes the Validating- and MutatingWebhookConfiguration; one that is already gone is fine.
 pub async fn unregister(client: &Client) -> anyhow::Result<()> {
-    match Api::<ValidatingWebhookConfiguration>::all(client.clone())
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .delete(CONFIGURATION, &DeleteParams::default())
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(err) => Err(err).with_context(|| {
-            format!(
-                "removing the ValidatingWebhookConfiguration {CONFIGURATION}; remove it with \
-                 `kubectl delete validatingwebhookconfiguration {CONFIGURATION}`"
-            )
-        }),
+        .map(drop);
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(CONFIGURATION, &DeleteParams::default())
+        .await
+        .map(drop);
+    for (kind, result) in [
+        ("validatingwebhookconfiguration", validating),
+        ("mutatingwebhookconfiguration", mutating),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("removing the {kind} {CONFIGURATION}; remove it with `kubectl delete {kind} {CONFIGURATION}`")
+                });
+            }
+        }
     }
+    Ok(())
 }

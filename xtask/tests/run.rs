@@ -95,6 +95,23 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
         "{stdout}"
     );
     assert!(stdout.contains("phase Running"), "{stdout}");
+    // The sample application's pod, injected by the webhook: init container, volumes, LD_PRELOAD.
+    assert!(
+        stdout.contains("Sample application sample-apps/sample-app-"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("init container   dynatrace-operator (dynatrace-operator:0.1.0-dev init)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("oneagent-bin (emptyDir)") && stdout.contains("injection-config (secret)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("LD_PRELOAD=/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so"),
+        "{stdout}"
+    );
     // The update: every pod listed after the rollout runs the new version, on the same three nodes.
     let (_, after) = stdout
         .split_once(&format!("Published OneAgent {NEW_VERSION}"))

@@ -181,7 +181,17 @@ impl Session {
                 dynakube_running(&client)
             })
             .await?;
-        self.print_summary(&pods, &status, &api_server, &logs, &tools.kubectl, Some(&agent));
+        self.print_summary(
+            &pods,
+            &status,
+            &api_server,
+            &logs,
+            &tools.kubectl,
+            super::Shown {
+                agent: Some(&agent),
+                injected: None,
+            },
+        );
         Ok(())
     }
 
