@@ -85,7 +85,7 @@ pub struct NamespaceFacts<'a> {
 }
 
 /// One admission of a pod.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PodRequest<'a> {
     /// The pod as the API server sent it.
     pub pod: &'a Pod,
@@ -98,7 +98,7 @@ pub struct PodRequest<'a> {
     /// The enrichment Secret `dynatrace-data-ingest-endpoint` exists there.
     pub enrichment_secret_present: bool,
     /// The pod's workload ([`workload`]).
-    pub workload: &'a Workload,
+    pub workload: Workload,
     /// The webhook's settings.
     pub settings: &'a Settings,
 }
@@ -352,6 +352,10 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
             return Err(Skip::AlreadyInjected);
         }
         reinvoke(&mut pod, init, req, dynakube);
+        // Most reinvocations find nothing to do: comparing the typed pods is far cheaper than the diff.
+        if pod == *req.pod {
+            return Err(Skip::AlreadyInjected);
+        }
         let patch = diff(req.pod, &pod);
         if patch.0.is_empty() {
             return Err(Skip::AlreadyInjected);
@@ -437,7 +441,7 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         annotations.push(ANNOTATION_ONEAGENT_INJECTED);
     }
     if inject_enrichment {
-        enrichment::inject_pod(&mut pod, &mut init, req.workload);
+        enrichment::inject_pod(&mut pod, &mut init, &req.workload);
         annotations.push(ANNOTATION_DATA_INGEST_INJECTED);
     }
     annotations.push(ANNOTATION_DYNAKUBE_INJECTED);
