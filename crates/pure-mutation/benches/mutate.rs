@@ -76,19 +76,27 @@ fn thread_cpu_nanos() -> u64 {
         .unwrap()
 }
 
-/// The median CPU time of `f` in microseconds, over 21 batches of 500 calls.
+/// The median CPU time of `f` in microseconds, over 11 batches of at least 100 ms each (the scheduler's
+/// CPU accounting advances in steps of a few milliseconds).
 fn cpu_micros_per_call(mut f: impl FnMut()) -> f64 {
-    const CALLS: u32 = 500;
-    for _ in 0..CALLS {
-        f();
+    let mut calls: u32 = 100;
+    loop {
+        let start = thread_cpu_nanos();
+        for _ in 0..calls {
+            f();
+        }
+        if thread_cpu_nanos() - start >= 100_000_000 {
+            break;
+        }
+        calls *= 2;
     }
-    let mut batches: Vec<f64> = (0..21)
+    let mut batches: Vec<f64> = (0..11)
         .map(|_| {
             let start = thread_cpu_nanos();
-            for _ in 0..CALLS {
+            for _ in 0..calls {
                 f();
             }
-            (thread_cpu_nanos() - start) as f64 / f64::from(CALLS) / 1000.0
+            (thread_cpu_nanos() - start) as f64 / f64::from(calls) / 1000.0
         })
         .collect();
     batches.sort_by(f64::total_cmp);
