@@ -506,6 +506,13 @@ fn reinvoke(pod: &mut Pod, init_index: usize, req: &PodRequest<'_>, dynakube: &D
     }
 }
 
+/// Whether the pod has our init container (by its current or its pre-v1.4 name): it was injected. A pod
+/// of a mapped namespace that is not, and for which [`mutate_pod`] answers [`PodResult::Injected`], missed
+/// its injection (created while the webhook was down or before the namespace was labelled).
+pub fn is_injected(pod: &Pod) -> bool {
+    init_container_index(pod).is_some()
+}
+
 /// The index of our init container, by its current or its pre-v1.4 name.
 fn init_container_index(pod: &Pod) -> Option<usize> {
     pod.spec

@@ -1004,6 +1004,15 @@ fn spec_push(pod: &mut Pod, name: &str) {
 }
 
 #[test]
+fn injected_pods_are_recognised() {
+    let facts = Facts::new(app_monitoring(), false);
+    let pod = app_pod();
+    assert!(!crate::is_injected(&pod));
+    let (_, after) = injected(&facts, &pod);
+    assert!(crate::is_injected(&after));
+}
+
+#[test]
 fn copied_annotations_without_the_init_container_do_not_stop_injection() {
     let facts = Facts::new(app_monitoring(), false);
     let pod = annotated(
