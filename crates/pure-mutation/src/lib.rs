@@ -310,11 +310,19 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         .labels
         .get(INSTANCE_LABEL)
         .ok_or(Skip::NamespaceNotMapped)?;
+    // A pod injected before (a reinvocation) is not our failure, whatever happened to its DynaKube.
+    let missing = |skip| {
+        if is_injected(req.pod) {
+            Skip::AlreadyInjected
+        } else {
+            skip
+        }
+    };
     let dynakube = req
         .dynakube
-        .ok_or_else(|| Skip::DynaKubeMissing { name: label.clone() })?;
+        .ok_or_else(|| missing(Skip::DynaKubeMissing { name: label.clone() }))?;
     if !dynakube.needs_app_injection() {
-        return Err(Skip::DynaKubeNotInjecting { name: label.clone() });
+        return Err(missing(Skip::DynaKubeNotInjecting { name: label.clone() }));
     }
     let annotation = |key: &str| {
         req.pod
