@@ -85,7 +85,7 @@ pub struct NamespaceFacts<'a> {
 }
 
 /// One admission of a pod.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PodRequest<'a> {
     /// The pod as the API server sent it.
     pub pod: &'a Pod,
@@ -98,7 +98,7 @@ pub struct PodRequest<'a> {
     /// The enrichment Secret `dynatrace-data-ingest-endpoint` exists there.
     pub enrichment_secret_present: bool,
     /// The pod's workload ([`workload`]).
-    pub workload: &'a Workload,
+    pub workload: Workload,
     /// The webhook's settings.
     pub settings: &'a Settings,
 }
@@ -310,11 +310,19 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         .labels
         .get(INSTANCE_LABEL)
         .ok_or(Skip::NamespaceNotMapped)?;
+    // A pod injected before (a reinvocation) is not our failure, whatever happened to its DynaKube.
+    let missing = |skip| {
+        if is_injected(req.pod) {
+            Skip::AlreadyInjected
+        } else {
+            skip
+        }
+    };
     let dynakube = req
         .dynakube
-        .ok_or_else(|| Skip::DynaKubeMissing { name: label.clone() })?;
+        .ok_or_else(|| missing(Skip::DynaKubeMissing { name: label.clone() }))?;
     if !dynakube.needs_app_injection() {
-        return Err(Skip::DynaKubeNotInjecting { name: label.clone() });
+        return Err(missing(Skip::DynaKubeNotInjecting { name: label.clone() }));
     }
     let annotation = |key: &str| {
         req.pod
@@ -352,6 +360,10 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
             return Err(Skip::AlreadyInjected);
         }
         reinvoke(&mut pod, init, req, dynakube);
+        // Most reinvocations find nothing to do: comparing the typed pods is far cheaper than the diff.
+        if pod == *req.pod {
+            return Err(Skip::AlreadyInjected);
+        }
         let patch = diff(req.pod, &pod);
         if patch.0.is_empty() {
             return Err(Skip::AlreadyInjected);
@@ -437,7 +449,7 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         annotations.push(ANNOTATION_ONEAGENT_INJECTED);
     }
     if inject_enrichment {
-        enrichment::inject_pod(&mut pod, &mut init, req.workload);
+        enrichment::inject_pod(&mut pod, &mut init, &req.workload);
         annotations.push(ANNOTATION_DATA_INGEST_INJECTED);
     }
     annotations.push(ANNOTATION_DYNAKUBE_INJECTED);
@@ -500,6 +512,13 @@ fn reinvoke(pod: &mut Pod, init_index: usize, req: &PodRequest<'_>, dynakube: &D
     if let Some(slot) = spec.init_containers.as_mut().and_then(|c| c.get_mut(init_index)) {
         *slot = init;
     }
+}
+
+/// Whether the pod has our init container (by its current or its pre-v1.4 name): it was injected. A pod
+/// of a mapped namespace that is not, and for which [`mutate_pod`] answers [`PodResult::Injected`], missed
+/// its injection (created while the webhook was down or before the namespace was labelled).
+pub fn is_injected(pod: &Pod) -> bool {
+    init_container_index(pod).is_some()
 }
 
 /// The index of our init container, by its current or its pre-v1.4 name.

@@ -111,7 +111,7 @@ impl Facts {
             dynakube: self.dynakube.as_ref(),
             init_secret_present: self.init_secret,
             enrichment_secret_present: self.enrichment_secret,
-            workload: &self.workload,
+            workload: self.workload.clone(),
             settings: &self.settings,
         }
     }

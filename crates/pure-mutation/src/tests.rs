@@ -1004,6 +1004,20 @@ fn spec_push(pod: &mut Pod, name: &str) {
 }
 
 #[test]
+fn injected_pods_are_recognised() {
+    let mut facts = Facts::new(app_monitoring(), false);
+    let pod = app_pod();
+    assert!(!crate::is_injected(&pod));
+    let (_, after) = injected(&facts, &pod);
+    assert!(crate::is_injected(&after));
+    // Reinvoked after the DynaKube went: nothing to warn about.
+    facts.dynakube = None;
+    assert_eq!(skipped(&facts, &after), (Skip::AlreadyInjected, vec![]));
+    facts.dynakube = Some(dynakube("dk", json!({ "classicFullStack": {} })));
+    assert_eq!(skipped(&facts, &after), (Skip::AlreadyInjected, vec![]));
+}
+
+#[test]
 fn copied_annotations_without_the_init_container_do_not_stop_injection() {
     let facts = Facts::new(app_monitoring(), false);
     let pod = annotated(

@@ -2,6 +2,7 @@
 //! well-known workload kinds. The I/O side answers each step from its caches.
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Kind and name of the workload of [`UNKNOWN`] when it cannot be told.
 pub const UNKNOWN: &str = "UNKNOWN";
@@ -60,18 +61,20 @@ fn is_well_known(owner: &OwnerRef) -> bool {
     )
 }
 
-/// The controller owner reference of an object's metadata.
-fn controller_of(
-    references: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]>,
-) -> Option<OwnerRef> {
-    references?
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .map(|r| OwnerRef {
-            api_version: r.api_version.clone(),
-            kind: r.kind.clone(),
-            name: r.name.clone(),
-        })
+impl OwnerRef {
+    /// The controller owner reference in an object's metadata, for [`Lookup::Found`].
+    pub fn controller_of(metadata: &ObjectMeta) -> Option<Self> {
+        metadata
+            .owner_references
+            .as_ref()?
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .map(|r| Self {
+                api_version: r.api_version.clone(),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+            })
+    }
 }
 
 /// The pod's workload: the top-most well-known owner on its controller chain.
@@ -81,7 +84,7 @@ fn controller_of(
 /// - The walk stops below an owner of an unknown kind, and at an owner `lookup` cannot find (a cache
 ///   that lags shows the ReplicaSet instead of its Deployment rather than nothing).
 pub fn workload(pod: &Pod, lookup: impl Fn(&OwnerRef) -> Lookup) -> Workload {
-    let Some(mut current) = controller_of(pod.metadata.owner_references.as_deref()) else {
+    let Some(mut current) = OwnerRef::controller_of(&pod.metadata) else {
         return match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
             Some(name) => Workload {
                 kind: "Pod".to_owned(),
