@@ -226,7 +226,11 @@ async fn pod_mutation_throughput_latency_and_memory() {
     let body = review(&apps.name, 0);
     let first = test_kit::eventually("an injected pod", Duration::from_secs(30), || async {
         let answer: Value = http.post(&url).body(body.clone()).send().await?.json().await?;
-        Ok(answer["response"]["patch"].is_string().then_some(answer))
+        if answer["response"]["patch"].is_string() {
+            Ok(Some(answer))
+        } else {
+            anyhow::bail!("not injected: {answer}")
+        }
     })
     .await
     .unwrap();

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, ReplicationController, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -263,26 +263,22 @@ impl ClusterCache {
             .is_some()
     }
 
-    /// The owner references of a cached ReplicaSet, Job or ReplicationController; `None` for other kinds
-    /// and for objects not in the cache.
-    pub fn owners_of(&self, kind: &str, namespace: &str, name: &str) -> Option<Vec<OwnerReference>> {
-        fn refs<K>(
-            store: &Store<PartialObjectMeta<K>>,
-            namespace: &str,
-            name: &str,
-        ) -> Option<Vec<OwnerReference>>
+    /// The cached metadata (name and owner references) of a ReplicaSet, Job or ReplicationController;
+    /// `None` for other kinds and for objects not in the cache.
+    pub fn owner_metadata(&self, kind: &str, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        fn get<K>(store: &Store<PartialObjectMeta<K>>, namespace: &str, name: &str) -> Option<ObjectMeta>
         where
             K: Resource<DynamicType = ()> + Clone,
             PartialObjectMeta<K>: Resource<DynamicType = ()> + Clone,
         {
             store
                 .get(&ObjectRef::new(name).within(namespace))
-                .map(|o| o.metadata.owner_references.clone().unwrap_or_default())
+                .map(|o| o.metadata.clone())
         }
         match kind {
-            "ReplicaSet" => refs(&self.replica_sets, namespace, name),
-            "Job" => refs(&self.jobs, namespace, name),
-            "ReplicationController" => refs(&self.replication_controllers, namespace, name),
+            "ReplicaSet" => get(&self.replica_sets, namespace, name),
+            "Job" => get(&self.jobs, namespace, name),
+            "ReplicationController" => get(&self.replication_controllers, namespace, name),
             _ => None,
         }
     }

@@ -221,7 +221,7 @@ fn decide_pod(
         dynakube: dynakube.as_deref(),
         init_secret_present: cluster.has_init_secret(&namespace),
         enrichment_secret_present: cluster.has_enrichment_secret(&namespace),
-        workload: &workload,
+        workload,
         settings: &settings,
     };
     // The rules are pure and tested, but a panic in them must still admit the pod.
@@ -270,14 +270,8 @@ fn decide_pod(
 /// (they are owned by the workload); any other kind is the top of its chain for us (`Missing` makes the
 /// walk stop at it and name it).
 fn owner_lookup(cluster: &crate::ClusterCache, namespace: &str, owner: &OwnerRef) -> Lookup {
-    match cluster.owners_of(&owner.kind, namespace, &owner.name) {
-        Some(references) => Lookup::Found(references.into_iter().find(|r| r.controller == Some(true)).map(
-            |r| OwnerRef {
-                api_version: r.api_version,
-                kind: r.kind,
-                name: r.name,
-            },
-        )),
+    match cluster.owner_metadata(&owner.kind, namespace, &owner.name) {
+        Some(metadata) => Lookup::Found(OwnerRef::controller_of(&metadata)),
         None => Lookup::Missing,
     }
 }
