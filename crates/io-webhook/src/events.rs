@@ -1,7 +1,10 @@
 //! Kubernetes events from the webhook, off the request path: a handler queues an event and returns; one
 //! task writes the queued events through kube's [`Recorder`] (which folds repeats of the same event into a
 //! series). The queue is bounded: when the API server is slow or the webhook is flooded, further events
-//! are dropped and counted instead of holding memory or delaying admissions.
+//! are dropped and counted instead of holding memory or delaying admissions. Normal events (one `Inject`
+//! per injected pod) are also limited to [`NORMAL_EVENTS_PER_SECOND`]: at a thousand pods a second they
+//! would otherwise make the webhook a heavy writer of the API server for news nobody reads; warnings are
+//! never throttled.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -13,6 +16,29 @@ use crate::metrics::Metrics;
 
 /// How many events may wait to be written.
 pub const QUEUE_CAPACITY: usize = 256;
+/// How many Normal events a second are written at most (a burst of as many is allowed).
+pub const NORMAL_EVENTS_PER_SECOND: u32 = 10;
+
+/// A token bucket for Normal events.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let rate = f64::from(NORMAL_EVENTS_PER_SECOND);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// What an event is about: a Namespace (pods have no UID yet when they are admitted) or a DynaKube.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +95,15 @@ pub struct QueuedEvent {
 #[derive(Clone)]
 pub struct EventQueue {
     sender: Option<mpsc::Sender<QueuedEvent>>,
+    normal: std::sync::Arc<std::sync::Mutex<Bucket>>,
     metrics: Metrics,
+}
+
+fn full_bucket() -> std::sync::Arc<std::sync::Mutex<Bucket>> {
+    std::sync::Arc::new(std::sync::Mutex::new(Bucket {
+        tokens: f64::from(NORMAL_EVENTS_PER_SECOND),
+        last: std::time::Instant::now(),
+    }))
 }
 
 impl EventQueue {
@@ -110,6 +144,7 @@ impl EventQueue {
         });
         Self {
             sender: Some(sender),
+            normal: full_bucket(),
             metrics,
         }
     }
@@ -118,15 +153,52 @@ impl EventQueue {
     pub fn disabled(metrics: Metrics) -> Self {
         Self {
             sender: None,
+            normal: full_bucket(),
             metrics,
         }
     }
 
-    /// Queues an event; drops it (counted in the metrics) when the queue is full.
+    /// Queues an event; drops it (counted in the metrics) when the queue is full, or when it is a Normal
+    /// event over [`NORMAL_EVENTS_PER_SECOND`].
     pub fn send(&self, event: QueuedEvent) {
         let Some(sender) = &self.sender else { return };
+        if !event.warning {
+            let allowed = self
+                .normal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(std::time::Instant::now());
+            if !allowed {
+                self.metrics.event("throttled");
+                return;
+            }
+        }
         if sender.try_send(event).is_err() {
             self.metrics.event("dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_events_are_limited_to_their_rate_after_a_burst() {
+        let start = std::time::Instant::now();
+        let mut bucket = Bucket {
+            tokens: f64::from(NORMAL_EVENTS_PER_SECOND),
+            last: start,
+        };
+        let burst = (0..100).filter(|_| bucket.take(start)).count();
+        assert_eq!(burst, NORMAL_EVENTS_PER_SECOND as usize);
+        // A tenth of a second later one more token has come.
+        let later = start + std::time::Duration::from_millis(100);
+        assert!(bucket.take(later));
+        assert!(!bucket.take(later));
+        // Tokens do not pile up beyond a burst.
+        let much_later = start + std::time::Duration::from_secs(60);
+        let burst = (0..100).filter(|_| bucket.take(much_later)).count();
+        assert_eq!(burst, NORMAL_EVENTS_PER_SECOND as usize);
     }
 }

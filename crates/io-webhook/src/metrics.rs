@@ -41,7 +41,7 @@ pub struct InjectionLabels {
 /// Labels of the event counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    /// `written`, `failed` or `dropped` (the queue was full).
+    /// `written`, `failed`, `dropped` (the queue was full) or `throttled` (a Normal event over the rate).
     pub outcome: &'static str,
 }
 
