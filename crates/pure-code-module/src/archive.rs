@@ -312,6 +312,68 @@ pub fn resolve_link(
     Ok(resolved.join("/"))
 }
 
+/// What the central directory says about an entry that the local headers do not: its Unix mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CentralEntry {
+    /// The name as in the archive.
+    pub name: String,
+    /// The Unix mode (file type and permissions) for entries made on Unix.
+    pub unix_mode: Option<u32>,
+}
+
+/// Unix file type bits of a symlink.
+pub const S_IFLNK: u32 = 0o120_000;
+const S_IFMT: u32 = 0o170_000;
+
+impl CentralEntry {
+    /// Whether the entry is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.unix_mode.is_some_and(|m| m & S_IFMT == S_IFLNK)
+    }
+}
+
+/// Signature of a central directory file header.
+pub const CENTRAL_HEADER_SIGNATURE: u32 = 0x0201_4b50;
+
+/// Parses the central directory records in `bytes`, which starts right after the first record's signature
+/// (a streaming reader has consumed it), up to the first bytes that are not another record (the end
+/// records). Fails on a truncated record.
+pub fn parse_central_directory(bytes: &[u8]) -> Result<Vec<CentralEntry>, String> {
+    const FIXED: usize = 42;
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut entries = Vec::new();
+    let mut rest = bytes;
+    loop {
+        if rest.len() < FIXED {
+            return Err(format!(
+                "a central directory record is cut after {} bytes",
+                rest.len()
+            ));
+        }
+        let made_by_system = rest[1];
+        let name_len = usize::from(u16_at(rest, 24));
+        let extra_len = usize::from(u16_at(rest, 26));
+        let comment_len = usize::from(u16_at(rest, 28));
+        let external = u32_at(rest, 34);
+        let end = FIXED + name_len + extra_len + comment_len;
+        if rest.len() < end {
+            return Err("a central directory record is cut in its name or extra fields".into());
+        }
+        let name = String::from_utf8_lossy(&rest[FIXED..FIXED + name_len]).into_owned();
+        // 3 is Unix: the high 16 bits are st_mode.
+        let unix_mode = (made_by_system == 3)
+            .then_some(external >> 16)
+            .filter(|m| *m != 0);
+        entries.push(CentralEntry { name, unix_mode });
+        rest = &rest[end..];
+        if rest.len() < 4 || u32_at(rest, 0) != CENTRAL_HEADER_SIGNATURE {
+            return Ok(entries);
+        }
+        rest = &rest[4..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

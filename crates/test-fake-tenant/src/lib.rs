@@ -53,8 +53,8 @@ use tokio_util::sync::CancellationToken;
 pub use api::CHECKSUM_HEADER;
 pub use images::{ImageError, ImageInfo, ONEAGENT_REPOSITORY};
 pub use model::{
-    Endpoint, Fault, Host, MAX_PAYLOAD_BYTES, RequestRecord, SCOPE_API_TOKENS_READ, SCOPE_DATA_EXPORT,
-    SCOPE_INSTALLER_DOWNLOAD, TenantConfig, TokenConfig,
+    Endpoint, Fault, Host, HostileArchive, MAX_PAYLOAD_BYTES, RequestRecord, SCOPE_API_TOKENS_READ,
+    SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TenantConfig, TokenConfig,
 };
 
 use crate::archive::ArchiveCache;

@@ -494,6 +494,56 @@ pub fn pause_program(cache: &Path) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// The stand-in agent library's C source, relative to the workspace (see the source for what it does).
+pub const AGENT_LIBRARY_SOURCE: &str = "tools/images/liboneagentproc.c";
+/// How [`agent_library`] compiles [`AGENT_LIBRARY_SOURCE`].
+const AGENT_LIBRARY_CFLAGS: [&str; 4] = ["-shared", "-fPIC", "-Os", "-s"];
+
+/// Compiles [`AGENT_LIBRARY_SOURCE`] into `<cache>/agent-library-<hash>/liboneagentproc.so` (the hash covers
+/// the source and the flags) unless it is there already; returns its path. The fake tenant serves it as
+/// `agent/lib64/liboneagentproc.so` (`--agent-library`); a process that loads it appends a line to
+/// `$DT_AGENT_EVIDENCE` (default `/tmp/oneagent-loaded`) and has it in its `/proc/self/maps`.
+pub fn agent_library(cache: &Path) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let source = root.join(AGENT_LIBRARY_SOURCE);
+    let code = read(&source)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&code);
+    hasher.update(AGENT_LIBRARY_CFLAGS.join(" "));
+    let hash = hex::encode(&hasher.finalize()[..8]);
+    let dir = cache.join(format!("agent-library-{hash}"));
+    let library = dir.join("liboneagentproc.so");
+    if library.is_file() {
+        return Ok(library);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let partial = dir.join(format!("liboneagentproc.{}.tmp", std::process::id()));
+    let output = Command::new("cc")
+        .args(AGENT_LIBRARY_CFLAGS)
+        .arg(format!("-ffile-prefix-map={}=/build", root.display()))
+        .arg("-o")
+        .arg(&partial)
+        .arg(&source)
+        .output()
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot run `cc` to compile {} ({err}); install a C compiler (`apt-get install gcc libc6-dev`)",
+                source.display()
+            )
+        })?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "`cc {}` of {} failed: {}",
+            AGENT_LIBRARY_CFLAGS.join(" "),
+            source.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    std::fs::rename(&partial, &library).with_context(|| format!("writing {}", library.display()))?;
+    Ok(library)
+}
+
 /// The tag the operator gives a OneAgent version (the operator's own rule,
 /// [`pure_desired::version::image_tag`]), for a version that has the three numeric parts the tag needs.
 fn oneagent_tag(version: &str) -> anyhow::Result<String> {
