@@ -517,7 +517,10 @@ pub fn agent_library(cache: &Path) -> anyhow::Result<PathBuf> {
         return Ok(library);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let partial = dir.join(format!("liboneagentproc.{}.tmp", std::process::id()));
+    // Unique per process and call: threads of one test binary build it concurrently.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!("liboneagentproc.{}.{call}.tmp", std::process::id()));
     let output = Command::new("cc")
         .args(AGENT_LIBRARY_CFLAGS)
         .arg(format!("-ffile-prefix-map={}=/build", root.display()))
