@@ -38,6 +38,8 @@ async fn tenant() -> FakeTenant {
 struct Pod {
     dir: tempfile::TempDir,
     env: BTreeMap<String, String>,
+    /// `--download-timeout` in seconds.
+    timeout: u64,
 }
 
 impl Pod {
@@ -68,7 +70,7 @@ impl Pod {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let pod = Self { dir, env };
+        let pod = Self { dir, env, timeout: 2 };
         pod.write_config(&InitConfig {
             api_url: api_url.to_owned(),
             api_token: "dt0c01.test".into(),
@@ -117,7 +119,7 @@ impl Pod {
             .arg("init")
             .arg("--root")
             .arg(self.root())
-            .args(["--download-timeout", "2", "--attempts", "2"])
+            .args(["--download-timeout", &self.timeout.to_string(), "--attempts", "2"])
             .env_clear()
             .envs(&self.env)
             .env("RUST_LOG", "info")
@@ -557,8 +559,9 @@ async fn a_large_archive_unpacks_in_flat_memory() {
             ..TenantConfig::default()
         })
         .await;
-        // Generate the archive before timing the install.
-        let pod = Pod::new(&tenant.api_url(), "installer", "fail");
+        // Generate the archive before timing the install (the tenant answers once it is written).
+        let mut pod = Pod::new(&tenant.api_url(), "installer", "fail");
+        pod.timeout = 300;
         let (code, _, text) = pod.run().await;
         assert_eq!(code, Some(0), "{text}");
         let started = Instant::now();

@@ -192,7 +192,7 @@ async fn install_once(
                 request.version.as_deref().unwrap_or("latest version")
             ),
         ),
-        Source::Url(url) => (client.url_stream(url).await?, format!("{url}")),
+        Source::Url(url) => (client.url_stream(url).await?, url.clone()),
     };
     let staging = target.join(format!(
         "{STAGING_PREFIX}{}-{}",
