@@ -460,11 +460,12 @@ async fn hostile_archives_are_rejected_naming_the_entry() {
 }
 
 /// A zip like the environment's: a version directory with an executable, the configuration, the library
-/// and a relative symlink, deflated.
+/// and a relative symlink, deflated, written as a stream (CRC and sizes in data descriptors after the
+/// data, as streaming writers such as Java's produce).
 fn small_agent_zip() -> Vec<u8> {
     use std::io::Write as _;
     use zip::write::SimpleFileOptions;
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut zip = zip::ZipWriter::new_stream(Vec::new());
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     zip.add_directory(format!("agent/bin/{VERSION}/"), options)
         .unwrap();

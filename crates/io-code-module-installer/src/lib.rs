@@ -10,11 +10,17 @@
 //! `agent/bin/current` link, the configuration merge) succeeded; on any error the staging directory is
 //! removed, so a failed install leaves no partial tree.
 //!
-//! The zip format keeps file types (symlink or not) and permissions in the central directory at the end of
-//! the archive; a streaming reader sees them last. Entries are therefore written as files first, and the
-//! central directory (parsed by [`pure_code_module::archive::parse_central_directory`]) then turns the
-//! symlink entries into links and sets the executable bits. Entries with data descriptors (sizes after
-//! the data) cannot be streamed by `zip` and are refused with an error naming the entry.
+//! The entries are read from their local headers ([`pure_code_module::archive::LocalHeader`]) as they
+//! arrive: stored data by its size, deflated data through `flate2`'s decoder, which ends by itself, so
+//! entries whose CRC and sizes follow in a data descriptor (what streaming zip writers such as Java's
+//! produce) are read too; every entry's size and CRC-32 are checked. (`zip`'s `read_zipfile_from_stream`
+//! refuses data descriptors; `async_zip`'s stream reader handles them but is async and would be a second
+//! zip implementation in the tree.) Stored entries with a data descriptor cannot be delimited without the
+//! central directory and are refused, naming the entry. The zip format keeps file types (symlink or not)
+//! and permissions in the central directory at the end of the archive; a streaming reader sees them last.
+//! Entries are therefore written as files first, and the central directory (parsed by
+//! [`pure_code_module::archive::parse_central_directory`]) then turns the symlink entries into links and
+//! sets the executable bits.
 
 mod unpack;
 

@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
-use std::io::{Read, Write as _};
+use std::io::{BufReader, Read, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use io_tenant_client::DownloadFailure;
 use pure_code_module::archive::{
-    Budget, CENTRAL_HEADER_SIGNATURE, EntryError, Limits, Problem, parse_central_directory, resolve_link,
+    Budget, CENTRAL_HEADER_SIGNATURE, DATA_DESCRIPTOR_SIGNATURE, END_SIGNATURE, EntryError,
+    LOCAL_HEADER_FIXED, LOCAL_HEADER_SIGNATURE, Limits, LocalHeader, Problem, parse_central_directory,
+    resolve_link,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -62,8 +64,6 @@ pub(crate) struct ChannelReader {
     failure: Option<DownloadFailure>,
     hasher: Sha256,
     read: u64,
-    /// Set when unpacking failed: reads fail at once instead of draining the network.
-    abort: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 impl ChannelReader {
@@ -74,16 +74,12 @@ impl ChannelReader {
             failure: None,
             hasher: Sha256::new(),
             read: 0,
-            abort: std::rc::Rc::default(),
         }
     }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.abort.get() {
-            return Err(std::io::Error::other("unpacking stopped"));
-        }
         while self.current.is_empty() {
             if let Some(failure) = &self.failure {
                 return Err(std::io::Error::other(failure.to_string()));
@@ -111,149 +107,295 @@ fn archive_error(reader: &ChannelReader, what: String) -> Failure {
     }
 }
 
-pub(crate) fn unpack(mut reader: ChannelReader, root: &Path, limits: Limits) -> Result<Unpacked, Failure> {
+pub(crate) fn unpack(reader: ChannelReader, root: &Path, limits: Limits) -> Result<Unpacked, Failure> {
+    let mut input = BufReader::with_capacity(BUFFER, reader);
     let mut budget = Budget::new(limits);
     // Normalized path → (name in the archive, is_dir), to join the central directory's modes.
     let mut written: HashMap<String, (String, bool)> = HashMap::new();
     let mut buffer = vec![0u8; BUFFER];
-    let abort = reader.abort.clone();
-    let mut header_error = None;
+    let mut has_central_directory = true;
     loop {
-        let mut file = match zip::read::read_zipfile_from_stream(&mut reader) {
-            Ok(Some(file)) => file,
-            Ok(None) => break,
-            Err(error) => {
-                header_error = Some(error.to_string());
+        let signature = read_u32(&mut input, "a local header")?;
+        match signature {
+            LOCAL_HEADER_SIGNATURE => {}
+            CENTRAL_HEADER_SIGNATURE => break,
+            END_SIGNATURE => {
+                has_central_directory = false;
                 break;
             }
-        };
-        let outcome = write_entry(&mut file, root, &mut budget, &mut buffer);
-        if outcome.is_err() {
-            // Dropping the entry would read the rest of it from the network: stop reading instead.
-            abort.set(true);
-        }
-        drop(file);
-        match outcome {
-            Ok((path, name, is_dir)) => {
-                written.insert(path, (name, is_dir));
+            other => {
+                return Err(InstallError::Archive(format!(
+                    "bytes {} are not a zip record (signature {other:#010x}); is it a zip file?",
+                    input.get_ref().read
+                ))
+                .into());
             }
-            Err(EntryFailure::Install(failure)) => return Err(failure),
-            Err(EntryFailure::Read(text)) => return Err(archive_error_at(&reader, &text)),
         }
+        let (path, name, is_dir) = write_entry(&mut input, root, &mut budget, &mut buffer)?;
+        written.insert(path, (name, is_dir));
     }
-    if let Some(text) = header_error {
-        return Err(archive_error_at(&reader, &text));
-    }
-    let central = read_central_directory(&mut reader)?;
+    let central = if has_central_directory {
+        read_central_directory(&mut input)?
+    } else {
+        Vec::new()
+    };
     // The rest (end records) counts into the length and checksum.
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(|e| archive_error(&reader, format!("after the central directory: {e}")))?;
+    std::io::copy(&mut input, &mut std::io::sink())
+        .map_err(|e| archive_error(input.get_ref(), format!("after the central directory: {e}")))?;
     apply_central_directory(root, &central, &written)?;
-    let entries = written.len() as u64;
+    let reader = input.into_inner();
     Ok(Unpacked {
         archive_bytes: reader.read,
-        sha256: hex::encode(reader.hasher.clone().finalize()),
-        entries,
+        sha256: hex::encode(reader.hasher.finalize()),
+        entries: written.len() as u64,
         unpacked_bytes: budget.total(),
     })
 }
 
-enum EntryFailure {
-    Install(Failure),
-    /// The zip reader failed; mapped once the entry no longer borrows the reader.
-    Read(String),
+type Input = BufReader<ChannelReader>;
+
+fn read_u32(input: &mut Input, what: &str) -> Result<u32, Failure> {
+    let mut bytes = [0u8; 4];
+    read_exact(input, &mut bytes, what)?;
+    Ok(u32::from_le_bytes(bytes))
 }
 
-impl<T: Into<Failure>> From<T> for EntryFailure {
-    fn from(error: T) -> Self {
-        Self::Install(error.into())
+fn read_exact(input: &mut Input, buf: &mut [u8], what: &str) -> Result<(), Failure> {
+    input.read_exact(buf).map_err(|e| {
+        archive_error(
+            input.get_ref(),
+            format!("cut in {what} at byte {}: {e}", input.get_ref().read),
+        )
+    })
+}
+
+/// An entry's data as it streams: stored bytes, or deflate decoded on the fly (self-terminating, so
+/// entries whose sizes follow in a data descriptor work too).
+enum Data<'a> {
+    Stored(std::io::Take<&'a mut Input>),
+    Scanned(std::io::Cursor<Vec<u8>>),
+    Deflated(flate2::bufread::DeflateDecoder<std::io::Take<&'a mut Input>>),
+}
+
+impl Read for Data<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Stored(data) => data.read(buf),
+            Self::Scanned(data) => data.read(buf),
+            Self::Deflated(data) => data.read(buf),
+        }
     }
 }
 
-/// Writes one entry; returns its normalized path, its name and whether it is a directory.
-fn write_entry<R: Read>(
-    file: &mut zip::read::ZipFile<'_, R>,
+impl Data<'_> {
+    /// Compressed bytes consumed so far.
+    fn consumed(&self, written: u64) -> u64 {
+        match self {
+            Self::Stored(_) | Self::Scanned(_) => written,
+            Self::Deflated(data) => data.total_in(),
+        }
+    }
+}
+
+/// Reads one entry after its signature and writes it; returns its normalized path, its name and whether it
+/// is a directory.
+fn write_entry(
+    input: &mut Input,
     root: &Path,
     budget: &mut Budget,
     buffer: &mut [u8],
-) -> Result<(String, String, bool), EntryFailure> {
-    let name = String::from_utf8_lossy(file.name_raw()).into_owned();
+) -> Result<(String, String, bool), Failure> {
+    let mut fixed = [0u8; LOCAL_HEADER_FIXED];
+    read_exact(input, &mut fixed, "a local header")?;
+    let mut header = LocalHeader::parse(&fixed);
+    let mut name = vec![0u8; header.name_len];
+    read_exact(input, &mut name, "an entry name")?;
+    let mut extra = vec![0u8; header.extra_len];
+    read_exact(input, &mut extra, "an extra field")?;
+    header.apply_extra(&extra);
+    let name = String::from_utf8_lossy(&name).into_owned();
     let entry = budget.begin(&name)?;
-    if file.encrypted() {
-        return Err(InstallError::Archive(format!("entry {name:?} is encrypted")).into());
+    let archive = |what: String| Failure::Install(InstallError::Archive(format!("entry {name:?} {what}")));
+    if header.encrypted() {
+        return Err(archive("is encrypted".into()));
+    }
+    let descriptor = header.has_data_descriptor();
+    let limited = if descriptor {
+        u64::MAX
+    } else {
+        header.compressed_size
+    };
+    // For a small stored entry with a data descriptor (a symlink or an empty file written by a streaming
+    // writer) the descriptor is found by scanning; it is read then.
+    let mut scanned_descriptor = None;
+    let mut data = match (header.method, descriptor) {
+        (0, true) => {
+            let (bytes, crc) = scan_stored(input, &name)?;
+            scanned_descriptor = Some((crc, bytes.len() as u64));
+            Data::Scanned(std::io::Cursor::new(bytes))
+        }
+        (0, false) => Data::Stored(input.by_ref().take(limited)),
+        (8, _) => Data::Deflated(flate2::bufread::DeflateDecoder::new(input.by_ref().take(limited))),
+        (other, _) => {
+            return Err(archive(format!(
+                "uses compression method {other}; only stored and deflated are supported"
+            )));
+        }
+    };
+    let declared = if descriptor { u64::MAX } else { header.size };
+    if !descriptor {
+        budget.check_declared(&name, header.size, header.compressed_size)?;
     }
     let path = root.join(&entry.path);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
-    if entry.is_dir {
-        std::fs::create_dir_all(&path).map_err(io_error(&path))?;
-        return Ok((entry.path, name, true));
-    }
-    let (declared, compressed) = (file.size(), file.compressed_size());
-    budget.check_declared(&name, declared, compressed)?;
     let conf = in_conf(&entry.path);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if conf { 0o666 } else { 0o644 })
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
-        .map_err(io_error(&path))?;
+    let mut out = if entry.is_dir {
+        std::fs::create_dir_all(&path).map_err(io_error(&path))?;
+        None
+    } else {
+        Some(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(if conf { 0o666 } else { 0o644 })
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+                .map_err(io_error(&path))?,
+        )
+    };
+    let mut crc = crc32fast::Hasher::new();
     let mut done = 0u64;
+    let mut read_error = None;
     loop {
-        let n = match file.read(buffer) {
+        let n = match data.read(buffer) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(error) => return Err(EntryFailure::Read(format!("entry {name:?}: {error}"))),
+            Err(error) => {
+                read_error = Some(error.to_string());
+                break;
+            }
         };
         done += n as u64;
-        budget.check_written(&name, done, n as u64, compressed, declared)?;
-        out.write_all(&buffer[..n]).map_err(io_error(&path))?;
+        budget.check_written(&name, done, n as u64, data.consumed(done), declared)?;
+        crc.update(&buffer[..n]);
+        match &mut out {
+            Some(file) => file.write_all(&buffer[..n]).map_err(io_error(&path))?,
+            None => return Err(archive("is a directory with data".into())),
+        }
     }
-    if conf {
+    let consumed = data.consumed(done);
+    drop(data);
+    if let Some(error) = read_error {
+        return Err(archive_error(input.get_ref(), format!("entry {name:?}: {error}")));
+    }
+    let (expected_crc, expected_size) = if let Some(scanned) = scanned_descriptor {
+        scanned
+    } else if descriptor {
+        read_data_descriptor(input, header.zip64)?
+    } else {
+        (header.crc32, header.size)
+    };
+    if !descriptor && consumed != header.compressed_size {
+        return Err(archive_error(
+            input.get_ref(),
+            format!(
+                "entry {name:?} ends after {consumed} of {} compressed bytes",
+                header.compressed_size
+            ),
+        ));
+    }
+    if done != expected_size {
+        return Err(archive(format!(
+            "holds {done} bytes, its header says {expected_size}"
+        )));
+    }
+    if crc.finalize() != expected_crc {
+        return Err(archive("fails its CRC-32 check (corrupted)".into()));
+    }
+    if conf && !entry.is_dir {
         // Explicitly: the process umask may have taken bits off.
         set_mode(&path, 0o666)?;
     }
-    Ok((entry.path, name, false))
+    Ok((entry.path, name, entry.is_dir))
+}
+
+/// Largest stored entry with a data descriptor that is found by scanning.
+const MAX_SCANNED: usize = 64 * 1024;
+
+/// Reads a stored entry whose size follows in a data descriptor, up to [`MAX_SCANNED`] bytes: the data
+/// ends where a descriptor signature is followed by that CRC and that size twice. Returns the data and its
+/// CRC; the descriptor is consumed.
+fn scan_stored(input: &mut Input, name: &str) -> Result<(Vec<u8>, u32), Failure> {
+    let mut bytes = Vec::new();
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    loop {
+        let mut byte = [0u8; 1];
+        read_exact(input, &mut byte, "a stored entry")?;
+        bytes.push(byte[0]);
+        if bytes.len() >= 16 {
+            let n = bytes.len() - 16;
+            let size = u32::try_from(n).unwrap_or(u32::MAX);
+            if u32_at(&bytes, n) == DATA_DESCRIPTOR_SIGNATURE
+                && u32_at(&bytes, n + 8) == size
+                && u32_at(&bytes, n + 12) == size
+                && u32_at(&bytes, n + 4) == crc32fast::hash(&bytes[..n])
+            {
+                let crc = u32_at(&bytes, n + 4);
+                bytes.truncate(n);
+                return Ok((bytes, crc));
+            }
+        }
+        if bytes.len() > MAX_SCANNED + 16 {
+            return Err(InstallError::Archive(format!(
+                "entry {name:?} is stored with its size after the data (data descriptor) and is larger than \
+                 {MAX_SCANNED} bytes, which cannot be read while streaming"
+            ))
+            .into());
+        }
+    }
+}
+
+/// CRC and size from the data descriptor after an entry's data (its signature is optional).
+fn read_data_descriptor(input: &mut Input, zip64: bool) -> Result<(u32, u64), Failure> {
+    let first = read_u32(input, "a data descriptor")?;
+    let crc = if first == DATA_DESCRIPTOR_SIGNATURE {
+        read_u32(input, "a data descriptor")?
+    } else {
+        first
+    };
+    if zip64 {
+        let mut sizes = [0u8; 16];
+        read_exact(input, &mut sizes, "a data descriptor")?;
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&sizes[8..]);
+        Ok((crc, u64::from_le_bytes(size)))
+    } else {
+        let _compressed = read_u32(input, "a data descriptor")?;
+        Ok((crc, u64::from(read_u32(input, "a data descriptor")?)))
+    }
 }
 
 fn in_conf(path: &str) -> bool {
     path.starts_with(CONF_DIR) && path.as_bytes().get(CONF_DIR.len()) == Some(&b'/')
 }
 
-fn archive_error_at(reader: &ChannelReader, text: &str) -> Failure {
-    if text.contains("length is not available") {
-        return Failure::Install(InstallError::Archive(format!(
-            "an entry after byte {} keeps its size after its data (data descriptor), which cannot be \
-             unpacked while streaming",
-            reader.read
-        )));
-    }
-    archive_error(reader, format!("at byte {}: {text}", reader.read))
-}
-
 fn read_central_directory(
-    reader: &mut ChannelReader,
+    reader: &mut Input,
 ) -> Result<Vec<pure_code_module::archive::CentralEntry>, Failure> {
-    // `read_zipfile_from_stream` stopped at a central directory record and consumed its signature (or
-    // at the end record of an empty archive, in which case what follows is no record).
+    // The entry loop stopped at the first central directory record, after its signature.
     let mut bytes = Vec::new();
     let read = reader
         .by_ref()
         .take(MAX_CENTRAL_DIRECTORY + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| archive_error(reader, format!("in the central directory: {e}")))?;
+        .map_err(|e| archive_error(reader.get_ref(), format!("in the central directory: {e}")))?;
     if read as u64 > MAX_CENTRAL_DIRECTORY {
         return Err(InstallError::Archive(format!(
             "the central directory is larger than {MAX_CENTRAL_DIRECTORY} bytes"
         ))
         .into());
-    }
-    if bytes.len() >= 4
-        && u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == CENTRAL_HEADER_SIGNATURE
-    {
-        return Err(InstallError::Archive("the central directory is misaligned".into()).into());
     }
     parse_central_directory(&bytes).map_err(|e| {
         Failure::Install(InstallError::Archive(format!(

@@ -312,6 +312,93 @@ pub fn resolve_link(
     Ok(resolved.join("/"))
 }
 
+/// Signature of a local file header.
+pub const LOCAL_HEADER_SIGNATURE: u32 = 0x0403_4b50;
+/// Signature of the end of central directory record.
+pub const END_SIGNATURE: u32 = 0x0605_4b50;
+/// Optional signature of a data descriptor.
+pub const DATA_DESCRIPTOR_SIGNATURE: u32 = 0x0807_4b50;
+/// Bytes of a local file header after its signature, before the name.
+pub const LOCAL_HEADER_FIXED: usize = 26;
+
+/// A local file header (the part a streaming reader has before an entry's data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalHeader {
+    /// General purpose flags.
+    pub flags: u16,
+    /// Compression method: 0 stored, 8 deflated.
+    pub method: u16,
+    /// CRC-32 of the data (0 with a data descriptor).
+    pub crc32: u32,
+    /// Compressed size (0 with a data descriptor; from the Zip64 field when that is present).
+    pub compressed_size: u64,
+    /// Uncompressed size (as above).
+    pub size: u64,
+    /// Length of the name that follows.
+    pub name_len: usize,
+    /// Length of the extra field after the name.
+    pub extra_len: usize,
+    /// The extra field has Zip64 sizes (so does the data descriptor).
+    pub zip64: bool,
+}
+
+impl LocalHeader {
+    /// Parses the fixed part (after the signature).
+    pub fn parse(fixed: &[u8; LOCAL_HEADER_FIXED]) -> Self {
+        let u16_at = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+        Self {
+            flags: u16_at(2),
+            method: u16_at(4),
+            crc32: u32_at(10),
+            compressed_size: u64::from(u32_at(14)),
+            size: u64::from(u32_at(18)),
+            name_len: usize::from(u16_at(22)),
+            extra_len: usize::from(u16_at(24)),
+            zip64: false,
+        }
+    }
+
+    /// Takes the sizes from a Zip64 extra field (id 1) in `extra` where the 32-bit fields are saturated.
+    pub fn apply_extra(&mut self, extra: &[u8]) {
+        let mut rest = extra;
+        while rest.len() >= 4 {
+            let id = u16::from_le_bytes([rest[0], rest[1]]);
+            let len = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
+            let Some(data) = rest.get(4..4 + len) else {
+                return;
+            };
+            if id == 1 {
+                self.zip64 = true;
+                let mut values = data
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+                if self.size == u64::from(u32::MAX)
+                    && let Some(v) = values.next()
+                {
+                    self.size = v;
+                }
+                if self.compressed_size == u64::from(u32::MAX)
+                    && let Some(v) = values.next()
+                {
+                    self.compressed_size = v;
+                }
+            }
+            rest = &rest[4 + len..];
+        }
+    }
+
+    /// Bit 0: encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.flags & 1 != 0
+    }
+
+    /// Bit 3: CRC and sizes follow the data in a data descriptor.
+    pub fn has_data_descriptor(&self) -> bool {
+        self.flags & 8 != 0
+    }
+}
+
 /// What the central directory says about an entry that the local headers do not: its Unix mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CentralEntry {
@@ -517,6 +604,61 @@ mod tests {
             resolve_link(&looping, "a", "b").unwrap_err().problem,
             Problem::LinkLoop
         );
+    }
+
+    /// A central directory record without its signature: made on `system`, with `mode` and `name`.
+    fn record(system: u8, mode: u32, name: &str) -> Vec<u8> {
+        let mut r = vec![0u8; 42];
+        r[0] = 20;
+        r[1] = system;
+        r[24..26].copy_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
+        r[34..38].copy_from_slice(&(mode << 16).to_le_bytes());
+        r.extend_from_slice(name.as_bytes());
+        r
+    }
+
+    #[test]
+    fn central_directory_modes_and_symlinks() {
+        let mut bytes = record(3, 0o120_777, "agent/lib/link");
+        bytes.extend_from_slice(&CENTRAL_HEADER_SIGNATURE.to_le_bytes());
+        bytes.extend_from_slice(&record(3, 0o100_755, "agent/bin/x"));
+        bytes.extend_from_slice(&CENTRAL_HEADER_SIGNATURE.to_le_bytes());
+        bytes.extend_from_slice(&record(0, 0o100_755, "dos"));
+        bytes.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 18]);
+        let entries = parse_central_directory(&bytes).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert!(entries[0].is_symlink());
+        assert_eq!(entries[1].unix_mode, Some(0o100_755));
+        assert!(!entries[1].is_symlink());
+        assert_eq!(entries[2].unix_mode, None, "not made on Unix");
+        assert!(
+            parse_central_directory(&bytes[..50]).is_err(),
+            "cut in the second record"
+        );
+    }
+
+    #[test]
+    fn local_headers_with_zip64_sizes() {
+        let mut fixed = [0u8; LOCAL_HEADER_FIXED];
+        fixed[2] = 8; // data descriptor
+        fixed[4] = 8; // deflated
+        fixed[14..18].copy_from_slice(&u32::MAX.to_le_bytes());
+        fixed[18..22].copy_from_slice(&u32::MAX.to_le_bytes());
+        fixed[22] = 5;
+        let mut header = LocalHeader::parse(&fixed);
+        assert!(header.has_data_descriptor() && !header.encrypted());
+        assert_eq!((header.method, header.name_len), (8, 5));
+        let mut extra = vec![1, 0, 16, 0];
+        extra.extend_from_slice(&(5u64 << 32).to_le_bytes());
+        extra.extend_from_slice(&(3u64 << 32).to_le_bytes());
+        header.apply_extra(&extra);
+        assert!(header.zip64);
+        assert_eq!((header.size, header.compressed_size), (5 << 32, 3 << 32));
+        // A truncated extra field is ignored, not a panic.
+        let mut other = LocalHeader::parse(&fixed);
+        other.apply_extra(&[1, 0, 200, 0, 1]);
+        assert_eq!(other.size, u64::from(u32::MAX));
     }
 
     proptest! {
