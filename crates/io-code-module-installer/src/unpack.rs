@@ -247,12 +247,11 @@ fn write_entry(
         budget.check_declared(&name, header.size, header.compressed_size)?;
     }
     let path = root.join(&entry.path);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-    }
+    let parent = entry.path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    ensure_dirs(root, parent)?;
     let conf = in_conf(&entry.path);
     let mut out = if entry.is_dir {
-        std::fs::create_dir_all(&path).map_err(io_error(&path))?;
+        ensure_dirs(root, &entry.path)?;
         None
     } else {
         Some(
@@ -319,6 +318,33 @@ fn write_entry(
         set_mode(&path, 0o666)?;
     }
     Ok((entry.path, name, entry.is_dir))
+}
+
+/// Creates the directories of `relative` below `root` that are missing: mode 0755, or 0777 at and below
+/// `agent/conf` (the agent writes its configuration there at run time, as whichever user the application
+/// runs), whatever the process umask.
+fn ensure_dirs(root: &Path, relative: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let mut path = root.to_owned();
+    let mut prefix = String::new();
+    for part in relative.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        let mode = if prefix == CONF_DIR || in_conf(&prefix) {
+            0o777
+        } else {
+            0o755
+        };
+        match std::fs::DirBuilder::new().mode(mode).create(&path) {
+            Ok(()) => set_mode(&path, mode)?,
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(io_error(&path)(error).into()),
+        }
+    }
+    Ok(())
 }
 
 /// Largest stored entry with a data descriptor that is found by scanning.
