@@ -54,24 +54,7 @@ impl TenantClient {
         destination: &Path,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<DownloadedFile, TenantError> {
-        let agent = &request.agent;
-        let path = match &request.version {
-            Some(version) => format!(
-                "/v1/deployment/installer/agent/{}/{}/version/{version}",
-                agent.os, agent.installer_type
-            ),
-            None => format!(
-                "/v1/deployment/installer/agent/{}/{}/latest",
-                agent.os, agent.installer_type
-            ),
-        };
-        let mut query = vec![
-            ("bitness", "64".to_owned()),
-            ("flavor", agent.flavor.clone()),
-            ("arch", agent.arch.clone()),
-            ("skipMetadata", request.skip_metadata.to_string()),
-        ];
-        query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
+        let (path, query) = installer_path(request);
         // No overall timeout: a large archive may take long; stalls are caught per chunk below.
         let started = std::time::Instant::now();
         let response = match self
@@ -201,24 +184,7 @@ impl TenantClient {
     /// retrying (a caller that consumes the stream retries from the start itself). The wait for the answer
     /// is bounded by the download idle timeout too.
     pub async fn agent_stream(&self, request: &DownloadRequest) -> Result<DownloadStream, TenantError> {
-        let agent = &request.agent;
-        let path = match &request.version {
-            Some(version) => format!(
-                "/v1/deployment/installer/agent/{}/{}/version/{version}",
-                agent.os, agent.installer_type
-            ),
-            None => format!(
-                "/v1/deployment/installer/agent/{}/{}/latest",
-                agent.os, agent.installer_type
-            ),
-        };
-        let mut query = vec![
-            ("bitness", "64".to_owned()),
-            ("flavor", agent.flavor.clone()),
-            ("arch", agent.arch.clone()),
-            ("skipMetadata", request.skip_metadata.to_string()),
-        ];
-        query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
+        let (path, query) = installer_path(request);
         let builder = self.request(Method::GET, &path, Token::Paas).query(&query);
         let mut stream = self.open_stream(builder).await?;
         if request.expected_sha256.is_some() {
@@ -292,6 +258,29 @@ impl TenantClient {
             body,
         })
     }
+}
+
+/// The installer endpoint's path and query for `request`.
+fn installer_path(request: &DownloadRequest) -> (String, Vec<(&'static str, String)>) {
+    let agent = &request.agent;
+    let path = match &request.version {
+        Some(version) => format!(
+            "/v1/deployment/installer/agent/{}/{}/version/{version}",
+            agent.os, agent.installer_type
+        ),
+        None => format!(
+            "/v1/deployment/installer/agent/{}/{}/latest",
+            agent.os, agent.installer_type
+        ),
+    };
+    let mut query = vec![
+        ("bitness", "64".to_owned()),
+        ("flavor", agent.flavor.clone()),
+        ("arch", agent.arch.clone()),
+        ("skipMetadata", request.skip_metadata.to_string()),
+    ];
+    query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
+    (path, query)
 }
 
 enum StreamError {
