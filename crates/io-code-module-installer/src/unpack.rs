@@ -445,7 +445,7 @@ fn apply_central_directory(
         let Some(path) = by_name.get(entry.name.as_str()) else {
             return Err(EntryError {
                 entry: entry.name.clone(),
-                problem: Problem::Duplicate,
+                problem: Problem::NotInArchive,
             }
             .into());
         };

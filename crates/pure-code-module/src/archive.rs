@@ -73,6 +73,9 @@ pub enum Problem {
         /// The largest ratio allowed.
         max_ratio: u64,
     },
+    /// The central directory names an entry the archive's local headers do not hold.
+    #[error("the central directory names it, but the archive holds no such entry (a forged directory?)")]
+    NotInArchive,
     /// The entry's data is longer than its header says.
     #[error("it holds more than the {0} bytes its header announces")]
     LongerThanHeader(u64),
