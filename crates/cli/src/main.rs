@@ -28,6 +28,10 @@ enum Command {
     Operator(OperatorArgs),
     /// Serve the validating and conversion webhooks over HTTPS, with metrics on a separate port.
     WebhookServer(WebhookServerArgs),
+    /// The init container of injected pods: install the code module and write each container's
+    /// configuration (reads the environment the pod webhook sets and /mnt/config/config). Exits 0 on
+    /// errors unless FAILURE_POLICY=fail.
+    Init(InitArgs),
     /// Print the CustomResourceDefinitions (DynaKube, OneAgent) as YAML, for `kubectl apply -f -`.
     Crd {
         /// Namespace of the `dynatrace-webhook` Service that converts between DynaKube versions.
@@ -119,6 +123,39 @@ struct WebhookServerArgs {
     log_format: LogFormat,
 }
 
+/// Options of `init`. The paths default to the pod's layout; `--root` moves all of them below another
+/// directory (tests), and each can be set on its own.
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Directory the default paths are below.
+    #[arg(long, default_value = "/")]
+    root: std::path::PathBuf,
+    /// The code module volume (default <root>/mnt/bin).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+    /// The per-pod files (default <root>/mnt/share).
+    #[arg(long)]
+    share_dir: Option<std::path::PathBuf>,
+    /// The init configuration (default <root>/mnt/config/config).
+    #[arg(long)]
+    config_file: Option<std::path::PathBuf>,
+    /// The copy of agent/conf for read-only CSI volumes (default <root>/mnt/agent-conf).
+    #[arg(long)]
+    agent_conf_dir: Option<std::path::PathBuf>,
+    /// The enrichment files (default <root>/var/lib/dynatrace/enrichment).
+    #[arg(long)]
+    enrichment_dir: Option<std::path::PathBuf>,
+    /// Seconds to wait for an answer or for the next part of the download.
+    #[arg(long, default_value_t = 60)]
+    download_timeout: u64,
+    /// Attempts at the download and each API call (transient failures only).
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -148,6 +185,7 @@ fn main() -> ExitCode {
         Command::Version { output } => print_version(output),
         Command::Operator(args) => run_operator(args),
         Command::WebhookServer(args) => run_webhook_server(args),
+        Command::Init(args) => return run_init(args),
         Command::Crd {
             webhook_namespace,
             webhook_url,
@@ -337,6 +375,66 @@ async fn own_image(client: &kube::Client, namespace: &str) -> Option<String> {
             tracing::warn!(%err, pod = %name, "cannot read the webhook's own pod for the init image");
             None
         }
+    }
+}
+
+/// `init`: every error, from the environment to the last file, goes through the failure policy: `silent`
+/// (the default) logs it and exits 0 so the application starts, `fail` exits 1 so the pod does not.
+fn run_init(args: InitArgs) -> ExitCode {
+    use pure_code_module::init::FailurePolicy;
+    // Before anything else: the policy must hold for every later error.
+    let policy = FailurePolicy::parse(std::env::var("FAILURE_POLICY").ok().as_deref());
+    let fail = |message: &str| {
+        if policy == FailurePolicy::Fail {
+            tracing::error!(
+                failure_policy = "fail",
+                "{message}; exiting with 1 so the pod does not start"
+            );
+            ExitCode::FAILURE
+        } else {
+            tracing::error!(
+                failure_policy = "silent",
+                "{message}; the application starts without the code module (FAILURE_POLICY=fail would stop it)"
+            );
+            ExitCode::SUCCESS
+        }
+    };
+    if let Err(err) = io_serving::logging::init(args.log_format, io_serving::logging::LogTarget::Stdout) {
+        eprintln!("error: {err}");
+    }
+    // Files for the application's user, whoever it is (the reference does the same).
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut paths = io_init_container::Paths::under(&args.root);
+    paths.bin = args.bin_dir.unwrap_or(paths.bin);
+    paths.share = args.share_dir.unwrap_or(paths.share);
+    paths.config = args.config_file.unwrap_or(paths.config);
+    paths.agent_conf = args.agent_conf_dir.unwrap_or(paths.agent_conf);
+    paths.enrichment = args.enrichment_dir.unwrap_or(paths.enrichment);
+    let options = io_init_container::Options {
+        paths,
+        download_timeout: std::time::Duration::from_secs(args.download_timeout.max(1)),
+        attempts: args.attempts.max(1),
+        ..Default::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
+    };
+    let result = runtime.block_on(io_init_container::run(|name| std::env::var(name).ok(), &options));
+    match result {
+        Ok(report) => {
+            tracing::info!(
+                files = report.files.len(),
+                warnings = report.warnings.len(),
+                version = report.installed.as_ref().map(|i| i.version.as_str()),
+                elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+                peak_rss_kib = io_init_container::peak_rss_kib(),
+                "init finished"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(&format!("init failed: {err}")),
     }
 }
 

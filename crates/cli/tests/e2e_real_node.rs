@@ -138,8 +138,12 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
     let ca = test_kit::pki::CertificateAuthority::new("e2e-tenant-ca").unwrap();
     let cert = ca.issue_server_cert("fake-tenant", &[], &[node_ip]).unwrap();
     let (old, new) = (FAKE_ONEAGENT_VERSIONS[0], FAKE_ONEAGENT_VERSIONS[1]);
+    // Code-module archives with the project's stand-in agent library (tools/images/liboneagentproc.c).
+    let agent_library =
+        test_images::agent_library(&test_kit::tools::cache_root().unwrap().join("images")).unwrap();
     let config = TenantConfig {
         versions: vec![old.to_owned()],
+        agent_library: Some(agent_library),
         ..TenantConfig::default()
     };
     let listen = Listen::Https {

@@ -54,24 +54,7 @@ impl TenantClient {
         destination: &Path,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<DownloadedFile, TenantError> {
-        let agent = &request.agent;
-        let path = match &request.version {
-            Some(version) => format!(
-                "/v1/deployment/installer/agent/{}/{}/version/{version}",
-                agent.os, agent.installer_type
-            ),
-            None => format!(
-                "/v1/deployment/installer/agent/{}/{}/latest",
-                agent.os, agent.installer_type
-            ),
-        };
-        let mut query = vec![
-            ("bitness", "64".to_owned()),
-            ("flavor", agent.flavor.clone()),
-            ("arch", agent.arch.clone()),
-            ("skipMetadata", request.skip_metadata.to_string()),
-        ];
-        query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
+        let (path, query) = installer_path(request);
         // No overall timeout: a large archive may take long; stalls are caught per chunk below.
         let started = std::time::Instant::now();
         let response = match self
@@ -173,6 +156,131 @@ impl TenantClient {
         file.get_ref().sync_all().await.map_err(StreamError::Io)?;
         Ok((received, hex::encode(hasher.finalize())))
     }
+}
+
+/// An agent archive arriving over the network, for callers that consume it as it streams (the code-module
+/// installer unpacks it on the fly). Each chunk comes within the client's download idle timeout or the
+/// stream ends with [`DownloadFailure::Stalled`].
+pub struct DownloadStream {
+    /// Bytes announced by the server.
+    pub total: Option<u64>,
+    /// The sha256 the server announced (or the caller expects), hex lowercase.
+    pub expected_sha256: Option<String>,
+    /// The body.
+    pub body: futures::stream::BoxStream<'static, Result<bytes::Bytes, DownloadFailure>>,
+}
+
+impl std::fmt::Debug for DownloadStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadStream")
+            .field("total", &self.total)
+            .field("expected_sha256", &self.expected_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantClient {
+    /// Starts downloading the agent archive `request` describes and returns its body as a stream, without
+    /// retrying (a caller that consumes the stream retries from the start itself). The wait for the answer
+    /// is bounded by the download idle timeout too.
+    pub async fn agent_stream(&self, request: &DownloadRequest) -> Result<DownloadStream, TenantError> {
+        let (path, query) = installer_path(request);
+        let builder = self.request(Method::GET, &path, Token::Paas).query(&query);
+        let mut stream = self.open_stream(builder).await?;
+        if request.expected_sha256.is_some() {
+            stream.expected_sha256.clone_from(&request.expected_sha256);
+        }
+        Ok(stream)
+    }
+
+    /// Like [`TenantClient::agent_stream`] for a plain URL (`INSTALLER_URL`): a GET without the token,
+    /// through the client's proxy and trusted CAs.
+    pub async fn url_stream(&self, url: &str) -> Result<DownloadStream, TenantError> {
+        let parsed = url::Url::parse(url).map_err(|e| TenantError::Config {
+            field: "installer URL",
+            reason: format!("{url:?} is not a URL ({e})"),
+        })?;
+        self.open_stream(self.http.get(parsed)).await
+    }
+
+    async fn open_stream(&self, builder: reqwest::RequestBuilder) -> Result<DownloadStream, TenantError> {
+        let started = std::time::Instant::now();
+        let response = match tokio::time::timeout(self.download_idle_timeout, builder.send()).await {
+            Err(_) => Err(TenantError::Transport {
+                endpoint: ENDPOINT,
+                reason: format!("no answer within {:?}", self.download_idle_timeout),
+                timeout: true,
+            }),
+            Ok(Err(e)) => Err(transport(ENDPOINT, &e)),
+            Ok(Ok(response)) if response.status().is_success() => Ok(response),
+            Ok(Ok(response)) => Err(error_from(ENDPOINT, response).await),
+        };
+        self.report(ENDPOINT, &response, started);
+        let response = response?;
+        let total = response.content_length();
+        let expected_sha256 = response
+            .headers()
+            .get(CHECKSUM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_lowercase());
+        let idle = self.download_idle_timeout;
+        let body = response.bytes_stream();
+        let body = futures::stream::unfold(
+            (body, 0u64, false),
+            move |(mut body, received, done)| async move {
+                if done {
+                    return None;
+                }
+                match tokio::time::timeout(idle, body.next()).await {
+                    Err(_) => Some((
+                        Err(DownloadFailure::Stalled(idle, received)),
+                        (body, received, true),
+                    )),
+                    Ok(None) => None,
+                    Ok(Some(Err(error))) => Some((
+                        Err(DownloadFailure::Interrupted {
+                            received,
+                            reason: error.to_string(),
+                        }),
+                        (body, received, true),
+                    )),
+                    Ok(Some(Ok(chunk))) => {
+                        let received = received + chunk.len() as u64;
+                        Some((Ok(chunk), (body, received, false)))
+                    }
+                }
+            },
+        )
+        .boxed();
+        Ok(DownloadStream {
+            total,
+            expected_sha256,
+            body,
+        })
+    }
+}
+
+/// The installer endpoint's path and query for `request`.
+fn installer_path(request: &DownloadRequest) -> (String, Vec<(&'static str, String)>) {
+    let agent = &request.agent;
+    let path = match &request.version {
+        Some(version) => format!(
+            "/v1/deployment/installer/agent/{}/{}/version/{version}",
+            agent.os, agent.installer_type
+        ),
+        None => format!(
+            "/v1/deployment/installer/agent/{}/{}/latest",
+            agent.os, agent.installer_type
+        ),
+    };
+    let mut query = vec![
+        ("bitness", "64".to_owned()),
+        ("flavor", agent.flavor.clone()),
+        ("arch", agent.arch.clone()),
+        ("skipMetadata", request.skip_metadata.to_string()),
+    ];
+    query.extend(request.technologies.iter().map(|t| ("include", t.clone())));
+    (path, query)
 }
 
 enum StreamError {

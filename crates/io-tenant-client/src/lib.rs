@@ -22,6 +22,7 @@ use backon::{ExponentialBuilder, Retryable as _};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
+pub use download::DownloadStream;
 pub use error::{DownloadFailure, TenantError};
 pub use model::{
     AgentSelector, AttachRules, CommunicationHost, ConnectionInfo, DownloadRequest, DownloadedFile, Event,

@@ -122,6 +122,14 @@ pub enum DesiredError {
         /// The owner's name (empty when that is missing too).
         name: String,
     },
+    /// A value could not be serialized (a bug: the types are plain data).
+    #[error("cannot serialize {what}: {reason}; this is a bug, please report it")]
+    Serialize {
+        /// What was serialized.
+        what: &'static str,
+        /// The serializer's message.
+        reason: String,
+    },
     /// A OneAgent version does not have the form `major.minor.revision.YYYYMMDD-HHMMSS`.
     #[error(
         "invalid OneAgent version {version:?}: {reason}; use the form major.minor.revision.YYYYMMDD-HHMMSS, \

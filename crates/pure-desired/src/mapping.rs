@@ -27,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, O
 use pure_api::dynakube::{DynaKube, Mode, names};
 use pure_api::selector::{Labels, selector_matches, selector_problems};
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::DesiredError;
@@ -527,7 +528,95 @@ pub fn monitoring_nodes<'a>(
     map
 }
 
-/// The JSON the init container reads from the key `config` of the init Secret (spec §4.2). Sources:
+/// The configuration the init container reads from the key `config` of the init Secret (spec §4.2), as
+/// JSON with the reference's field names. The operator writes it ([`init_config`]) and `dynatrace-operator
+/// init` reads it, through this one type. Reading tolerates missing fields (they take their defaults), so
+/// a Secret written by another operator version still works. `Debug` leaves the tokens out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InitConfig {
+    /// `spec.apiUrl`.
+    pub api_url: String,
+    /// `apiToken` of the token Secret.
+    pub api_token: String,
+    /// `paasToken` of the token Secret, else `apiToken`.
+    pub paas_token: String,
+    /// The proxy URL, `""` for none.
+    pub proxy: String,
+    /// The `no-proxy` flag: comma-separated hosts that bypass the proxy.
+    pub no_proxy: String,
+    /// `spec.networkZone`, `""` for none.
+    pub network_zone: String,
+    /// PEM certificates to trust instead of the system's, `""` for none.
+    #[serde(rename = "trustedCAs")]
+    pub trusted_cas: String,
+    /// `spec.skipCertCheck`.
+    pub skip_cert_check: bool,
+    /// The environment's UUID.
+    #[serde(rename = "tenantUUID")]
+    pub tenant_uuid: String,
+    /// Whether a host OneAgent runs on the nodes (cloudNativeFullStack).
+    pub has_host: bool,
+    /// Node name → host tenant (`-` for a node without a host OneAgent).
+    pub monitoring_nodes: BTreeMap<String, String>,
+    /// The ActiveGate's TLS certificate (PEM), `""` for none.
+    pub tls_cert: String,
+    /// The host group, `""` for none.
+    pub host_group: String,
+    /// UID of the kube-system namespace.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    /// `initialConnectRetryMs` for the agent, -1 when unset.
+    pub initial_connect_retry: i64,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        Self {
+            api_url: String::new(),
+            api_token: String::new(),
+            paas_token: String::new(),
+            proxy: String::new(),
+            no_proxy: String::new(),
+            network_zone: String::new(),
+            trusted_cas: String::new(),
+            skip_cert_check: false,
+            tenant_uuid: String::new(),
+            has_host: false,
+            monitoring_nodes: BTreeMap::new(),
+            tls_cert: String::new(),
+            host_group: String::new(),
+            cluster_id: String::new(),
+            initial_connect_retry: -1,
+        }
+    }
+}
+
+/// Tokens and the proxy (which may carry credentials) stay out of logs.
+impl fmt::Debug for InitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitConfig")
+            .field("api_url", &self.api_url)
+            .field("api_token", &"<redacted>")
+            .field("paas_token", &"<redacted>")
+            .field("proxy", &(!self.proxy.is_empty()).then_some("<redacted>"))
+            .field("no_proxy", &self.no_proxy)
+            .field("network_zone", &self.network_zone)
+            .field("trusted_cas", &!self.trusted_cas.is_empty())
+            .field("skip_cert_check", &self.skip_cert_check)
+            .field("tenant_uuid", &self.tenant_uuid)
+            .field("has_host", &self.has_host)
+            .field("monitoring_nodes", &self.monitoring_nodes)
+            .field("tls_cert", &!self.tls_cert.is_empty())
+            .field("host_group", &self.host_group)
+            .field("cluster_id", &self.cluster_id)
+            .field("initial_connect_retry", &self.initial_connect_retry)
+            .finish()
+    }
+}
+
+/// The [`InitConfig`] the init container reads from the key `config` of the init Secret (spec §4.2).
+/// Sources:
 ///
 /// | Field | Source |
 /// |---|---|
@@ -546,29 +635,29 @@ pub fn monitoring_nodes<'a>(
 /// | `hostGroup` | `--set-host-group` of the cloudNativeFullStack args |
 /// | `clusterID` | [`InitSecretFacts::cluster_id`] |
 /// | `initialConnectRetry` | the `oneagent-initial-connect-retry-ms` flag, -1 when unset |
-pub fn init_config(dynakube: &DynaKube, facts: &InitSecretFacts<'_>) -> serde_json::Value {
+pub fn init_config(dynakube: &DynaKube, facts: &InitSecretFacts<'_>) -> InitConfig {
     let flags = dynakube.feature_flags();
     let spec = &dynakube.spec;
     let initial_connect_retry = flags
         .initial_connect_retry_ms()
         .map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
-    json!({
-        "apiUrl": spec.api_url,
-        "apiToken": facts.tokens.api_token,
-        "paasToken": facts.tokens.paas_or_api(),
-        "proxy": effective_proxy(dynakube, facts.proxy),
-        "noProxy": flags.no_proxy(),
-        "networkZone": spec.network_zone.as_deref().unwrap_or_default(),
-        "trustedCAs": facts.trusted_cas.unwrap_or_default(),
-        "skipCertCheck": spec.skip_cert_check.unwrap_or(false),
-        "tenantUUID": facts.tenant_uuid,
-        "hasHost": dynakube.mode() == Some(Mode::CloudNativeFullStack),
-        "monitoringNodes": facts.monitoring_nodes,
-        "tlsCert": facts.tls_cert.unwrap_or_default(),
-        "hostGroup": dynakube.host_group().unwrap_or_default(),
-        "clusterID": facts.cluster_id,
-        "initialConnectRetry": initial_connect_retry,
-    })
+    InitConfig {
+        api_url: spec.api_url.clone(),
+        api_token: facts.tokens.api_token.clone(),
+        paas_token: facts.tokens.paas_or_api().to_owned(),
+        proxy: effective_proxy(dynakube, facts.proxy).to_owned(),
+        no_proxy: flags.no_proxy().to_owned(),
+        network_zone: spec.network_zone.clone().unwrap_or_default(),
+        trusted_cas: facts.trusted_cas.unwrap_or_default().to_owned(),
+        skip_cert_check: spec.skip_cert_check.unwrap_or(false),
+        tenant_uuid: facts.tenant_uuid.to_owned(),
+        has_host: dynakube.mode() == Some(Mode::CloudNativeFullStack),
+        monitoring_nodes: facts.monitoring_nodes.clone(),
+        tls_cert: facts.tls_cert.unwrap_or_default().to_owned(),
+        host_group: dynakube.host_group().unwrap_or_default().to_owned(),
+        cluster_id: facts.cluster_id.to_owned(),
+        initial_connect_retry,
+    }
 }
 
 /// The proxy given to injected pods: none with the `oneagent-ignore-proxy` flag.
@@ -615,14 +704,17 @@ pub fn init_secret(dynakube: &DynaKube, facts: &InitSecretFacts<'_>) -> Result<S
             "read the kube-system namespace before writing the Secret",
         ));
     }
-    let config = init_config(dynakube, facts);
+    let config = serde_json::to_vec(&init_config(dynakube, facts)).map_err(|e| DesiredError::Serialize {
+        what: "the init container configuration",
+        reason: e.to_string(),
+    })?;
     let proxy = effective_proxy(dynakube, facts.proxy);
     Ok(SecretTemplate {
         name: names::INIT_SECRET,
         dynakube: name,
         component: INIT_SECRET_COMPONENT,
         data: BTreeMap::from([
-            (CONFIG_KEY.to_owned(), ByteString(config.to_string().into_bytes())),
+            (CONFIG_KEY.to_owned(), ByteString(config)),
             (PROXY_KEY.to_owned(), ByteString(proxy.as_bytes().to_vec())),
         ]),
     })
@@ -1351,6 +1443,30 @@ mod tests {
         );
         assert_eq!(secret.metadata.owner_references, None);
         assert_eq!(managed_secret_owner(&secret.metadata), Some("dk"));
+    }
+
+    #[test]
+    fn init_config_round_trips_and_reads_partial_json() {
+        let dynakube = cloud_native(json!({}), json!({}));
+        let tokens = tokens(true, false);
+        let nodes = BTreeMap::from([("node-1".to_owned(), "uuid-1".to_owned())]);
+        let facts = InitSecretFacts {
+            tokens: &tokens,
+            proxy: Some("http://user:pw@proxy:3128"),
+            trusted_cas: None,
+            tls_cert: None,
+            tenant_uuid: "uuid-1",
+            cluster_id: "cid",
+            monitoring_nodes: &nodes,
+        };
+        let template = init_secret(&dynakube, &facts).unwrap();
+        let read: InitConfig = serde_json::from_slice(&template.data[CONFIG_KEY].0).unwrap();
+        assert_eq!(read, init_config(&dynakube, &facts));
+        let debug = format!("{read:?}");
+        assert!(!debug.contains("dt0c01") && !debug.contains("pw@"), "{debug}");
+        let partial: InitConfig = serde_json::from_str(r#"{"apiUrl":"https://x/api"}"#).unwrap();
+        assert_eq!(partial.initial_connect_retry, -1);
+        assert_eq!(partial.api_url, "https://x/api");
     }
 
     #[test]

@@ -461,8 +461,28 @@ async fn download(
         flavor: query.get("flavor").unwrap_or("default").to_owned(),
         technologies: query.all("include"),
         payload_bytes: state.config.archive_payload_bytes,
+        agent_library: state.config.agent_library.clone(),
         version,
     };
+    let fault = state.take_fault(Endpoint::Download, true);
+    if let Some(Fault::Hostile { archive }) = fault {
+        let bytes = crate::archive::hostile(archive, &key.version).map_err(|err| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot build the hostile archive: {err}"),
+            )
+        })?;
+        let checksum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let mut response = Response::new(Body::from(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if let Ok(checksum) = HeaderValue::from_str(&checksum) {
+            response.headers_mut().insert(CHECKSUM_HEADER, checksum);
+        }
+        return Ok(response);
+    }
     let archive = state.archives.get(&key).await.map_err(|err| {
         tracing::error!(%err, "cannot generate an archive");
         error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
@@ -474,7 +494,7 @@ async fn download(
         )
     })?;
     let body = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).boxed();
-    let body = match state.take_fault(Endpoint::Download, true) {
+    let body = match fault {
         Some(Fault::CutAfter { bytes }) => cut_after(body, bytes, archive.len),
         Some(Fault::Corrupt) => corrupt(body, archive.len),
         _ => body,

@@ -14,6 +14,7 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use crate::lock;
+use crate::model::HostileArchive;
 
 /// Buffer size for writing and hashing archives.
 const BUFFER: usize = 1 << 20;
@@ -28,6 +29,7 @@ pub(crate) struct ArchiveKey {
     pub flavor: String,
     pub technologies: Vec<String>,
     pub payload_bytes: u64,
+    pub agent_library: Option<PathBuf>,
 }
 
 /// A generated archive.
@@ -231,8 +233,21 @@ fn generate(dir: &Path, key: &ArchiveKey) -> Result<Archive, ArchiveError> {
         .map_err(zip_error)?;
     zip.write_all(format!("[general]\nversion {version}\n").as_bytes())
         .map_err(io_error)?;
-    zip.start_file("agent/lib64/liboneagentproc.so", executable)
-        .map_err(zip_error)?;
+    if let Some(library) = &key.agent_library {
+        let library_error = |source| ArchiveError::Io {
+            path: library.clone(),
+            source,
+        };
+        let mut file = File::open(library).map_err(library_error)?;
+        zip.start_file("agent/lib64/liboneagentproc.so", executable)
+            .map_err(zip_error)?;
+        io::copy(&mut file, &mut zip).map_err(library_error)?;
+        zip.start_file("agent/lib64/payload.bin", options)
+            .map_err(zip_error)?;
+    } else {
+        zip.start_file("agent/lib64/liboneagentproc.so", executable)
+            .map_err(zip_error)?;
+    }
     let mut payload = Payload::new(version);
     let mut buf = vec![0u8; BUFFER];
     let mut left = key.payload_bytes;
@@ -267,6 +282,45 @@ fn generate(dir: &Path, key: &ArchiveKey) -> Result<Archive, ArchiveError> {
         len,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// A hostile archive (see [`HostileArchive`]): a small agent tree for `version`, then the bad entry.
+pub(crate) fn hostile(kind: HostileArchive, version: &str) -> Result<Vec<u8>, zip::result::ZipError> {
+    let mut zip = ZipWriter::new(io::Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .last_modified_time(DateTime::default())
+        .unix_permissions(0o644);
+    zip.add_directory(format!("agent/bin/{version}/"), options.unix_permissions(0o755))?;
+    zip.start_file(
+        format!("agent/bin/{version}/oneagentutil"),
+        options.unix_permissions(0o755),
+    )?;
+    zip.write_all(b"#!/bin/sh\n")?;
+    zip.start_file("agent/conf/ruxitagentproc.conf", options)?;
+    zip.write_all(b"[general]\n")?;
+    zip.start_file("agent/lib64/liboneagentproc.so", options)?;
+    zip.write_all(&[0x7f, b'E', b'L', b'F'])?;
+    match kind {
+        HostileArchive::ZipSlip | HostileArchive::AbsolutePath | HostileArchive::Duplicate => {
+            zip.start_file(kind.bad_entry(), options)?;
+            zip.write_all(b"written outside the target by a hostile archive\n")?;
+        }
+        HostileArchive::SymlinkEscape => {
+            zip.add_symlink(kind.bad_entry(), "../../../../../../../../../etc", options)?;
+        }
+        HostileArchive::Bomb => {
+            zip.start_file(
+                kind.bad_entry(),
+                options.compression_method(CompressionMethod::Deflated),
+            )?;
+            let zeros = vec![0u8; BUFFER];
+            for _ in 0..64 {
+                zip.write_all(&zeros)?;
+            }
+        }
+    }
+    Ok(zip.finish()?.into_inner())
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@
 //! | `POST /admin/images` `{"image":"linux/oneagent:1.277.0","path":"/images/oneagent.tar"}` | loads an image into the registry (201 with its [`ImageInfo`]) |
 //! | `GET /admin/images` | the registry's images as a JSON array of [`ImageInfo`] |
 //!
-//! Admin requests are logged too, and never faulted.
+//! Admin requests are logged too, and never faulted. A download fault `{"kind":"hostile","archive":"zip_slip"}`
+//! ([`Fault::Hostile`], [`HostileArchive`]) serves a hostile archive instead of the real one; a
+//! [`TenantConfig::agent_library`] (the binary's `--agent-library`) is served as
+//! `agent/lib64/liboneagentproc.so` in every archive.
 //!
 //! The environment is also the registry of its OneAgent images, as a real one is: a read-only OCI
 //! distribution API under `/v2/` (version check, manifests and blobs by `GET` or `HEAD`, tag lists) on the
@@ -53,8 +56,8 @@ use tokio_util::sync::CancellationToken;
 pub use api::CHECKSUM_HEADER;
 pub use images::{ImageError, ImageInfo, ONEAGENT_REPOSITORY};
 pub use model::{
-    Endpoint, Fault, Host, MAX_PAYLOAD_BYTES, RequestRecord, SCOPE_API_TOKENS_READ, SCOPE_DATA_EXPORT,
-    SCOPE_INSTALLER_DOWNLOAD, TenantConfig, TokenConfig,
+    Endpoint, Fault, Host, HostileArchive, MAX_PAYLOAD_BYTES, RequestRecord, SCOPE_API_TOKENS_READ,
+    SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TenantConfig, TokenConfig,
 };
 
 use crate::archive::ArchiveCache;

@@ -31,6 +31,10 @@ struct Args {
     /// Size in bytes of the payload file in every OneAgent archive (overrides the configuration).
     #[arg(long, value_name = "N")]
     payload_bytes: Option<u64>,
+    /// A shared library to serve as agent/lib64/liboneagentproc.so in every code-module archive (overrides
+    /// the configuration's agentLibrary), like the one `test_images::agent_library` builds.
+    #[arg(long, value_name = "FILE")]
+    agent_library: Option<PathBuf>,
     /// An image for the registry: `<name>:<tag>=<path>`, the path an OCI image layout directory or an OCI
     /// or docker archive tar (for example `linux/oneagent:1.277.0=oneagent.tar`). Repeatable.
     #[arg(long = "image", value_name = "NAME:TAG=PATH", value_parser = parse_image)]
@@ -75,6 +79,14 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(bytes) = args.payload_bytes {
         config.archive_payload_bytes = bytes;
+    }
+    if let Some(library) = &args.agent_library {
+        anyhow::ensure!(
+            library.is_file(),
+            "--agent-library {} is not a file; build it with test_images::agent_library",
+            library.display()
+        );
+        config.agent_library = Some(library.clone());
     }
     let listen = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Listen::Https {

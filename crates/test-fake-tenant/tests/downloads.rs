@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt as _;
 use serde_json::json;
-use test_fake_tenant::{CHECKSUM_HEADER, Endpoint, Fault};
+use test_fake_tenant::{CHECKSUM_HEADER, Endpoint, Fault, HostileArchive};
 
 const PAYLOAD: &str = "agent/lib64/liboneagentproc.so";
 
@@ -355,4 +355,65 @@ async fn a_client_leaving_during_generation_does_not_break_the_archive() {
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].ends_with(".zip"), "{files:?}");
     tenant.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_library_is_served_as_liboneagentproc() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("lib.so");
+    std::fs::write(&library, b"\x7fELF not really").unwrap();
+    let tenant = start_with(test_fake_tenant::TenantConfig {
+        agent_library: Some(library),
+        archive_payload_bytes: 1000,
+        ..config()
+    })
+    .await;
+    let archive = download(&installer(&tenant, "unix/paas/latest")).await;
+    assert_eq!(read_entry(&archive.body, PAYLOAD), b"\x7fELF not really");
+    assert_eq!(read_entry(&archive.body, "agent/lib64/payload.bin").len(), 1000);
+}
+
+#[tokio::test]
+async fn hostile_archives_on_demand_through_the_admin_api() {
+    let tenant = start().await;
+    for kind in HostileArchive::ALL {
+        let fault = serde_json::to_value(Fault::Hostile { archive: kind }).unwrap();
+        let response = client(None)
+            .put(format!("{}/admin/faults", tenant.base_url()))
+            .json(&json!({ "endpoint": "download", "fault": fault, "count": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{kind:?}: {}", response.status());
+        let hostile = download(&installer(&tenant, "unix/paas/latest")).await;
+        assert_eq!(hostile.checksum, sha256_hex(&hostile.body), "{kind:?}");
+        assert_eq!(hostile.content_length, hostile.body.len() as u64);
+        let names: Vec<String> = {
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&hostile.body)).unwrap();
+            (0..archive.len())
+                .map(|i| String::from_utf8_lossy(archive.by_index_raw(i).unwrap().name_raw()).into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some(kind.bad_entry()),
+            "{kind:?}: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "agent/lib64/liboneagentproc.so"),
+            "{kind:?}"
+        );
+        // Used once: the next download is the real archive.
+        let real = download(&installer(&tenant, "unix/paas/latest")).await;
+        assert!(
+            entries(&real.body)
+                .iter()
+                .all(|(name, _)| !name.contains("evil") && !name.contains("bomb"))
+        );
+    }
+    let json = serde_json::to_string(&Fault::Hostile {
+        archive: HostileArchive::ZipSlip,
+    })
+    .unwrap();
+    assert_eq!(json, r#"{"kind":"hostile","archive":"zip_slip"}"#);
 }

@@ -167,7 +167,8 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn target_dir() -> PathBuf {
+/// Cargo's target directory of the checkout (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map_or_else(
@@ -452,23 +453,40 @@ pub fn write_pause_image(
 /// covers the source and the flags, unless it is there already; returns its path. The binary does not
 /// depend on where the checkout is (stripped, paths mapped), so two builds give the same bytes.
 pub fn pause_program(cache: &Path) -> anyhow::Result<PathBuf> {
+    compile_c(
+        cache,
+        PAUSE_SOURCE,
+        &PAUSE_CFLAGS,
+        "pause",
+        "a static libc is needed (`apt-get install libc6-dev`)",
+    )
+}
+
+/// Compiles the C file `source` (relative to the workspace) with `flags` into `<cache>/<name>-<hash>/<name>`,
+/// the hash covering the source and the flags, unless it is there already; returns its path. The output
+/// does not depend on where the checkout is (paths mapped), and it is written under a name of its own and
+/// renamed, so concurrent builders never see half a file.
+fn compile_c(cache: &Path, source: &str, flags: &[&str], name: &str, hint: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    let source = root.join(PAUSE_SOURCE);
+    let source = root.join(source);
     let code = read(&source)?;
     let mut hasher = Sha256::new();
     hasher.update(&code);
-    hasher.update(PAUSE_CFLAGS.join(" "));
+    hasher.update(flags.join(" "));
     let hash = hex::encode(&hasher.finalize()[..8]);
-    let dir = cache.join(format!("pause-{hash}"));
-    let binary = dir.join("pause");
-    if binary.is_file() {
-        return Ok(binary);
+    let stem = name.split('.').next().unwrap_or(name);
+    let dir = cache.join(format!("{stem}-{hash}"));
+    let output_path = dir.join(name);
+    if output_path.is_file() {
+        return Ok(output_path);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Compiled under a name of its own and renamed: concurrent builders never see half a binary.
-    let partial = dir.join(format!("pause.{}.tmp", std::process::id()));
+    // Unique per process and call: threads of one test binary build concurrently.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!("{name}.{}.{call}.tmp", std::process::id()));
     let output = Command::new("cc")
-        .args(PAUSE_CFLAGS)
+        .args(flags)
         .arg(format!("-ffile-prefix-map={}=/build", root.display()))
         .arg("-o")
         .arg(&partial)
@@ -484,14 +502,33 @@ pub fn pause_program(cache: &Path) -> anyhow::Result<PathBuf> {
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
         bail!(
-            "`cc {}` of {} failed: {}; a static libc is needed (`apt-get install libc6-dev`)",
-            PAUSE_CFLAGS.join(" "),
+            "`cc {}` of {} failed: {}; {hint}",
+            flags.join(" "),
             source.display(),
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    std::fs::rename(&partial, &binary).with_context(|| format!("writing {}", binary.display()))?;
-    Ok(binary)
+    std::fs::rename(&partial, &output_path).with_context(|| format!("writing {}", output_path.display()))?;
+    Ok(output_path)
+}
+
+/// The stand-in agent library's C source, relative to the workspace (see the source for what it does).
+pub const AGENT_LIBRARY_SOURCE: &str = "tools/images/liboneagentproc.c";
+/// How [`agent_library`] compiles [`AGENT_LIBRARY_SOURCE`].
+const AGENT_LIBRARY_CFLAGS: [&str; 4] = ["-shared", "-fPIC", "-Os", "-s"];
+
+/// Compiles [`AGENT_LIBRARY_SOURCE`] into `<cache>/liboneagentproc-<hash>/liboneagentproc.so` (the hash covers
+/// the source and the flags) unless it is there already; returns its path. The fake tenant serves it as
+/// `agent/lib64/liboneagentproc.so` (`--agent-library`); a process that loads it appends a line to
+/// `$DT_AGENT_EVIDENCE` (default `/tmp/oneagent-loaded`) and has it in its `/proc/self/maps`.
+pub fn agent_library(cache: &Path) -> anyhow::Result<PathBuf> {
+    compile_c(
+        cache,
+        AGENT_LIBRARY_SOURCE,
+        &AGENT_LIBRARY_CFLAGS,
+        "liboneagentproc.so",
+        "a C compiler and libc headers are needed (`apt-get install gcc libc6-dev`)",
+    )
 }
 
 /// The tag the operator gives a OneAgent version (the operator's own rule,

@@ -113,6 +113,11 @@ impl Session {
             "--config".to_owned(),
             config_file.display().to_string(),
         ];
+        // Its code-module archives hold the project's stand-in agent library, so an injected pod really
+        // loads it (tools/images/liboneagentproc.c).
+        let library = test_images::agent_library(&test_images::target_dir().join("images"))?;
+        args.push("--agent-library".to_owned());
+        args.push(library.display().to_string());
         for archive in images.iter().filter(|i| i.name == FAKE_ONEAGENT_IMAGE) {
             args.push("--image".to_owned());
             args.push(format!(
