@@ -2,8 +2,8 @@
 //! typical pod (one container) and one with ten containers, a first injection and a reinvocation that
 //! finds nothing to do. Run with `cargo bench -p pure-mutation --bench mutate` (the shipped release
 //! profile, about 10 minutes to build on 2 cores; `--profile bench-fast` builds faster and measures
-//! about 40% more CPU time). It
-//! prints the CPU time per pod first, then criterion's wall-clock statistics.
+//! about 40% more CPU time). It prints the CPU time per pod first, then criterion's wall-clock
+//! statistics.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: any failure aborts the run
 
