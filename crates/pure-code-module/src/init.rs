@@ -213,7 +213,10 @@ impl InitEnv {
             }
             OneAgentEnv {
                 mode,
-                technologies: technologies
+                // The webhook query-escapes the annotation's value (`java%2Cnodejs`), as the reference
+                // does, so that it can go into a URL as it is.
+                technologies: percent_encoding::percent_decode_str(&technologies)
+                    .decode_utf8_lossy()
                     .split(',')
                     .map(str::trim)
                     .filter(|t| !t.is_empty() && *t != "all")
@@ -399,6 +402,13 @@ mod tests {
         let oneagent = env.oneagent.unwrap();
         assert_eq!(oneagent.mode, Mode::Installer);
         assert_eq!(oneagent.technologies, ["java", "nodejs"]);
+        // As the webhook writes it: query-escaped.
+        let mut escaped = full_env();
+        escaped.insert("TECHNOLOGIES", "java%2Cnodejs");
+        assert_eq!(
+            read(&escaped).unwrap().oneagent.unwrap().technologies,
+            ["java", "nodejs"]
+        );
         assert_eq!(oneagent.containers.len(), 2);
         assert_eq!(oneagent.containers[1].image, "registry/sidecar:2");
         assert_eq!(oneagent.flavor, "multidistro");
