@@ -28,6 +28,9 @@ use test_kit::real_node::{self, NODE_LABEL};
 
 const NAMESPACE: &str = "dynatrace";
 const DYNAKUBE: &str = "e2e";
+/// The DynaKube that injects code modules, and the namespace it selects.
+const APPS_DYNAKUBE: &str = "apps";
+const APPS_NAMESPACE: &str = "sample-apps";
 /// The fake tenant's default API token (every scope).
 const TOKEN: &str = "dt0c01.test";
 /// Image pulls, container starts and the operator's first reconcile on a loaded 2-core machine.
@@ -115,7 +118,8 @@ async fn diagnose(client: &Client) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_on_the_real_node() {
+async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_updates_and_is_injected_on_the_real_node()
+{
     let started = Instant::now();
     let Some(cluster) = test_kit::start_real_node_cluster(1).await.unwrap() else {
         return;
@@ -297,6 +301,104 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
     .await
     .unwrap();
     assert!(logs.contains("sample-app started"), "{logs}");
+    assert!(
+        logs.contains("\"oneagent_libraries\":[]"),
+        "no agent outside a mapped namespace: {logs}"
+    );
+
+    // Code-module injection, installer mode: an applicationMonitoring DynaKube selects the namespace
+    // sample-apps; the operator labels it and writes its init Secret; the webhook pod injects the sample
+    // application's pod; its init container (our image, `init`) downloads the code module from the fake
+    // tenant, and the application's process really loads the agent library.
+    apply(
+        &client,
+        &[
+            json!({ "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+                    "metadata": { "name": APPS_DYNAKUBE, "namespace": NAMESPACE },
+                    "spec": { "apiUrl": tenant.api_url(), "trustedCAs": "tenant-ca", "tokens": DYNAKUBE,
+                              "namespaceSelector": { "matchLabels": { "e2e.dynatrace.com/inject": "true" } },
+                              "oneAgent": { "applicationMonitoring": {} } } }),
+            json!({ "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": { "name": APPS_NAMESPACE, "labels": { "e2e.dynatrace.com/inject": "true" } } }),
+        ],
+    )
+    .await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), APPS_NAMESPACE);
+    let init_secret = eventually("the operator to write the init Secret", POD_TIMEOUT, || async {
+        Ok(secrets
+            .get_opt(pure_api::dynakube::names::INIT_SECRET)
+            .await?
+            .map(drop))
+    })
+    .await;
+    or_diagnose(init_secret, &client).await;
+    let app_pods: Api<Pod> = Api::namespaced(client.clone(), APPS_NAMESPACE);
+    let app = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
+            "spec": { "nodeSelector": { NODE_LABEL: "true" }, "containers": [{
+                "name": "app", "image": image(&images, SAMPLE_APP_IMAGE).reference(),
+                "imagePullPolicy": "IfNotPresent" }] },
+        }))
+        .unwrap()
+    };
+    // The webhook's caches may see the Secret a moment after the API server: a pod admitted before that is
+    // (by design) not injected, so it is replaced until one is.
+    let injected = eventually("an injected sample application pod", POD_TIMEOUT, || async {
+        let created = app_pods
+            .create(&PostParams::default(), &app("injected-app"))
+            .await?;
+        if created
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some()
+        {
+            return Ok(Some(created));
+        }
+        app_pods.delete("injected-app", &Default::default()).await?;
+        eventually("the uninjected pod to go", POD_TIMEOUT, || async {
+            Ok(app_pods.get_opt("injected-app").await?.is_none().then_some(()))
+        })
+        .await?;
+        Ok(None)
+    })
+    .await;
+    let injected = or_diagnose(injected, &client).await;
+    let init = &injected.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.image, Some(image(&images, OPERATOR_IMAGE).reference()));
+    let logs = eventually(
+        "the injected application to run with the agent",
+        POD_TIMEOUT,
+        || async {
+            let logs = app_pods
+                .logs("injected-app", &LogParams::default())
+                .await
+                .unwrap_or_default();
+            Ok(logs.contains("sample-app started").then_some(logs))
+        },
+    )
+    .await;
+    let logs = or_diagnose(logs, &client).await;
+    assert!(
+        logs.contains("/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so"),
+        "the application's process has the agent library mapped: {logs}"
+    );
+    let init_logs = app_pods
+        .logs(
+            "injected-app",
+            &LogParams {
+                container: Some(init.name.clone()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(init_logs.contains("init finished"), "{init_logs}");
+    eprintln!(
+        "injected application runs with the agent after {:.1?}",
+        started.elapsed()
+    );
 
     // The operator logged no permission error: the installation's RBAC is enough for this scenario.
     for name in ["dynatrace-operator", "dynatrace-webhook"] {
@@ -314,6 +416,26 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_and_updates_
             );
         }
     }
-    eprintln!("end to end on the real node: {:.1?}", started.elapsed());
+    // With the tenant down and the default failure policy (silent) the application still starts, without
+    // the agent.
     tenant.shutdown().await;
+    app_pods
+        .create(&PostParams::default(), &app("tenant-down-app"))
+        .await
+        .unwrap();
+    let logs = eventually(
+        "the application to start with the tenant down",
+        POD_TIMEOUT,
+        || async {
+            let logs = app_pods
+                .logs("tenant-down-app", &LogParams::default())
+                .await
+                .unwrap_or_default();
+            Ok(logs.contains("sample-app started").then_some(logs))
+        },
+    )
+    .await;
+    let logs = or_diagnose(logs, &client).await;
+    assert!(logs.contains("\"oneagent_libraries\":[]"), "{logs}");
+    eprintln!("end to end on the real node: {:.1?}", started.elapsed());
 }

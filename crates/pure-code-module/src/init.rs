@@ -3,6 +3,79 @@
 
 use std::collections::BTreeMap;
 
+/// The environment variables the webhook gives the init container and the application containers.
+pub mod env {
+    /// `silent` or `fail`.
+    pub const FAILURE_POLICY: &str = "FAILURE_POLICY";
+    /// The pod's name (field reference).
+    pub const K8S_PODNAME: &str = "K8S_PODNAME";
+    /// The pod's UID (field reference).
+    pub const K8S_PODUID: &str = "K8S_PODUID";
+    /// The pod's name without its generated suffix.
+    pub const K8S_BASEPODNAME: &str = "K8S_BASEPODNAME";
+    /// The UID of `kube-system`.
+    pub const K8S_CLUSTER_ID: &str = "K8S_CLUSTER_ID";
+    /// The pod's namespace (field reference).
+    pub const K8S_NAMESPACE: &str = "K8S_NAMESPACE";
+    /// The pod's node (field reference).
+    pub const K8S_NODE_NAME: &str = "K8S_NODE_NAME";
+    /// The code-module flavor.
+    pub const FLAVOR: &str = "FLAVOR";
+    /// The technologies, URL-query-escaped.
+    pub const TECHNOLOGIES: &str = "TECHNOLOGIES";
+    /// The install path in the application containers.
+    pub const INSTALLPATH: &str = "INSTALLPATH";
+    /// A download URL that replaces the tenant's.
+    pub const INSTALLER_URL: &str = "INSTALLER_URL";
+    /// The code-module version (`status.codeModules.version`).
+    pub const VERSION: &str = "VERSION";
+    /// `provisioned` (CSI) or `installer`.
+    pub const MODE: &str = "MODE";
+    /// Whether the CSI volume is read-only.
+    pub const CSI_VOLUME_READONLY: &str = "CSI_VOLUME_READONLY";
+    /// `true` when the code module is injected.
+    pub const ONEAGENT_INJECTED: &str = "ONEAGENT_INJECTED";
+    /// The number of application containers.
+    pub const CONTAINERS_COUNT: &str = "CONTAINERS_COUNT";
+    /// `true` when metadata enrichment is injected.
+    pub const DATA_INGEST_INJECTED: &str = "DATA_INGEST_INJECTED";
+    /// The workload's kind.
+    pub const DT_WORKLOAD_KIND: &str = "DT_WORKLOAD_KIND";
+    /// The workload's name.
+    pub const DT_WORKLOAD_NAME: &str = "DT_WORKLOAD_NAME";
+    /// The deployment-metadata string; its presence marks an injected application container.
+    pub const DT_DEPLOYMENT_METADATA: &str = "DT_DEPLOYMENT_METADATA";
+    /// The preload list of the dynamic linker.
+    pub const LD_PRELOAD: &str = "LD_PRELOAD";
+    /// The DynaKube's network zone.
+    pub const DT_NETWORK_ZONE: &str = "DT_NETWORK_ZONE";
+    /// Release version (label version detection).
+    pub const DT_RELEASE_VERSION: &str = "DT_RELEASE_VERSION";
+    /// Release product (label version detection).
+    pub const DT_RELEASE_PRODUCT: &str = "DT_RELEASE_PRODUCT";
+    /// Release stage (label version detection, from a namespace mapping only).
+    pub const DT_RELEASE_STAGE: &str = "DT_RELEASE_STAGE";
+    /// Release build version (label version detection, from a namespace mapping only).
+    pub const DT_RELEASE_BUILD_VERSION: &str = "DT_RELEASE_BUILD_VERSION";
+
+    /// `CONTAINER_<index>_NAME` (1-based).
+    pub fn container_name(index: usize) -> String {
+        format!("CONTAINER_{index}_NAME")
+    }
+
+    /// `CONTAINER_<index>_IMAGE` (1-based).
+    pub fn container_image(index: usize) -> String {
+        format!("CONTAINER_{index}_IMAGE")
+    }
+
+    /// Whether `name` is a `CONTAINER_<index>_NAME` or `CONTAINER_<index>_IMAGE` variable.
+    pub fn is_container_var(name: &str) -> bool {
+        name.strip_prefix("CONTAINER_")
+            .and_then(|rest| rest.strip_suffix("_NAME").or_else(|| rest.strip_suffix("_IMAGE")))
+            .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
 /// `FAILURE_POLICY`: what a failed init does to the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailurePolicy {
@@ -159,29 +232,29 @@ impl InitEnv {
             })
         };
         let flag = |name: &str| get(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let failure_policy = FailurePolicy::parse(get("FAILURE_POLICY").as_deref());
-        let oneagent_on = flag("ONEAGENT_INJECTED");
-        let enrichment_on = flag("DATA_INGEST_INJECTED");
+        let failure_policy = FailurePolicy::parse(get(env::FAILURE_POLICY).as_deref());
+        let oneagent_on = flag(env::ONEAGENT_INJECTED);
+        let enrichment_on = flag(env::DATA_INGEST_INJECTED);
         let pod = (oneagent_on || enrichment_on).then(|| PodFacts {
-            pod_name: need("K8S_PODNAME"),
-            pod_uid: need("K8S_PODUID"),
-            namespace: need("K8S_NAMESPACE"),
-            cluster_id: need("K8S_CLUSTER_ID"),
+            pod_name: need(env::K8S_PODNAME),
+            pod_uid: need(env::K8S_PODUID),
+            namespace: need(env::K8S_NAMESPACE),
+            cluster_id: need(env::K8S_CLUSTER_ID),
         });
         let oneagent = oneagent_on.then(|| {
-            let mode_value = need("MODE");
-            let technologies = need("TECHNOLOGIES");
-            let install_path = need("INSTALLPATH");
-            let node_name = need("K8S_NODE_NAME");
-            let base_pod_name = need("K8S_BASEPODNAME");
-            let count = need("CONTAINERS_COUNT");
+            let mode_value = need(env::MODE);
+            let technologies = need(env::TECHNOLOGIES);
+            let install_path = need(env::INSTALLPATH);
+            let node_name = need(env::K8S_NODE_NAME);
+            let base_pod_name = need(env::K8S_BASEPODNAME);
+            let count = need(env::CONTAINERS_COUNT);
             let mode = match mode_value.as_str() {
                 "installer" => Mode::Installer,
                 "provisioned" => Mode::Provisioned,
                 "" => Mode::Installer,
                 other => {
                     invalid.push((
-                        "MODE".to_owned(),
+                        env::MODE.to_owned(),
                         format!("is {other:?}, not \"installer\" or \"provisioned\""),
                     ));
                     Mode::Installer
@@ -192,14 +265,14 @@ impl InitEnv {
                 Ok(count) => {
                     for i in 1..=count {
                         containers.push(Container {
-                            name: need(&format!("CONTAINER_{i}_NAME")),
-                            image: need(&format!("CONTAINER_{i}_IMAGE")),
+                            name: need(&env::container_name(i)),
+                            image: need(&env::container_image(i)),
                         });
                     }
                 }
                 Err(_) if count.is_empty() => {}
                 Err(_) => invalid.push((
-                    "CONTAINERS_COUNT".to_owned(),
+                    env::CONTAINERS_COUNT.to_owned(),
                     format!("is {count:?}, not a number of containers"),
                 )),
             }
@@ -226,16 +299,16 @@ impl InitEnv {
                 containers,
                 node_name,
                 base_pod_name,
-                installer_url: get("INSTALLER_URL"),
-                flavor: get("FLAVOR").unwrap_or_else(|| default_flavor(arch).to_owned()),
-                version: get("VERSION").filter(|v| v != "latest"),
-                csi_read_only: flag("CSI_VOLUME_READONLY"),
+                installer_url: get(env::INSTALLER_URL),
+                flavor: get(env::FLAVOR).unwrap_or_else(|| default_flavor(arch).to_owned()),
+                version: get(env::VERSION).filter(|v| v != "latest"),
+                csi_read_only: flag(env::CSI_VOLUME_READONLY),
             }
         });
         let unknown = |v: String| if v == "UNKNOWN" { String::new() } else { v };
         let enrichment = enrichment_on.then(|| EnrichmentEnv {
-            workload_kind: unknown(need("DT_WORKLOAD_KIND")),
-            workload_name: unknown(need("DT_WORKLOAD_NAME")),
+            workload_kind: unknown(need(env::DT_WORKLOAD_KIND)),
+            workload_name: unknown(need(env::DT_WORKLOAD_NAME)),
         });
         if missing.is_empty() && invalid.is_empty() {
             Ok(Self {
