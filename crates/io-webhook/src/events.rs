@@ -158,6 +158,11 @@ impl EventQueue {
         }
     }
 
+    /// The metrics the queue counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Queues an event; drops it (counted in the metrics) when the queue is full, or when it is a Normal
     /// event over [`NORMAL_EVENTS_PER_SECOND`].
     pub fn send(&self, event: QueuedEvent) {

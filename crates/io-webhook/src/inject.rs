@@ -98,37 +98,52 @@ fn admit(uid: &str, patch: Option<json_patch::Patch>, warning: Option<String>) -
     })
 }
 
-/// `/inject`.
-pub(crate) async fn inject(State(endpoints): State<Endpoints>, body: Body) -> Response {
+/// Reads a review within the memory budget and answers it with what `decide` says; a body that is not a
+/// review gets a 400 (the API server then admits the object: `failurePolicy: Ignore`).
+async fn answer(
+    endpoints: &Endpoints,
+    body: Body,
+    endpoint: &'static str,
+    decide: impl FnOnce(&ReviewRequest<'_>) -> (Option<json_patch::Patch>, Option<String>),
+) -> Response {
     let started = Instant::now();
-    let state = &endpoints.state;
+    let metrics = &endpoints.state.metrics;
     let (bytes, charge) = match read_body(body, &endpoints.budget).await {
         Ok(read) => read,
         Err(response) => {
-            state
-                .metrics
-                .observe("inject", failure_outcome(&response), started.elapsed());
+            metrics.observe(endpoint, failure_outcome(&response), started.elapsed());
             return response;
         }
     };
-    let review: Review<'_> = match serde_json::from_slice(&bytes) {
-        Ok(review) => review,
+    let request = match serde_json::from_slice::<Review<'_>>(&bytes) {
+        Ok(Review {
+            request: Some(request),
+        }) => request,
+        Ok(Review { request: None }) => {
+            metrics.observe(endpoint, "bad_request", started.elapsed());
+            return crate::handlers::bad_request("the AdmissionReview has no request".to_owned());
+        }
         Err(err) => {
-            state.metrics.observe("inject", "bad_request", started.elapsed());
+            metrics.observe(endpoint, "bad_request", started.elapsed());
             return crate::handlers::bad_request(format!(
                 "the body is not an admission.k8s.io/v1 AdmissionReview: {err}"
             ));
         }
     };
-    let Some(request) = review.request else {
-        state.metrics.observe("inject", "bad_request", started.elapsed());
-        return crate::handlers::bad_request("the AdmissionReview has no request".to_owned());
-    };
-    let (patch, result, reason) = decide_pod(&endpoints, &request);
+    let (patch, warning) = decide(&request);
     drop(charge);
-    state.metrics.injection(result, &reason);
-    state.metrics.observe("inject", "allowed", started.elapsed());
-    admit(&request.uid, patch, None)
+    metrics.observe(endpoint, "allowed", started.elapsed());
+    admit(&request.uid, patch, warning)
+}
+
+/// `/inject`.
+pub(crate) async fn inject(State(endpoints): State<Endpoints>, body: Body) -> Response {
+    answer(&endpoints, body, "inject", |request| {
+        let (patch, result, reason) = decide_pod(&endpoints, request);
+        endpoints.state.metrics.injection(result, &reason);
+        (patch, None)
+    })
+    .await
 }
 
 /// Runs the pod rules; any failure of ours becomes "admit unchanged" with a reason.
@@ -279,38 +294,10 @@ fn owner_lookup(cluster: &crate::ClusterCache, namespace: &str, owner: &OwnerRef
 /// `/label-ns`: labels a namespace for the DynaKube that selects it. Never denies: a conflict or a failure
 /// of ours admits the namespace as it is, with an admission warning.
 pub(crate) async fn label_namespace(State(endpoints): State<Endpoints>, body: Body) -> Response {
-    let started = Instant::now();
-    let state = &endpoints.state;
-    let (bytes, charge) = match read_body(body, &endpoints.budget).await {
-        Ok(read) => read,
-        Err(response) => {
-            state
-                .metrics
-                .observe("label-ns", failure_outcome(&response), started.elapsed());
-            return response;
-        }
-    };
-    let review: Review<'_> = match serde_json::from_slice(&bytes) {
-        Ok(review) => review,
-        Err(err) => {
-            state
-                .metrics
-                .observe("label-ns", "bad_request", started.elapsed());
-            return crate::handlers::bad_request(format!(
-                "the body is not an admission.k8s.io/v1 AdmissionReview: {err}"
-            ));
-        }
-    };
-    let Some(request) = review.request else {
-        state
-            .metrics
-            .observe("label-ns", "bad_request", started.elapsed());
-        return crate::handlers::bad_request("the AdmissionReview has no request".to_owned());
-    };
-    let (patch, warning) = decide_namespace(&endpoints, &request);
-    drop(charge);
-    state.metrics.observe("label-ns", "allowed", started.elapsed());
-    admit(&request.uid, patch, warning)
+    answer(&endpoints, body, "label-ns", |request| {
+        decide_namespace(&endpoints, request)
+    })
+    .await
 }
 
 fn decide_namespace(

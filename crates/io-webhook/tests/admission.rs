@@ -94,26 +94,8 @@ fn dynakube(name: &str, spec: Value) -> DynaKube {
     .unwrap()
 }
 
-/// The CSI driver's DaemonSet, which the modes that need CSI look for in the DynaKube's namespace.
 async fn install_csi_driver_marker(ns: &TestNamespace) -> anyhow::Result<()> {
-    let daemonset: DaemonSet = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": { "name": pure_api::dynakube::names::CSI_DAEMONSET },
-        "spec": {
-            "selector": { "matchLabels": { "app": "csi" } },
-            "template": {
-                "metadata": { "labels": { "app": "csi" } },
-                "spec": {
-                    "nodeSelector": { "no-such-node": "true" },
-                    "containers": [{ "name": "server", "image": "registry.invalid/csi:1" }]
-                }
-            }
-        }
-    }))?;
-    Api::<DaemonSet>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &daemonset)
-        .await?;
-    Ok(())
+    common::install_csi_driver_marker(&ns.client, &ns.name).await
 }
 
 async fn namespace() -> anyhow::Result<TestNamespace> {

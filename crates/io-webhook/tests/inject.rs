@@ -83,22 +83,7 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
 
     // The CSI driver's DaemonSet: the modes that use the driver mount it only where it is installed (the
     // webhook falls back to the init container's download otherwise, so no pod waits for a missing driver).
-    let csi: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(json!({
-        "metadata": { "name": pure_api::dynakube::names::CSI_DAEMONSET },
-        "spec": {
-            "selector": { "matchLabels": { "app": "csi" } },
-            "template": {
-                "metadata": { "labels": { "app": "csi" } },
-                "spec": {
-                    "nodeSelector": { "no-such-node": "true" },
-                    "containers": [{ "name": "server", "image": "registry.invalid/csi:1" }]
-                }
-            }
-        }
-    }))?;
-    Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), &home.name)
-        .create(&PostParams::default(), &csi)
-        .await?;
+    common::install_csi_driver_marker(&client, &home.name).await?;
     let dynakubes: Api<DynaKube> = Api::namespaced(client.clone(), &home.name);
     for dk in [
         dynakube("cloud", json!({ "cloudNativeFullStack": {} })),

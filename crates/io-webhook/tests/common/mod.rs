@@ -42,6 +42,15 @@ pub async fn start(cluster: Option<ClusterCache>) -> TestServer {
 
 /// [`start`] with other connection limits and timeouts.
 pub async fn start_with(cluster: Option<ClusterCache>, options: io_serving::ServeOptions) -> TestServer {
+    start_full(cluster, None, options).await
+}
+
+/// A server with the given caches, injection settings and connection limits.
+async fn start_full(
+    cluster: Option<ClusterCache>,
+    injection: Option<io_webhook::Injection>,
+    options: io_serving::ServeOptions,
+) -> TestServer {
     let certs_dir = std::env::temp_dir().join(format!(
         "webhook-test-{}-{}",
         std::process::id(),
@@ -53,10 +62,13 @@ pub async fn start_with(cluster: Option<ClusterCache>, options: io_serving::Serv
         metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         certificate_source: io_webhook::CertificateSource::Dir(certs_dir.clone()),
     };
+    let metrics = injection
+        .as_ref()
+        .map_or_else(Metrics::new, |i| i.events.metrics().clone());
     let state = AppState {
         cluster,
-        metrics: Metrics::new(),
-        injection: None,
+        metrics,
+        injection,
     };
     let server = io_webhook::start_with(&config, state, CancellationToken::new(), options)
         .await
@@ -76,34 +88,36 @@ pub async fn start_injecting(
     init_image: &str,
     webhook_namespace: &str,
 ) -> TestServer {
-    let certs_dir = std::env::temp_dir().join(format!(
-        "webhook-test-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let ca_pem = write_certificate(&certs_dir);
-    let config = ServerConfig {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        metrics_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        certificate_source: io_webhook::CertificateSource::Dir(certs_dir.clone()),
-    };
     let metrics = Metrics::new();
-    let shutdown = CancellationToken::new();
-    let state = AppState {
-        cluster: Some(cluster),
-        metrics: metrics.clone(),
-        injection: Some(io_webhook::Injection {
-            init_image: init_image.to_owned(),
-            webhook_namespace: webhook_namespace.to_owned(),
-            events: io_webhook::events::EventQueue::start(client, metrics, shutdown.clone()),
-        }),
+    let injection = io_webhook::Injection {
+        init_image: init_image.to_owned(),
+        webhook_namespace: webhook_namespace.to_owned(),
+        events: io_webhook::events::EventQueue::start(client, metrics, CancellationToken::new()),
     };
-    let server = io_webhook::start(&config, state, shutdown).await.unwrap();
-    TestServer {
-        server,
-        certs_dir,
-        ca_pem,
-    }
+    start_full(Some(cluster), Some(injection), io_webhook::serve_options()).await
+}
+
+/// The CSI driver's DaemonSet (never scheduled), which the modes that use the driver look for in the
+/// DynaKube's namespace.
+pub async fn install_csi_driver_marker(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let daemonset: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": { "name": pure_api::dynakube::names::CSI_DAEMONSET },
+        "spec": {
+            "selector": { "matchLabels": { "app": "csi" } },
+            "template": {
+                "metadata": { "labels": { "app": "csi" } },
+                "spec": {
+                    "nodeSelector": { "no-such-node": "true" },
+                    "containers": [{ "name": "server", "image": "registry.invalid/csi:1" }]
+                }
+            }
+        }
+    }))?;
+    kube::Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), namespace)
+        .create(&Default::default(), &daemonset)
+        .await?;
+    Ok(())
 }
 
 /// An answer: status, body, and the TLS version that was negotiated.
