@@ -387,7 +387,8 @@ async fn restart(
     }
     let (planned, _) = missed::plan_restarts(workloads, left);
     let deferred = finding.candidates.len() - looked_at;
-    let now = Timestamp::now().to_string();
+    // Whole seconds, as `kubectl rollout restart` writes them.
+    let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let dynakube_name = dynakube.name_any();
     let mut restarted = Vec::new();
     for workload in planned {
