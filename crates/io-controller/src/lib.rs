@@ -67,7 +67,10 @@ pub async fn run_all(
     let injection = injection::controller(
         &watches,
         client.clone(),
-        injection::InjectionConfig::new(metrics.clone()),
+        injection::InjectionConfig {
+            interval: requeue.missed_injection_check,
+            metrics: metrics.clone(),
+        },
         shutdown.clone(),
     );
     let dynakubes = controllers(&watches, client, operator_version, requeue, metrics, shutdown);
