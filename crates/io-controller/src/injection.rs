@@ -14,7 +14,7 @@
 //!
 //! Nothing sleeps inside a check: the next one is a requeue.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -276,54 +276,93 @@ async fn scan(
         return Ok(scan.finish());
     }
     let wanted: HashSet<&str> = namespaces.iter().map(String::as_str).collect();
-    let apis: Vec<(Api<Pod>, String)> = if namespaces.len() <= PER_NAMESPACE_LISTS {
+    let scopes: Vec<(String, String)> = if namespaces.len() <= PER_NAMESPACE_LISTS {
         namespaces
             .iter()
-            .map(|ns| (Api::namespaced(client.clone(), ns), format!("namespace {ns}")))
+            .map(|ns| (format!("/api/v1/namespaces/{ns}/pods"), format!("namespace {ns}")))
             .collect()
     } else {
-        vec![(Api::all(client.clone()), "all namespaces".to_owned())]
+        vec![("/api/v1/pods".to_owned(), "all namespaces".to_owned())]
     };
-    for (api, scope) in apis {
+    for (path, scope) in scopes {
+        let what = || format!("listing the running pods of {scope}");
+        let request = kube::core::Request::new(path);
         let mut params = ListParams::default()
             .fields("status.phase=Running")
             .limit(PAGE_SIZE);
         loop {
-            let page = api
+            let http_request = request
                 .list_metadata(&params)
-                .await
-                .map_err(kube_error(format!("listing the running pods of {scope}")))?;
+                .map_err(|e| kube_error(what())(kube::Error::BuildRequest(e)))?;
+            // Read into [`PodMetaList`], not `PartialObjectMeta<Pod>`: a pod's managedFields (tens of
+            // entries for a pod a controller created) would be most of a page in memory, and nothing here
+            // reads them.
+            let page: PodMetaList = client.request(http_request).await.map_err(kube_error(what()))?;
             for pod in &page.items {
-                let pod_namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-                if !wanted.contains(pod_namespace) {
+                let meta = &pod.metadata;
+                if !wanted.contains(meta.namespace.as_str()) {
                     continue;
                 }
-                let controller = pod
-                    .metadata
+                let controller = meta
                     .owner_references
                     .iter()
-                    .flatten()
                     .find(|owner| owner.controller == Some(true))
                     .map(|owner| (owner.kind.as_str(), owner.name.as_str()));
                 scan.add(
                     &PodView {
-                        namespace: pod_namespace,
-                        name: pod.metadata.name.as_deref().unwrap_or_default(),
-                        annotations: pod.metadata.annotations.as_ref(),
-                        labels: pod.metadata.labels.as_ref(),
+                        namespace: &meta.namespace,
+                        name: &meta.name,
+                        annotations: Some(&meta.annotations),
+                        labels: Some(&meta.labels),
                         controller,
-                        deleting: pod.metadata.deletion_timestamp.is_some(),
+                        deleting: meta.deletion_timestamp.is_some(),
                     },
                     automatic_injection,
                 );
             }
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => break,
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
             }
         }
     }
     Ok(scan.finish())
+}
+
+/// A page of pod metadata as the check reads it.
+#[derive(serde::Deserialize)]
+struct PodMetaList {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta,
+    items: Vec<PodMetaItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct PodMetaItem {
+    metadata: PodMeta,
+}
+
+/// The fields of a pod's metadata that the check reads; serde skips the rest without keeping it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodMeta {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    owner_references: Vec<PodOwner>,
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PodOwner {
+    kind: String,
+    name: String,
+    controller: Option<bool>,
 }
 
 /// Restarts the candidates' workloads within what is left of the budget in this interval; returns those
