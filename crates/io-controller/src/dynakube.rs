@@ -49,6 +49,9 @@ pub struct Requeue {
     /// How often a legacy OneAgent resource asks the tenant for its tokens, environment and latest
     /// version (the reference: tokens every 5 min, versions every 15 min).
     pub legacy_probe_interval: Duration,
+    /// How often each injecting DynaKube's namespaces are checked for pods the webhook missed (see
+    /// [`crate::injection`]); also the window of the restart budget.
+    pub missed_injection_check: Duration,
 }
 
 impl Default for Requeue {
@@ -63,6 +66,7 @@ impl Default for Requeue {
             legacy_probe_interval: Duration::from_secs(
                 u64::from(pure_desired::legacy::TOKEN_PROBE_MINUTES) * 60,
             ),
+            missed_injection_check: Duration::from_secs(5 * 60),
         }
     }
 }

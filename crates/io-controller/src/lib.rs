@@ -4,6 +4,7 @@
 pub mod certificates;
 pub mod dynakube;
 pub mod error;
+pub mod injection;
 pub mod leader;
 pub mod legacy;
 pub mod metrics;
@@ -30,7 +31,7 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 pub use metrics::Metrics;
 
 /// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent,
-/// namespace mapping, node lifecycle and, when `certificates` is given, the webhook certificates. With
+/// namespace mapping, node lifecycle, missed-injection detection and, when `certificates` is given, the webhook certificates. With
 /// leader election, this is what the leader runs. `operator_namespace` is never labelled for injection and
 /// holds the node cache.
 pub async fn run_all(
@@ -63,9 +64,18 @@ pub async fn run_all(
         nodes::NodeConfig::new(&operator_namespace, metrics.clone()),
         shutdown.clone(),
     );
+    let injection = injection::controller(
+        &watches,
+        client.clone(),
+        injection::InjectionConfig {
+            interval: requeue.missed_injection_check,
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    );
     let dynakubes = controllers(&watches, client, operator_version, requeue, metrics, shutdown);
     let _running = watches.start();
-    futures::future::join4(dynakubes, certificates, namespaces, nodes).await;
+    futures::future::join5(dynakubes, certificates, namespaces, nodes, injection).await;
 }
 
 /// Runs the DynaKube and legacy OneAgent controllers until `shutdown` completes. They watch their

@@ -44,6 +44,15 @@ pub struct LeaseLabels {
     pub lease: String,
 }
 
+/// Labels of the per-DynaKube metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DynaKubeLabels {
+    /// The DynaKube's namespace.
+    pub namespace: String,
+    /// The DynaKube's name.
+    pub dynakube: String,
+}
+
 /// The operator's metrics and readiness.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -54,6 +63,8 @@ pub struct Metrics {
     tenant_call_durations: Family<TenantCallLabels, Histogram>,
     leader: Family<LeaseLabels, Gauge>,
     status_writes: Family<ControllerLabels, Counter>,
+    pods_not_injected: Family<DynaKubeLabels, Gauge>,
+    missed_injection_restarts: Family<DynaKubeLabels, Counter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -109,8 +120,24 @@ impl Metrics {
             "Status writes to the API server, by controller (none when nothing changed)",
             status_writes.clone(),
         );
+        let pods_not_injected = Family::<DynaKubeLabels, Gauge>::default();
+        registry.register(
+            "pods_not_injected",
+            "Running pods in the namespaces a DynaKube injects into that the webhook did not inject, at the \
+             last check",
+            pods_not_injected.clone(),
+        );
+        let missed_injection_restarts = Family::<DynaKubeLabels, Counter>::default();
+        registry.register(
+            "missed_injection_restarts",
+            "Workloads restarted because their pods were not injected (feature flag \
+             restart-missed-injections)",
+            missed_injection_restarts.clone(),
+        );
         Self {
             status_writes,
+            pods_not_injected,
+            missed_injection_restarts,
             registry: Arc::new(registry),
             reconciles,
             durations,
@@ -145,6 +172,27 @@ impl Metrics {
             .get()
     }
 
+    /// Records the running pods of a DynaKube's namespaces that were not injected.
+    pub fn set_pods_not_injected(&self, namespace: &str, dynakube: &str, count: usize) {
+        self.pods_not_injected
+            .get_or_create(&dynakube_labels(namespace, dynakube))
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Drops a DynaKube's injection metrics (it is gone, or injects nothing any more).
+    pub fn forget_dynakube(&self, namespace: &str, dynakube: &str) {
+        let labels = dynakube_labels(namespace, dynakube);
+        self.pods_not_injected.remove(&labels);
+        self.missed_injection_restarts.remove(&labels);
+    }
+
+    /// Records a workload restarted for a DynaKube's missed injections.
+    pub fn missed_injection_restarted(&self, namespace: &str, dynakube: &str) {
+        self.missed_injection_restarts
+            .get_or_create(&dynakube_labels(namespace, dynakube))
+            .inc();
+    }
+
     /// Records whether this replica leads.
     pub fn set_leader(&self, lease: &str, leading: bool) {
         self.leader
@@ -174,6 +222,13 @@ impl Metrics {
                 Err("the controllers are starting".into())
             }
         })
+    }
+}
+
+fn dynakube_labels(namespace: &str, dynakube: &str) -> DynaKubeLabels {
+    DynaKubeLabels {
+        namespace: namespace.to_owned(),
+        dynakube: dynakube.to_owned(),
     }
 }
 

@@ -25,6 +25,9 @@ pub const ONEAGENT_MANAGER: &str = "dynatrace-operator-oneagent";
 /// Field manager of the namespace controller's `NamespaceConflict` condition.
 pub const NAMESPACES_MANAGER: &str = "dynatrace-operator-namespaces";
 
+/// Field manager of the missed-injection check's `status.injection`.
+pub const INJECTION_MANAGER: &str = "dynatrace-operator-injection";
+
 /// Server-side applies `status` as the whole status that `manager` reports for `object`.
 ///
 /// Forced: a controller is the only writer of the fields it reports, so a conflict can only come from an
@@ -55,7 +58,12 @@ where
 }
 
 /// The field managers of this operator's status writes.
-const OWN_MANAGERS: [&str; 3] = [DYNAKUBE_MANAGER, ONEAGENT_MANAGER, NAMESPACES_MANAGER];
+const OWN_MANAGERS: [&str; 4] = [
+    DYNAKUBE_MANAGER,
+    ONEAGENT_MANAGER,
+    NAMESPACES_MANAGER,
+    INJECTION_MANAGER,
+];
 
 /// Objects (uid, manager) whose status fields were already taken over in this process.
 static TAKEN_OVER: LazyLock<Mutex<HashSet<(String, &'static str)>>> = LazyLock::new(Mutex::default);

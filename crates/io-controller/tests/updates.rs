@@ -32,6 +32,7 @@ fn requeue() -> io_controller::Requeue {
         tenant_backoff: Duration::from_secs(2),
         ready_timeout: Duration::from_secs(6),
         legacy_probe_interval: Duration::from_secs(2),
+        ..Default::default()
     }
 }
 

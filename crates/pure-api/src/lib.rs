@@ -2,6 +2,7 @@
 //! DynaKube versions, and the validation rules. Pure: nothing here does I/O, so every rule is tested with
 //! plain values.
 
+pub mod annotations;
 pub mod crd;
 pub mod dynakube;
 pub mod oneagent;

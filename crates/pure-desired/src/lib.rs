@@ -27,12 +27,15 @@
 //!   termination and the event.
 //! - [`mapping`] (spec §4): which DynaKube injects into which namespace and the Secrets of mapped
 //!   namespaces.
+//! - [`missed`]: running pods of mapped namespaces that the webhook did not inject, the status, event and
+//!   workload restarts about them.
 //! - [`legacy`] (spec §7.4): the legacy `OneAgent` resource's DaemonSet ([`legacy::daemonset`]), pull
 //!   Secret and token rules.
 
 pub mod hash;
 pub mod legacy;
 pub mod mapping;
+pub mod missed;
 pub mod nodes;
 pub mod objects;
 pub mod oneagent;

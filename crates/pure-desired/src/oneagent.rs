@@ -29,7 +29,7 @@ pub const SERVICE_ACCOUNT: &str = "dynatrace-dynakube-oneagent";
 pub const CSI_DRIVER: &str = "csi.oneagent.dynatrace.com";
 
 /// Pod annotation that turns code-module injection off (never into the OneAgent itself).
-pub const INJECT_ANNOTATION: &str = "dynatrace.com/inject";
+pub const INJECT_ANNOTATION: &str = pure_api::annotations::INJECT;
 /// Pod annotation that runs the OneAgent container without an AppArmor profile.
 pub const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/dynatrace-oneagent";
 

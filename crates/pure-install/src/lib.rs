@@ -470,8 +470,14 @@ fn operator_cluster_rules() -> Vec<PolicyRule> {
         // Namespace mapping labels namespaces (namespaces.rs); the cluster id is kube-system's UID.
         rule("", &["namespaces"], &["get", "list", "watch", "update", "patch"]),
         rule("", &["nodes"], &["get", "list", "watch"]),
-        // OneAgent pods: rollout progress and recycling (dynakube.rs, legacy.rs).
+        // OneAgent pods: rollout progress and recycling (dynakube.rs, legacy.rs); the missed-injection check
+        // lists running pods' metadata (injection.rs).
         rule("", &["pods"], &["get", "list", "watch", "delete"]),
+        // Missed-injection restarts (injection.rs, flag restart-missed-injections): a pod's ReplicaSet is
+        // read for its Deployment, and the pod template of a Deployment or StatefulSet is patched
+        // (DaemonSets: the patch verb above).
+        rule("apps", &["replicasets"], &["get"]),
+        rule("apps", &["deployments", "statefulsets"], &["patch"]),
         // DaemonSet FailedCreate events are read; events are written through events.k8s.io.
         rule("", &["events"], &["get", "list", "watch", "create", "patch"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),

@@ -302,6 +302,7 @@ fn status_to_v1alpha1(status: v1beta1::DynaKubeStatus) -> v1alpha1::DynaKubeStat
             last_update_probe_timestamp: one_agent.version.last_probe_timestamp,
             use_immutable_image: Some(true),
         }),
+        injection: status.injection,
     }
 }
 
@@ -334,6 +335,7 @@ fn status_from_v1alpha1(status: v1alpha1::DynaKubeStatus) -> v1beta1::DynaKubeSt
             }),
             ..Default::default()
         }),
+        injection: status.injection,
         ..Default::default()
     }
 }
@@ -474,6 +476,32 @@ mod tests {
         assert_eq!(alpha["spec"]["activeGate"]["image"], "ag:1");
         assert!(alpha["metadata"]["annotations"][V1BETA1_STASH_ANNOTATION].is_string());
         assert_eq!(back, original);
+    }
+
+    #[test]
+    fn the_missed_injection_status_shows_in_v1alpha1_and_comes_back() {
+        let injection = json!({
+            "podsNotInjected": 3,
+            "examples": ["app/a", "app/b", "app/c"],
+            "lastCheckTime": "2026-01-01T00:00:00Z",
+        });
+        let original = v1beta1(
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "oneAgent": { "classicFullStack": {} },
+            }),
+            json!({ "phase": "Running", "injection": injection }),
+        );
+        let (alpha, back) = round_trip(&original);
+        assert_eq!(alpha["status"]["injection"], injection);
+        assert_eq!(back, original);
+        // Written through v1alpha1 (no stash), it arrives in v1beta1 as it was.
+        let mut alpha = alpha;
+        if let Some(annotations) = alpha["metadata"]["annotations"].as_object_mut() {
+            annotations.remove(V1BETA1_STASH_ANNOTATION);
+        }
+        let back = convert(alpha, HUB_API_VERSION).unwrap();
+        assert_eq!(back["status"]["injection"], injection);
     }
 
     #[test]

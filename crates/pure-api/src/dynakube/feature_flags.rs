@@ -35,6 +35,8 @@ pub const KNOWN: &[&str] = &[
     INIT_CONTAINER_SECCOMP_PROFILE,
     MAX_CSI_MOUNT_ATTEMPTS,
     INJECTION_READONLY_VOLUME,
+    RESTART_MISSED_INJECTIONS,
+    RESTART_MISSED_INJECTIONS_BUDGET,
 ];
 
 /// Resolve images from the public registry.
@@ -88,6 +90,14 @@ pub const MAX_CSI_MOUNT_ATTEMPTS: &str = "max-csi-mount-attempts";
 /// Mount the CSI volume read-only.
 pub const INJECTION_READONLY_VOLUME: &str = "injection-readonly-volume";
 
+/// `"true"`: the operator restarts the workloads (Deployments, StatefulSets, DaemonSets) of running pods
+/// the webhook did not inject.
+pub const RESTART_MISSED_INJECTIONS: &str = "restart-missed-injections";
+/// At most this many workloads restarted per check interval for missed injections.
+pub const RESTART_MISSED_INJECTIONS_BUDGET: &str = "restart-missed-injections-budget";
+
+/// Default for [`RESTART_MISSED_INJECTIONS_BUDGET`].
+pub const DEFAULT_RESTART_MISSED_INJECTIONS_BUDGET: u32 = 5;
 /// Default for [`API_REQUEST_THRESHOLD`], in minutes.
 pub const DEFAULT_API_REQUEST_THRESHOLD_MINUTES: u32 = 15;
 /// Default for [`MAX_CSI_MOUNT_ATTEMPTS`].
@@ -241,6 +251,19 @@ impl<'a> FeatureFlags<'a> {
         self.is_true(INJECTION_READONLY_VOLUME)
     }
 
+    /// The operator restarts the workloads of pods the webhook missed.
+    pub fn restart_missed_injections(&self) -> bool {
+        self.is_true(RESTART_MISSED_INJECTIONS)
+    }
+
+    /// Workloads restarted for missed injections per check interval (default 5; `0` restarts none; an
+    /// invalid value means the default).
+    pub fn restart_missed_injections_budget(&self) -> u32 {
+        self.raw(RESTART_MISSED_INJECTIONS_BUDGET)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(DEFAULT_RESTART_MISSED_INJECTIONS_BUDGET)
+    }
+
     /// Annotations that use the deprecated prefix, as (annotation, replacement) pairs.
     pub fn legacy_prefixed(&self) -> Vec<(&'a str, String)> {
         self.annotations
@@ -275,6 +298,8 @@ mod tests {
         assert_eq!(f.oneagent_max_unavailable(), 1);
         assert_eq!(f.max_csi_mount_attempts(), 10);
         assert_eq!(f.initial_connect_retry_ms(), None);
+        assert!(!f.restart_missed_injections());
+        assert_eq!(f.restart_missed_injections_budget(), 5);
         assert_eq!(f.no_proxy(), "");
     }
 
@@ -332,5 +357,23 @@ mod tests {
         assert_eq!(f.max_csi_mount_attempts(), 10);
         assert_eq!(f.oneagent_max_unavailable(), 1);
         assert_eq!(f.ignored_namespaces(), None);
+    }
+
+    #[test]
+    fn restart_of_missed_injections_is_opt_in_with_a_budget() {
+        let on = flags(&[
+            ("feature.dynatrace.com/restart-missed-injections", "true"),
+            ("feature.dynatrace.com/restart-missed-injections-budget", "2"),
+        ]);
+        let f = FeatureFlags::new(Some(&on));
+        assert!(f.restart_missed_injections());
+        assert_eq!(f.restart_missed_injections_budget(), 2);
+        let odd = flags(&[
+            ("feature.dynatrace.com/restart-missed-injections", "yes"),
+            ("feature.dynatrace.com/restart-missed-injections-budget", "-1"),
+        ]);
+        let f = FeatureFlags::new(Some(&odd));
+        assert!(!f.restart_missed_injections());
+        assert_eq!(f.restart_missed_injections_budget(), 5);
     }
 }

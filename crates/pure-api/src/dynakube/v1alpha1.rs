@@ -172,6 +172,9 @@ pub struct DynaKubeStatus {
     /// OneAgent version and instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_agent: Option<OneAgentStatus>,
+    /// Running pods that the webhook did not inject (as in v1beta1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<super::v1beta1::InjectionStatus>,
 }
 
 /// OneAgent status in the v1alpha1 shape.

@@ -300,6 +300,28 @@ pub struct DynaKubeStatus {
     /// Throttling state of calls to the Dynatrace API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynatrace_api: Option<DynatraceApiStatus>,
+
+    /// Running pods in the namespaces this DynaKube injects into that the webhook did not inject (written
+    /// by the operator's missed-injection check; only for cloudNativeFullStack and applicationMonitoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<InjectionStatus>,
+}
+
+/// Running pods that should have the code module and do not: created while the webhook was unavailable,
+/// or before their namespace was mapped to the DynaKube.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionStatus {
+    /// How many running pods of the mapped namespaces were not injected (pods that opted out, OpenShift
+    /// debug pods and the OneAgent's own pods do not count).
+    pub pods_not_injected: i64,
+    /// A few of them, as `namespace/name`, sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples: Option<Vec<String>>,
+    /// When a check found this result. The status is rewritten when the result changes, and otherwise at
+    /// most once an hour to show that the checks still run (they run every 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
 }
 
 /// Which version of a component runs, and where it came from.
