@@ -551,15 +551,8 @@ fn pod_display_name(pod: &Pod) -> String {
     }
 }
 
-/// Go's `strconv.ParseBool`, which the reference uses for annotations; `None` for anything else (the
-/// caller's default applies).
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
+/// Go's `strconv.ParseBool`, which the reference uses for annotations.
+pub use pure_api::annotations::parse_bool;
 
 /// The RFC 6902 patch from `before` to `after`, both as serialized.
 pub(crate) fn diff<T: Serialize>(before: &T, after: &T) -> json_patch::Patch {

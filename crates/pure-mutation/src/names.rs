@@ -1,19 +1,19 @@
 //! The names injection writes and reads: annotations, volumes, paths and environment variables (spec
 //! §3.4–3.7). One place for each, so the webhook, the init container and the tests agree.
 
+/// Pod annotation: whether metadata enrichment is injected (defaults to `automatic-injection`).
+pub use pure_api::annotations::DATA_INGEST_INJECT as ANNOTATION_DATA_INGEST_INJECT;
+/// Pod annotation set to `true` once metadata enrichment is injected.
+pub use pure_api::annotations::DATA_INGEST_INJECTED as ANNOTATION_DATA_INGEST_INJECTED;
+/// Pod annotation set to `true` on every pod the webhook changed.
+pub use pure_api::annotations::DYNAKUBE_INJECTED as ANNOTATION_DYNAKUBE_INJECTED;
 /// Pod annotation: `false` keeps the webhook away from the pod altogether.
-pub const ANNOTATION_INJECT: &str = "dynatrace.com/inject";
+pub use pure_api::annotations::INJECT as ANNOTATION_INJECT;
 /// Pod annotation: whether the OneAgent code module is injected (defaults to the DynaKube's
 /// `automatic-injection` flag).
-pub const ANNOTATION_ONEAGENT_INJECT: &str = "oneagent.dynatrace.com/inject";
+pub use pure_api::annotations::ONEAGENT_INJECT as ANNOTATION_ONEAGENT_INJECT;
 /// Pod annotation set to `true` once the code module is injected.
-pub const ANNOTATION_ONEAGENT_INJECTED: &str = "oneagent.dynatrace.com/injected";
-/// Pod annotation: whether metadata enrichment is injected (defaults to `automatic-injection`).
-pub const ANNOTATION_DATA_INGEST_INJECT: &str = "data-ingest.dynatrace.com/inject";
-/// Pod annotation set to `true` once metadata enrichment is injected.
-pub const ANNOTATION_DATA_INGEST_INJECTED: &str = "data-ingest.dynatrace.com/injected";
-/// Pod annotation set to `true` on every pod the webhook changed.
-pub const ANNOTATION_DYNAKUBE_INJECTED: &str = "dynakube.dynatrace.com/injected";
+pub use pure_api::annotations::ONEAGENT_INJECTED as ANNOTATION_ONEAGENT_INJECTED;
 /// Pod annotation: the code-module flavor (`default`, `musl`, `multidistro`); empty lets the init
 /// container pick the architecture's default.
 pub const ANNOTATION_FLAVOR: &str = "oneagent.dynatrace.com/flavor";
@@ -26,9 +26,9 @@ pub const ANNOTATION_INSTALLER_URL: &str = "oneagent.dynatrace.com/installer-url
 /// Pod annotation: `fail` or `silent`, overriding the DynaKube's `injection-failure-policy` flag.
 pub const ANNOTATION_FAILURE_POLICY: &str = "oneagent.dynatrace.com/failure-policy";
 /// Pod annotation of OpenShift debug pods (with [`ANNOTATION_OPENSHIFT_DEBUG_RESOURCE`]).
-pub const ANNOTATION_OPENSHIFT_DEBUG_CONTAINER: &str = "debug.openshift.io/source-container";
+pub use pure_api::annotations::OPENSHIFT_DEBUG_CONTAINER as ANNOTATION_OPENSHIFT_DEBUG_CONTAINER;
 /// Pod annotation of OpenShift debug pods (with [`ANNOTATION_OPENSHIFT_DEBUG_CONTAINER`]).
-pub const ANNOTATION_OPENSHIFT_DEBUG_RESOURCE: &str = "debug.openshift.io/source-resource";
+pub use pure_api::annotations::OPENSHIFT_DEBUG_RESOURCE as ANNOTATION_OPENSHIFT_DEBUG_RESOURCE;
 /// Prefix of the namespace annotations that map `DT_RELEASE_*` variables to pod fields
 /// (`mapping.release.dynatrace.com/version: metadata.labels['my-version']`).
 pub const ANNOTATION_RELEASE_MAPPING_PREFIX: &str = "mapping.release.dynatrace.com/";
