@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, stream};
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::dynakube::FIELD_MANAGER;
 use crate::metrics::Metrics;
-use crate::watches::{ManagedSecret, Watch, Watches};
+use crate::watches::{CachedNode, ManagedSecret, Watch, Watches};
 
 /// Name of this controller in logs and metrics.
 const CONTROLLER: &str = "namespaces";
@@ -137,7 +137,7 @@ pub(crate) fn controller(
     // Nodes change often; only their labels and existence matter here.
     watches
         .nodes
-        .subscribe(wake_on_change(trigger.clone(), |node: &Node| {
+        .subscribe(wake_on_change(trigger.clone(), |node: &CachedNode| {
             fingerprint(&node.metadata.labels)
         }));
     watches.secret_metadata.subscribe(wake_on_reference(
@@ -165,7 +165,7 @@ async fn run_loop(
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
     secrets: [Store<ManagedSecret>; 2],
-    nodes: Store<Node>,
+    nodes: Store<CachedNode>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let ready = async {
@@ -463,7 +463,7 @@ struct Controller {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
     secrets: [Store<ManagedSecret>; 2],
-    nodes: Store<Node>,
+    nodes: Store<CachedNode>,
     /// Reads the DynaKubes' token, proxy and TLS Secrets, trusted CAs and the cluster id.
     inputs: io_dynakube_inputs::Reader,
     pending_labels: HashMap<String, PendingLabel>,

@@ -5,7 +5,8 @@
 //! subscribed.
 //!
 //! What is cached is cut to what the controllers read: `managedFields` never (nobody reads them, and they
-//! are often the larger half of an object), Node status not at all, DaemonSets as metadata only. Secrets
+//! are often the larger half of an object), Nodes as their name, labels, cordon and taints ([`CachedNode`]),
+//! DaemonSets as metadata only. Secrets
 //! the operator does not write and ConfigMaps are watched as metadata, not cached (their events only
 //! trigger work; the objects are read by name), and only in the namespaces that hold DynaKubes
 //! ([`ScopedWatch`]); the per-namespace Secrets the operator writes are watched by name and kept as a
@@ -24,7 +25,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, NodeSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -203,12 +205,63 @@ fn drop_managed_fields<K: Resource>(mut object: K) -> K {
     object
 }
 
-/// Keeps what the controllers read of a Node: its name, labels and spec (cordon, taints).
-fn trim_node(mut node: Node) -> Node {
-    node.metadata.managed_fields = None;
-    node.metadata.annotations = None;
-    node.status = None;
-    node
+/// A Node as the caches keep it: its name and labels (which DynaKube's node selector picks it) and, of its
+/// spec, whether it is cordoned and its taints (whether it is about to go away). A `Node` without its
+/// status still takes 1.5 kB before its strings, as its status struct is inline.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct CachedNode {
+    /// Name, labels and resourceVersion only.
+    pub metadata: ObjectMeta,
+    /// `unschedulable` and `taints` only.
+    pub spec: Option<NodeSpec>,
+}
+
+impl CachedNode {
+    fn of(node: Node) -> Self {
+        let Node { metadata, spec, .. } = node;
+        Self {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                labels: metadata.labels,
+                resource_version: metadata.resource_version,
+                ..ObjectMeta::default()
+            },
+            spec: spec.map(|spec| NodeSpec {
+                unschedulable: spec.unschedulable,
+                taints: spec.taints,
+                ..NodeSpec::default()
+            }),
+        }
+    }
+}
+
+impl Resource for CachedNode {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// A per-namespace Secret the operator writes ([`names::INIT_SECRET`], [`names::ENRICHMENT_SECRET`]) as
@@ -462,8 +515,8 @@ pub struct Watches {
     pub daemonsets: Watch<PartialObjectMeta<DaemonSet>>,
     /// Namespaces (metadata).
     pub namespaces: Watch<PartialObjectMeta<Namespace>>,
-    /// Nodes without their status (see [`trim_node`]).
-    pub nodes: Watch<Node>,
+    /// Nodes as their name, labels, cordon and taints ([`CachedNode`]).
+    pub nodes: Watch<Node, CachedNode>,
     /// The per-namespace Secrets the operator writes, one watch per name (selected by the name and their
     /// labels), each kept as a [`ManagedSecret`]. Selecting by name lets RBAC grant
     /// list/watch on these names only (`resourceNames` applies to a list with a `metadata.name` field
@@ -495,7 +548,7 @@ impl Watches {
             oneagents: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
             daemonsets: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
             namespaces: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
-            nodes: Watch::new(Api::all(client.clone()), all(), trim_node),
+            nodes: Watch::new(Api::all(client.clone()), all(), CachedNode::of),
             managed_secrets: [managed(names::INIT_SECRET), managed(names::ENRICHMENT_SECRET)],
             secret_metadata: ScopedWatch::new(client),
             config_map_metadata: ScopedWatch::new(client),
