@@ -1,7 +1,8 @@
 //! Memory at scale: the real `dynatrace-operator operator` process on a private cluster of 500 kwok nodes
 //! and 1,000 namespaces selected by one cloudNativeFullStack DynaKube (against the fake tenant). Prints the
 //! process's peak RSS (`VmHWM`), the time until every selected namespace is labelled and has its init
-//! Secret, the API requests the operator made, its CPU time and its file-backed RSS per mapped file.
+//! Secret, the API requests the operator made, its CPU time, its open sockets and its file-backed RSS per
+//! mapped file.
 //!
 //! Too heavy for the test suite (a 500-node cluster on a 2-core machine); run it by hand:
 //!
@@ -204,6 +205,7 @@ async fn operator_memory_at_scale() {
         operator_started.elapsed().as_secs_f64()
     );
     println!("  CPU time of the operator         {:>8.1} s", cpu_seconds(pid));
+    println!("  open sockets (API connections)   {:>8}", open_sockets(pid));
     for (path, kib) in file_rss(pid).into_iter().take(4) {
         println!("  file-backed RSS {:>8.1} MiB  {path}", mib(kib));
     }
@@ -267,6 +269,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     #[allow(clippy::cast_precision_loss)] // tick counts are far below 2^52
     let seconds = ticks as f64 / 100.0;
     seconds
+}
+
+/// How many sockets the process holds open: its connections to the API server and the tenant, and its
+/// listening health port.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
 }
 
 /// Resident file-backed memory per mapped file (from `/proc/<pid>/smaps`), largest first, in KiB.

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, stream};
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt as _};
 use pure_api::dynakube::{DynaKube, ProxySource, names};
@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::dynakube::FIELD_MANAGER;
 use crate::metrics::Metrics;
-use crate::watches::{Watch, Watches};
+use crate::watches::{CachedNode, ManagedSecret, Watch, Watches};
 
 /// Name of this controller in logs and metrics.
 const CONTROLLER: &str = "namespaces";
@@ -130,14 +130,14 @@ pub(crate) fn controller(
             fingerprint(&dk.metadata.resource_version)
         }));
     for watch in &watches.managed_secrets {
-        watch.subscribe(wake_on_change(trigger.clone(), |secret: &Secret| {
-            fingerprint(&secret.metadata.resource_version)
+        watch.subscribe(wake_on_change(trigger.clone(), |secret: &ManagedSecret| {
+            fingerprint(&secret.resource_version)
         }));
     }
     // Nodes change often; only their labels and existence matter here.
     watches
         .nodes
-        .subscribe(wake_on_change(trigger.clone(), |node: &Node| {
+        .subscribe(wake_on_change(trigger.clone(), |node: &CachedNode| {
             fingerprint(&node.metadata.labels)
         }));
     watches.secret_metadata.subscribe(wake_on_reference(
@@ -164,8 +164,8 @@ async fn run_loop(
     trigger: Arc<Notify>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
-    secrets: [Store<Secret>; 2],
-    nodes: Store<Node>,
+    secrets: [Store<ManagedSecret>; 2],
+    nodes: Store<CachedNode>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let ready = async {
@@ -243,12 +243,11 @@ fn fingerprint(value: &impl Hash) -> u64 {
     hasher.finish()
 }
 
-fn object_key<K: Resource>(object: &K) -> String {
-    let meta = object.meta();
+fn object_key<K: reflector::Lookup>(object: &K) -> String {
     format!(
         "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
+        reflector::Lookup::namespace(object).unwrap_or_default(),
+        reflector::Lookup::name(object).unwrap_or_default()
     )
 }
 
@@ -259,7 +258,7 @@ fn wake_on_change<K>(
     fingerprint: fn(&K) -> u64,
 ) -> impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + 'static,
 {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut relisted: HashMap<String, u64> = HashMap::new();
@@ -428,31 +427,19 @@ impl Report {
 /// A per-namespace Secret as the pass wants it.
 struct DesiredSecret {
     template: SecretTemplate,
-    /// The same with its data digested as the Secret cache keeps it ([`digest_data`]).
-    as_cached: SecretTemplate,
+    /// [`SecretTemplate::fingerprint`]: what the Secret cache keeps of a Secret ([`ManagedSecret`]).
+    fingerprint: u64,
     /// [`data_hash`] of the data.
     hash: u64,
 }
 
 impl DesiredSecret {
     fn new(template: SecretTemplate) -> Arc<Self> {
-        let mut as_cached = template.clone();
-        digest_data(&mut as_cached.data);
         Arc::new(Self {
             hash: data_hash(&template.data),
+            fingerprint: template.fingerprint(),
             template,
-            as_cached,
         })
-    }
-}
-
-/// Replaces each value by a digest of it: the Secret cache keeps only that, which is enough to tell
-/// whether a Secret has the data the pass wants (an init Secret lists every monitored node, tens of kB).
-pub(crate) fn digest_data(data: &mut BTreeMap<String, k8s_openapi::ByteString>) {
-    for value in data.values_mut() {
-        let mut hasher = DefaultHasher::new();
-        value.0.hash(&mut hasher);
-        value.0 = hasher.finish().to_le_bytes().to_vec();
     }
 }
 
@@ -475,8 +462,8 @@ struct Controller {
     reporter: Reporter,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     dynakubes: Store<DynaKube>,
-    secrets: [Store<Secret>; 2],
-    nodes: Store<Node>,
+    secrets: [Store<ManagedSecret>; 2],
+    nodes: Store<CachedNode>,
     /// Reads the DynaKubes' token, proxy and TLS Secrets, trusted CAs and the cluster id.
     inputs: io_dynakube_inputs::Reader,
     pending_labels: HashMap<String, PendingLabel>,
@@ -728,23 +715,18 @@ impl Controller {
         report: &mut Report,
     ) {
         let live_names: HashSet<&str> = live.iter().filter_map(|ns| ns.metadata.name.as_deref()).collect();
-        let cached: Vec<Arc<Secret>> = self.secrets.iter().flat_map(Store::state).collect();
+        let cached: Vec<Arc<ManagedSecret>> = self.secrets.iter().flat_map(Store::state).collect();
         // (namespace, Secret name) → the Secret, for the Secrets this controller writes.
-        let existing: HashMap<(String, &'static str), &Secret> = cached
+        let existing: HashMap<(String, &'static str), &ManagedSecret> = cached
             .iter()
             .filter_map(|secret| {
-                mapping::managed_secret_owner(&secret.metadata)?;
-                let name = SECRET_NAMES
-                    .into_iter()
-                    .find(|n| secret.metadata.name.as_deref() == Some(*n))?;
-                Some(((secret.metadata.namespace.clone()?, name), secret.as_ref()))
+                secret.owner.as_ref()?;
+                let name = SECRET_NAMES.into_iter().find(|n| secret.name == *n)?;
+                Some(((secret.namespace.clone(), name), secret.as_ref()))
             })
             .collect();
         self.pending_secrets.retain(|key, p| {
-            existing
-                .get(key)
-                .and_then(|s| s.metadata.resource_version.as_deref())
-                == p.seen_version.as_deref()
+            existing.get(key).and_then(|s| s.resource_version.as_deref()) == p.seen_version.as_deref()
         });
 
         // One copy of each template, shared by its namespaces: an init Secret lists every monitored node, so
@@ -797,11 +779,11 @@ impl Controller {
         for (namespace, template) in &desired {
             let key = (namespace.clone(), template.template.name);
             let current = existing.get(&key);
-            if current.is_some_and(|s| template.as_cached.is_current(s)) {
+            if current.is_some_and(|s| s.fingerprint == template.fingerprint) {
                 continue;
             }
             let pending = PendingSecret {
-                seen_version: current.and_then(|s| s.metadata.resource_version.clone()),
+                seen_version: current.and_then(|s| s.resource_version.clone()),
                 data: Some(template.hash),
             };
             if self
@@ -818,7 +800,7 @@ impl Controller {
             });
         }
         for (key, secret) in &existing {
-            let owner = mapping::managed_secret_owner(&secret.metadata);
+            let owner = secret.owner.as_deref();
             let mapped_here = mapping.desired_label(&key.0) == owner;
             if !live_names.contains(key.0.as_str())
                 || desired_keys.contains(key)
@@ -827,7 +809,7 @@ impl Controller {
                 continue;
             }
             let pending = PendingSecret {
-                seen_version: secret.metadata.resource_version.clone(),
+                seen_version: secret.resource_version.clone(),
                 data: None,
             };
             if self.pending_secrets.get(key).is_some_and(|p| p.data.is_none()) {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt as _};
 use io_tenant_client::{AttachRules, Event, TenantClient};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
@@ -51,7 +51,7 @@ use crate::dynakube::{
     Context, ReconcileError, Requeue, TenantSettings, build_tenant_client, kube_error, read_tokens,
 };
 use crate::metrics::Metrics;
-use crate::watches::Watches;
+use crate::watches::{CachedNode, Watches};
 
 /// Name of the controller in metrics and logs.
 const CONTROLLER: &str = "nodes";
@@ -121,7 +121,7 @@ struct Shared {
     ctx: Context,
     dynakubes: Store<DynaKube>,
     /// The nodes in the cluster, as the cleanup sees them.
-    node_names: Store<Node>,
+    node_names: Store<CachedNode>,
     cache: tokio::sync::Mutex<CacheState>,
     /// Node → consecutive failed reconciles, for the backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
@@ -253,7 +253,7 @@ fn in_namespace(store: &Store<DynaKube>, namespace: &str) -> Vec<Arc<DynaKube>> 
 }
 
 /// Reconciles one node that exists.
-async fn reconcile(node: Arc<Node>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
+async fn reconcile(node: Arc<CachedNode>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let result = observe(&node, &shared).await;
     let outcome = if result.is_ok() { "success" } else { "error" };
@@ -286,7 +286,7 @@ enum Seen {
 }
 
 /// Retries a failed reconcile with an exponential backoff per node.
-fn error_policy(node: Arc<Node>, error: &ReconcileError, shared: Arc<Shared>) -> Action {
+fn error_policy(node: Arc<CachedNode>, error: &ReconcileError, shared: Arc<Shared>) -> Action {
     let name = node.name_any();
     let failures = {
         let mut failures = shared
@@ -303,7 +303,7 @@ fn error_policy(node: Arc<Node>, error: &ReconcileError, shared: Arc<Shared>) ->
 }
 
 /// Updates the node's cache entry and marks it when it is about to go away.
-async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
+async fn observe(node: &CachedNode, shared: &Shared) -> Result<Seen, ReconcileError> {
     // Until the DynaKubes are listed every node looks unowned; the end of the list reconciles all nodes.
     if !is_ready(&shared.dynakubes) {
         return Ok(Seen::NotOwned);
@@ -319,7 +319,7 @@ async fn observe(node: &Node, shared: &Shared) -> Result<Seen, ReconcileError> {
     if !is_ready(&shared.node_names) || shared.node_names.get(&ObjectRef::new(&name)).is_none() {
         return Ok(Seen::NotListed);
     }
-    let reason = termination_reason(node);
+    let reason = termination_reason(node.spec.as_ref());
     let mut state = shared.cache.lock().await;
     let (current, mut cache) = shared.load(&mut state).await?;
     let now = now_seconds();

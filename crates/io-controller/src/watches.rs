@@ -5,10 +5,12 @@
 //! subscribed.
 //!
 //! What is cached is cut to what the controllers read: `managedFields` never (nobody reads them, and they
-//! are often the larger half of an object), Node status not at all, DaemonSets as metadata only. Secrets
+//! are often the larger half of an object), Nodes as their name, labels, cordon and taints ([`CachedNode`]),
+//! DaemonSets as metadata only. Secrets
 //! the operator does not write and ConfigMaps are watched as metadata, not cached (their events only
 //! trigger work; the objects are read by name), and only in the namespaces that hold DynaKubes
-//! ([`ScopedWatch`]); the per-namespace Secrets the operator writes are watched by name. So the operator
+//! ([`ScopedWatch`]); the per-namespace Secrets the operator writes are watched by name and kept as a
+//! fingerprint with their name, namespace and owner ([`ManagedSecret`]). So the operator
 //! never lists every Secret of the cluster. The initial lists come in pages of [`PAGE_SIZE`] so that one
 //! list response stays small.
 //!
@@ -16,50 +18,61 @@
 //! sees the initial list. Subscribers run inside the watch's task and must not block: they notify, or
 //! send into an unbounded channel that a controller drains.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt as _};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, NodeSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use pure_api::dynakube::{DynaKube, names};
 use pure_api::oneagent::OneAgent;
+use pure_desired::mapping;
 use serde::de::DeserializeOwned;
 
 /// Objects per page of an initial list: a page of 500 Secrets is megabytes of JSON at once.
 pub const PAGE_SIZE: u32 = 100;
 
 /// Something a controller does with each event of a watch (after the cache has applied it).
-type Subscriber<K> = Box<dyn FnMut(&watcher::Event<K>, &Store<K>) + Send>;
+type Subscriber<C> = Box<dyn FnMut(&watcher::Event<C>, &Store<C>) + Send>;
 
 /// One watch of kind `K`, set up but not started yet.
-struct Pending<K: Resource<DynamicType = ()> + Clone + 'static> {
+struct Pending<
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    C: reflector::Lookup<DynamicType = ()> + Clone + 'static,
+> {
     api: Api<K>,
     config: watcher::Config,
-    /// Cuts what is kept and passed on (see the module documentation).
-    trim: fn(&mut K),
-    writer: Writer<K>,
+    /// Cuts each object to what is kept and passed on (see the module documentation).
+    trim: fn(K) -> C,
+    writer: Writer<C>,
     /// Whether a controller reads the cache; without, the watch only passes events on.
     cached: bool,
-    subscribers: Vec<Subscriber<K>>,
+    subscribers: Vec<Subscriber<C>>,
 }
 
-/// A shared watch of kind `K`: its cache and, until it starts, its subscribers.
-pub struct Watch<K: Resource<DynamicType = ()> + Clone + 'static> {
-    reader: Store<K>,
-    pending: Mutex<Option<Pending<K>>>,
+/// A shared watch of kind `K`: its cache and, until it starts, its subscribers. Each object is kept and
+/// passed on as `C`: `K` cut to what the controllers read, or a smaller type of its own.
+pub struct Watch<
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    C: reflector::Lookup<DynamicType = ()> + Clone + 'static = K,
+> {
+    reader: Store<C>,
+    pending: Mutex<Option<Pending<K, C>>>,
 }
 
-impl<K> Watch<K>
+impl<K, C> Watch<K, C>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    C: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    fn new(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Self {
+    fn new(api: Api<K>, config: watcher::Config, trim: fn(K) -> C) -> Self {
         let writer = Writer::default();
         Self {
             reader: writer.as_reader(),
@@ -74,7 +87,7 @@ where
         }
     }
 
-    fn with_pending(&self, f: impl FnOnce(&mut Pending<K>)) {
+    fn with_pending(&self, f: impl FnOnce(&mut Pending<K, C>)) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         match pending.as_mut() {
             Some(pending) => f(pending),
@@ -87,19 +100,19 @@ where
     }
 
     /// The cache of this watch; it is filled once the watch has started.
-    pub fn store(&self) -> Store<K> {
+    pub fn store(&self) -> Store<C> {
         self.with_pending(|p| p.cached = true);
         self.reader.clone()
     }
 
     /// Calls `subscriber` with every event of the watch, after the cache (if any) has applied it.
-    pub fn subscribe(&self, subscriber: impl FnMut(&watcher::Event<K>, &Store<K>) + Send + 'static) {
+    pub fn subscribe(&self, subscriber: impl FnMut(&watcher::Event<C>, &Store<C>) + Send + 'static) {
         self.with_pending(|p| p.subscribers.push(Box::new(subscriber)));
     }
 
     /// The objects for a kube-runtime `Controller` of this kind (`Controller::for_shared_stream` with
     /// [`Watch::store`]): each object applied, and every cached object after each (re)list.
-    pub fn controller_stream(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    pub fn controller_stream(&self) -> impl Stream<Item = Arc<C>> + Send + 'static {
         self.with_pending(|p| p.cached = true);
         let (sender, receiver) = mpsc::unbounded();
         self.subscribe(move |event, store| match event {
@@ -120,7 +133,7 @@ where
 
     /// Every object applied, deleted or (re)listed, for the triggers of a `Controller`
     /// (`owns_shared_stream`, `watches_shared_stream`).
-    pub fn touched(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    pub fn touched(&self) -> impl Stream<Item = Arc<C>> + Send + 'static {
         let (sender, receiver) = mpsc::unbounded();
         self.subscribe(move |event, _| {
             if let Some(object) = touched_object(event) {
@@ -150,7 +163,9 @@ where
                 cached,
                 mut subscribers,
             } = pending;
-            let events = watcher::watcher(api, config).default_backoff().modify(trim);
+            let events = watcher::watcher(api, config)
+                .default_backoff()
+                .map_ok(move |event| map_event(event, trim));
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 match event {
@@ -173,23 +188,148 @@ where
     }
 }
 
+/// The event with its object(s) cut by `trim`.
+fn map_event<K, C>(event: watcher::Event<K>, trim: fn(K) -> C) -> watcher::Event<C> {
+    match event {
+        watcher::Event::Apply(object) => watcher::Event::Apply(trim(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(trim(object)),
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(trim(object)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// Drops `managedFields`: no controller reads them.
-fn drop_managed_fields<K: Resource>(object: &mut K) {
+fn drop_managed_fields<K: Resource>(mut object: K) -> K {
     object.meta_mut().managed_fields = None;
+    object
 }
 
-/// Keeps what the controllers read of a Node: its name, labels and spec (cordon, taints).
-fn trim_node(node: &mut Node) {
-    node.metadata.managed_fields = None;
-    node.metadata.annotations = None;
-    node.status = None;
+/// A Node as the caches keep it: its name and labels (which DynaKube's node selector picks it) and, of its
+/// spec, whether it is cordoned and its taints (whether it is about to go away). A `Node` without its
+/// status still takes 1.5 kB before its strings, as its status struct is inline.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct CachedNode {
+    /// Name, labels and resourceVersion only.
+    pub metadata: ObjectMeta,
+    /// `unschedulable` and `taints` only.
+    pub spec: Option<NodeSpec>,
 }
 
-/// Keeps a digest of the data of the Secrets the operator writes: enough to tell whether one is current.
-fn digest_secret(secret: &mut Secret) {
-    secret.metadata.managed_fields = None;
-    if let Some(data) = &mut secret.data {
-        crate::namespaces::digest_data(data);
+impl CachedNode {
+    fn of(node: Node) -> Self {
+        let Node { metadata, spec, .. } = node;
+        Self {
+            metadata: ObjectMeta {
+                name: metadata.name,
+                labels: metadata.labels,
+                resource_version: metadata.resource_version,
+                ..ObjectMeta::default()
+            },
+            spec: spec.map(|spec| NodeSpec {
+                unschedulable: spec.unschedulable,
+                taints: spec.taints,
+                ..NodeSpec::default()
+            }),
+        }
+    }
+}
+
+impl Resource for CachedNode {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Node as Resource>::plural(&())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A per-namespace Secret the operator writes ([`names::INIT_SECRET`], [`names::ENRICHMENT_SECRET`]) as
+/// the cache keeps it: where it is, who wrote it and a fingerprint of its content, enough to tell whether
+/// it is current. As a `Secret` with digested data each took about 2.5 kB with the store's key, and there
+/// are two per namespace; an init Secret itself lists every monitored node (17 kB at 500 nodes).
+#[derive(Clone, Debug)]
+pub struct ManagedSecret {
+    /// The Secret's name.
+    pub name: String,
+    /// The Secret's namespace.
+    pub namespace: String,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// The DynaKube that wrote it ([`mapping::managed_secret_owner`]); `None` when the labels do not say.
+    pub owner: Option<String>,
+    /// [`mapping::secret_fingerprint`] of it.
+    pub fingerprint: u64,
+}
+
+impl ManagedSecret {
+    fn of(secret: Secret) -> Self {
+        let fingerprint = mapping::secret_fingerprint(&secret);
+        let owner = mapping::managed_secret_owner(&secret.metadata).map(str::to_owned);
+        let meta = secret.metadata;
+        Self {
+            name: meta.name.unwrap_or_default(),
+            namespace: meta.namespace.unwrap_or_default(),
+            resource_version: meta.resource_version,
+            owner,
+            fingerprint,
+        }
+    }
+}
+
+impl reflector::Lookup for ManagedSecret {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Secret as Resource>::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        <Secret as Resource>::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        <Secret as Resource>::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Secret as Resource>::plural(&())
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.namespace))
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::Borrowed)
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
     }
 }
 
@@ -345,7 +485,7 @@ where
     let config = watcher::Config::default().page_size(PAGE_SIZE);
     let events = watcher::watcher(api, config)
         .default_backoff()
-        .modify(drop_managed_fields);
+        .modify(|object| object.metadata.managed_fields = None);
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
@@ -375,13 +515,13 @@ pub struct Watches {
     pub daemonsets: Watch<PartialObjectMeta<DaemonSet>>,
     /// Namespaces (metadata).
     pub namespaces: Watch<PartialObjectMeta<Namespace>>,
-    /// Nodes without their status (see [`trim_node`]).
-    pub nodes: Watch<Node>,
+    /// Nodes as their name, labels, cordon and taints ([`CachedNode`]).
+    pub nodes: Watch<Node, CachedNode>,
     /// The per-namespace Secrets the operator writes, one watch per name (selected by the name and their
-    /// labels), with a digest of their data ([`digest_secret`]). Selecting by name lets RBAC grant
+    /// labels), each kept as a [`ManagedSecret`]. Selecting by name lets RBAC grant
     /// list/watch on these names only (`resourceNames` applies to a list with a `metadata.name` field
     /// selector).
-    pub managed_secrets: [Watch<Secret>; 2],
+    pub managed_secrets: [Watch<Secret, ManagedSecret>; 2],
     /// Secret metadata in the namespaces that hold DynaKubes: a change of a token, proxy or TLS Secret
     /// triggers the controllers that read it.
     pub secret_metadata: ScopedWatch<Secret>,
@@ -399,8 +539,8 @@ impl Watches {
                 Api::all(client.clone()),
                 all()
                     .fields(&format!("metadata.name={name}"))
-                    .labels(&pure_desired::mapping::managed_secrets_selector()),
-                digest_secret,
+                    .labels(&mapping::managed_secrets_selector()),
+                ManagedSecret::of,
             )
         };
         Self {
@@ -408,7 +548,7 @@ impl Watches {
             oneagents: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
             daemonsets: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
             namespaces: Watch::new(Api::all(client.clone()), all(), drop_managed_fields),
-            nodes: Watch::new(Api::all(client.clone()), all(), trim_node),
+            nodes: Watch::new(Api::all(client.clone()), all(), CachedNode::of),
             managed_secrets: [managed(names::INIT_SECRET), managed(names::ENRICHMENT_SECRET)],
             secret_metadata: ScopedWatch::new(client),
             config_map_metadata: ScopedWatch::new(client),

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -472,6 +473,46 @@ impl SecretTemplate {
                 .iter()
                 .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
     }
+
+    /// A fingerprint of what [`SecretTemplate::is_current`] compares (data, type Opaque, our labels): a
+    /// Secret in the cluster is current when its [`secret_fingerprint`] equals this. A cache keeps these
+    /// 8 bytes instead of the Secret (an init Secret lists every monitored node: tens of kB).
+    pub fn fingerprint(&self) -> u64 {
+        let labels = self.labels();
+        fingerprint_parts(Some(&self.data), "Opaque", |key| {
+            labels.get(key).map(String::as_str)
+        })
+    }
+}
+
+/// The fingerprint of a Secret in the cluster, to compare with [`SecretTemplate::fingerprint`]: equal
+/// exactly when [`SecretTemplate::is_current`] holds (up to 64-bit hash collisions).
+pub fn secret_fingerprint(secret: &Secret) -> u64 {
+    let labels = secret.metadata.labels.as_ref();
+    fingerprint_parts(
+        secret.data.as_ref(),
+        secret.type_.as_deref().unwrap_or("Opaque"),
+        |key| labels.and_then(|l| l.get(key)).map(String::as_str),
+    )
+}
+
+/// Hashes what [`SecretTemplate::is_current`] compares. Only the keys of [`SecretTemplate::labels`] count:
+/// other labels are left alone.
+fn fingerprint_parts<'a>(
+    data: Option<&BTreeMap<String, ByteString>>,
+    type_: &str,
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    data.is_some().hash(&mut hasher);
+    for (key, value) in data.into_iter().flatten() {
+        (key, &value.0).hash(&mut hasher);
+    }
+    type_.hash(&mut hasher);
+    for key in [LABEL_NAME, LABEL_CREATED_BY, LABEL_COMPONENT] {
+        label(key).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// What the init Secret needs besides the DynaKube, resolved by the caller.
@@ -1655,18 +1696,40 @@ mod tests {
         let template = data_ingest_secret(&cloud_native(json!({}), json!({})), &tokens(false, true))
             .unwrap()
             .unwrap();
+        // The fingerprints say the same as `is_current` in every case below.
+        let same = |existing: &Secret| {
+            let current = template.is_current(existing);
+            assert_eq!(secret_fingerprint(existing) == template.fingerprint(), current);
+            current
+        };
         let mut existing = template.for_namespace("apps");
-        assert!(template.is_current(&existing));
+        assert!(same(&existing));
         existing
             .metadata
             .labels
             .as_mut()
             .unwrap()
             .insert("extra".into(), "kept".into());
-        assert!(template.is_current(&existing), "other labels do not matter");
+        assert!(same(&existing), "other labels do not matter");
         let mut changed = existing.clone();
         changed.data = Some(BTreeMap::new());
-        assert!(!template.is_current(&changed));
+        assert!(!same(&changed));
+        let mut no_data = existing.clone();
+        no_data.data = None;
+        assert!(!same(&no_data));
+        let mut typed = existing.clone();
+        typed.type_ = Some("kubernetes.io/tls".into());
+        assert!(!same(&typed));
+        typed.type_ = None;
+        assert!(same(&typed), "no type is Opaque");
+        let mut unlabelled = existing.clone();
+        unlabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(LABEL_COMPONENT);
+        assert!(!same(&unlabelled));
         let mut relabelled = existing.clone();
         relabelled
             .metadata
@@ -1674,7 +1737,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(LABEL_CREATED_BY.into(), "other".into());
-        assert!(!template.is_current(&relabelled));
+        assert!(!same(&relabelled));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, NodeSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use pure_api::dynakube::DynaKube;
@@ -288,9 +288,10 @@ pub enum TerminationReason {
     Deleted,
 }
 
-/// Whether a node in the cluster is about to go away: cordoned or tainted by the cluster autoscaler.
-pub fn termination_reason(node: &Node) -> Option<TerminationReason> {
-    let spec = node.spec.as_ref()?;
+/// Whether a node in the cluster is about to go away, from its spec: cordoned or tainted by the cluster
+/// autoscaler.
+pub fn termination_reason(spec: Option<&NodeSpec>) -> Option<TerminationReason> {
+    let spec = spec?;
     if spec.unschedulable == Some(true) {
         return Some(TerminationReason::Cordoned);
     }
@@ -499,7 +500,7 @@ pub fn termination_event(mark: &MarkRequest, entity_id: &str) -> TerminationEven
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
+    use k8s_openapi::api::core::v1::{Node, Taint};
     use serde_json::json;
 
     use super::*;
@@ -792,22 +793,25 @@ mod tests {
     #[test]
     fn cordon_and_the_autoscaler_taint_mean_termination() {
         assert_eq!(
-            termination_reason(&node(Some(true), &[])),
+            termination_reason(node(Some(true), &[]).spec.as_ref()),
             Some(TerminationReason::Cordoned)
         );
         assert_eq!(
-            termination_reason(&node(None, &["other", AUTOSCALER_TAINT])),
+            termination_reason(node(None, &["other", AUTOSCALER_TAINT]).spec.as_ref()),
             Some(TerminationReason::AutoscalerTaint)
         );
         assert_eq!(
-            termination_reason(&node(Some(true), &[AUTOSCALER_TAINT])),
+            termination_reason(node(Some(true), &[AUTOSCALER_TAINT]).spec.as_ref()),
             Some(TerminationReason::Cordoned)
         );
-        assert_eq!(termination_reason(&node(Some(false), &["other"])), None);
-        assert_eq!(termination_reason(&node(None, &[])), None);
-        assert_eq!(termination_reason(&Node::default()), None);
         assert_eq!(
-            termination_reason(&node(None, &["toBeDeletedByClusterAutoscaler"])),
+            termination_reason(node(Some(false), &["other"]).spec.as_ref()),
+            None
+        );
+        assert_eq!(termination_reason(node(None, &[]).spec.as_ref()), None);
+        assert_eq!(termination_reason(Node::default().spec.as_ref()), None);
+        assert_eq!(
+            termination_reason(node(None, &["toBeDeletedByClusterAutoscaler"]).spec.as_ref()),
             None,
             "taint keys are case-sensitive"
         );
