@@ -57,11 +57,23 @@ pub async fn apply_mutating_configuration(
     configuration: &MutatingWebhookConfiguration,
     field_manager: &str,
 ) -> kube::Result<()> {
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
+    apply_cluster_object(client, configuration, field_manager).await
+}
+
+/// Applies a cluster-scoped object server-side as `field_manager`, taking over conflicting fields.
+async fn apply_cluster_object<K>(client: &Client, object: &K, field_manager: &str) -> kube::Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(client.clone())
         .patch(
-            &configuration.name_any(),
+            &object.name_any(),
             &PatchParams::apply(field_manager).force(),
-            &Patch::Apply(configuration),
+            &Patch::Apply(object),
         )
         .await
         .map(drop)
@@ -110,12 +122,5 @@ pub async fn apply_validating_configuration(
     configuration: &ValidatingWebhookConfiguration,
     field_manager: &str,
 ) -> kube::Result<()> {
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            &configuration.name_any(),
-            &PatchParams::apply(field_manager).force(),
-            &Patch::Apply(configuration),
-        )
-        .await
-        .map(drop)
+    apply_cluster_object(client, configuration, field_manager).await
 }

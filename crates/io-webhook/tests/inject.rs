@@ -191,10 +191,21 @@ fn is_injected(pod: &Pod) -> bool {
 /// Creates `pod` until the webhook's caches have caught up with the namespace and its Secrets (a pod
 /// created before that is admitted unchanged, by design), and returns the injected pod.
 async fn create_injected(client: &Client, namespace: &str, pod: &Pod) -> anyhow::Result<Pod> {
+    create_until(client, namespace, pod, is_injected).await
+}
+
+/// Creates `pod` (deleting each attempt that `wanted` rejects) until `wanted` accepts what the API server
+/// stored.
+async fn create_until(
+    client: &Client,
+    namespace: &str,
+    pod: &Pod,
+    wanted: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    test_kit::eventually("an injected pod", WAIT, || async {
+    test_kit::eventually("the wanted pod", WAIT, || async {
         let created = pods.create(&PostParams::default(), pod).await?;
-        if is_injected(&created) {
+        if wanted(&created) {
             return Ok(Some(created));
         }
         pods.delete(&created.name_any(), &Default::default()).await?;
@@ -541,23 +552,16 @@ async fn reinvocation_injects_a_container_another_webhook_appended() {
             "test.dynatrace.com/append-container".to_owned(),
             "true".to_owned(),
         );
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let pod = test_kit::eventually("a pod injected with the appended container", WAIT, || async {
-        let created = pods.create(&PostParams::default(), &with_annotation).await?;
+    let pod = create_until(&ns.client, &ns.name, &with_annotation, |created| {
         let names: Vec<_> = created
             .spec
             .as_ref()
             .unwrap()
             .containers
             .iter()
-            .map(|c| c.name.clone())
+            .map(|c| c.name.as_str())
             .collect();
-        if is_injected(&created) && names == ["main", "late"] {
-            return Ok(Some(created));
-        }
-        pods.delete(&created.name_any(), &Default::default()).await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(None)
+        is_injected(created) && names == ["main", "late"]
     })
     .await
     .unwrap();
