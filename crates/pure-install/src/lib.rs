@@ -8,7 +8,12 @@
 //! `dynatrace-dynakube-oneagent`. The `caBundle`s are left empty: the operator's certificate controller
 //! fills them.
 //!
+//! The CSI driver's objects (the `CSIDriver`, its DaemonSet, PriorityClass, ServiceAccount and RBAC) are
+//! in [`csi`]; they are part of an installation unless [`Installation::csi_driver`] is `None`.
+//!
 //! Pure: no I/O. [`Installation::objects`] returns every object as JSON, in the order to apply them.
+
+pub mod csi;
 
 use std::collections::BTreeMap;
 
@@ -68,6 +73,8 @@ pub struct Installation {
     pub node_selector: BTreeMap<String, String>,
     /// Log format of every component (`text` or `json`).
     pub log_format: String,
+    /// The CSI driver and its options; `None`: not installed (the reference's `csidriver.enabled: false`).
+    pub csi_driver: Option<csi::CsiDriverOptions>,
 }
 
 impl Installation {
@@ -80,11 +87,12 @@ impl Installation {
             webhook_replicas: 2,
             node_selector: BTreeMap::new(),
             log_format: "json".to_owned(),
+            csi_driver: Some(csi::CsiDriverOptions::default()),
         }
     }
 
-    /// Every object, in the order to apply them: the namespace, the CRDs, ServiceAccounts, RBAC, the webhook
-    /// Service and Deployment, the webhook configuration, then the operator.
+    /// Every object, in the order to apply them: the namespace, the CRDs, ServiceAccounts, RBAC, the CSI
+    /// driver's objects, the webhook Service and Deployment, the webhook configuration, then the operator.
     pub fn objects(&self) -> Vec<Value> {
         let mut out = vec![to_value(&Namespace {
             metadata: ObjectMeta {
@@ -109,6 +117,7 @@ impl Installation {
             }));
         }
         out.extend(self.rbac());
+        out.extend(self.csi_driver_objects());
         out.push(to_value(&self.webhook_service()));
         out.push(to_value(&self.webhook_deployment()));
         out.push(to_value(&self.validating_webhook_configuration()));
