@@ -173,6 +173,10 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_updates_and_
     let mut installation = Installation::new(&image(&images, OPERATOR_IMAGE).reference());
     installation.webhook_replicas = 1;
     installation.node_selector = BTreeMap::from([(NODE_LABEL.to_owned(), "true".to_owned())]);
+    // The CSI driver only where pods really run (kwok nodes have no kubelet to register it with).
+    if let Some(csi) = installation.csi_driver.as_mut() {
+        csi.node_selector = installation.node_selector.clone();
+    }
     test_kit::setup::apply_objects(&client, &installation.objects(), FIELD_MANAGER)
         .await
         .unwrap();

@@ -461,6 +461,13 @@ mod tests {
     }
 
     #[test]
+    fn the_driver_is_one_name_for_the_object_the_server_the_injected_pods_and_the_host_oneagent() {
+        assert_eq!(CSI_DRIVER, pure_csi::DRIVER_NAME);
+        assert_eq!(CSI_DRIVER, pure_mutation::names::CSI_DRIVER);
+        assert_eq!(CSI_DRIVER, pure_desired::oneagent::CSI_DRIVER);
+    }
+
+    #[test]
     fn the_csi_driver_is_node_only_with_pod_info_for_inline_volumes() {
         let driver = csi_driver(&CsiDriverOptions::default());
         assert_eq!(

@@ -148,6 +148,10 @@ impl Session {
         let mut installation = Installation::new(&operator.reference());
         installation.webhook_replicas = 1;
         installation.node_selector = BTreeMap::from([(NODE_LABEL.to_owned(), "true".to_owned())]);
+        // The CSI driver only where pods really run (kwok nodes have no kubelet to register it with).
+        if let Some(csi) = installation.csi_driver.as_mut() {
+            csi.node_selector = installation.node_selector.clone();
+        }
         eprintln!(
             "Installing the operator and the webhook ({}) as pods on node {NODE_NAME} ...",
             operator.reference()

@@ -100,20 +100,15 @@ pub async fn start_injecting(
 /// The CSI driver's DaemonSet (never scheduled), which the modes that use the driver look for in the
 /// DynaKube's namespace.
 pub async fn install_csi_driver_marker(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
-    let daemonset: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": { "name": pure_api::dynakube::names::CSI_DAEMONSET },
-        "spec": {
-            "selector": { "matchLabels": { "app": "csi" } },
-            "template": {
-                "metadata": { "labels": { "app": "csi" } },
-                "spec": {
-                    "nodeSelector": { "no-such-node": "true" },
-                    "containers": [{ "name": "server", "image": "registry.invalid/csi:1" }]
-                }
-            }
-        }
-    }))?;
+    // The installation's own DaemonSet (so the webhook's check is tested against what is installed),
+    // kept off every node: no pods are wanted here.
+    let mut installation = pure_install::Installation::new("registry.invalid/csi:1");
+    installation.namespace = namespace.to_owned();
+    let options = pure_install::csi::CsiDriverOptions {
+        node_selector: std::collections::BTreeMap::from([("no-such-node".to_owned(), "true".to_owned())]),
+        ..Default::default()
+    };
+    let daemonset = installation.csi_daemonset(&options);
     kube::Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), namespace)
         .create(&Default::default(), &daemonset)
         .await?;
