@@ -5,4 +5,5 @@
 //! - [`mounts`]: a fresh read of the kernel's mount table.
 
 pub mod mounts;
+pub mod proto;
 pub mod records;
