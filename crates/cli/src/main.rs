@@ -32,6 +32,9 @@ enum Command {
     /// configuration (reads the environment the pod webhook sets and /mnt/config/config). Exits 0 on
     /// errors unless FAILURE_POLICY=fail.
     Init(InitArgs),
+    /// The CSI driver's node plugin (container `server` of the CSI DaemonSet): CSI Identity and Node over a
+    /// unix socket, the kubelet's plugin registration in-process, /healthz, /livez, /readyz and /metrics.
+    CsiServer(CsiServerArgs),
     /// Print the CustomResourceDefinitions (DynaKube, OneAgent) as YAML, for `kubectl apply -f -`.
     Crd {
         /// Namespace of the `dynatrace-webhook` Service that converts between DynaKube versions.
@@ -123,6 +126,40 @@ struct WebhookServerArgs {
     log_format: LogFormat,
 }
 
+/// Options of `csi-server`.
+#[derive(Debug, clap::Args)]
+struct CsiServerArgs {
+    /// The CSI socket (`unix:///path` or `/path`).
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// This node's name (NodeGetInfo).
+    #[arg(long, env = "KUBE_NODE_NAME")]
+    node_id: String,
+    /// The driver's data directory, shared with the provisioner.
+    #[arg(long, default_value = "/data")]
+    data_dir: std::path::PathBuf,
+    /// The kubelet's plugin registry directory, where the registration socket is served; empty disables
+    /// the in-process registrar.
+    #[arg(long, default_value = "/registration")]
+    registration_dir: std::path::PathBuf,
+    /// The CSI socket's path on the host, as the kubelet dials it.
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock"
+    )]
+    kubelet_registration_path: String,
+    /// Address of /healthz, /livez, /readyz and /metrics (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:10080")]
+    health_probe_bind_address: std::net::SocketAddr,
+    /// After this long since a volume's first publish attempt without a ready code module, the volume is
+    /// published empty and the pod starts unmonitored (e.g. `2m`, `90s`).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    max_mount_wait: std::time::Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
 /// Options of `init`. The paths default to the pod's layout; `--root` moves all of them below another
 /// directory (tests), and each can be set on its own.
 #[derive(Debug, clap::Args)]
@@ -186,6 +223,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => run_operator(args),
         Command::WebhookServer(args) => run_webhook_server(args),
         Command::Init(args) => return run_init(args),
+        Command::CsiServer(args) => run_csi_server(args),
         Command::Crd {
             webhook_namespace,
             webhook_url,
@@ -356,6 +394,44 @@ fn run_webhook_server(args: WebhookServerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
+    })
+}
+
+fn run_csi_server(args: CsiServerArgs) -> anyhow::Result<()> {
+    io_serving::logging::init(args.log_format, io_serving::logging::LogTarget::Stdout)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let metrics = io_csi_driver::metrics::Metrics::new();
+        // Events only for volumes published empty; without a client they are logged (publish never
+        // depends on the API server).
+        let events = match kube::Client::try_default().await {
+            Ok(client) => io_csi_driver::events::PodEvents::start(client, &args.node_id, metrics.clone(), shutdown.clone()),
+            Err(err) => {
+                tracing::warn!(%err, "no Kubernetes client (in-cluster service account or KUBECONFIG): events on pods \
+                    with empty volumes are logged instead");
+                io_csi_driver::events::PodEvents::disabled(metrics.clone())
+            }
+        };
+        let options = io_csi_driver::server::Options {
+            endpoint: args.endpoint,
+            node_id: args.node_id,
+            data_dir: args.data_dir,
+            registration_dir: Some(args.registration_dir).filter(|dir| !dir.as_os_str().is_empty()),
+            kubelet_registration_path: args.kubelet_registration_path,
+            health_address: args.health_probe_bind_address,
+            max_mount_wait: args.max_mount_wait,
+            version: BUILD_INFO.version.to_owned(),
+        };
+        let running = io_csi_driver::server::start(options, metrics, events, shutdown.clone()).await?;
+        tokio::select! {
+            result = wait_for_termination() => result?,
+            () = shutdown.cancelled() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        running.wait().await.map_err(anyhow::Error::msg)
     })
 }
 

@@ -2,10 +2,12 @@
 //! unpublish), `csi-provisioner` (downloads and garbage collection) and the operator:
 //!
 //! - [`layout`]: every path under the data directory, and the records kept there instead of a database;
-//! - [`mountinfo`]: the kernel's mount table, the one truth about what is mounted.
+//! - [`mountinfo`]: the kernel's mount table, the one truth about what is mounted;
+//! - [`publish`]: the validation and decisions of `NodePublishVolume` / `NodeUnpublishVolume`.
 
 pub mod layout;
 pub mod mountinfo;
+pub mod publish;
 
 /// The driver's name, as registered with the kubelet and in the `CSIDriver` object.
 pub const DRIVER_NAME: &str = "csi.oneagent.dynatrace.com";
