@@ -2,8 +2,10 @@
 //! unpublish), `csi-provisioner` (downloads and garbage collection) and the operator:
 //!
 //! - [`layout`]: every path under the data directory, and the records kept there instead of a database;
-//! - [`mountinfo`]: the kernel's mount table, the one truth about what is mounted.
+//! - [`mountinfo`]: the kernel's mount table, the one truth about what is mounted;
+//! - [`gc`]: what garbage collection deletes, and why.
 
+pub mod gc;
 pub mod layout;
 pub mod mountinfo;
 
