@@ -35,6 +35,10 @@ enum Command {
     /// The CSI driver's node plugin (container `server` of the CSI DaemonSet): CSI Identity and Node over a
     /// unix socket, the kubelet's plugin registration in-process, /healthz, /livez, /readyz and /metrics.
     CsiServer(CsiServerArgs),
+    /// The CSI driver's provisioner on one node (a container of the CSI DaemonSet): installs the
+    /// code-module versions the DynaKubes of POD_NAMESPACE need into the data directory, writes their
+    /// configuration layers and records, and collects what is no longer used.
+    CsiProvisioner(CsiProvisionerArgs),
     /// Print the CustomResourceDefinitions (DynaKube, OneAgent) as YAML, for `kubectl apply -f -`.
     Crd {
         /// Namespace of the `dynatrace-webhook` Service that converts between DynaKube versions.
@@ -193,6 +197,29 @@ struct InitArgs {
     log_format: LogFormat,
 }
 
+/// Options of `csi-provisioner`.
+#[derive(Debug, clap::Args)]
+struct CsiProvisionerArgs {
+    /// This node's name (the DaemonSet passes the pod's spec.nodeName).
+    #[arg(long, env = "KUBE_NODE_NAME")]
+    node_id: String,
+    /// The driver's data directory.
+    #[arg(long, default_value = "/data")]
+    data_dir: std::path::PathBuf,
+    /// Address of /livez, /readyz and /metrics (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:10090")]
+    health_probe_bind_address: std::net::SocketAddr,
+    /// The DynaKubes' namespace (the operator's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dynatrace")]
+    namespace: String,
+    /// Time between garbage-collection runs (e.g. 30s, 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    gc_interval: std::time::Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -224,6 +251,7 @@ fn main() -> ExitCode {
         Command::WebhookServer(args) => run_webhook_server(args),
         Command::Init(args) => return run_init(args),
         Command::CsiServer(args) => run_csi_server(args),
+        Command::CsiProvisioner(args) => run_csi_provisioner(args),
         Command::Crd {
             webhook_namespace,
             webhook_url,
@@ -432,6 +460,44 @@ fn run_csi_server(args: CsiServerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
         running.wait().await.map_err(anyhow::Error::msg)
+    })
+}
+
+fn run_csi_provisioner(args: CsiProvisionerArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    io_serving::logging::init(args.log_format, io_serving::logging::LogTarget::Stdout)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (max_age, warning) =
+        pure_csi::gc::max_unmounted_volume_age(std::env::var("MAX_UNMOUNTED_VOLUME_AGE").ok().as_deref());
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    let mut config =
+        io_csi_driver::provisioner::ProvisionerConfig::new(args.node_id, args.namespace, args.data_dir);
+    config.gc_interval = args.gc_interval.max(std::time::Duration::from_secs(1));
+    config.max_unmounted_volume_age = max_age;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot build a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+        let metrics = io_csi_driver::provisioner::Metrics::new();
+        let stop_health = tokio_util::sync::CancellationToken::new();
+        let router = io_serving::probes::probes_and_metrics(metrics.registry.clone(), || Ok(()));
+        let (_, health) =
+            io_serving::spawn_plain(args.health_probe_bind_address, router, stop_health.clone())
+                .await
+                .context("cannot serve the health endpoints")?;
+        let shutdown = async {
+            if let Err(err) = wait_for_termination().await {
+                tracing::error!(%err, "cannot listen for termination signals");
+            }
+        };
+        io_csi_driver::provisioner::run(client, config, metrics, shutdown).await;
+        stop_health.cancel();
+        let _ = health.await;
+        tracing::info!("csi-provisioner stopped");
+        Ok(())
     })
 }
 

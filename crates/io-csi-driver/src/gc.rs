@@ -1,0 +1,180 @@
+//! Garbage collection on the node: lists the data directory, asks `pure_csi::gc` for the plan, and
+//! deletes each planned directory only if a mount table read right before that deletion still allows it.
+//! It runs on its own interval in the provisioner (never inside a reconcile); the provisioner keeps
+//! installs from racing it (see `provisioner`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use pure_csi::gc::{DynakubeDir, Entry, Listing, Policy, Removal};
+use pure_csi::layout::{DynakubeRecord, Layout};
+
+use crate::{mounts, records};
+
+/// The GC's counters.
+#[derive(Debug, Clone, Default)]
+pub struct GcMetrics {
+    /// Runs (`dynatrace_csi_driver_gc_runs_total`).
+    pub runs: Counter,
+    /// Directories removed (`dynatrace_csi_driver_gc_folders_removed_total`).
+    pub folders_removed: Counter,
+    /// Bytes of the files removed (`dynatrace_csi_driver_gc_reclaimed_bytes_total`).
+    pub reclaimed_bytes: Counter,
+}
+
+impl GcMetrics {
+    /// Counters registered in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "dynatrace_csi_driver_gc_runs",
+            "Garbage-collection runs of the CSI provisioner",
+            metrics.runs.clone(),
+        );
+        registry.register(
+            "dynatrace_csi_driver_gc_folders_removed",
+            "Directories the CSI garbage collection removed",
+            metrics.folders_removed.clone(),
+        );
+        registry.register(
+            "dynatrace_csi_driver_gc_reclaimed_bytes",
+            "Bytes of files the CSI garbage collection removed",
+            metrics.reclaimed_bytes.clone(),
+        );
+        metrics
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// What was removed.
+    pub removed: Vec<Removal>,
+    /// Planned removals a fresh mount table stopped.
+    pub kept_in_use: Vec<Removal>,
+    /// Bytes of the removed files.
+    pub reclaimed_bytes: u64,
+}
+
+/// Why a run could not even plan.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// The mount table cannot be read: nothing is deleted without it.
+    #[error("garbage collection skipped: {0}")]
+    Mounts(#[from] mounts::MountTableError),
+    /// The data directory cannot be listed.
+    #[error("garbage collection skipped: cannot list {path}: {source}; check the data directory mount")]
+    List {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// One run (blocking: call it from `spawn_blocking`). A removal that fails is logged and the run goes on.
+pub fn run_once(layout: &Layout, policy: &Policy, metrics: &GcMetrics) -> Result<GcReport, GcError> {
+    metrics.runs.inc();
+    let listing = listing(layout)?;
+    let plan = pure_csi::gc::plan(layout, &listing, &mounts::read()?, policy);
+    let mut report = GcReport::default();
+    for removal in plan {
+        // The truth at deletion time, not the one the plan saw.
+        if !removal.still_safe(&mounts::read()?) {
+            tracing::info!(path = %removal.path.display(), "kept: mounted since the plan was made");
+            report.kept_in_use.push(removal);
+            continue;
+        }
+        let bytes = size(&removal.path);
+        match std::fs::remove_dir_all(&removal.path) {
+            Ok(()) => {
+                tracing::info!(
+                    path = %removal.path.display(),
+                    reason = removal.reason.label(),
+                    bytes,
+                    "removed"
+                );
+                metrics.folders_removed.inc();
+                metrics.reclaimed_bytes.inc_by(bytes);
+                report.reclaimed_bytes += bytes;
+                report.removed.push(removal);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(
+                path = %removal.path.display(),
+                %error,
+                "cannot remove; trying again at the next run"
+            ),
+        }
+    }
+    Ok(report)
+}
+
+/// The data directory's entries with their ages.
+pub fn listing(layout: &Layout) -> Result<Listing, GcError> {
+    let mut dynakubes = BTreeMap::new();
+    for entry in entries(&layout.dynakubes())? {
+        let dir = layout.dynakubes().join(&entry.name);
+        let record = match records::read::<DynakubeRecord>(&dir.join("dynakube.json")) {
+            Ok(record) => record,
+            Err(error) => {
+                // An unreadable record still counts as a record: nothing of its DynaKube is collected.
+                tracing::warn!(%error, "cannot read a DynaKube record");
+                Some(DynakubeRecord::default())
+            }
+        };
+        let configs = entries(&dir.join("config"))?;
+        dynakubes.insert(entry.name, DynakubeDir { record, configs });
+    }
+    Ok(Listing {
+        codemodules: entries(&layout.codemodules())?,
+        staging: entries(&layout.staging())?,
+        dynakubes,
+        app_mounts: entries(&layout.app_mounts())?,
+    })
+}
+
+/// The directories in `dir` (none when it does not exist), with the time since their modification.
+fn entries(dir: &Path) -> Result<Vec<Entry>, GcError> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(GcError::List {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let now = SystemTime::now();
+    Ok(read
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            meta.is_dir().then(|| {
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or(Duration::ZERO);
+                Entry::new(entry.file_name().to_string_lossy(), age)
+            })
+        })
+        .collect())
+}
+
+/// Bytes of the regular files at or below `path` (links not followed).
+pub fn size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return if meta.is_file() { meta.len() } else { 0 };
+    }
+    std::fs::read_dir(path)
+        .map(|read| read.filter_map(Result::ok).map(|e| size(&e.path())).sum())
+        .unwrap_or(0)
+}
