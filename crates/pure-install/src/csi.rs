@@ -187,6 +187,7 @@ impl Installation {
                     options.kubelet_registration_path()
                 ),
                 format!("--health-probe-bind-address=0.0.0.0:{SERVER_HEALTH_PORT}"),
+                format!("--log-format={}", self.log_format),
             ]),
             ports: Some(vec![port("server-health", SERVER_HEALTH_PORT)]),
             volume_mounts: Some(vec![
@@ -211,6 +212,7 @@ impl Installation {
                 "--node-id=$(KUBE_NODE_NAME)".to_owned(),
                 format!("--data-dir={DATA_DIR}"),
                 format!("--health-probe-bind-address=0.0.0.0:{PROVISIONER_HEALTH_PORT}"),
+                format!("--log-format={}", self.log_format),
             ]),
             ports: Some(vec![port("prov-health", PROVISIONER_HEALTH_PORT)]),
             volume_mounts: Some(vec![
@@ -533,6 +535,7 @@ mod tests {
                 "--registration-dir=/registration",
                 "--kubelet-registration-path=/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock",
                 "--health-probe-bind-address=0.0.0.0:10080",
+                "--log-format=json",
             ]
         );
         let provisioner = container(&pod, "provisioner");
@@ -543,6 +546,7 @@ mod tests {
                 "--node-id=$(KUBE_NODE_NAME)",
                 "--data-dir=/data",
                 "--health-probe-bind-address=0.0.0.0:10090",
+                "--log-format=json",
             ]
         );
         for (container, port) in [(server, 10080), (provisioner, 10090)] {
