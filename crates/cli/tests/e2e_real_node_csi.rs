@@ -114,6 +114,28 @@ async fn diagnose(client: &Client) -> String {
     out
 }
 
+/// Panics with `what` and what [`diagnose`] finds unless `ok`.
+async fn ensure(client: &Client, ok: bool, what: &str) {
+    if !ok {
+        panic!("{what}\n{}", diagnose(client).await);
+    }
+}
+
+/// The agent libraries the application's process has mapped, from its report line.
+fn loaded_libraries(report: &str) -> Vec<String> {
+    let json = report
+        .lines()
+        .find_map(|line| line.split_once("sample-app started: ").map(|(_, json)| json))
+        .unwrap_or("{}");
+    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    value["oneagent_libraries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The CSI driver's pod on the real node once both its containers are ready.
 async fn ready_csi_pod(client: &Client) -> anyhow::Result<Option<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
@@ -348,18 +370,30 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     let first_started = Instant::now();
     let report = app_report(&app_pods, "csi-app-1", POD_TIMEOUT).await;
     let report = or_diagnose(report, &client).await;
-    assert!(
-        report.contains("/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so"),
-        "the application's process has the agent library from the CSI volume mapped: {report}"
-    );
+    const LIBRARY: &str = "/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so";
+    ensure(
+        &client,
+        loaded_libraries(&report).iter().any(|l| l == LIBRARY),
+        &format!("the application's process has the agent library from the CSI volume mapped: {report}"),
+    )
+    .await;
     let first_target = target_path(&first);
-    assert!(
+    ensure(
+        &client,
         mounted(&first_target),
-        "the kubelet's target path {} is a mount point on the host",
-        first_target.display()
-    );
+        &format!(
+            "the kubelet's target path {} is a mount point on the host",
+            first_target.display()
+        ),
+    )
+    .await;
     let downloads = tenant.request_count(Endpoint::Download);
-    assert_eq!(downloads, 1, "one code-module download for the first pod");
+    ensure(
+        &client,
+        downloads == 1,
+        &format!("one code-module download for the first pod, not {downloads}"),
+    )
+    .await;
     eprintln!(
         "first pod runs with the agent from the driver {:.1?} after its creation ({:.1?} in all)",
         first_started.elapsed(),
@@ -374,14 +408,26 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     .await;
     let second_started = Instant::now();
     let report = or_diagnose(app_report(&app_pods, "csi-app-2", POD_TIMEOUT).await, &client).await;
-    assert!(report.contains("liboneagentproc.so"), "{report}");
-    assert_eq!(
-        tenant.request_count(Endpoint::Download),
-        1,
-        "the second pod reused the cached version"
-    );
+    ensure(
+        &client,
+        loaded_libraries(&report).iter().any(|l| l == LIBRARY),
+        &format!("the second pod's process has the agent library mapped: {report}"),
+    )
+    .await;
+    let downloads = tenant.request_count(Endpoint::Download);
+    ensure(
+        &client,
+        downloads == 1,
+        &format!("the second pod reused the cached version: {downloads} downloads"),
+    )
+    .await;
     let second_target = target_path(&second);
-    assert!(mounted(&second_target));
+    ensure(
+        &client,
+        mounted(&second_target),
+        "the second pod's volume is mounted",
+    )
+    .await;
     eprintln!(
         "second pod (cached version) runs with the agent {:.1?} after its creation",
         second_started.elapsed()
@@ -426,10 +472,12 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     let broken_started = Instant::now();
     let report = app_report(&broken_pods, "never-app", EMPTY_VOLUME_TIMEOUT).await;
     let report = or_diagnose(report, &client).await;
-    assert!(
-        report.contains("\"oneagent_libraries\":[]"),
-        "the pod started unmonitored: {report}"
-    );
+    ensure(
+        &client,
+        loaded_libraries(&report).is_empty(),
+        &format!("the pod started unmonitored: {report}"),
+    )
+    .await;
     eprintln!(
         "pod with a version that is never provisioned runs (empty volume) {:.1?} after its creation",
         broken_started.elapsed()

@@ -475,6 +475,7 @@ async fn converge(
         &ctx.operator_version,
     )?;
     apply(ctx, &namespace, metadata).await?;
+    resolve_codemodules_version(dynakube, &tenant, &mut status.code_modules, threshold).await?;
 
     if !dynakube.needs_one_agent() {
         let name = names::one_agent_daemonset(&dynakube.name_any());
@@ -1067,6 +1068,53 @@ async fn resolve_version(
         version,
         last_probe_timestamp: Some(now()),
     };
+    Ok(())
+}
+
+/// Looks the code-module version up when the plan says so and writes it to `status.codeModules`, where
+/// the CSI provisioner reads which version to install on each node. Without code-module injection the
+/// status is cleared.
+async fn resolve_codemodules_version(
+    dynakube: &DynaKube,
+    tenant: &TenantClient,
+    code_modules: &mut Option<VersionStatus>,
+    threshold: u32,
+) -> Result<(), ReconcileError> {
+    let current = code_modules.as_ref().filter(|c| c.source.is_some());
+    let now_seconds = Timestamp::now().as_second();
+    let Some(plan) =
+        pure_desired::versions::codemodules_version_plan(dynakube, current, now_seconds, threshold)
+    else {
+        *code_modules = None;
+        return Ok(());
+    };
+    if !plan.should_probe() {
+        return Ok(());
+    }
+    let (image, version) = match plan.lookup {
+        Lookup::CustomImage { image } => (Some(image), None),
+        Lookup::PublicRegistry => {
+            let latest = tenant.latest_image(ImageComponent::CodeModules).await?;
+            (Some(format!("{}:{}", latest.source, latest.tag)), Some(latest.tag))
+        }
+        // A pinned version is written as it is: whether the environment has it shows where it is
+        // downloaded (the CSI provisioner's events, the init container's log).
+        Lookup::TenantVersion {
+            version: Some(version),
+        } => (None, Some(version)),
+        Lookup::TenantVersion { version: None } => (
+            None,
+            Some(tenant.latest_agent_version(&AgentSelector::code_modules()).await?),
+        ),
+        // Only OneAgent plans use the environment's image registry.
+        Lookup::TenantRegistry { .. } => return Ok(()),
+    };
+    *code_modules = Some(VersionStatus {
+        source: Some(plan.source.as_str().to_owned()),
+        image_id: image,
+        version,
+        last_probe_timestamp: Some(now()),
+    });
     Ok(())
 }
 

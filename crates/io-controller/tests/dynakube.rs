@@ -22,6 +22,49 @@ const WAIT: Duration = Duration::from_secs(90);
 const GONE_NODE_WAIT: Duration = Duration::from_secs(180);
 
 /// The fake tenant and the controller, shared by the tests of this binary on a runtime of their own.
+/// The CSI provisioner installs the version the operator writes to `status.codeModules`: the tenant's latest
+/// code modules, or the pinned `applicationMonitoring.version` as written.
+#[tokio::test]
+async fn application_monitoring_with_csi_gets_its_code_modules_version_in_the_status() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (name, app, expected) in [
+        (
+            "latest",
+            json!({ "useCSIDriver": true }),
+            TenantConfig::default().versions.last().unwrap().clone(),
+        ),
+        (
+            "pinned",
+            json!({ "useCSIDriver": true, "version": "1.2.3.20200101-000000" }),
+            "1.2.3.20200101-000000".to_owned(),
+        ),
+    ] {
+        token_secret(&ns, name).await;
+        let dk = dynakube(name, &env.api_url, json!({ "applicationMonitoring": app }));
+        dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+        let status = test_kit::eventually("status.codeModules", WAIT, || async {
+            let dk = dynakubes.get(name).await?;
+            Ok(dk
+                .status
+                .and_then(|s| s.code_modules)
+                .filter(|c| c.version.is_some()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            status.version.as_deref(),
+            Some(expected.as_str()),
+            "{name}: {status:?}"
+        );
+        assert!(
+            status.source.is_some() && status.last_probe_timestamp.is_some(),
+            "{status:?}"
+        );
+    }
+}
+
 struct Env {
     api_url: String,
     tenant: &'static FakeTenant,
