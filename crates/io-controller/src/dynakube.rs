@@ -1095,7 +1095,10 @@ async fn resolve_codemodules_version(
         Lookup::CustomImage { image } => (Some(image), None),
         Lookup::PublicRegistry => {
             let latest = tenant.latest_image(ImageComponent::CodeModules).await?;
-            (Some(format!("{}:{}", latest.source, latest.tag)), Some(latest.tag))
+            (
+                Some(format!("{}:{}", latest.source, latest.tag)),
+                Some(latest.tag),
+            )
         }
         // A pinned version is written as it is: whether the environment has it shows where it is
         // downloaded (the CSI provisioner's events, the init container's log).
@@ -1104,7 +1107,11 @@ async fn resolve_codemodules_version(
         } => (None, Some(version)),
         Lookup::TenantVersion { version: None } => (
             None,
-            Some(tenant.latest_agent_version(&AgentSelector::code_modules()).await?),
+            Some(
+                tenant
+                    .latest_agent_version(&AgentSelector::code_modules())
+                    .await?,
+            ),
         ),
         // Only OneAgent plans use the environment's image registry.
         Lookup::TenantRegistry { .. } => return Ok(()),
