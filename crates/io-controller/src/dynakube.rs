@@ -1072,14 +1072,19 @@ async fn resolve_version(
 }
 
 /// Looks the code-module version up when the plan says so and writes it to `status.codeModules`, where
-/// the CSI provisioner reads which version to install on each node. Without code-module injection the
-/// status is cleared.
+/// the CSI provisioner reads which version to install on each node. Only DynaKubes that use the CSI driver
+/// need it (without it, the init container downloads the environment's latest or pinned version itself,
+/// and no look-up is spent); for the others the status is cleared.
 async fn resolve_codemodules_version(
     dynakube: &DynaKube,
     tenant: &TenantClient,
     code_modules: &mut Option<VersionStatus>,
     threshold: u32,
 ) -> Result<(), ReconcileError> {
+    if !dynakube.needs_csi_driver() {
+        *code_modules = None;
+        return Ok(());
+    }
     let current = code_modules.as_ref().filter(|c| c.source.is_some());
     let now_seconds = Timestamp::now().as_second();
     let Some(plan) =
