@@ -112,8 +112,13 @@ impl Driver {
     /// A driver over `config.data_dir`. The gauge of mounted versions starts from the mount table, so it
     /// is right after a restart.
     pub fn new(config: DriverConfig, metrics: Metrics, events: PodEvents) -> Self {
+        // The mount table shows resolved paths: compare it with a resolved data dir.
+        if let Err(err) = std::fs::create_dir_all(&config.data_dir) {
+            tracing::warn!(%err, data_dir = %config.data_dir.display(), "cannot create the data directory");
+        }
+        let root = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir);
         let driver = Self {
-            layout: Layout::new(config.data_dir),
+            layout: Layout::new(root),
             max_mount_wait: config.max_mount_wait,
             metrics,
             events,
@@ -252,9 +257,7 @@ impl Driver {
                 let mapped = app.mapped();
                 std::fs::create_dir_all(&mapped).map_err(|e| io_error("create", &mapped, e))?;
                 // An overlay left by a crashed attempt before the volume turned empty.
-                for _ in table.at(&mapped) {
-                    mount::unmount(&mapped)?;
-                }
+                self.unmount_overlays(table, &mapped)?;
                 records::write(&app.record(), &record)?;
                 crash_point("publish-record");
                 mount::bind(&mapped, target)?;
@@ -292,9 +295,7 @@ impl Driver {
                 let current: Vec<_> = table.at(&mapped).collect();
                 let reuse = current.len() == 1 && current[0].overlay_lower_dirs() == wanted;
                 if !reuse {
-                    for _ in &current {
-                        mount::unmount(&mapped)?;
-                    }
+                    self.unmount_overlays(table, &mapped)?;
                     mount::overlay(
                         &rules::overlay_options(&config_dir, &version_dir, &upper, &work),
                         &mapped,
@@ -315,6 +316,20 @@ impl Driver {
                 Ok(Published::Mounted)
             }
         }
+    }
+
+    /// Unmounts whatever `table` shows on a volume's `mapped` (newest first), counting the versions down.
+    fn unmount_overlays(&self, table: &MountTable, mapped: &Path) -> Result<(), PublishError> {
+        let overlays: Vec<_> = table.at(mapped).collect();
+        for overlay in overlays.iter().rev() {
+            mount::unmount(mapped)?;
+            if let Some(version) =
+                rules::version_of_overlay(&overlay.overlay_lower_dirs(), &self.layout.codemodules())
+            {
+                self.metrics.version_unmounted(&version);
+            }
+        }
+        Ok(())
     }
 
     fn publish_host(&self, request: &PublishRequest, target: &Path) -> Result<Published, PublishError> {
@@ -382,15 +397,7 @@ impl Driver {
             mount::unmount(&target)?;
         }
         crash_point("unpublish-target");
-        let overlays: Vec<_> = table.at(mapped).collect();
-        for overlay in &overlays {
-            mount::unmount(mapped)?;
-            if let Some(version) =
-                rules::version_of_overlay(&overlay.overlay_lower_dirs(), &self.layout.codemodules())
-            {
-                self.metrics.version_unmounted(&version);
-            }
-        }
+        self.unmount_overlays(&table, mapped)?;
         crash_point("unpublish-mapped");
         records::remove(app_record)?;
         records::remove(host_record)?;
