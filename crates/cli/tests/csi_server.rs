@@ -24,6 +24,15 @@ impl ServerProcess {
     /// Starts the binary on `<root>/plugin/csi.sock` with data dir `<root>/data`, killing itself after
     /// `crash_at` when given.
     fn start(root: &Path, crash_at: Option<&str>) -> Self {
+        Self::spawn(root, crash_at, &root.join("no-kubeconfig"))
+    }
+
+    /// Starts the binary with a kubeconfig, so that it writes events.
+    fn start_with_kubeconfig(root: &Path, kubeconfig: &Path) -> Self {
+        Self::spawn(root, None, kubeconfig)
+    }
+
+    fn spawn(root: &Path, crash_at: Option<&str>, kubeconfig: &Path) -> Self {
         let socket = root.join("plugin/csi.sock");
         let _ = std::fs::remove_file(&socket);
         let log = std::fs::OpenOptions::new()
@@ -37,8 +46,8 @@ impl ServerProcess {
             .arg(format!("--endpoint=unix://{}", socket.display()))
             .arg(format!("--data-dir={}", root.join("data").display()))
             .args(["--health-probe-bind-address", "127.0.0.1:0"])
-            // No kubeconfig: events are logged, never sent.
-            .env("KUBECONFIG", root.join("no-kubeconfig"))
+            // Without a kubeconfig, events are logged, never sent.
+            .env("KUBECONFIG", kubeconfig)
             .env_remove(io_csi_driver::publish::CRASH_AT_ENV)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -246,6 +255,70 @@ async fn a_crash_while_publishing_an_empty_volume_converges() {
         0,
         "published empty"
     );
+    volume.unpublish(&mut node).await.unwrap();
+    assert!(tmp.mounts().is_empty(), "left mounted: {:?}", tmp.mounts());
+    server.stop();
+}
+
+#[tokio::test]
+async fn an_empty_volume_puts_a_warning_event_on_its_pod() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams, PostParams};
+
+    let namespace = test_kit::TestNamespace::create().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(namespace.client.clone(), &namespace.name);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+
+    let tmp = MountedTempDir::new();
+    let layout = prepare_data_dir(&tmp.path().join("data"), 0);
+    write_record(&layout, None, None, 0);
+    let mut volume = KubeletVolume::new(&tmp.path().join("kubelet"), &uid, "app");
+    volume
+        .context
+        .insert("csi.storage.k8s.io/pod.name".into(), "app".into());
+    volume
+        .context
+        .insert("csi.storage.k8s.io/pod.namespace".into(), namespace.name.clone());
+
+    let server = ServerProcess::start_with_kubeconfig(tmp.path(), namespace.kubeconfig());
+    let mut node = server.node().await;
+    let started = std::time::Instant::now();
+    volume.publish(&mut node).await.unwrap();
+    let publish_took = started.elapsed();
+    assert!(is_mounted(&volume.target));
+
+    let events: Api<Event> = Api::namespaced(namespace.client.clone(), &namespace.name);
+    let event = test_kit::eventually(
+        "the empty-volume event on the pod",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("OneAgentVolumeEmpty")))
+        },
+    )
+    .await
+    .unwrap();
+    let regarding = event.regarding.unwrap();
+    assert_eq!(regarding.name.as_deref(), Some("app"));
+    assert_eq!(regarding.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.unwrap().contains("without the OneAgent code module"));
+    // The event is written after the answer, not before it.
+    assert!(
+        publish_took < Duration::from_secs(1),
+        "publish took {publish_took:?}"
+    );
+
     volume.unpublish(&mut node).await.unwrap();
     assert!(tmp.mounts().is_empty(), "left mounted: {:?}", tmp.mounts());
     server.stop();
