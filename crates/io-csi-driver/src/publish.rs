@@ -196,8 +196,7 @@ impl Driver {
         request: &PublishRequest,
         pod_uid: Option<String>,
     ) -> Result<Published, PublishError> {
-        std::fs::create_dir_all(&request.target)
-            .map_err(|e| io_error("create the target", &request.target, e))?;
+        ensure_dir(&request.target).map_err(|e| io_error("create the target", &request.target, e))?;
         let target = canonical(&request.target);
         let table = mounts::read()?;
         if table.is_mount_point(&target) {
@@ -246,7 +245,7 @@ impl Driver {
             self.max_mount_wait,
         ) {
             AppDecision::Retry { reason, record } => {
-                records::write(&app.record(), &record)?;
+                records::write_unsynced(&app.record(), &record)?;
                 Err(PublishError::Unavailable(reason))
             }
             AppDecision::Empty {
@@ -255,10 +254,10 @@ impl Driver {
                 first,
             } => {
                 let mapped = app.mapped();
-                std::fs::create_dir_all(&mapped).map_err(|e| io_error("create", &mapped, e))?;
+                ensure_dir(&mapped).map_err(|e| io_error("create", &mapped, e))?;
                 // An overlay left by a crashed attempt before the volume turned empty.
                 self.unmount_overlays(table, &mapped)?;
-                records::write(&app.record(), &record)?;
+                records::write_unsynced(&app.record(), &record)?;
                 crash_point("publish-record");
                 mount::bind(&mapped, target)?;
                 if first {
@@ -287,9 +286,9 @@ impl Driver {
                 let config_dir = self.layout.dynakube_config(&request.dynakube, &config)?;
                 let (mapped, upper, work) = (app.mapped(), app.upper(), app.work());
                 for dir in [&mapped, &upper, &work] {
-                    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+                    ensure_dir(dir).map_err(|e| io_error("create", dir, e))?;
                 }
-                records::write(&app.record(), &record)?;
+                records::write_unsynced(&app.record(), &record)?;
                 crash_point("publish-record");
                 let wanted = [config_dir.clone(), version_dir.clone()];
                 let current: Vec<_> = table.at(&mapped).collect();
@@ -343,8 +342,8 @@ impl Driver {
             )));
         };
         let storage = self.layout.host_storage(&dynakube.tenant_uuid)?;
-        std::fs::create_dir_all(&storage).map_err(|e| io_error("create", &storage, e))?;
-        records::write(
+        ensure_dir(&storage).map_err(|e| io_error("create", &storage, e))?;
+        records::write_unsynced(
             &self.layout.host_mount_record(&request.volume_id)?,
             &HostVolumeRecord {
                 dynakube: request.dynakube.clone(),
@@ -407,6 +406,17 @@ impl Driver {
             Err(err) => tracing::debug!(%err, target = %target.display(), "target directory not removed"),
         }
         Ok(())
+    }
+}
+
+/// Creates `dir` with one `mkdir` when its parent exists (the usual case on the publish path), else with
+/// its parents.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        Err(err) => Err(err),
     }
 }
 
