@@ -259,7 +259,7 @@ impl Driver {
                 self.unmount_overlays(table, &mapped)?;
                 records::write_unsynced(&app.record(), &record)?;
                 crash_point("publish-record");
-                mount::bind(&mapped, target)?;
+                mount::bind_mode(&mapped, target, request.readonly)?;
                 if first {
                     self.metrics.empty_volume();
                     self.events.warn(PodWarning {
@@ -302,7 +302,7 @@ impl Driver {
                     self.metrics.version_mounted(&version);
                 }
                 crash_point("publish-overlay");
-                if let Err(err) = mount::bind(&mapped, target) {
+                if let Err(err) = mount::bind_mode(&mapped, target, request.readonly) {
                     if let Err(undo) = mount::unmount(&mapped) {
                         tracing::warn!(%undo, "cannot undo the overlay after the failed bind");
                     } else {
@@ -351,7 +351,7 @@ impl Driver {
             },
         )?;
         crash_point("publish-record");
-        mount::bind(&storage, target)?;
+        mount::bind_mode(&storage, target, request.readonly)?;
         crash_point("publish-bind");
         Ok(Published::Mounted)
     }

@@ -199,6 +199,7 @@ impl node_server::Node for Node {
                 target_path: &request.target_path,
                 access_type,
                 volume_context: &request.volume_context,
+                readonly: request.readonly,
             });
             (request.volume_id, result)
         })
