@@ -323,3 +323,91 @@ async fn an_empty_volume_puts_a_warning_event_on_its_pod() {
     assert!(tmp.mounts().is_empty(), "left mounted: {:?}", tmp.mounts());
     server.stop();
 }
+
+#[tokio::test]
+async fn kills_at_arbitrary_moments_under_concurrent_publishes_and_unpublishes_converge() {
+    let tmp = MountedTempDir::new();
+    prepare_data_dir(&tmp.path().join("data"), 10);
+    let kubelet = tmp.path().join("kubelet");
+    let volumes: Vec<_> = (0..20)
+        .map(|i| KubeletVolume::new(&kubelet, &format!("pod-{i}"), "app"))
+        .collect();
+    // Deterministic delays, so that a failure reproduces: each round kills the server this long after
+    // the kubelet's calls started, half of the rounds while publishing, half while unpublishing.
+    for (round, delay_ms) in [4u64, 7, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40].into_iter().enumerate() {
+        let unpublishing = round % 2 == 1;
+        let server = ServerProcess::start(tmp.path(), None);
+        let node = server.node().await;
+        if unpublishing {
+            for volume in &volumes {
+                volume.publish(&mut node.clone()).await.unwrap();
+            }
+        }
+        let calls = futures::future::join_all(volumes.iter().map(|volume| {
+            let mut node = node.clone();
+            async move {
+                if unpublishing {
+                    volume.unpublish(&mut node).await
+                } else {
+                    volume.publish(&mut node).await
+                }
+            }
+        }));
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            server.stop();
+        };
+        let (results, ()) = tokio::join!(calls, kill);
+        let interrupted = results.iter().filter(|r| r.is_err()).count();
+        eprintln!(
+            "round {round}: killed after {delay_ms} ms while {}: {interrupted} of {} calls failed",
+            if unpublishing {
+                "unpublishing"
+            } else {
+                "publishing"
+            },
+            volumes.len()
+        );
+
+        // The kubelet retries every call until it succeeds, on the restarted server.
+        let server = ServerProcess::start(tmp.path(), None);
+        let mut node = server.node().await;
+        for volume in &volumes {
+            if unpublishing {
+                volume.unpublish(&mut node).await.unwrap();
+                assert!(
+                    !is_mounted(&volume.target),
+                    "round {round}: {} still mounted",
+                    volume.volume_id
+                );
+            } else {
+                volume.publish(&mut node).await.unwrap();
+                assert_eq!(
+                    std::fs::read(volume.target.join("agent/lib64/liboneagentproc.so")).unwrap(),
+                    LIBRARY
+                );
+            }
+        }
+        if !unpublishing {
+            let table = io_csi_driver::mounts::read().unwrap();
+            for volume in &volumes {
+                let target = std::fs::canonicalize(&volume.target).unwrap();
+                assert_eq!(
+                    table.at(&target).count(),
+                    1,
+                    "round {round}: {} mounted once",
+                    target.display()
+                );
+            }
+            for volume in &volumes {
+                volume.unpublish(&mut node).await.unwrap();
+            }
+        }
+        assert!(
+            tmp.mounts().is_empty(),
+            "round {round}: left mounted: {:?}",
+            tmp.mounts()
+        );
+        server.stop();
+    }
+}
