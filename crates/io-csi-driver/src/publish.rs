@@ -216,8 +216,17 @@ impl Driver {
         pod_uid: Option<String>,
     ) -> Result<Published, PublishError> {
         let app = self.layout.app_mount(&request.volume_id)?;
-        let mut dynakube: Option<DynakubeRecord> =
-            records::read(&self.layout.dynakube_record(&request.dynakube)?)?;
+        // A torn DynaKube record counts as "not ready": the attempts then end in an empty volume instead
+        // of an Internal error the kubelet would retry forever.
+        let mut dynakube: Option<DynakubeRecord> = match records::read(
+            &self.layout.dynakube_record(&request.dynakube)?,
+        ) {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::warn!(%err, dynakube = %request.dynakube, "treating the DynaKube as not set up yet");
+                None
+            }
+        };
         let previous: Option<AppVolumeRecord> = match records::read(&app.record()) {
             Ok(previous) => previous,
             Err(err) => {

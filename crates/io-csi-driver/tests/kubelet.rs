@@ -392,3 +392,28 @@ async fn a_read_only_volume_is_mounted_read_only() {
     assert!(tmp.mounts().is_empty(), "left mounted: {:?}", tmp.mounts());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_torn_dynakube_record_ends_in_an_empty_volume_not_an_endless_error() {
+    let tmp = MountedTempDir::new();
+    let layout = prepare_data_dir(&tmp.path().join("data"), 1);
+    std::fs::write(layout.dynakube_record(DYNAKUBE).unwrap(), b"{\"tenantUu").unwrap();
+    let mut server = Server::start(tmp.path(), Duration::from_secs(120), false).await;
+    let volume = KubeletVolume::new(&tmp.path().join("kubelet"), "pod-torn", "app");
+    let mut codes = Vec::new();
+    for _ in 0..11 {
+        match volume.publish(&mut server.node).await {
+            Ok(()) => break,
+            Err(err) => codes.push(err.code()),
+        }
+    }
+    assert!(codes.iter().all(|c| *c == Code::Unavailable), "{codes:?}");
+    assert_eq!(
+        codes.len(),
+        10,
+        "the default limit of 10 failed attempts, then empty"
+    );
+    assert!(is_mounted(&volume.target));
+    volume.unpublish(&mut server.node).await.unwrap();
+    server.stop().await;
+}
