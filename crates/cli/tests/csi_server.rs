@@ -334,7 +334,10 @@ async fn kills_at_arbitrary_moments_under_concurrent_publishes_and_unpublishes_c
         .collect();
     // Deterministic delays, so that a failure reproduces: each round kills the server this long after
     // the kubelet's calls started, half of the rounds while publishing, half while unpublishing.
-    for (round, delay_ms) in [4u64, 7, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40].into_iter().enumerate() {
+    for (round, delay_ms) in [4u64, 7, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40]
+        .into_iter()
+        .enumerate()
+    {
         let unpublishing = round % 2 == 1;
         let server = ServerProcess::start(tmp.path(), None);
         let node = server.node().await;
