@@ -342,6 +342,8 @@ fn test() -> anyhow::Result<()> {
     )?;
     tools::ensure(false)?;
     tools::ensure_kubelet(false)?;
+    // Built before the tests, so the csi-sanity test runs instead of skipping.
+    tools::ensure_csi_sanity(false)?;
     cargo(
         &["test", "--workspace", "--locked", "--no-fail-fast"],
         "tests failed",
