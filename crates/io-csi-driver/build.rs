@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Services we serve in part (the Controller's capabilities only) answer Unimplemented for the rest.
+        .generate_default_stubs(true)
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok,
-    /// and the kubelet for the real node) from the Go module proxy, unless the pinned build is already cached.
+    /// the kubelet for the real node, csi-sanity) from the Go module proxy, unless the pinned build is already cached.
     Tools {
         /// Rebuild even if the cache has them.
         #[arg(long)]
@@ -106,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Tools { force, print_dir } => {
             let tools = tools::ensure(force)?;
             tools::ensure_kubelet(force)?;
+            tools::ensure_csi_sanity(force)?;
             if print_dir {
                 println!("{}", tools.dir.display());
             } else {
@@ -341,6 +342,8 @@ fn test() -> anyhow::Result<()> {
     )?;
     tools::ensure(false)?;
     tools::ensure_kubelet(false)?;
+    // Built before the tests, so the csi-sanity test runs instead of skipping.
+    tools::ensure_csi_sanity(false)?;
     cargo(
         &["test", "--workspace", "--locked", "--no-fail-fast"],
         "tests failed",

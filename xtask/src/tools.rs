@@ -90,6 +90,56 @@ fn build_kubelet(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the pinned csi-sanity unless it is already cached; returns its path.
+pub fn ensure_csi_sanity(force: bool) -> anyhow::Result<PathBuf> {
+    if std::env::var_os(tools::TOOLS_DIR_ENV).is_some() {
+        return tools::locate_csi_sanity();
+    }
+    let dir = tools::csi_sanity_dir()?;
+    if !force && dir.join(COMPLETE_MARKER).exists() {
+        return tools::locate_csi_sanity();
+    }
+    let workspace = tools::workspace_root();
+    check_go(&workspace)?;
+    let staging = dir.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let started = Instant::now();
+    eprintln!("Building csi-sanity into {}", dir.display());
+    go_build(
+        &workspace.join(tools::CSI_SANITY_MODULE),
+        "csi-sanity",
+        &single_binary_args(&staging.join("csi-sanity"), tools::CSI_SANITY_PACKAGE),
+        &[tools::CSI_SANITY_PACKAGE],
+    )?;
+    // csi-sanity prints its flags on stderr.
+    let binary = staging.join("csi-sanity");
+    let help = Command::new(&binary)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {} --help", binary.display()))?;
+    if !String::from_utf8_lossy(&help.stderr).contains("csi.endpoint") {
+        bail!(
+            "{} --help does not list --csi.endpoint; the build is broken",
+            binary.display()
+        );
+    }
+    std::fs::write(
+        staging.join(COMPLETE_MARKER),
+        format!("csi-sanity\nbuilt in {:.0?}\n", started.elapsed()),
+    )
+    .context("writing the completion marker")?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the incomplete {}", dir.display()))?;
+    }
+    std::fs::rename(&staging, &dir).with_context(|| format!("moving the build into {}", dir.display()))?;
+    eprintln!("Built csi-sanity in {:.0?}", started.elapsed());
+    tools::locate_csi_sanity()
+}
+
 /// `go build` arguments for Kubernetes commands: upstream's tags and the version stamps. `output` is a
 /// directory (ending in `/`) for several packages or a file for one.
 fn kubernetes_build_args(version: &str, output: &Path, packages: &[&str]) -> anyhow::Result<Vec<String>> {

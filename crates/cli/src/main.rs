@@ -145,7 +145,7 @@ struct CsiServerArgs {
     /// The kubelet's plugin registry directory, where the registration socket is served; empty disables
     /// the in-process registrar.
     #[arg(long, default_value = "/registration")]
-    registration_dir: std::path::PathBuf,
+    registration_dir: String,
     /// The CSI socket's path on the host, as the kubelet dials it.
     #[arg(
         long,
@@ -446,7 +446,9 @@ fn run_csi_server(args: CsiServerArgs) -> anyhow::Result<()> {
             endpoint: args.endpoint,
             node_id: args.node_id,
             data_dir: args.data_dir,
-            registration_dir: Some(args.registration_dir).filter(|dir| !dir.as_os_str().is_empty()),
+            registration_dir: Some(args.registration_dir)
+                .filter(|dir| !dir.is_empty())
+                .map(std::path::PathBuf::from),
             kubelet_registration_path: args.kubelet_registration_path,
             health_address: args.health_probe_bind_address,
             max_mount_wait: args.max_mount_wait,

@@ -52,6 +52,26 @@ pub fn bind(source: &Path, target: &Path) -> Result<(), MountError> {
     rustix::mount::mount_bind(source, target).map_err(|errno| error("bind-mount onto", target, errno))
 }
 
+/// Bind-mounts `source` onto `target` read-only: a bind mount takes `MS_RDONLY` only on a remount of
+/// itself.
+pub fn bind_read_only(source: &Path, target: &Path) -> Result<(), MountError> {
+    bind(source, target)?;
+    rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "").map_err(|errno| {
+        // Never leave a writable mount where a read-only one was asked for.
+        let _ = rustix::mount::unmount(target, UnmountFlags::empty());
+        error("remount read-only", target, errno)
+    })
+}
+
+/// Binds `source` onto `target`, read-only when `read_only`.
+pub fn bind_mode(source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
+    if read_only {
+        bind_read_only(source, target)
+    } else {
+        bind(source, target)
+    }
+}
+
 /// Unmounts `target`. When the kernel answers `EBUSY`, detaches it lazily instead: by the time the kubelet
 /// unpublishes, the pod's containers are gone, so what still holds the mount is a stray open file (a
 /// `kubectl exec`-ed shell, a log shipper) whose owner would keep the pod stuck in Terminating forever;

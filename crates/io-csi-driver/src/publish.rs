@@ -112,8 +112,13 @@ impl Driver {
     /// A driver over `config.data_dir`. The gauge of mounted versions starts from the mount table, so it
     /// is right after a restart.
     pub fn new(config: DriverConfig, metrics: Metrics, events: PodEvents) -> Self {
+        // The mount table shows resolved paths: compare it with a resolved data dir.
+        if let Err(err) = std::fs::create_dir_all(&config.data_dir) {
+            tracing::warn!(%err, data_dir = %config.data_dir.display(), "cannot create the data directory");
+        }
+        let root = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir);
         let driver = Self {
-            layout: Layout::new(config.data_dir),
+            layout: Layout::new(root),
             max_mount_wait: config.max_mount_wait,
             metrics,
             events,
@@ -191,8 +196,7 @@ impl Driver {
         request: &PublishRequest,
         pod_uid: Option<String>,
     ) -> Result<Published, PublishError> {
-        std::fs::create_dir_all(&request.target)
-            .map_err(|e| io_error("create the target", &request.target, e))?;
+        ensure_dir(&request.target).map_err(|e| io_error("create the target", &request.target, e))?;
         let target = canonical(&request.target);
         let table = mounts::read()?;
         if table.is_mount_point(&target) {
@@ -212,8 +216,17 @@ impl Driver {
         pod_uid: Option<String>,
     ) -> Result<Published, PublishError> {
         let app = self.layout.app_mount(&request.volume_id)?;
-        let mut dynakube: Option<DynakubeRecord> =
-            records::read(&self.layout.dynakube_record(&request.dynakube)?)?;
+        // A torn DynaKube record counts as "not ready": the attempts then end in an empty volume instead
+        // of an Internal error the kubelet would retry forever.
+        let mut dynakube: Option<DynakubeRecord> = match records::read(
+            &self.layout.dynakube_record(&request.dynakube)?,
+        ) {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::warn!(%err, dynakube = %request.dynakube, "treating the DynaKube as not set up yet");
+                None
+            }
+        };
         let previous: Option<AppVolumeRecord> = match records::read(&app.record()) {
             Ok(previous) => previous,
             Err(err) => {
@@ -241,7 +254,7 @@ impl Driver {
             self.max_mount_wait,
         ) {
             AppDecision::Retry { reason, record } => {
-                records::write(&app.record(), &record)?;
+                records::write_unsynced(&app.record(), &record)?;
                 Err(PublishError::Unavailable(reason))
             }
             AppDecision::Empty {
@@ -250,14 +263,12 @@ impl Driver {
                 first,
             } => {
                 let mapped = app.mapped();
-                std::fs::create_dir_all(&mapped).map_err(|e| io_error("create", &mapped, e))?;
+                ensure_dir(&mapped).map_err(|e| io_error("create", &mapped, e))?;
                 // An overlay left by a crashed attempt before the volume turned empty.
-                for _ in table.at(&mapped) {
-                    mount::unmount(&mapped)?;
-                }
-                records::write(&app.record(), &record)?;
+                self.unmount_overlays(table, &mapped)?;
+                records::write_unsynced(&app.record(), &record)?;
                 crash_point("publish-record");
-                mount::bind(&mapped, target)?;
+                mount::bind_mode(&mapped, target, request.readonly)?;
                 if first {
                     self.metrics.empty_volume();
                     self.events.warn(PodWarning {
@@ -284,17 +295,15 @@ impl Driver {
                 let config_dir = self.layout.dynakube_config(&request.dynakube, &config)?;
                 let (mapped, upper, work) = (app.mapped(), app.upper(), app.work());
                 for dir in [&mapped, &upper, &work] {
-                    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+                    ensure_dir(dir).map_err(|e| io_error("create", dir, e))?;
                 }
-                records::write(&app.record(), &record)?;
+                records::write_unsynced(&app.record(), &record)?;
                 crash_point("publish-record");
                 let wanted = [config_dir.clone(), version_dir.clone()];
                 let current: Vec<_> = table.at(&mapped).collect();
                 let reuse = current.len() == 1 && current[0].overlay_lower_dirs() == wanted;
                 if !reuse {
-                    for _ in &current {
-                        mount::unmount(&mapped)?;
-                    }
+                    self.unmount_overlays(table, &mapped)?;
                     mount::overlay(
                         &rules::overlay_options(&config_dir, &version_dir, &upper, &work),
                         &mapped,
@@ -302,7 +311,7 @@ impl Driver {
                     self.metrics.version_mounted(&version);
                 }
                 crash_point("publish-overlay");
-                if let Err(err) = mount::bind(&mapped, target) {
+                if let Err(err) = mount::bind_mode(&mapped, target, request.readonly) {
                     if let Err(undo) = mount::unmount(&mapped) {
                         tracing::warn!(%undo, "cannot undo the overlay after the failed bind");
                     } else {
@@ -317,6 +326,20 @@ impl Driver {
         }
     }
 
+    /// Unmounts whatever `table` shows on a volume's `mapped` (newest first), counting the versions down.
+    fn unmount_overlays(&self, table: &MountTable, mapped: &Path) -> Result<(), PublishError> {
+        let overlays: Vec<_> = table.at(mapped).collect();
+        for overlay in overlays.iter().rev() {
+            mount::unmount(mapped)?;
+            if let Some(version) =
+                rules::version_of_overlay(&overlay.overlay_lower_dirs(), &self.layout.codemodules())
+            {
+                self.metrics.version_unmounted(&version);
+            }
+        }
+        Ok(())
+    }
+
     fn publish_host(&self, request: &PublishRequest, target: &Path) -> Result<Published, PublishError> {
         let dynakube: Option<DynakubeRecord> =
             records::read(&self.layout.dynakube_record(&request.dynakube)?)?;
@@ -328,8 +351,8 @@ impl Driver {
             )));
         };
         let storage = self.layout.host_storage(&dynakube.tenant_uuid)?;
-        std::fs::create_dir_all(&storage).map_err(|e| io_error("create", &storage, e))?;
-        records::write(
+        ensure_dir(&storage).map_err(|e| io_error("create", &storage, e))?;
+        records::write_unsynced(
             &self.layout.host_mount_record(&request.volume_id)?,
             &HostVolumeRecord {
                 dynakube: request.dynakube.clone(),
@@ -337,7 +360,7 @@ impl Driver {
             },
         )?;
         crash_point("publish-record");
-        mount::bind(&storage, target)?;
+        mount::bind_mode(&storage, target, request.readonly)?;
         crash_point("publish-bind");
         Ok(Published::Mounted)
     }
@@ -382,15 +405,7 @@ impl Driver {
             mount::unmount(&target)?;
         }
         crash_point("unpublish-target");
-        let overlays: Vec<_> = table.at(mapped).collect();
-        for overlay in &overlays {
-            mount::unmount(mapped)?;
-            if let Some(version) =
-                rules::version_of_overlay(&overlay.overlay_lower_dirs(), &self.layout.codemodules())
-            {
-                self.metrics.version_unmounted(&version);
-            }
-        }
+        self.unmount_overlays(&table, mapped)?;
         crash_point("unpublish-mapped");
         records::remove(app_record)?;
         records::remove(host_record)?;
@@ -400,6 +415,17 @@ impl Driver {
             Err(err) => tracing::debug!(%err, target = %target.display(), "target directory not removed"),
         }
         Ok(())
+    }
+}
+
+/// Creates `dir` with one `mkdir` when its parent exists (the usual case on the publish path), else with
+/// its parents.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        Err(err) => Err(err),
     }
 }
 

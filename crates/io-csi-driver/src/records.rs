@@ -64,9 +64,29 @@ pub fn write<T: Serialize>(path: &Path, record: &T) -> Result<(), RecordError> {
     })
 }
 
+/// Like [`write`], without syncing to disk: atomic for readers and against the writer's crash (`kill -9`:
+/// the page cache survives the process), not against the node's power loss. For records that a reboot
+/// makes moot anyway, on the latency-critical publish path: a volume's record (every mount is gone after a
+/// reboot, and a torn volume record is read as none).
+pub fn write_unsynced<T: Serialize>(path: &Path, record: &T) -> Result<(), RecordError> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|source| RecordError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    write_atomic_with(path, &bytes, false).map_err(|source| RecordError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced before the rename, so
 /// that readers and a crash see either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, true)
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let name = path
@@ -76,7 +96,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let partial = parent.join(format!(".{name}.{}.partial", std::process::id()));
     let mut file = std::fs::File::create(&partial)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     drop(file);
     std::fs::rename(&partial, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&partial);
@@ -121,6 +143,23 @@ mod tests {
         remove(&path).unwrap();
         remove(&path).unwrap();
         assert_eq!(read::<DynakubeRecord>(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn an_unsynced_write_is_atomic_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Layout::new(dir.path()).app_mount("csi-1").unwrap().record();
+        let record = pure_csi::layout::AppVolumeRecord {
+            dynakube: "dk".into(),
+            failed_attempts: 2,
+            ..Default::default()
+        };
+        write_unsynced(&path, &record).unwrap();
+        assert_eq!(
+            read::<pure_csi::layout::AppVolumeRecord>(&path).unwrap(),
+            Some(record)
+        );
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
-use crate::proto::csi::{self, identity_server, node_server};
+use crate::proto::csi::{self, controller_server, identity_server, node_server};
 use crate::proto::registration::{self as reg, registration_server};
 use crate::publish::{Driver, PublishError};
 
@@ -112,6 +112,31 @@ impl identity_server::Identity for Identity {
     }
 }
 
+/// A Controller service that only answers `ControllerGetCapabilities`, with the single capability
+/// `UNKNOWN` (which grants nothing); every other call is `Unimplemented`. The driver does not advertise
+/// `CONTROLLER_SERVICE`, so the kubelet and the CSI sidecars never call it. It exists because csi-sanity
+/// (v5.4.0) asks for the controller's capabilities in the `BeforeEach` of every Node test, whether the
+/// plugin advertises a controller or not, and fails on an error or on an empty list (Go decodes it as nil).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Controller;
+
+#[tonic::async_trait]
+impl controller_server::Controller for Controller {
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use csi::controller_service_capability::{Rpc, Type, rpc::Type as RpcType};
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities: vec![csi::ControllerServiceCapability {
+                r#type: Some(Type::Rpc(Rpc {
+                    r#type: RpcType::Unknown as i32,
+                })),
+            }],
+        }))
+    }
+}
+
 /// The CSI Node service.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -174,6 +199,7 @@ impl node_server::Node for Node {
                 target_path: &request.target_path,
                 access_type,
                 volume_context: &request.volume_context,
+                readonly: request.readonly,
             });
             (request.volume_id, result)
         })
@@ -309,7 +335,7 @@ pub fn registration_socket(registration_dir: &Path) -> PathBuf {
     registration_dir.join(format!("{DRIVER_NAME}-reg.sock"))
 }
 
-/// Serves Identity and Node on `listener` until `shutdown`.
+/// Serves Identity, Node (and the capabilities-only [`Controller`]) on `listener` until `shutdown`.
 pub async fn serve_csi(
     listener: UnixListener,
     identity: Identity,
@@ -319,6 +345,7 @@ pub async fn serve_csi(
     Server::builder()
         .add_service(identity_server::IdentityServer::new(identity))
         .add_service(node_server::NodeServer::new(node))
+        .add_service(controller_server::ControllerServer::new(Controller))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled_owned())
         .await
 }

@@ -368,3 +368,52 @@ async fn the_registrar_answers_the_kubelet_and_readiness_follows_its_verdict() {
     assert_eq!(status, 503, "{body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_read_only_volume_is_mounted_read_only() {
+    let tmp = MountedTempDir::new();
+    let layout = prepare_data_dir(&tmp.path().join("data"), 10);
+    std::fs::create_dir_all(layout.host_storage(TENANT).unwrap()).unwrap();
+    std::fs::write(layout.host_storage(TENANT).unwrap().join("state"), "kept").unwrap();
+    let mut server = Server::start(tmp.path(), Duration::from_secs(120), false).await;
+    for (pod, mode, file) in [
+        ("ro-app", "app", "agent/lib64/liboneagentproc.so"),
+        ("ro-host", "host", "state"),
+    ] {
+        let volume = KubeletVolume::new(&tmp.path().join("kubelet"), pod, mode);
+        let mut request = volume.publish_request();
+        request.readonly = true;
+        server.node.node_publish_volume(request).await.unwrap();
+        assert!(volume.target.join(file).exists(), "{mode}: readable");
+        let err = std::fs::write(volume.target.join("new-file"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(30), "{mode}: EROFS, not {err}");
+        volume.unpublish(&mut server.node).await.unwrap();
+    }
+    assert!(tmp.mounts().is_empty(), "left mounted: {:?}", tmp.mounts());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_torn_dynakube_record_ends_in_an_empty_volume_not_an_endless_error() {
+    let tmp = MountedTempDir::new();
+    let layout = prepare_data_dir(&tmp.path().join("data"), 1);
+    std::fs::write(layout.dynakube_record(DYNAKUBE).unwrap(), b"{\"tenantUu").unwrap();
+    let mut server = Server::start(tmp.path(), Duration::from_secs(120), false).await;
+    let volume = KubeletVolume::new(&tmp.path().join("kubelet"), "pod-torn", "app");
+    let mut codes = Vec::new();
+    for _ in 0..11 {
+        match volume.publish(&mut server.node).await {
+            Ok(()) => break,
+            Err(err) => codes.push(err.code()),
+        }
+    }
+    assert!(codes.iter().all(|c| *c == Code::Unavailable), "{codes:?}");
+    assert_eq!(
+        codes.len(),
+        10,
+        "the default limit of 10 failed attempts, then empty"
+    );
+    assert!(is_mounted(&volume.target));
+    volume.unpublish(&mut server.node).await.unwrap();
+    server.stop().await;
+}

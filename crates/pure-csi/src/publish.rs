@@ -45,6 +45,8 @@ pub struct PublishInput<'a> {
     pub access_type: Option<AccessType>,
     /// `volume_context`.
     pub volume_context: &'a HashMap<String, String>,
+    /// `readonly`: the pod's volume asks for a read-only mount.
+    pub readonly: bool,
 }
 
 /// The pod a volume belongs to (for events and logs; may be empty when the CSIDriver lacks
@@ -70,6 +72,8 @@ pub struct PublishRequest {
     pub mode: Mode,
     /// The pod.
     pub pod: PodRef,
+    /// Mount the target read-only.
+    pub readonly: bool,
 }
 
 /// The volume's mode.
@@ -167,6 +171,7 @@ pub fn validate_publish(input: PublishInput<'_>) -> Result<PublishRequest, Inval
         dynakube,
         mode,
         pod,
+        readonly: input.readonly,
     })
 }
 
@@ -330,6 +335,7 @@ mod tests {
             target_path: "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/oneagent-bin/mount",
             access_type: Some(AccessType::Mount),
             volume_context: ctx,
+            readonly: false,
         }
     }
 

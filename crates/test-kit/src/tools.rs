@@ -144,6 +144,66 @@ pub fn locate_kubelet() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The Go module that pins csi-sanity, relative to the workspace root. Cached apart from the control
+/// plane (see [`csi_sanity_dir`]), so adding or bumping it does not rebuild the control plane.
+pub const CSI_SANITY_MODULE: &str = "tools/csi-sanity";
+
+/// The package of the csi-sanity command.
+pub const CSI_SANITY_PACKAGE: &str = "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity";
+
+/// Bumped whenever csi-sanity's build recipe changes.
+pub const CSI_SANITY_RECIPE_VERSION: &str = "1";
+
+/// Environment variable that turns a missing optional test tool (csi-sanity) into a test failure
+/// instead of a skip (CI sets it).
+pub const REQUIRE_TOOLS_ENV: &str = "DTO_REQUIRE_TOOLS";
+
+/// csi-sanity's cache directory for this checkout: `<cache>/csi-sanity/<hash>`, the hash covering
+/// `tools/csi-sanity` and [`CSI_SANITY_RECIPE_VERSION`].
+pub fn csi_sanity_dir() -> anyhow::Result<PathBuf> {
+    let workspace = workspace_root();
+    let mut hasher = Sha256::new();
+    hasher.update(CSI_SANITY_RECIPE_VERSION.as_bytes());
+    for file in ["go.mod", "go.sum"] {
+        let path = workspace.join(CSI_SANITY_MODULE).join(file);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading the tool pin {}", path.display()))?;
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    let hash: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(cache_root()?.join("csi-sanity").join(hash))
+}
+
+/// The pinned csi-sanity: `$DTO_TOOLS_DIR/bin/csi-sanity` when that is set, else the cached build. Fails
+/// with what to run when it is not built.
+pub fn locate_csi_sanity() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(TOOLS_DIR_ENV) {
+        let path = PathBuf::from(dir).join("bin/csi-sanity");
+        if !path.exists() {
+            bail!(
+                "{TOOLS_DIR_ENV} is set but {} does not exist; build it there or unset {TOOLS_DIR_ENV}",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let dir = csi_sanity_dir()?;
+    let path = dir.join("csi-sanity");
+    if !path.exists() || !dir.join(COMPLETE_MARKER).exists() {
+        bail!(
+            "csi-sanity is not built in {}; run `cargo xtask tools` to build it (under a minute)",
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Paths of the built control plane tools.
 #[derive(Debug, Clone)]
 pub struct Tools {
