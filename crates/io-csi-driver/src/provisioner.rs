@@ -632,16 +632,15 @@ async fn run_gc(shared: &Arc<Shared>) {
     shared.status.refresh(&shared.layout).await;
 }
 
-/// Removes the records of DynaKubes that no longer exist (deletions do not trigger a reconcile).
+/// Removes the records of DynaKubes that no longer exist (deletions do not trigger a reconcile). A
+/// record whose DynaKube is not in the controller's cache is confirmed with a GET before it goes, so a
+/// cache that is still filling never costs a record.
 async fn sweep_loop(
     shared: Arc<Shared>,
     store: kube::runtime::reflector::Store<DynaKube>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = store.wait_until_ready() => if ready.is_err() { return },
-    }
+    let api: Api<DynaKube> = Api::namespaced(shared.client.clone(), &shared.config.namespace);
     let mut interval = tokio::time::interval(shared.config.sweep_interval);
     loop {
         tokio::select! {
@@ -658,20 +657,26 @@ async fn sweep_loop(
         let mut removed = false;
         for name in names {
             let object = ObjectRef::<DynaKube>::new(&name).within(&shared.config.namespace);
-            if store.get(&object).is_some() {
-                continue;
-            }
             let Ok(path) = shared.layout.dynakube_record(&name) else {
                 continue;
             };
-            if path.exists() {
-                match records::remove(&path) {
-                    Ok(()) => {
-                        tracing::info!(dynakube = %name, "DynaKube deleted; its record is removed");
-                        removed = true;
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot remove the record of a deleted DynaKube"),
+            if store.get(&object).is_some() || !path.exists() {
+                continue;
+            }
+            match api.get_metadata_opt(&name).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%error, dynakube = %name, "cannot check whether the DynaKube exists");
+                    continue;
                 }
+            }
+            match records::remove(&path) {
+                Ok(()) => {
+                    tracing::info!(dynakube = %name, "DynaKube deleted; its record is removed");
+                    removed = true;
+                }
+                Err(error) => tracing::warn!(%error, "cannot remove the record of a deleted DynaKube"),
             }
         }
         if removed {
