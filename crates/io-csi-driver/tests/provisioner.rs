@@ -359,6 +359,9 @@ async fn hostile_archives_and_faults_install_nothing_then_a_retry_succeeds() {
         world.tenant.set_fault(Endpoint::Download, fault.clone(), None);
         world.dynakube(&name, app_monitoring_csi(), Some(V2)).await;
         let note = world.event(&name, FAILED_INSTALL).await;
+        if let Fault::Hostile { archive } = fault {
+            assert!(note.contains(archive.bad_entry()), "{fault:?}: {note}");
+        }
         assert!(
             note.contains(V2) && note.contains("tries again"),
             "{fault:?}: {note}"
