@@ -619,7 +619,10 @@ async fn run_gc(shared: &Arc<Shared>) {
     };
     let layout = shared.layout.clone();
     let metrics = shared.metrics.gc.clone();
-    match tokio::task::spawn_blocking(move || gc::run_once(&layout, &policy, &metrics)).await {
+    let active = shared.active_staging.clone();
+    let staging_active = move |name: &str| lock(&active).contains(name);
+    match tokio::task::spawn_blocking(move || gc::run_once(&layout, &policy, &staging_active, &metrics)).await
+    {
         Ok(Ok(report)) => tracing::info!(
             removed = report.removed.len(),
             kept_in_use = report.kept_in_use.len(),

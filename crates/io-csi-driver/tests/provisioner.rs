@@ -497,13 +497,15 @@ fn gc_keeps_what_is_mounted_and_removes_the_rest() {
     age(old.dir(), 8);
     age(young.dir(), 1);
     std::fs::create_dir_all(layout.staging().join("crashed-install/agent")).unwrap();
+    // An install that started after the policy's snapshot of the active staging names.
+    std::fs::create_dir_all(layout.staging().join("late-install")).unwrap();
 
     let metrics = gc::GcMetrics::default();
     let policy = Policy {
         max_unmounted_volume_age: Duration::from_secs(7 * 86_400),
         active_staging: BTreeSet::new(),
     };
-    let result = gc::run_once(&layout, &policy, &metrics);
+    let result = gc::run_once(&layout, &policy, &|name| name == "late-install", &metrics);
     umount(&live.mapped());
     let report = result.unwrap();
 
@@ -522,6 +524,7 @@ fn gc_keeps_what_is_mounted_and_removes_the_rest() {
     assert!(layout.dynakube_config("dk", "old-mounted").unwrap().is_dir());
     assert!(layout.dynakube_config("dk", "current").unwrap().is_dir());
     assert!(live.dir().is_dir() && young.dir().is_dir());
+    assert!(layout.staging().join("late-install").is_dir());
     assert_eq!(metrics.runs.get(), 1);
     assert_eq!(metrics.folders_removed.get(), 4);
     // The unwanted version (4096 + 10 bytes), the old layer (3), the old volume's log (1000).
@@ -529,7 +532,8 @@ fn gc_keeps_what_is_mounted_and_removes_the_rest() {
     assert_eq!(metrics.reclaimed_bytes.get(), report.reclaimed_bytes);
 
     // Unmounted now, and no record wants it: the next run collects the old version and its layer.
-    let report = gc::run_once(&layout, &policy, &metrics).unwrap();
+    std::fs::remove_dir(layout.staging().join("late-install")).unwrap();
+    let report = gc::run_once(&layout, &policy, &|_| false, &metrics).unwrap();
     let removed: BTreeSet<PathBuf> = report.removed.iter().map(|r| r.path.clone()).collect();
     assert_eq!(
         removed,
