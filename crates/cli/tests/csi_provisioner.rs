@@ -183,7 +183,8 @@ async fn a_provisioner_killed_during_an_unpack_leaves_no_half_version_and_comple
     kill9(&mut child);
 }
 
-#[tokio::test]
+// Several threads: the fake tenant serves from this runtime while the test waits for curl and unzip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run by hand with --release --ignored --nocapture"]
 async fn bench_unpacking_a_large_archive() {
     let archive_mib: u64 = std::env::var("BENCH_ARCHIVE_MIB")
