@@ -594,3 +594,46 @@ async fn the_provisioner_collects_a_replaced_version_only_when_unmounted() {
     );
     world.stop().await;
 }
+
+/// A changed setting gives a new layer (layers are never changed under a live overlay); the old one is
+/// collected once nothing mounts it.
+#[tokio::test]
+async fn a_changed_host_group_gives_a_new_layer_and_the_old_one_is_collected() {
+    let mut world = World::start(Duration::from_millis(300)).await;
+    world
+        .dynakube("dk", json!({ "cloudNativeFullStack": {} }), Some(V2))
+        .await;
+    let first = world.provisioned("dk", V2).await.config.unwrap();
+    world
+        .dynakubes()
+        .patch(
+            "dk",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "oneAgent": { "cloudNativeFullStack": {
+                "args": ["--set-host-group=blue"] } } } })),
+        )
+        .await
+        .unwrap();
+    let second = eventually("a new layer", WAIT, || async {
+        Ok(world.record("dk").and_then(|r| r.config).filter(|c| *c != first))
+    })
+    .await
+    .unwrap();
+    let conf = std::fs::read_to_string(
+        world
+            .layout
+            .dynakube_config("dk", &second)
+            .unwrap()
+            .join("agent/conf/ruxitagentproc.conf"),
+    )
+    .unwrap();
+    assert!(conf.contains("hostGroup blue"), "{conf}");
+    eventually("the old layer collected", WAIT, || async {
+        Ok((!world.layout.dynakube_config("dk", &first).unwrap().exists()).then_some(()))
+    })
+    .await
+    .unwrap();
+    // The version was downloaded once.
+    assert_eq!(world.tenant.request_count(Endpoint::Download), 1);
+    world.stop().await;
+}
