@@ -58,8 +58,9 @@ impl World {
         }
     }
 
-    /// Starts the provisioner binary (`BENCH_PROVISIONER` or this build's), logging to `self.log`.
-    fn spawn(&self) -> Child {
+    /// Starts the provisioner binary (`BENCH_PROVISIONER` or this build's), logging to `self.log`;
+    /// returns it and the port of its probes and metrics.
+    fn spawn(&self) -> (Child, u16) {
         let binary = std::env::var("BENCH_PROVISIONER")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_dynatrace-operator").to_owned());
         let log = std::fs::OpenOptions::new()
@@ -68,7 +69,7 @@ impl World {
             .open(&self.log)
             .unwrap();
         let port = test_kit::cluster::free_port().unwrap();
-        Command::new(binary)
+        let child = Command::new(binary)
             .args(["csi-provisioner", "--node-id", &self.node, "--data-dir"])
             .arg(self.layout.root())
             .args([
@@ -83,7 +84,8 @@ impl World {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        (child, port)
     }
 
     async fn dynakube(&self) {
@@ -148,7 +150,7 @@ fn kill9(child: &mut Child) {
 #[tokio::test]
 async fn a_provisioner_killed_during_an_unpack_leaves_no_half_version_and_completes_after_restart() {
     let world = World::start(200 << 20).await;
-    let mut child = world.spawn();
+    let (mut child, _) = world.spawn();
     world.dynakube().await;
     // Killed once the unpack has written a good part of the payload into staging.
     eventually("the unpack under way", Duration::from_secs(120), || async {
@@ -165,7 +167,7 @@ async fn a_provisioner_killed_during_an_unpack_leaves_no_half_version_and_comple
     assert_eq!((record.version, record.config), (None, None));
     assert!(bytes_below(&world.layout.staging()) > 0, "the kill came too late");
 
-    let mut child = world.spawn();
+    let (mut child, port) = world.spawn();
     world.provisioned(Duration::from_secs(180)).await;
     let version = world.layout.codemodule(VERSION).unwrap();
     assert_eq!(
@@ -180,6 +182,16 @@ async fn a_provisioner_killed_during_an_unpack_leaves_no_half_version_and_comple
     })
     .await
     .unwrap();
+    let metrics = test_kit::http_get(port, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("dynatrace_csi_driver_gc_runs_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dynatrace_csi_driver_gc_folders_removed_total 1"),
+        "{metrics}"
+    );
+    assert!(test_kit::http_get(port, "/readyz").await.unwrap().ends_with("ok"));
     kill9(&mut child);
 }
 
@@ -221,7 +233,7 @@ async fn bench_unpacking_a_large_archive() {
     assert!(status.success());
     std::fs::remove_dir_all(&unzip_dir).unwrap();
 
-    let mut child = world.spawn();
+    let (mut child, _) = world.spawn();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = status_kib(child.id(), "VmRSS:").unwrap();
     let started = Instant::now();

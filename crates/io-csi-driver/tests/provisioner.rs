@@ -635,5 +635,18 @@ async fn a_changed_host_group_gives_a_new_layer_and_the_old_one_is_collected() {
     .unwrap();
     // The version was downloaded once.
     assert_eq!(world.tenant.request_count(Endpoint::Download), 1);
+
+    // The node status is written only when it changed: GC runs and resyncs leave it alone.
+    let version = world.node_status().await.unwrap().metadata.resource_version;
+    let runs = world.metrics.gc.runs.get();
+    eventually("three more GC runs", WAIT, || async {
+        Ok((world.metrics.gc.runs.get() >= runs + 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        world.node_status().await.unwrap().metadata.resource_version,
+        version
+    );
     world.stop().await;
 }
