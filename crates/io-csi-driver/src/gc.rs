@@ -86,6 +86,18 @@ pub fn run_once(
     metrics: &GcMetrics,
 ) -> Result<GcReport, GcError> {
     metrics.runs.inc();
+    // The mount table names real paths: a data dir given through a symlink or relatively would make
+    // every mounted version look unmounted.
+    let layout = &match std::fs::canonicalize(layout.root()) {
+        Ok(root) => Layout::new(root),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(GcReport::default()),
+        Err(source) => {
+            return Err(GcError::List {
+                path: layout.root().to_owned(),
+                source,
+            });
+        }
+    };
     let listing = listing(layout)?;
     let plan = pure_csi::gc::plan(layout, &listing, &mounts::read()?, policy);
     let mut report = GcReport::default();

@@ -650,3 +650,31 @@ async fn a_changed_host_group_gives_a_new_layer_and_the_old_one_is_collected() {
     );
     world.stop().await;
 }
+
+/// The data dir given through a symlink (or a relative path): the mount table names the real path, and
+/// a mounted version must still be seen as mounted.
+#[test]
+fn gc_through_a_symlinked_data_dir_keeps_a_mounted_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Layout::new(dir.path().join("real"));
+    make_version(&real, V1);
+    let volume = real.app_mount("csi-1").unwrap();
+    mount_overlay(
+        &[&real.codemodule(V1).unwrap()],
+        &volume.upper(),
+        &volume.work(),
+        &volume.mapped(),
+    );
+    std::os::unix::fs::symlink(real.root(), dir.path().join("link")).unwrap();
+    let through_link = Layout::new(dir.path().join("link"));
+    let policy = Policy {
+        max_unmounted_volume_age: Duration::ZERO,
+        active_staging: BTreeSet::new(),
+    };
+    let result = gc::run_once(&through_link, &policy, &|_| false, &gc::GcMetrics::default());
+    let kept = real.codemodule(V1).unwrap().join("agent/lib.so").is_file();
+    umount(&volume.mapped());
+    let report = result.unwrap();
+    assert!(kept, "a mounted version was deleted: {report:?}");
+    assert!(report.removed.is_empty(), "{report:?}");
+}
