@@ -263,13 +263,16 @@ fn error_policy(dynakube: Arc<DynaKube>, error: &ProvisionError, shared: Arc<Sha
         *count = count.saturating_add(1);
         *count
     };
-    let delay = shared
-        .config
-        .min_backoff
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(shared.config.max_backoff);
+    let delay = backoff(failures, shared.config.min_backoff, shared.config.max_backoff);
     tracing::warn!(dynakube = %dynakube.name_any(), %error, failures, ?delay, "provisioning failed; retrying");
     Action::requeue(delay)
+}
+
+/// The delay after the `failures`-th consecutive failure: `min`, doubled per further failure, at most
+/// `max`.
+fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    min.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(max)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -685,5 +688,19 @@ async fn sweep_loop(
         if removed {
             shared.status.refresh(&shared.layout).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n, min, max).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(0, min, max), min);
+        assert_eq!(backoff(u32::MAX, min, max), max);
     }
 }
