@@ -299,7 +299,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
         .or_else(|| dynakube.tenant_uuid())
         .ok_or_else(|| ProvisionError::NoTenant(name.clone()))?;
     pure_csi::layout::component("tenant UUID", &tenant_uuid)?;
-    let existing: Option<DynakubeRecord> = records::read(&record_path)?;
+    let existing = read_own_record(&record_path)?;
     let mut record = DynakubeRecord {
         tenant_uuid: tenant_uuid.clone(),
         max_failed_mount_attempts: dynakube.feature_flags().max_csi_mount_attempts(),
@@ -365,7 +365,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
     let config = write_config_layer(shared, &name, &version_dir, &properties)?;
     record.version = Some(version.clone());
     record.config = Some(config);
-    if records::read::<DynakubeRecord>(&record_path)?.as_ref() != Some(&record) {
+    if read_own_record(&record_path)?.as_ref() != Some(&record) {
         records::write(&record_path, &record)?;
     }
     drop(guard);
@@ -388,6 +388,18 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
         .await;
     }
     Ok(Action::requeue(shared.config.resync))
+}
+
+/// The DynaKube's record; one that is not valid JSON (damaged by hand) counts as missing: this process
+/// is its writer and replaces it.
+fn read_own_record(path: &Path) -> Result<Option<DynakubeRecord>, ProvisionError> {
+    match records::read(path) {
+        Err(RecordError::Corrupt { path, source }) => {
+            tracing::warn!(path = %path.display(), %source, "replacing a record that is not valid");
+            Ok(None)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// The properties merged into the version's `ruxitagentproc.conf` for this DynaKube: the environment's

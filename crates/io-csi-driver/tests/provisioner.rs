@@ -149,8 +149,11 @@ impl World {
             .unwrap();
     }
 
+    /// The record; `None` also while it is not valid (one test damages it on purpose).
     fn record(&self, name: &str) -> Option<DynakubeRecord> {
-        records::read(&self.layout.dynakube_record(name).unwrap()).unwrap()
+        records::read(&self.layout.dynakube_record(name).unwrap())
+            .ok()
+            .flatten()
     }
 
     /// Waits until `name`'s record names `version` and a layer, and returns the record.
@@ -300,7 +303,16 @@ async fn two_dynakubes_of_one_version_download_it_once() {
     world
         .tenant
         .set_fault(Endpoint::Download, Fault::Latency { millis: 1500 }, None);
-    world.dynakube("one", app_monitoring_csi(), Some(V2)).await;
+    // A record damaged by hand is rewritten, not a reason to stop.
+    world.dynakube("one", app_monitoring_csi(), None).await;
+    let damaged = world.layout.dynakube_record("one").unwrap();
+    eventually("the first record", WAIT, || async {
+        Ok(damaged.exists().then_some(()))
+    })
+    .await
+    .unwrap();
+    std::fs::write(&damaged, "{not json").unwrap();
+    world.set_version("one", V2).await;
     world
         .dynakube("two", json!({ "cloudNativeFullStack": {} }), Some(V2))
         .await;
