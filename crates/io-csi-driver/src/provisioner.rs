@@ -194,6 +194,8 @@ struct Shared {
     active_staging: Arc<Mutex<BTreeSet<String>>>,
     /// Consecutive failures per DynaKube, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The last process-module configuration per API URL.
+    process_module_configs: Mutex<HashMap<String, io_tenant_client::ProcessModuleConfig>>,
 }
 
 /// Runs the provisioner until `shutdown`: the controller, the GC loop and the sweep of records of
@@ -219,6 +221,7 @@ pub async fn run(
         gc_guard: tokio::sync::RwLock::default(),
         active_staging: Arc::default(),
         failures: Mutex::default(),
+        process_module_configs: Mutex::default(),
         config,
     });
     let stop = tokio_util::sync::CancellationToken::new();
@@ -411,9 +414,20 @@ async fn properties(
     client: &TenantClient,
     tenant_uuid: &str,
 ) -> Result<Vec<Property>, ProvisionError> {
-    let from_tenant: Vec<Property> = client
-        .process_module_config(0)
-        .await?
+    // The last answer per environment is kept: asked with its revision, the environment answers 304
+    // while nothing changed, and the kept answer is used.
+    let cached = lock(&shared.process_module_configs)
+        .get(&dynakube.spec.api_url)
+        .cloned();
+    let revision = cached.as_ref().map_or(0, |c| c.revision);
+    let config = match client.process_module_config(revision).await? {
+        Some(fresh) => {
+            lock(&shared.process_module_configs).insert(dynakube.spec.api_url.clone(), fresh.clone());
+            Some(fresh)
+        }
+        None => cached,
+    };
+    let from_tenant: Vec<Property> = config
         .map(|c| {
             c.properties
                 .into_iter()

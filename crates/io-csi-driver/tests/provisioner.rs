@@ -640,6 +640,18 @@ async fn a_changed_host_group_gives_a_new_layer_and_the_old_one_is_collected() {
     )
     .unwrap();
     assert!(conf.contains("hostGroup blue"), "{conf}");
+    // The environment's settings are still there, whether the second reconcile got them again or was
+    // told they had not changed (304).
+    assert!(conf.contains("storage /var/lib/dynatrace/oneagent"), "{conf}");
+    let answers: Vec<(String, u16)> = world
+        .tenant
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint == Endpoint::ProcessModuleConfig)
+        .map(|r| (r.query, r.status))
+        .collect();
+    assert_eq!(answers[0], ("revision=0".to_owned(), 200), "{answers:?}");
+    assert_eq!(answers[1], ("revision=1".to_owned(), 304), "{answers:?}");
     eventually("the old layer collected", WAIT, || async {
         Ok((!world.layout.dynakube_config("dk", &first).unwrap().exists()).then_some(()))
     })
