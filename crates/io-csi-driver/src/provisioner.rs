@@ -569,12 +569,25 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.path)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.path.display(), %error, "cannot remove a staging directory; GC removes it");
+        let (path, name, active) = (
+            std::mem::take(&mut self.path),
+            std::mem::take(&mut self.name),
+            self.active.clone(),
+        );
+        // A failed install can leave a large tree: removed off the async workers. The name stays
+        // active until the tree is gone, so GC does not race the removal.
+        let remove = move || {
+            if let Err(error) = std::fs::remove_dir_all(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a staging directory; GC removes it");
+            }
+            lock(&active).remove(&name);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
-        lock(&self.active).remove(&self.name);
     }
 }
 
