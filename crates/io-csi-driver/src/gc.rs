@@ -76,12 +76,40 @@ pub enum GcError {
 }
 
 /// One run (blocking: call it from `spawn_blocking`). A removal that fails is logged and the run goes on.
-pub fn run_once(layout: &Layout, policy: &Policy, metrics: &GcMetrics) -> Result<GcReport, GcError> {
+/// `staging_active` is asked again right before a staging entry is removed: an install registers its
+/// staging name before it creates the directory, so an entry listed here and not active at deletion time
+/// is a leftover.
+pub fn run_once(
+    layout: &Layout,
+    policy: &Policy,
+    staging_active: &dyn Fn(&str) -> bool,
+    metrics: &GcMetrics,
+) -> Result<GcReport, GcError> {
     metrics.runs.inc();
+    // The mount table names real paths: a data dir given through a symlink or relatively would make
+    // every mounted version look unmounted.
+    let layout = &match std::fs::canonicalize(layout.root()) {
+        Ok(root) => Layout::new(root),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(GcReport::default()),
+        Err(source) => {
+            return Err(GcError::List {
+                path: layout.root().to_owned(),
+                source,
+            });
+        }
+    };
     let listing = listing(layout)?;
     let plan = pure_csi::gc::plan(layout, &listing, &mounts::read()?, policy);
     let mut report = GcReport::default();
     for removal in plan {
+        if removal.reason == pure_csi::gc::Reason::StaleStaging
+            && removal
+                .path
+                .file_name()
+                .is_some_and(|name| staging_active(&name.to_string_lossy()))
+        {
+            continue;
+        }
         // The truth at deletion time, not the one the plan saw.
         if !removal.still_safe(&mounts::read()?) {
             tracing::info!(path = %removal.path.display(), "kept: mounted since the plan was made");

@@ -194,6 +194,8 @@ struct Shared {
     active_staging: Arc<Mutex<BTreeSet<String>>>,
     /// Consecutive failures per DynaKube, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The last process-module configuration per API URL.
+    process_module_configs: Mutex<HashMap<String, io_tenant_client::ProcessModuleConfig>>,
 }
 
 /// Runs the provisioner until `shutdown`: the controller, the GC loop and the sweep of records of
@@ -219,6 +221,7 @@ pub async fn run(
         gc_guard: tokio::sync::RwLock::default(),
         active_staging: Arc::default(),
         failures: Mutex::default(),
+        process_module_configs: Mutex::default(),
         config,
     });
     let stop = tokio_util::sync::CancellationToken::new();
@@ -263,13 +266,16 @@ fn error_policy(dynakube: Arc<DynaKube>, error: &ProvisionError, shared: Arc<Sha
         *count = count.saturating_add(1);
         *count
     };
-    let delay = shared
-        .config
-        .min_backoff
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(shared.config.max_backoff);
+    let delay = backoff(failures, shared.config.min_backoff, shared.config.max_backoff);
     tracing::warn!(dynakube = %dynakube.name_any(), %error, failures, ?delay, "provisioning failed; retrying");
     Action::requeue(delay)
+}
+
+/// The delay after the `failures`-th consecutive failure: `min`, doubled per further failure, at most
+/// `max`.
+fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    min.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(max)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -296,7 +302,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
         .or_else(|| dynakube.tenant_uuid())
         .ok_or_else(|| ProvisionError::NoTenant(name.clone()))?;
     pure_csi::layout::component("tenant UUID", &tenant_uuid)?;
-    let existing: Option<DynakubeRecord> = records::read(&record_path)?;
+    let existing = read_own_record(&record_path)?;
     let mut record = DynakubeRecord {
         tenant_uuid: tenant_uuid.clone(),
         max_failed_mount_attempts: dynakube.feature_flags().max_csi_mount_attempts(),
@@ -362,7 +368,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
     let config = write_config_layer(shared, &name, &version_dir, &properties)?;
     record.version = Some(version.clone());
     record.config = Some(config);
-    if records::read::<DynakubeRecord>(&record_path)?.as_ref() != Some(&record) {
+    if read_own_record(&record_path)?.as_ref() != Some(&record) {
         records::write(&record_path, &record)?;
     }
     drop(guard);
@@ -387,6 +393,18 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
     Ok(Action::requeue(shared.config.resync))
 }
 
+/// The DynaKube's record; one that is not valid JSON (damaged by hand) counts as missing: this process
+/// is its writer and replaces it.
+fn read_own_record(path: &Path) -> Result<Option<DynakubeRecord>, ProvisionError> {
+    match records::read(path) {
+        Err(RecordError::Corrupt { path, source }) => {
+            tracing::warn!(path = %path.display(), %source, "replacing a record that is not valid");
+            Ok(None)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// The properties merged into the version's `ruxitagentproc.conf` for this DynaKube: the environment's
 /// process-module configuration, proxy and host group (as the init container merges them), and the
 /// tenant, its token and the communication endpoints when the operator has found them.
@@ -396,9 +414,20 @@ async fn properties(
     client: &TenantClient,
     tenant_uuid: &str,
 ) -> Result<Vec<Property>, ProvisionError> {
-    let from_tenant: Vec<Property> = client
-        .process_module_config(0)
-        .await?
+    // The last answer per environment is kept: asked with its revision, the environment answers 304
+    // while nothing changed, and the kept answer is used.
+    let cached = lock(&shared.process_module_configs)
+        .get(&dynakube.spec.api_url)
+        .cloned();
+    let revision = cached.as_ref().map_or(0, |c| c.revision);
+    let config = match client.process_module_config(revision).await? {
+        Some(fresh) => {
+            lock(&shared.process_module_configs).insert(dynakube.spec.api_url.clone(), fresh.clone());
+            Some(fresh)
+        }
+        None => cached,
+    };
+    let from_tenant: Vec<Property> = config
         .map(|c| {
             c.properties
                 .into_iter()
@@ -540,12 +569,25 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.path)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.path.display(), %error, "cannot remove a staging directory; GC removes it");
+        let (path, name, active) = (
+            std::mem::take(&mut self.path),
+            std::mem::take(&mut self.name),
+            self.active.clone(),
+        );
+        // A failed install can leave a large tree: removed off the async workers. The name stays
+        // active until the tree is gone, so GC does not race the removal.
+        let remove = move || {
+            if let Err(error) = std::fs::remove_dir_all(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a staging directory; GC removes it");
+            }
+            lock(&active).remove(&name);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
-        lock(&self.active).remove(&self.name);
     }
 }
 
@@ -619,7 +661,10 @@ async fn run_gc(shared: &Arc<Shared>) {
     };
     let layout = shared.layout.clone();
     let metrics = shared.metrics.gc.clone();
-    match tokio::task::spawn_blocking(move || gc::run_once(&layout, &policy, &metrics)).await {
+    let active = shared.active_staging.clone();
+    let staging_active = move |name: &str| lock(&active).contains(name);
+    match tokio::task::spawn_blocking(move || gc::run_once(&layout, &policy, &staging_active, &metrics)).await
+    {
         Ok(Ok(report)) => tracing::info!(
             removed = report.removed.len(),
             kept_in_use = report.kept_in_use.len(),
@@ -632,16 +677,15 @@ async fn run_gc(shared: &Arc<Shared>) {
     shared.status.refresh(&shared.layout).await;
 }
 
-/// Removes the records of DynaKubes that no longer exist (deletions do not trigger a reconcile).
+/// Removes the records of DynaKubes that no longer exist (deletions do not trigger a reconcile). A
+/// record whose DynaKube is not in the controller's cache is confirmed with a GET before it goes, so a
+/// cache that is still filling never costs a record.
 async fn sweep_loop(
     shared: Arc<Shared>,
     store: kube::runtime::reflector::Store<DynaKube>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = store.wait_until_ready() => if ready.is_err() { return },
-    }
+    let api: Api<DynaKube> = Api::namespaced(shared.client.clone(), &shared.config.namespace);
     let mut interval = tokio::time::interval(shared.config.sweep_interval);
     loop {
         tokio::select! {
@@ -658,24 +702,44 @@ async fn sweep_loop(
         let mut removed = false;
         for name in names {
             let object = ObjectRef::<DynaKube>::new(&name).within(&shared.config.namespace);
-            if store.get(&object).is_some() {
-                continue;
-            }
             let Ok(path) = shared.layout.dynakube_record(&name) else {
                 continue;
             };
-            if path.exists() {
-                match records::remove(&path) {
-                    Ok(()) => {
-                        tracing::info!(dynakube = %name, "DynaKube deleted; its record is removed");
-                        removed = true;
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot remove the record of a deleted DynaKube"),
+            if store.get(&object).is_some() || !path.exists() {
+                continue;
+            }
+            match api.get_metadata_opt(&name).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%error, dynakube = %name, "cannot check whether the DynaKube exists");
+                    continue;
                 }
+            }
+            match records::remove(&path) {
+                Ok(()) => {
+                    tracing::info!(dynakube = %name, "DynaKube deleted; its record is removed");
+                    removed = true;
+                }
+                Err(error) => tracing::warn!(%error, "cannot remove the record of a deleted DynaKube"),
             }
         }
         if removed {
             shared.status.refresh(&shared.layout).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n, min, max).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(0, min, max), min);
+        assert_eq!(backoff(u32::MAX, min, max), max);
     }
 }

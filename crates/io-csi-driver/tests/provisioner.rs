@@ -1,0 +1,704 @@
+//! `csi-provisioner` on the real control plane (a kwok node stands for this node) with the fake tenant,
+//! and its GC with real overlay mounts (the tests run as root).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use io_csi_driver::provisioner::{self, FAILED_INSTALL, INSTALLED, Metrics, ProvisionerConfig};
+use io_csi_driver::{gc, records};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use pure_api::dynakube::DynaKube;
+use pure_csi::gc::Policy;
+use pure_csi::layout::{DynakubeRecord, Layout};
+use serde_json::{Value, json};
+use test_fake_tenant::{Endpoint, FakeTenant, Fault, HostileArchive, Listen, TenantConfig};
+use test_kit::{TestNamespace, eventually};
+
+const V1: &str = "1.276.0.20230901-120000";
+const V2: &str = "1.277.0.20230914-094321";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct World {
+    ns: TestNamespace,
+    tenant: FakeTenant,
+    node: String,
+    /// Holds the data dir; the layout is below it so that escapes land in the temporary directory.
+    dir: tempfile::TempDir,
+    layout: Layout,
+    metrics: Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    async fn start(gc_interval: Duration) -> Self {
+        let ns = TestNamespace::create().await.unwrap();
+        install_crds(&ns.client).await;
+        let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
+            .await
+            .unwrap();
+        let node = ns.create_node("csi", &[], Vec::new()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("a/b/data"));
+        let mut world = Self {
+            node: node.metadata.name.unwrap(),
+            ns,
+            tenant,
+            dir,
+            layout,
+            metrics: Metrics::new(),
+            stop: None,
+            task: None,
+        };
+        world.run_provisioner(gc_interval);
+        world
+    }
+
+    fn run_provisioner(&mut self, gc_interval: Duration) {
+        let mut config = ProvisionerConfig::new(
+            self.node.clone(),
+            self.ns.name.clone(),
+            self.layout.root().to_owned(),
+        );
+        config.gc_interval = gc_interval;
+        config.min_backoff = Duration::from_millis(200);
+        config.max_backoff = Duration::from_secs(1);
+        config.sweep_interval = Duration::from_millis(200);
+        config.max_unmounted_volume_age = Duration::ZERO;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(provisioner::run(
+            self.ns.client.clone(),
+            config,
+            self.metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        )));
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    fn dynakubes(&self) -> Api<DynaKube> {
+        Api::namespaced(self.ns.client.clone(), &self.ns.name)
+    }
+
+    /// Creates the token Secret and a DynaKube `name` in `mode` with `status.codeModules.version` set as
+    /// the operator sets it.
+    async fn dynakube(&self, name: &str, one_agent: Value, version: Option<&str>) {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name },
+            "stringData": { "apiToken": "dt0c01.test" },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.ns.client.clone(), &self.ns.name)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let dynakube: DynaKube = serde_json::from_value(json!({
+            "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+            "metadata": { "name": name },
+            "spec": { "apiUrl": self.tenant.api_url(), "oneAgent": one_agent },
+        }))
+        .unwrap();
+        self.dynakubes()
+            .create(&PostParams::default(), &dynakube)
+            .await
+            .unwrap();
+        let tenant_secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": pure_api::dynakube::names::tenant_secret(name) },
+            "stringData": { "tenant-token": "tenant-token-abc" },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.ns.client.clone(), &self.ns.name)
+            .create(&PostParams::default(), &tenant_secret)
+            .await
+            .unwrap();
+        if let Some(version) = version {
+            self.set_version(name, version).await;
+        }
+    }
+
+    /// Sets what the operator finds: the code-module version and the connection info.
+    async fn set_version(&self, name: &str, version: &str) {
+        let status = json!({ "status": {
+            "codeModules": { "version": version },
+            "oneAgent": { "connectionInfoStatus": {
+                "tenantUUID": "abc12345",
+                "endpoints": "https://abc12345.live.dynatrace.com:443/communication",
+            } },
+        } });
+        self.dynakubes()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap();
+    }
+
+    /// The record; `None` also while it is not valid (one test damages it on purpose).
+    fn record(&self, name: &str) -> Option<DynakubeRecord> {
+        records::read(&self.layout.dynakube_record(name).unwrap())
+            .ok()
+            .flatten()
+    }
+
+    /// Waits until `name`'s record names `version` and a layer, and returns the record.
+    async fn provisioned(&self, name: &str, version: &str) -> DynakubeRecord {
+        eventually(&format!("{name} provisioned with {version}"), WAIT, || async {
+            Ok(self
+                .record(name)
+                .filter(|r| r.version.as_deref() == Some(version) && r.config.is_some()))
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn events(&self, name: &str, reason: &str) -> Vec<String> {
+        Api::<Event>::namespaced(self.ns.client.clone(), &self.ns.name)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .map(|e| e.note.unwrap_or_default())
+            .collect()
+    }
+
+    async fn event(&self, name: &str, reason: &str) -> String {
+        eventually(&format!("event {reason} on {name}"), WAIT, || async {
+            Ok(self.events(name, reason).await.into_iter().next())
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn node_status(&self) -> Option<ConfigMap> {
+        Api::<ConfigMap>::namespaced(self.ns.client.clone(), &self.ns.name)
+            .get_opt(&pure_csi::status::config_map_name(&self.node))
+            .await
+            .unwrap()
+    }
+
+    /// Every path in the temporary directory (the data dir and what is around it).
+    fn all_paths(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                out.push(entry.path());
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&entry.path(), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+}
+
+async fn install_crds(client: &Client) {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async { test_kit::install_operator_crds(client).await.unwrap() })
+        .await;
+}
+
+fn app_monitoring_csi() -> Value {
+    json!({ "applicationMonitoring": { "useCSIDriver": true } })
+}
+
+#[tokio::test]
+async fn a_dynakube_gets_its_version_config_layer_record_status_and_event() {
+    let mut world = World::start(Duration::from_secs(3600)).await;
+    world
+        .dynakube("dk", json!({ "cloudNativeFullStack": {} }), Some(V2))
+        .await;
+    let record = world.provisioned("dk", V2).await;
+    assert_eq!(record.tenant_uuid, "abc12345");
+
+    let version = world.layout.codemodule(V2).unwrap();
+    assert_eq!(
+        std::fs::read_link(version.join("agent/bin/current")).unwrap(),
+        Path::new(V2)
+    );
+    assert!(version.join(format!("agent/bin/{V2}/oneagentutil")).is_file());
+    // The version itself stays pristine; the DynaKube's settings are in its own layer.
+    let pristine = std::fs::read_to_string(version.join("agent/conf/ruxitagentproc.conf")).unwrap();
+    assert!(!pristine.contains("tenant abc12345"), "{pristine}");
+    let layer = world
+        .layout
+        .dynakube_config("dk", record.config.as_deref().unwrap())
+        .unwrap()
+        .join("agent/conf/ruxitagentproc.conf");
+    let conf = std::fs::read_to_string(&layer).unwrap();
+    assert!(conf.contains("tenant abc12345"), "{conf}");
+    assert!(conf.contains("storage /var/lib/dynatrace/oneagent"), "{conf}");
+    assert!(conf.contains("tenantToken tenant-token-abc"), "{conf}");
+    assert!(
+        conf.contains("serverAddress {https://abc12345.live.dynatrace.com:443/communication}"),
+        "{conf}"
+    );
+
+    let note = world.event("dk", INSTALLED).await;
+    assert!(note.contains(V2) && note.contains(&world.node), "{note}");
+
+    let status = eventually("node status", WAIT, || async {
+        Ok(world.node_status().await.filter(|m| {
+            m.data
+                .as_ref()
+                .is_some_and(|d| d["dynakubes"].contains("\"ready\":true"))
+        }))
+    })
+    .await
+    .unwrap();
+    let data = status.data.unwrap();
+    assert_eq!(data["versions"], format!("[\"{V2}\"]"));
+    let owner = &status.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Node", world.node.as_str())
+    );
+
+    // A DynaKube that no longer needs the driver loses its record.
+    world
+        .dynakubes()
+        .patch(
+            "dk",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "oneAgent": { "cloudNativeFullStack": null, "classicFullStack": {} } } }),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("record removed", WAIT, || async {
+        Ok(world.record("dk").is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn two_dynakubes_of_one_version_download_it_once() {
+    let mut world = World::start(Duration::from_secs(3600)).await;
+    // Slow downloads, so that both reconciles want the version while the first install runs.
+    world
+        .tenant
+        .set_fault(Endpoint::Download, Fault::Latency { millis: 1500 }, None);
+    // A record damaged by hand is rewritten, not a reason to stop.
+    world.dynakube("one", app_monitoring_csi(), None).await;
+    let damaged = world.layout.dynakube_record("one").unwrap();
+    eventually("the first record", WAIT, || async {
+        Ok(damaged.exists().then_some(()))
+    })
+    .await
+    .unwrap();
+    std::fs::write(&damaged, "{not json").unwrap();
+    world.set_version("one", V2).await;
+    world
+        .dynakube("two", json!({ "cloudNativeFullStack": {} }), Some(V2))
+        .await;
+    let first = world.provisioned("one", V2).await;
+    let second = world.provisioned("two", V2).await;
+    assert_eq!(world.tenant.request_count(Endpoint::Download), 1);
+    // Each DynaKube has its own layer (same tenant, same content, but its own directory).
+    assert!(
+        world
+            .layout
+            .dynakube_config("one", first.config.as_deref().unwrap())
+            .unwrap()
+            .is_dir()
+    );
+    assert!(
+        world
+            .layout
+            .dynakube_config("two", second.config.as_deref().unwrap())
+            .unwrap()
+            .is_dir()
+    );
+    // Only one of them installed it.
+    let installed = world.events("one", INSTALLED).await.len() + world.events("two", INSTALLED).await.len();
+    assert_eq!(installed, 1);
+
+    // A deleted DynaKube loses its record.
+    world
+        .dynakubes()
+        .delete("two", &Default::default())
+        .await
+        .unwrap();
+    eventually("record of a deleted DynaKube removed", WAIT, || async {
+        Ok(world.record("two").is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(world.record("one").is_some());
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_archives_and_faults_install_nothing_then_a_retry_succeeds() {
+    let mut world = World::start(Duration::from_secs(3600)).await;
+    let faults: Vec<Fault> = HostileArchive::ALL
+        .iter()
+        .map(|&archive| Fault::Hostile { archive })
+        .chain([
+            Fault::Corrupt,
+            Fault::CutAfter { bytes: 1000 },
+            Fault::Unavailable,
+        ])
+        .collect();
+    for (i, fault) in faults.iter().enumerate() {
+        let name = format!("dk{i}");
+        world.tenant.clear_requests();
+        world.tenant.set_fault(Endpoint::Download, fault.clone(), None);
+        world.dynakube(&name, app_monitoring_csi(), Some(V2)).await;
+        let note = world.event(&name, FAILED_INSTALL).await;
+        if let Fault::Hostile { archive } = fault {
+            assert!(note.contains(archive.bad_entry()), "{fault:?}: {note}");
+        }
+        assert!(
+            note.contains(V2) && note.contains("tries again"),
+            "{fault:?}: {note}"
+        );
+        // Retried with backoff.
+        eventually(&format!("{fault:?}: retried"), WAIT, || async {
+            Ok((world.tenant.request_count(Endpoint::Download) >= 3).then_some(()))
+        })
+        .await
+        .unwrap();
+        assert!(!world.layout.codemodule(V2).unwrap().exists(), "{fault:?}");
+        let record = world.record(&name).unwrap();
+        assert_eq!((record.version, record.config), (None, None), "{fault:?}");
+        let outside: Vec<_> = world
+            .all_paths()
+            .into_iter()
+            .filter(|p| !p.starts_with(world.layout.root()))
+            .filter(|p| !world.layout.root().starts_with(p))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "{fault:?}: written outside the data dir: {outside:?}"
+        );
+        assert!(!Path::new(HostileArchive::ABSOLUTE_PATH).exists());
+        world
+            .dynakubes()
+            .delete(&name, &Default::default())
+            .await
+            .unwrap();
+    }
+
+    // The fault goes away: the next retry installs.
+    world.tenant.set_fault(
+        Endpoint::Download,
+        Fault::Hostile {
+            archive: HostileArchive::ZipSlip,
+        },
+        None,
+    );
+    world.dynakube("later", app_monitoring_csi(), Some(V2)).await;
+    world.event("later", FAILED_INSTALL).await;
+    world.tenant.clear_faults();
+    world.provisioned("later", V2).await;
+    world.event("later", INSTALLED).await;
+    // Nothing left in staging by the failed attempts.
+    let staging: Vec<_> = std::fs::read_dir(world.layout.staging()).unwrap().collect();
+    assert!(staging.is_empty(), "{staging:?}");
+    world.stop().await;
+}
+
+fn mount_overlay(lower: &[&Path], upper: &Path, work: &Path, target: &Path) {
+    for dir in [upper, work, target] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount -o {options} {}", target.display());
+}
+
+fn umount(target: &Path) {
+    let status = Command::new("umount").arg(target).status().unwrap();
+    assert!(status.success());
+}
+
+fn make_version(layout: &Layout, version: &str) {
+    let dir = layout.codemodule(version).unwrap();
+    std::fs::create_dir_all(dir.join("agent/conf")).unwrap();
+    std::fs::write(dir.join("agent/conf/ruxitagentproc.conf"), "[general]\n").unwrap();
+    std::fs::write(dir.join("agent/lib.so"), vec![1u8; 4096]).unwrap();
+}
+
+fn age(path: &Path, days: u64) {
+    let when = SystemTime::now() - Duration::from_secs(days * 86_400);
+    std::fs::File::open(path).unwrap().set_modified(when).unwrap();
+}
+
+/// GC with real overlay mounts: what an overlay uses is kept whatever the records say, what nothing uses
+/// or wants goes, and unmounted volume dirs go by age.
+#[test]
+fn gc_keeps_what_is_mounted_and_removes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path().join("data"));
+    let (mounted, unwanted, wanted) = ("1.1.0.0-0", "1.2.0.0-0", "1.3.0.0-0");
+    for version in [mounted, unwanted, wanted] {
+        make_version(&layout, version);
+    }
+    records::write(
+        &layout.dynakube_record("dk").unwrap(),
+        &DynakubeRecord {
+            tenant_uuid: "abc".into(),
+            version: Some(wanted.into()),
+            config: Some("current".into()),
+            max_failed_mount_attempts: 10,
+        },
+    )
+    .unwrap();
+    for id in ["current", "old-mounted", "old"] {
+        let conf = layout.dynakube_config("dk", id).unwrap().join("agent/conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("ruxitagentproc.conf"), id).unwrap();
+    }
+    // A live volume of the old version (no record wants it any more), old enough to be collected if it
+    // were unmounted.
+    let live = layout.app_mount("csi-live").unwrap();
+    mount_overlay(
+        &[
+            &layout.dynakube_config("dk", "old-mounted").unwrap(),
+            &layout.codemodule(mounted).unwrap(),
+        ],
+        &live.upper(),
+        &live.work(),
+        &live.mapped(),
+    );
+    age(live.dir(), 30);
+    // Unmounted volumes: an old one and a young one.
+    let old = layout.app_mount("csi-old").unwrap();
+    let young = layout.app_mount("csi-young").unwrap();
+    for volume in [&old, &young] {
+        std::fs::create_dir_all(volume.upper().join("log")).unwrap();
+        std::fs::create_dir_all(volume.mapped()).unwrap();
+        std::fs::write(volume.upper().join("log/agent.log"), vec![0u8; 1000]).unwrap();
+    }
+    age(old.dir(), 8);
+    age(young.dir(), 1);
+    std::fs::create_dir_all(layout.staging().join("crashed-install/agent")).unwrap();
+    // An install that started after the policy's snapshot of the active staging names.
+    std::fs::create_dir_all(layout.staging().join("late-install")).unwrap();
+
+    let metrics = gc::GcMetrics::default();
+    let policy = Policy {
+        max_unmounted_volume_age: Duration::from_secs(7 * 86_400),
+        active_staging: BTreeSet::new(),
+    };
+    let result = gc::run_once(&layout, &policy, &|name| name == "late-install", &metrics);
+    umount(&live.mapped());
+    let report = result.unwrap();
+
+    let removed: BTreeSet<PathBuf> = report.removed.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        removed,
+        BTreeSet::from([
+            layout.codemodule(unwanted).unwrap(),
+            layout.dynakube_config("dk", "old").unwrap(),
+            old.dir().to_owned(),
+            layout.staging().join("crashed-install"),
+        ])
+    );
+    assert!(layout.codemodule(mounted).unwrap().join("agent/lib.so").is_file());
+    assert!(layout.codemodule(wanted).unwrap().is_dir());
+    assert!(layout.dynakube_config("dk", "old-mounted").unwrap().is_dir());
+    assert!(layout.dynakube_config("dk", "current").unwrap().is_dir());
+    assert!(live.dir().is_dir() && young.dir().is_dir());
+    assert!(layout.staging().join("late-install").is_dir());
+    assert_eq!(metrics.runs.get(), 1);
+    assert_eq!(metrics.folders_removed.get(), 4);
+    // The unwanted version (4096 + 10 bytes), the old layer (3), the old volume's log (1000).
+    assert_eq!(report.reclaimed_bytes, 4096 + 10 + 3 + 1000);
+    assert_eq!(metrics.reclaimed_bytes.get(), report.reclaimed_bytes);
+
+    // Unmounted now, and no record wants it: the next run collects the old version and its layer.
+    std::fs::remove_dir(layout.staging().join("late-install")).unwrap();
+    let report = gc::run_once(&layout, &policy, &|_| false, &metrics).unwrap();
+    let removed: BTreeSet<PathBuf> = report.removed.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        removed,
+        BTreeSet::from([
+            layout.codemodule(mounted).unwrap(),
+            layout.dynakube_config("dk", "old-mounted").unwrap(),
+            live.dir().to_owned(),
+        ])
+    );
+}
+
+/// The provisioner's own GC loop: a version replaced in the DynaKube's status goes once unmounted,
+/// while a mounted one stays.
+#[tokio::test]
+async fn the_provisioner_collects_a_replaced_version_only_when_unmounted() {
+    let mut world = World::start(Duration::from_millis(300)).await;
+    world.dynakube("dk", app_monitoring_csi(), Some(V1)).await;
+    let first = world.provisioned("dk", V1).await;
+    let volume = world.layout.app_mount("csi-1").unwrap();
+    mount_overlay(
+        &[
+            &world
+                .layout
+                .dynakube_config("dk", first.config.as_deref().unwrap())
+                .unwrap(),
+            &world.layout.codemodule(V1).unwrap(),
+        ],
+        &volume.upper(),
+        &volume.work(),
+        &volume.mapped(),
+    );
+    world.set_version("dk", V2).await;
+    world.provisioned("dk", V2).await;
+    let runs = world.metrics.gc.runs.get();
+    eventually("two more GC runs", WAIT, || async {
+        Ok((world.metrics.gc.runs.get() >= runs + 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let still_there = world.layout.codemodule(V1).unwrap().is_dir();
+    umount(&volume.mapped());
+    assert!(still_there, "a mounted version was collected");
+    eventually("the old version collected", WAIT, || async {
+        Ok((!world.layout.codemodule(V1).unwrap().exists()).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(world.layout.codemodule(V2).unwrap().is_dir());
+    let text = io_serving::probes::encode(&world.metrics.registry);
+    assert!(text.contains("dynatrace_csi_driver_gc_runs_total"), "{text}");
+    assert!(
+        text.contains("dynatrace_csi_driver_gc_folders_removed_total"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dynatrace_csi_driver_gc_reclaimed_bytes_total"),
+        "{text}"
+    );
+    world.stop().await;
+}
+
+/// A changed setting gives a new layer (layers are never changed under a live overlay); the old one is
+/// collected once nothing mounts it.
+#[tokio::test]
+async fn a_changed_host_group_gives_a_new_layer_and_the_old_one_is_collected() {
+    let mut world = World::start(Duration::from_millis(300)).await;
+    world
+        .dynakube("dk", json!({ "cloudNativeFullStack": {} }), Some(V2))
+        .await;
+    let first = world.provisioned("dk", V2).await.config.unwrap();
+    world
+        .dynakubes()
+        .patch(
+            "dk",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "oneAgent": { "cloudNativeFullStack": {
+                "args": ["--set-host-group=blue"] } } } })),
+        )
+        .await
+        .unwrap();
+    let second = eventually("a new layer", WAIT, || async {
+        Ok(world.record("dk").and_then(|r| r.config).filter(|c| *c != first))
+    })
+    .await
+    .unwrap();
+    let conf = std::fs::read_to_string(
+        world
+            .layout
+            .dynakube_config("dk", &second)
+            .unwrap()
+            .join("agent/conf/ruxitagentproc.conf"),
+    )
+    .unwrap();
+    assert!(conf.contains("hostGroup blue"), "{conf}");
+    // The environment's settings are still there, whether the second reconcile got them again or was
+    // told they had not changed (304).
+    assert!(conf.contains("storage /var/lib/dynatrace/oneagent"), "{conf}");
+    let answers: Vec<(String, u16)> = world
+        .tenant
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint == Endpoint::ProcessModuleConfig)
+        .map(|r| (r.query, r.status))
+        .collect();
+    assert_eq!(answers[0], ("revision=0".to_owned(), 200), "{answers:?}");
+    assert_eq!(answers[1], ("revision=1".to_owned(), 304), "{answers:?}");
+    eventually("the old layer collected", WAIT, || async {
+        Ok((!world.layout.dynakube_config("dk", &first).unwrap().exists()).then_some(()))
+    })
+    .await
+    .unwrap();
+    // The version was downloaded once.
+    assert_eq!(world.tenant.request_count(Endpoint::Download), 1);
+
+    // The node status is written only when it changed: GC runs and resyncs leave it alone.
+    let version = world.node_status().await.unwrap().metadata.resource_version;
+    let runs = world.metrics.gc.runs.get();
+    eventually("three more GC runs", WAIT, || async {
+        Ok((world.metrics.gc.runs.get() >= runs + 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        world.node_status().await.unwrap().metadata.resource_version,
+        version
+    );
+    world.stop().await;
+}
+
+/// The data dir given through a symlink (or a relative path): the mount table names the real path, and
+/// a mounted version must still be seen as mounted.
+#[test]
+fn gc_through_a_symlinked_data_dir_keeps_a_mounted_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Layout::new(dir.path().join("real"));
+    make_version(&real, V1);
+    let volume = real.app_mount("csi-1").unwrap();
+    mount_overlay(
+        &[&real.codemodule(V1).unwrap()],
+        &volume.upper(),
+        &volume.work(),
+        &volume.mapped(),
+    );
+    std::os::unix::fs::symlink(real.root(), dir.path().join("link")).unwrap();
+    let through_link = Layout::new(dir.path().join("link"));
+    let policy = Policy {
+        max_unmounted_volume_age: Duration::ZERO,
+        active_staging: BTreeSet::new(),
+    };
+    let result = gc::run_once(&through_link, &policy, &|_| false, &gc::GcMetrics::default());
+    let kept = real.codemodule(V1).unwrap().join("agent/lib.so").is_file();
+    umount(&volume.mapped());
+    let report = result.unwrap();
+    assert!(kept, "a mounted version was deleted: {report:?}");
+    assert!(report.removed.is_empty(), "{report:?}");
+}
