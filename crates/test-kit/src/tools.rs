@@ -100,11 +100,17 @@ pub const KUBELET_RECIPE_VERSION: &str = "1";
 /// The kubelet's cache directory for this checkout: `<cache>/kubelet/<hash>`, the hash covering
 /// `tools/k8s` (which pins the kubelet with the control plane) and [`KUBELET_RECIPE_VERSION`].
 pub fn kubelet_dir() -> anyhow::Result<PathBuf> {
+    pinned_tool_dir("tools/k8s", KUBELET_RECIPE_VERSION, "kubelet")
+}
+
+/// `<cache>/<name>/<hash>`: the cache directory of a tool built from the Go module `module` (relative to
+/// the workspace root), the hash covering the module's `go.mod`, `go.sum` and the build `recipe` version.
+fn pinned_tool_dir(module: &str, recipe: &str, name: &str) -> anyhow::Result<PathBuf> {
     let workspace = workspace_root();
     let mut hasher = Sha256::new();
-    hasher.update(KUBELET_RECIPE_VERSION.as_bytes());
+    hasher.update(recipe.as_bytes());
     for file in ["go.mod", "go.sum"] {
-        let path = workspace.join("tools/k8s").join(file);
+        let path = workspace.join(module).join(file);
         let bytes =
             std::fs::read(&path).with_context(|| format!("reading the tool pin {}", path.display()))?;
         hasher.update((bytes.len() as u64).to_le_bytes());
@@ -116,14 +122,14 @@ pub fn kubelet_dir() -> anyhow::Result<PathBuf> {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(cache_root()?.join("kubelet").join(hash))
+    Ok(cache_root()?.join(name).join(hash))
 }
 
-/// The pinned kubelet (for the real node): `$DTO_TOOLS_DIR/bin/kubelet` when that is set, else the cached
-/// build. Fails with what to run when it is not built.
-pub fn locate_kubelet() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(TOOLS_DIR_ENV) {
-        let path = PathBuf::from(dir).join("bin/kubelet");
+/// A tool built into `dir` (its binary `binary`, and the build's completion marker), or
+/// `$DTO_TOOLS_DIR/bin/<binary>` when that is set. Fails with what to run when it is not built.
+fn locate_pinned_tool(dir: &Path, binary: &str, what: &str, how_long: &str) -> anyhow::Result<PathBuf> {
+    if let Some(tools) = std::env::var_os(TOOLS_DIR_ENV) {
+        let path = PathBuf::from(tools).join("bin").join(binary);
         if !path.exists() {
             bail!(
                 "{TOOLS_DIR_ENV} is set but {} does not exist; build it there or unset {TOOLS_DIR_ENV}",
@@ -132,16 +138,25 @@ pub fn locate_kubelet() -> anyhow::Result<PathBuf> {
         }
         return Ok(path);
     }
-    let dir = kubelet_dir()?;
-    let path = dir.join("kubelet");
+    let path = dir.join(binary);
     if !path.exists() || !dir.join(COMPLETE_MARKER).exists() {
         bail!(
-            "the pinned kubelet is not built in {}; run `cargo xtask tools` to build it (about 1 minute after \
-             the control plane, 5 cold)",
+            "{what} is not built in {}; run `cargo xtask tools` to build it ({how_long})",
             dir.display()
         );
     }
     Ok(path)
+}
+
+/// The pinned kubelet (for the real node): `$DTO_TOOLS_DIR/bin/kubelet` when that is set, else the cached
+/// build. Fails with what to run when it is not built.
+pub fn locate_kubelet() -> anyhow::Result<PathBuf> {
+    locate_pinned_tool(
+        &kubelet_dir()?,
+        "kubelet",
+        "the pinned kubelet",
+        "about 1 minute after the control plane, 5 cold",
+    )
 }
 
 /// The Go module that pins csi-sanity, relative to the workspace root. Cached apart from the control
@@ -161,47 +176,13 @@ pub const REQUIRE_TOOLS_ENV: &str = "DTO_REQUIRE_TOOLS";
 /// csi-sanity's cache directory for this checkout: `<cache>/csi-sanity/<hash>`, the hash covering
 /// `tools/csi-sanity` and [`CSI_SANITY_RECIPE_VERSION`].
 pub fn csi_sanity_dir() -> anyhow::Result<PathBuf> {
-    let workspace = workspace_root();
-    let mut hasher = Sha256::new();
-    hasher.update(CSI_SANITY_RECIPE_VERSION.as_bytes());
-    for file in ["go.mod", "go.sum"] {
-        let path = workspace.join(CSI_SANITY_MODULE).join(file);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading the tool pin {}", path.display()))?;
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-    }
-    let hash: String = hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(cache_root()?.join("csi-sanity").join(hash))
+    pinned_tool_dir(CSI_SANITY_MODULE, CSI_SANITY_RECIPE_VERSION, "csi-sanity")
 }
 
 /// The pinned csi-sanity: `$DTO_TOOLS_DIR/bin/csi-sanity` when that is set, else the cached build. Fails
 /// with what to run when it is not built.
 pub fn locate_csi_sanity() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(TOOLS_DIR_ENV) {
-        let path = PathBuf::from(dir).join("bin/csi-sanity");
-        if !path.exists() {
-            bail!(
-                "{TOOLS_DIR_ENV} is set but {} does not exist; build it there or unset {TOOLS_DIR_ENV}",
-                path.display()
-            );
-        }
-        return Ok(path);
-    }
-    let dir = csi_sanity_dir()?;
-    let path = dir.join("csi-sanity");
-    if !path.exists() || !dir.join(COMPLETE_MARKER).exists() {
-        bail!(
-            "csi-sanity is not built in {}; run `cargo xtask tools` to build it (under a minute)",
-            dir.display()
-        );
-    }
-    Ok(path)
+    locate_pinned_tool(&csi_sanity_dir()?, "csi-sanity", "csi-sanity", "under a minute")
 }
 
 /// Paths of the built control plane tools.
