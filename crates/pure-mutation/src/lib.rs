@@ -30,6 +30,7 @@ mod init;
 pub mod names;
 mod namespace;
 mod oneagent;
+mod patch;
 pub mod workload;
 
 #[cfg(test)]
@@ -364,7 +365,7 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         if pod == *req.pod {
             return Err(Skip::AlreadyInjected);
         }
-        let patch = diff(req.pod, &pod);
+        let patch = patch::pod(req.pod, &pod);
         if patch.0.is_empty() {
             return Err(Skip::AlreadyInjected);
         }
@@ -475,7 +476,7 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         ),
     ));
     let outcome = PodOutcome {
-        patch: diff(req.pod, &pod),
+        patch: patch::pod(req.pod, &pod),
         result: PodResult::Injected,
         events,
     };
