@@ -1,8 +1,8 @@
 //! The real `dynatrace-operator csi-provisioner` process against the real API server and the fake tenant:
 //! killed with SIGKILL in the middle of an unpack and restarted; its garbage collection killed in the
-//! middle of deleting a version, a configuration layer and an app volume's directory, then restarted;
-//! and (ignored, by hand) the benchmark of
-//! unpacking a 1 GiB agent archive: peak RSS and throughput against `unzip` on the same file.
+//! middle of deleting a version, a configuration layer and an app volume's directory (at a crash point, and
+//! at a random point of a large deletion), then restarted; and (ignored, by hand) the benchmark of unpacking
+//! a 1 GiB agent archive: peak RSS and throughput against `unzip` on the same file.
 //!
 //! ```text
 //! cargo test --release -p dynatrace-operator --test csi_provisioner -- --ignored --nocapture
@@ -402,6 +402,77 @@ async fn a_gc_killed_while_removing_a_config_layer_leaves_it_gone_or_whole_and_t
 async fn a_gc_killed_while_removing_an_app_volume_leaves_it_gone_or_whole_and_the_restart_cleans_up() {
     // After the restart: the leftover.
     gc_killed_while_removing("unmounted_volume", 1).await;
+}
+
+/// The GC killed with a plain SIGKILL (no crash point) wherever it is while deleting an unused version of
+/// 10,000 files, as soon as the first of its 20 subdirectories is gone: the version is whole or gone, and
+/// the restart's GC removes the rest.
+#[tokio::test]
+async fn a_gc_killed_at_a_random_point_of_a_large_deletion_leaves_no_half_version() {
+    const OLD: &str = "1.276.0.20230901-120000";
+    let world = World::start(1 << 20).await;
+    let version_dir = world.layout.codemodule(OLD).unwrap();
+    for dir in 0..20 {
+        let dir = version_dir.join(format!("agent/lib{dir:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in 0..500 {
+            std::fs::write(dir.join(format!("f{file:04}.so")), b"0123456789").unwrap();
+        }
+    }
+    let expected = tree(&version_dir);
+    // The tree's `agent/libNN` directories, wherever under the data dir the tree is.
+    let staging = world.layout.staging();
+    let subdirs = || {
+        let roots = std::iter::once(version_dir.clone()).chain(
+            std::fs::read_dir(&staging)
+                .into_iter()
+                .flatten()
+                .map(|e| e.unwrap().path()),
+        );
+        roots
+            .map(|root| std::fs::read_dir(root.join("agent")).map_or(0, |read| read.count()))
+            .sum::<usize>()
+    };
+
+    let (mut child, _) = world.spawn();
+    let started = Instant::now();
+    while subdirs() == 20 {
+        assert!(started.elapsed() < Duration::from_secs(60), "GC never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    kill9(&mut child);
+    absent_or_intact(&version_dir, &expected).unwrap();
+    let left = bytes_below(world.layout.root());
+    assert!(left > 0, "the kill came after the deletion");
+    assert!(left < 100_000, "the kill came before the deletion");
+
+    let (mut child, port) = world.spawn();
+    let metrics = eventually(
+        "the GC run after the restart",
+        Duration::from_secs(60),
+        || async {
+            let metrics = test_kit::http_get(port, "/metrics").await.unwrap_or_default();
+            Ok(
+                (metric(&metrics, "dynatrace_csi_driver_gc_folders_removed_total") == Some(1))
+                    .then_some(metrics),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(&metrics, "dynatrace_csi_driver_gc_reclaimed_bytes_total"),
+        Some(left),
+        "{metrics}"
+    );
+    assert_eq!(entries(&world.layout.codemodules()), Vec::<String>::new());
+    assert_eq!(entries(&world.layout.staging()), Vec::<String>::new());
+    kill9(&mut child);
+    eprintln!(
+        "killed with {} of {} bytes left",
+        left,
+        expected.values().sum::<u64>()
+    );
 }
 
 // Several threads: the fake tenant serves from this runtime while the test waits for curl and unzip.
