@@ -1,6 +1,8 @@
 //! The real `dynatrace-operator csi-provisioner` process against the real API server and the fake tenant:
-//! killed with SIGKILL in the middle of an unpack and restarted, and (ignored, by hand) the benchmark of
-//! unpacking a 1 GiB agent archive: peak RSS and throughput against `unzip` on the same file.
+//! killed with SIGKILL in the middle of an unpack and restarted; its garbage collection killed in the
+//! middle of deleting a version, a configuration layer and an app volume's directory (at a crash point, and
+//! at a random point of a large deletion), then restarted; and (ignored, by hand) the benchmark of unpacking
+//! a 1 GiB agent archive: peak RSS and throughput against `unzip` on the same file.
 //!
 //! ```text
 //! cargo test --release -p dynatrace-operator --test csi_provisioner -- --ignored --nocapture
@@ -10,13 +12,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use pure_api::dynakube::DynaKube;
 use pure_csi::layout::{DynakubeRecord, Layout};
 use serde_json::json;
@@ -61,6 +65,11 @@ impl World {
     /// Starts the provisioner binary (`BENCH_PROVISIONER` or this build's), logging to `self.log`;
     /// returns it and the port of its probes and metrics.
     fn spawn(&self) -> (Child, u16) {
+        self.spawn_with(&[])
+    }
+
+    /// [`Self::spawn`] with more environment variables.
+    fn spawn_with(&self, env: &[(&str, &str)]) -> (Child, u16) {
         let binary = std::env::var("BENCH_PROVISIONER")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_dynatrace-operator").to_owned());
         let log = std::fs::OpenOptions::new()
@@ -80,6 +89,7 @@ impl World {
             ])
             .env("POD_NAMESPACE", &self.ns.name)
             .env("KUBECONFIG", self.ns.kubeconfig())
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -95,10 +105,14 @@ impl World {
             "stringData": { "apiToken": "dt0c01.test" },
         }))
         .unwrap();
-        Api::<Secret>::namespaced(client.clone(), &self.ns.name)
+        match Api::<Secret>::namespaced(client.clone(), &self.ns.name)
             .create(&PostParams::default(), &secret)
             .await
-            .unwrap();
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => panic!("cannot create the token Secret: {error}"),
+        }
         let dynakube: DynaKube = serde_json::from_value(json!({
             "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
             "metadata": { "name": "dk" },
@@ -193,6 +207,272 @@ async fn a_provisioner_killed_during_an_unpack_leaves_no_half_version_and_comple
     );
     assert!(test_kit::http_get(port, "/readyz").await.unwrap().ends_with("ok"));
     kill9(&mut child);
+}
+
+/// Every regular file at or below `dir` (relative path → size): a tree's fingerprint. Empty when `dir`
+/// does not exist.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
+        let Ok(read) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in read.map(Result::unwrap) {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.insert(path.strip_prefix(base).unwrap().to_owned(), meta.len());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Whether `dir` is either gone or still exactly `expected` (never a half-deleted tree under its name).
+fn absent_or_intact(dir: &Path, expected: &BTreeMap<PathBuf, u64>) -> Result<(), String> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let now = tree(dir);
+    if &now == expected {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is half deleted under its own name: {} of {} files left",
+        dir.display(),
+        now.len(),
+        expected.len()
+    ))
+}
+
+/// Entries of `dir` (none when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|read| {
+            read.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One value of the Prometheus text `metrics`.
+fn metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The provisioner's GC killed with SIGKILL (crash point `gc-remove-<reason>`) after it deleted the first
+/// entry of a directory whose removal it planned: an unused code-module version, an unused configuration
+/// layer, or an unmounted app volume's directory. Each of the three is then either gone or untouched (a
+/// half-deleted one would look installed: the provisioner reuses a version or layer it finds under its
+/// name). Restarted, the next GC run leaves nothing behind and counts what it removed; wanted again, the
+/// version is downloaded again and complete.
+async fn gc_killed_while_removing(reason: &str, removed_after_restart: u64) {
+    let world = World::start(2 << 20).await;
+    let (mut child, _) = world.spawn();
+    world.dynakube().await;
+    world.provisioned(Duration::from_secs(120)).await;
+    kill9(&mut child);
+
+    // The DynaKube goes (and its record, as the sweep would remove it): version and layer are unwanted.
+    let config = world.record().unwrap().config.unwrap();
+    let version_dir = world.layout.codemodule(VERSION).unwrap();
+    let layer_dir = world.layout.dynakube_config("dk", &config).unwrap();
+    Api::<DynaKube>::namespaced(world.ns.client.clone(), &world.ns.name)
+        .delete("dk", &DeleteParams::default())
+        .await
+        .unwrap();
+    std::fs::remove_file(world.layout.dynakube_record("dk").unwrap()).unwrap();
+    // An app volume's directory as publish and unpublish leave it: record, upper dir with a pod's
+    // writes, work and mount-point dirs, nothing mounted.
+    let volume_dir = world.layout.app_mounts().join("csi-0123456789abcdef");
+    for sub in ["mapped", "work/work", "var/agent/log"] {
+        std::fs::create_dir_all(volume_dir.join(sub)).unwrap();
+    }
+    std::fs::write(volume_dir.join("volume.json"), r#"{"dynakube":"dk"}"#).unwrap();
+    std::fs::write(volume_dir.join("var/agent/log/agent.log"), vec![b'x'; 4096]).unwrap();
+
+    let before = [
+        (version_dir.clone(), tree(&version_dir)),
+        (layer_dir.clone(), tree(&layer_dir)),
+        (volume_dir.clone(), tree(&volume_dir)),
+    ];
+    for (dir, files) in &before {
+        assert!(!files.is_empty(), "{} is empty", dir.display());
+    }
+
+    let crash_at = format!("gc-remove-{reason}");
+    let gc_env = [("MAX_UNMOUNTED_VOLUME_AGE", "0")];
+    let (mut child, _) = world.spawn_with(&[gc_env[0], ("DTO_CSI_CRASH_AT", &crash_at)]);
+    let status = eventually("the GC's crash", Duration::from_secs(60), || {
+        let status = child.try_wait();
+        async move { Ok(status?) }
+    })
+    .await
+    .map_err(|e| {
+        format!(
+            "{e:#}
+{}",
+            test_kit::process::log_tail(&world.log, 30)
+        )
+    })
+    .unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let problems: Vec<String> = before
+        .iter()
+        .filter_map(|(dir, files)| absent_or_intact(dir, files).err())
+        .collect();
+    assert!(problems.is_empty(), "after the kill: {problems:#?}");
+    // The killed deletion did happen (in part): some file of the planned directories is gone.
+    let left: usize = before.iter().map(|(dir, _)| tree(dir).len()).sum();
+    let all: usize = before.iter().map(|(_, files)| files.len()).sum();
+    assert!(left < all, "the crash point was not reached after a deletion");
+
+    // Restarted: the first GC run removes the rest, the crash's leftover included, and counts it.
+    let leftover_bytes = bytes_below(world.layout.root());
+    let (mut child, port) = world.spawn_with(&gc_env);
+    let metrics = eventually(
+        "the GC run after the restart",
+        Duration::from_secs(60),
+        || async {
+            let metrics = test_kit::http_get(port, "/metrics").await.unwrap_or_default();
+            Ok((metric(&metrics, "dynatrace_csi_driver_gc_folders_removed_total")
+                == Some(removed_after_restart))
+            .then_some(metrics))
+        },
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "{e:#}
+{}",
+            test_kit::process::log_tail(&world.log, 30)
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        metric(&metrics, "dynatrace_csi_driver_gc_runs_total"),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "dynatrace_csi_driver_gc_reclaimed_bytes_total"),
+        Some(leftover_bytes),
+        "{metrics}"
+    );
+    for dir in [
+        world.layout.codemodules(),
+        world.layout.staging(),
+        world.layout.dynakubes(),
+        world.layout.app_mounts(),
+    ] {
+        assert_eq!(entries(&dir), Vec::<String>::new(), "left in {}", dir.display());
+    }
+
+    // Wanted again: downloaded again, complete.
+    world.dynakube().await;
+    world.provisioned(Duration::from_secs(120)).await;
+    assert_eq!(tree(&version_dir), before[0].1);
+    let config = world.record().unwrap().config.unwrap();
+    assert_eq!(
+        tree(&world.layout.dynakube_config("dk", &config).unwrap()),
+        before[1].1
+    );
+    kill9(&mut child);
+}
+
+#[tokio::test]
+async fn a_gc_killed_while_removing_a_version_leaves_it_gone_or_whole_and_the_restart_cleans_up() {
+    // After the restart: the leftover, the layer, the DynaKube's directory and the volume's.
+    gc_killed_while_removing("unused_version", 4).await;
+}
+
+#[tokio::test]
+async fn a_gc_killed_while_removing_a_config_layer_leaves_it_gone_or_whole_and_the_restart_cleans_up() {
+    // After the restart: the leftover, the DynaKube's directory and the volume's.
+    gc_killed_while_removing("unused_config_layer", 3).await;
+}
+
+#[tokio::test]
+async fn a_gc_killed_while_removing_an_app_volume_leaves_it_gone_or_whole_and_the_restart_cleans_up() {
+    // After the restart: the leftover.
+    gc_killed_while_removing("unmounted_volume", 1).await;
+}
+
+/// The GC killed with a plain SIGKILL (no crash point) wherever it is while deleting an unused version of
+/// 10,000 files, as soon as the first of its 20 subdirectories is gone: the version is whole or gone, and
+/// the restart's GC removes the rest.
+#[tokio::test]
+async fn a_gc_killed_at_a_random_point_of_a_large_deletion_leaves_no_half_version() {
+    const OLD: &str = "1.276.0.20230901-120000";
+    let world = World::start(1 << 20).await;
+    let version_dir = world.layout.codemodule(OLD).unwrap();
+    for dir in 0..20 {
+        let dir = version_dir.join(format!("agent/lib{dir:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in 0..500 {
+            std::fs::write(dir.join(format!("f{file:04}.so")), b"0123456789").unwrap();
+        }
+    }
+    let expected = tree(&version_dir);
+    // The tree's `agent/libNN` directories, wherever under the data dir the tree is.
+    let staging = world.layout.staging();
+    let subdirs = || {
+        let roots = std::iter::once(version_dir.clone()).chain(
+            std::fs::read_dir(&staging)
+                .into_iter()
+                .flatten()
+                .map(|e| e.unwrap().path()),
+        );
+        roots
+            .map(|root| std::fs::read_dir(root.join("agent")).map_or(0, |read| read.count()))
+            .sum::<usize>()
+    };
+
+    let (mut child, _) = world.spawn();
+    let started = Instant::now();
+    while subdirs() == 20 {
+        assert!(started.elapsed() < Duration::from_secs(60), "GC never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    kill9(&mut child);
+    absent_or_intact(&version_dir, &expected).unwrap();
+    let left = bytes_below(world.layout.root());
+    assert!(left > 0, "the kill came after the deletion");
+    assert!(left < 100_000, "the kill came before the deletion");
+
+    let (mut child, port) = world.spawn();
+    let metrics = eventually(
+        "the GC run after the restart",
+        Duration::from_secs(60),
+        || async {
+            let metrics = test_kit::http_get(port, "/metrics").await.unwrap_or_default();
+            Ok(
+                (metric(&metrics, "dynatrace_csi_driver_gc_folders_removed_total") == Some(1))
+                    .then_some(metrics),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(&metrics, "dynatrace_csi_driver_gc_reclaimed_bytes_total"),
+        Some(left),
+        "{metrics}"
+    );
+    assert_eq!(entries(&world.layout.codemodules()), Vec::<String>::new());
+    assert_eq!(entries(&world.layout.staging()), Vec::<String>::new());
+    kill9(&mut child);
+    eprintln!(
+        "killed with {} of {} bytes left",
+        left,
+        expected.values().sum::<u64>()
+    );
 }
 
 // Several threads: the fake tenant serves from this runtime while the test waits for curl and unzip.

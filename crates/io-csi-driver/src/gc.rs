@@ -1,15 +1,18 @@
 //! Garbage collection on the node: lists the data directory, asks `pure_csi::gc` for the plan, and
 //! deletes each planned directory only if a mount table read right before that deletion still allows it.
+//! A directory is first renamed into `staging/` (one atomic step) and deleted there: a kill during the
+//! deletion leaves a staging leftover, which nothing reads as installed and the next run removes, never a
+//! half-deleted version, layer or volume directory under its own name.
 //! It runs on its own interval in the provisioner (never inside a reconcile); the provisioner keeps
 //! installs from racing it (see `provisioner`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use pure_csi::gc::{DynakubeDir, Entry, Listing, Policy, Removal};
+use pure_csi::gc::{DynakubeDir, Entry, Listing, Policy, Reason, Removal};
 use pure_csi::layout::{DynakubeRecord, Layout};
 
 use crate::{mounts, records};
@@ -101,8 +104,8 @@ pub fn run_once(
     let listing = listing(layout)?;
     let plan = pure_csi::gc::plan(layout, &listing, &mounts::read()?, policy);
     let mut report = GcReport::default();
-    for removal in plan {
-        if removal.reason == pure_csi::gc::Reason::StaleStaging
+    for (index, removal) in plan.into_iter().enumerate() {
+        if removal.reason == Reason::StaleStaging
             && removal
                 .path
                 .file_name()
@@ -116,11 +119,29 @@ pub fn run_once(
             report.kept_in_use.push(removal);
             continue;
         }
-        let bytes = size(&removal.path);
-        match std::fs::remove_dir_all(&removal.path) {
+        let doomed = if removal.reason == Reason::StaleStaging {
+            removal.path.clone()
+        } else {
+            match move_to_staging(layout, &removal.path, index) {
+                Ok(doomed) => doomed,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    tracing::warn!(
+                        path = %removal.path.display(),
+                        %error,
+                        "cannot move into staging/ for removal (it must be on the data directory's \
+                         filesystem); trying again at the next run"
+                    );
+                    continue;
+                }
+            }
+        };
+        let bytes = size(&doomed);
+        match remove_tree(&doomed, &format!("gc-remove-{}", removal.reason.label())) {
             Ok(()) => {
                 tracing::info!(
                     path = %removal.path.display(),
+                    removed_as = %doomed.display(),
                     reason = removal.reason.label(),
                     bytes,
                     "removed"
@@ -133,12 +154,47 @@ pub fn run_once(
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => tracing::warn!(
                 path = %removal.path.display(),
+                removed_as = %doomed.display(),
                 %error,
-                "cannot remove; trying again at the next run"
+                "cannot remove; the next run removes what is left"
             ),
         }
     }
     Ok(report)
+}
+
+/// Renames `path` to a new name under `staging/` and returns that name. The name is not one an install
+/// registers, and the rename never replaces an existing entry.
+fn move_to_staging(layout: &Layout, path: &Path, index: usize) -> std::io::Result<PathBuf> {
+    let staging = layout.staging();
+    std::fs::create_dir_all(&staging)?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let doomed = staging.join(format!("gc-{}-{nanos}-{index}", std::process::id()));
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::CWD,
+        &doomed,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )?;
+    Ok(doomed)
+}
+
+/// Removes `dir` and everything below it, one child at a time: the crash tests stop a deletion half
+/// way with `crash_step` (see [`crate::publish::crash_point`]).
+fn remove_tree(dir: &Path, crash_step: &str) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        crate::publish::crash_point(crash_step);
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// The data directory's entries with their ages.

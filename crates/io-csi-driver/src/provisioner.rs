@@ -9,8 +9,8 @@
 //!   the first install and then finds it complete;
 //! - GC never sees a version or layer between its rename and the record that wants it: those steps hold
 //!   a read guard that GC takes for writing;
-//! - a crash leaves at most an entry under `staging/`, never a version that looks complete; the first GC
-//!   run (at start) removes it.
+//! - a crash (of an install or of GC, which deletes through `staging/` too) leaves at most an entry under
+//!   `staging/`, never a version or layer that looks complete; the first GC run (at start) removes it.
 //!
 //! Failures requeue with a growing delay (never a sleep inside the reconcile) and a Warning event
 //! `FailedInstallAgentVersion` on the DynaKube; a new version gives a Normal `InstallAgentVersion`.

@@ -443,7 +443,8 @@ fn now_unix() -> u64 {
 /// Kills this process with SIGKILL when [`CRASH_AT_ENV`] names `step`: the crash tests' way to stop the
 /// server between two steps of publish or unpublish exactly as `kill -9` would (no destructors, no
 /// cleanup). Steps: `publish-record`, `publish-overlay`, `publish-bind`, `unpublish-target`,
-/// `unpublish-mapped`. Unset in production; reading it costs one lookup in a map built once.
+/// `unpublish-mapped`, and the provisioner's GC after the first entry of a deletion,
+/// `gc-remove-<reason>` (`unused_version`, `unused_config_layer`, `unmounted_volume`, ...). Unset in production; reading it costs one lookup in a map built once.
 pub fn crash_point(step: &str) {
     static CRASH_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let at = CRASH_AT.get_or_init(|| std::env::var(CRASH_AT_ENV).ok());

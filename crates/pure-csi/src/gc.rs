@@ -7,7 +7,8 @@
 //! - `dynakubes/<dk>` goes when it has no record and nothing left below it after this plan;
 //! - `appmounts/<id>` goes when nothing is mounted at or below it and it is at least the maximum unmounted
 //!   age old;
-//! - `staging/<x>` goes when no install of this process is using it (a crash's leftover).
+//! - `staging/<x>` goes when no install of this process is using it (a crash's leftover, of an install or
+//!   of a GC deletion, which moves its directory there first).
 //!
 //! The caller re-reads the mount table right before each deletion and asks [`Removal::still_safe`]:
 //! a mount made after the plan was computed then still stops the deletion.

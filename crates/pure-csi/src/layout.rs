@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! <root>/codemodules/<version>/                   a complete code module; only ever appears by rename
-//! <root>/staging/                                 downloads and unpacks in progress (same filesystem)
+//! <root>/staging/                                 downloads, unpacks and GC deletions in progress (same
+//!                                                 filesystem: entries arrive and leave by rename)
 //! <root>/dynakubes/<dynakube>/dynakube.json       DynakubeRecord, written by the provisioner
 //! <root>/dynakubes/<dynakube>/config/<id>/        an immutable per-DynaKube configuration layer
 //!                                                 (agent/conf/ruxitagentproc.conf), the overlay's top lower dir
