@@ -278,6 +278,10 @@ impl Session {
                 },
             )
             .await?;
+        eprintln!(
+            "The sample application runs with the code module from the CSI driver, {:.1} s after start.",
+            self.started.elapsed().as_secs_f64()
+        );
         let target = workloads::csi_target_path(&app.uid().unwrap_or_default(), SAMPLE_BIN_VOLUME);
         let mount = workloads::mount_at(&target)?;
         Ok(CsiProof {
