@@ -69,6 +69,8 @@ const SAMPLE_NAMESPACE: &str = "sample-apps";
 const SAMPLE_SELECTOR: (&str, &str) = ("sample.dynatrace.com/inject", "true");
 /// The sample application's Deployment.
 const SAMPLE_APP: &str = "sample-app";
+/// The injected pod's volume with the OneAgent code module.
+const SAMPLE_BIN_VOLUME: &str = "oneagent-bin";
 /// The init container image the webhook puts into injected pods on kwok nodes (never pulled there).
 const SAMPLE_INIT_IMAGE: &str = "dynatrace-operator:0.1.0-dev";
 /// The ServiceAccount the OneAgent pods run as; the Helm chart installs it next to the operator.
@@ -425,12 +427,14 @@ impl Session {
             "Applying the sample application: DynaKube {NAMESPACE}/{APPS_DYNAKUBE} (applicationMonitoring), \
              namespace {SAMPLE_NAMESPACE} and Deployment {SAMPLE_APP} ..."
         );
-        apply_sample_application(&client).await?;
+        let apps = sample_apps_dynakube(&api_url);
+        apply_sample_application(&client, &apps).await?;
+        let deployment = sample_deployment(test_images::SAMPLE_APP_IMAGE);
         let injected = self
             .wait(
                 "the sample application's pod with the OneAgent code module injected",
                 ROLLOUT_TIMEOUT,
-                || injected_sample_pod(&client),
+                || injected_sample_pod(&client, &deployment, false),
             )
             .await?;
 
@@ -443,6 +447,7 @@ impl Session {
             Shown {
                 agent: None,
                 injected: Some(&injected),
+                csi: None,
             },
         );
         Ok(())
@@ -685,7 +690,7 @@ impl Session {
         kubectl: &Path,
         shown: Shown<'_>,
     ) {
-        let Shown { agent, injected } = shown;
+        let Shown { agent, injected, csi } = shown;
         let name = &self.name;
         println!(
             "Ready {:.1} s after start: DynaKube {NAMESPACE}/{DYNAKUBE} on cluster {name:?} ({api_server}).",
@@ -711,6 +716,9 @@ impl Session {
         println!();
         if let Some(pod) = injected {
             print_injected_pod(pod);
+        }
+        if let Some(csi) = csi {
+            csi.print();
         }
         println!("Processes (logs in {}):", logs.display());
         let rows: Vec<[String; 4]> = self
@@ -843,6 +851,8 @@ struct Shown<'a> {
     agent: Option<&'a FakeOneAgent>,
     /// The sample application's injected pod.
     injected: Option<&'a Pod>,
+    /// With the real node: what shows that the pod's code module came from the CSI driver's cache.
+    csi: Option<&'a real_node::CsiProof>,
 }
 
 /// Refuses to start when another `cargo xtask run` uses the cluster directory `dir`.
@@ -966,22 +976,26 @@ async fn apply_dynakube(client: &Client, dynakube: &serde_json::Value) -> anyhow
     Ok(Some(()))
 }
 
-/// The sample application: an applicationMonitoring DynaKube `apps` (sharing the sample's token Secret)
-/// that selects the namespace `sample-apps`, the namespace, and a Deployment in it.
-async fn apply_sample_application(client: &Client) -> anyhow::Result<()> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let dynakube = json!({
+/// The sample application's DynaKube: `apps` in applicationMonitoring mode, sharing the sample's token
+/// Secret, selecting the namespace `sample-apps`.
+fn sample_apps_dynakube(api_url: &str) -> serde_json::Value {
+    json!({
         "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
         "metadata": { "name": APPS_DYNAKUBE, "namespace": NAMESPACE },
         "spec": {
-            "apiUrl": sample_dynakube_api_url(client).await?,
+            "apiUrl": api_url,
             "tokens": DYNAKUBE,
             "namespaceSelector": { "matchLabels": { SAMPLE_SELECTOR.0: SAMPLE_SELECTOR.1 } },
             "oneAgent": { "applicationMonitoring": {} },
         },
-    });
+    })
+}
+
+/// Applies the sample application's DynaKube (see [`sample_apps_dynakube`]) and the namespace it selects.
+async fn apply_sample_application(client: &Client, dynakube: &serde_json::Value) -> anyhow::Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
     Api::<DynaKube>::namespaced(client.clone(), NAMESPACE)
-        .patch(APPS_DYNAKUBE, &params, &Patch::Apply(&dynakube))
+        .patch(APPS_DYNAKUBE, &params, &Patch::Apply(dynakube))
         .await
         .with_context(|| format!("applying the DynaKube {NAMESPACE}/{APPS_DYNAKUBE}"))?;
     let namespace = json!({
@@ -995,19 +1009,31 @@ async fn apply_sample_application(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `apiUrl` of the sample DynaKube (the fake tenant this run started).
-async fn sample_dynakube_api_url(client: &Client) -> anyhow::Result<String> {
-    let sample = Api::<DynaKube>::namespaced(client.clone(), NAMESPACE)
-        .get(DYNAKUBE)
-        .await
-        .with_context(|| format!("reading the DynaKube {NAMESPACE}/{DYNAKUBE}"))?;
-    Ok(sample.spec.api_url)
+/// The sample application's Deployment: one pod of `image`.
+fn sample_deployment(image: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": SAMPLE_APP, "namespace": SAMPLE_NAMESPACE },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": SAMPLE_APP } },
+            "template": {
+                "metadata": { "labels": { "app": SAMPLE_APP } },
+                "spec": { "containers": [{ "name": "app", "image": image }] },
+            },
+        },
+    })
 }
 
-/// Creates the sample Deployment once the namespace is ready for injection (labelled, with the init
-/// Secret the operator writes), and returns its pod once it has been injected. A pod created earlier is
-/// admitted without injection by design, so the Deployment is created only then.
-async fn injected_sample_pod(client: &Client) -> anyhow::Result<Option<Pod>> {
+/// Creates the sample `deployment` once the namespace is ready for injection (labelled, with the init
+/// Secret the operator writes), and returns its pod once it has been injected (with `oneagent-bin` from the
+/// CSI driver when `csi`). A pod created earlier is admitted without injection by design, so the Deployment
+/// is created only then.
+async fn injected_sample_pod(
+    client: &Client,
+    deployment: &serde_json::Value,
+    csi: bool,
+) -> anyhow::Result<Option<Pod>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
     if secrets
         .get_opt(pure_api::dynakube::names::INIT_SECRET)
@@ -1016,23 +1042,11 @@ async fn injected_sample_pod(client: &Client) -> anyhow::Result<Option<Pod>> {
     {
         return Ok(None);
     }
-    let deployment = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": SAMPLE_APP, "namespace": SAMPLE_NAMESPACE },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": SAMPLE_APP } },
-            "template": {
-                "metadata": { "labels": { "app": SAMPLE_APP } },
-                "spec": { "containers": [{ "name": "app", "image": test_images::SAMPLE_APP_IMAGE }] },
-            },
-        },
-    });
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), SAMPLE_NAMESPACE)
         .patch(
             SAMPLE_APP,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&deployment),
+            &Patch::Apply(deployment),
         )
         .await
         .with_context(|| format!("applying the Deployment {SAMPLE_NAMESPACE}/{SAMPLE_APP}"))?;
@@ -1041,17 +1055,29 @@ async fn injected_sample_pod(client: &Client) -> anyhow::Result<Option<Pod>> {
         .list(&ListParams::default().labels(&format!("app={SAMPLE_APP}")))
         .await?;
     for pod in list.items {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         let injected = pod
             .annotations()
             .get("oneagent.dynatrace.com/injected")
             .is_some_and(|v| v == "true");
-        if injected {
+        if injected && (!csi || csi_bin_volume(&pod)) {
             return Ok(Some(pod));
         }
-        // Created before the webhook could inject it: let the ReplicaSet make a new one.
+        // Created before the webhook could inject it (or before its caches saw the CSI driver): let the
+        // ReplicaSet make a new one.
         pods.delete(&pod.name_any(), &Default::default()).await?;
     }
     Ok(None)
+}
+
+/// Whether the pod's `oneagent-bin` volume comes from the CSI driver.
+fn csi_bin_volume(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| v.name == SAMPLE_BIN_VOLUME && v.csi.is_some())
 }
 
 /// Prints what the webhook added to the sample application's pod.

@@ -149,8 +149,8 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
 }
 
 /// `cargo xtask run --real-node --exit-when-ready --update-to <newer fake OneAgent>`: the operator and the
-/// webhook as pods, the OneAgent pod Ready on the real node with what the fake OneAgent printed, then the
-/// update, and nothing left behind.
+/// webhook as pods, the OneAgent pod Ready on the real node with what the fake OneAgent printed, the sample
+/// application with its code module from the CSI driver's cache, then the update, and nothing left behind.
 #[test]
 fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
     if let Some(reason) = test_kit::real_node::unsupported_reason() {
@@ -221,6 +221,45 @@ fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
     };
     assert_eq!(report(before)["version"], old, "{before}");
     assert!(before.contains("phase Running"), "{before}");
+
+    // The sample application on the real node, its code module from the CSI driver's cache: the pod's
+    // oneagent-bin is a CSI volume, the node's status holds the version, the volume the kubelet published
+    // is an overlay over the cached version, and the process has the agent library mapped.
+    assert!(
+        before.contains("Sample application sample-apps/sample-app-") && before.contains("(phase Running)"),
+        "{before}"
+    );
+    assert!(before.contains("oneagent-bin (csi)"), "{before}");
+    let line = |prefix: &str| -> &str {
+        before
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{before}"))
+    };
+    assert!(
+        line("CSI driver csi.oneagent.dynatrace.com on node real-node: pod dynatrace-oneagent-csi-driver-")
+            .contains("registered with the kubelet (node id real-node)"),
+        "{before}"
+    );
+    let status = line("node status ConfigMap dynatrace/dynatrace-csi-real-node:");
+    assert!(
+        status.contains(&format!(r#"versions ["{old}"]"#))
+            && status.contains(&format!("DynaKube apps: version {old}, ready true")),
+        "{status}"
+    );
+    let volume = line("oneagent-bin of pod sample-app-");
+    assert!(
+        volume.contains("on node real-node, published at /var/lib/kubelet/pods/"),
+        "{volume}"
+    );
+    let overlay = line("overlay mount, lower dirs");
+    assert!(overlay.ends_with(&format!("codemodules/{old}")), "{overlay}");
+    assert!(
+        line("the application's process (pid ")
+            .ends_with("has mapped /opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so"),
+        "{before}"
+    );
 
     // After the update: the new version's container on the real node.
     let rows = oneagent_rows(after);

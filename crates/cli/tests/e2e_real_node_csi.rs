@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
-use k8s_openapi::api::storage::v1::CSINode;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use pure_install::csi::{CSI_DAEMONSET, CSI_DRIVER, CsiDriverOptions};
@@ -27,6 +26,7 @@ use serde_json::json;
 use test_fake_tenant::{Endpoint, FakeTenant, Listen, TenantConfig};
 use test_images::{FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE};
 use test_kit::eventually;
+use test_kit::real_node::workloads::{self, loaded_agent_libraries};
 use test_kit::real_node::{self, KUBELET_DIR, NODE_LABEL, NODE_NAME};
 
 const NAMESPACE: &str = "dynatrace";
@@ -121,36 +121,6 @@ async fn ensure(client: &Client, ok: bool, what: &str) {
     }
 }
 
-/// The agent libraries the application's process has mapped, from its report line.
-fn loaded_libraries(report: &str) -> Vec<String> {
-    let json = report
-        .lines()
-        .find_map(|line| line.split_once("sample-app started: ").map(|(_, json)| json))
-        .unwrap_or("{}");
-    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    value["oneagent_libraries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.as_str().map(str::to_owned))
-        .collect()
-}
-
-/// The CSI driver's pod on the real node once both its containers are ready.
-async fn ready_csi_pod(client: &Client) -> anyhow::Result<Option<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let selector = format!("internal.dynatrace.com/app={CSI_DAEMONSET}");
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
-    Ok(list.items.into_iter().find(|pod| {
-        let statuses = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.clone())
-            .unwrap_or_default();
-        statuses.len() == 2 && statuses.iter().all(|s| s.ready)
-    }))
-}
-
 /// A pod of the sample application on the real node.
 fn app(images: &[ImageArchive], name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -199,12 +169,7 @@ async fn app_report(pods: &Api<Pod>, name: &str, timeout: Duration) -> anyhow::R
 
 /// Where the kubelet asks the driver to publish a pod's `oneagent-bin`.
 fn target_path(pod: &Pod) -> PathBuf {
-    Path::new(KUBELET_DIR)
-        .join("pods")
-        .join(pod.uid().unwrap())
-        .join("volumes/kubernetes.io~csi")
-        .join(BIN_VOLUME)
-        .join("mount")
+    workloads::csi_target_path(&pod.uid().unwrap(), BIN_VOLUME)
 }
 
 /// Whether `path` is a mount point in this (the host's) mount namespace, read fresh.
@@ -298,7 +263,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     let available = eventually(
         "the operator and webhook pods to be available",
         POD_TIMEOUT,
-        || real_node::workloads::installation_available(&client, NAMESPACE),
+        || workloads::installation_available(&client, NAMESPACE),
     )
     .await;
     or_diagnose(available, &client).await;
@@ -306,7 +271,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     // The CSI driver's pod: both containers of our image ready (their probes pass), privileged, with the
     // kubelet's pods dir and the data dir mounted Bidirectional.
     let csi_pod = eventually("the CSI driver pod to be ready", POD_TIMEOUT, || {
-        ready_csi_pod(&client)
+        workloads::ready_csi_driver_pod(&client, NAMESPACE)
     })
     .await;
     let csi_pod = or_diagnose(csi_pod, &client).await;
@@ -328,16 +293,8 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     eprintln!("CSI driver pod ready after {:.1?}", started.elapsed());
 
     // The kubelet registered the driver: the CSINode lists it.
-    let csi_nodes: Api<CSINode> = Api::all(client.clone());
-    let registered = eventually("the CSINode to list the driver", POD_TIMEOUT, || async {
-        let node = csi_nodes.get_opt(NODE_NAME).await?;
-        Ok(node.and_then(|n| {
-            n.spec
-                .drivers
-                .iter()
-                .find(|d| d.name == CSI_DRIVER)
-                .map(|d| d.node_id.clone())
-        }))
+    let registered = eventually("the CSINode to list the driver", POD_TIMEOUT, || {
+        workloads::csi_driver_node_id(&client)
     })
     .await;
     let node_id = or_diagnose(registered, &client).await;
@@ -373,7 +330,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     const LIBRARY: &str = "/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so";
     ensure(
         &client,
-        loaded_libraries(&report).iter().any(|l| l == LIBRARY),
+        loaded_agent_libraries(&report).iter().any(|l| l == LIBRARY),
         &format!("the application's process has the agent library from the CSI volume mapped: {report}"),
     )
     .await;
@@ -394,6 +351,14 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
         &format!("one code-module download for the first pod, not {downloads}"),
     )
     .await;
+    // The provisioner's node status shows the version it holds, ready for the DynaKube.
+    let status = eventually("the node status to show the version", POD_TIMEOUT, || async {
+        let status = workloads::csi_node_status(&client, NAMESPACE).await?;
+        Ok(status.filter(|s| s.ready_version(CSI_DYNAKUBE).is_some()))
+    })
+    .await;
+    let status = or_diagnose(status, &client).await;
+    assert_eq!(status.versions, [FAKE_ONEAGENT_VERSIONS[0]], "{status:?}");
     eprintln!(
         "first pod runs with the agent from the driver {:.1?} after its creation ({:.1?} in all)",
         first_started.elapsed(),
@@ -410,7 +375,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     let report = or_diagnose(app_report(&app_pods, "csi-app-2", POD_TIMEOUT).await, &client).await;
     ensure(
         &client,
-        loaded_libraries(&report).iter().any(|l| l == LIBRARY),
+        loaded_agent_libraries(&report).iter().any(|l| l == LIBRARY),
         &format!("the second pod's process has the agent library mapped: {report}"),
     )
     .await;
@@ -474,7 +439,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     let report = or_diagnose(report, &client).await;
     ensure(
         &client,
-        loaded_libraries(&report).is_empty(),
+        loaded_agent_libraries(&report).is_empty(),
         &format!("the pod started unmonitored: {report}"),
     )
     .await;

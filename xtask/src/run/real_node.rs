@@ -1,7 +1,9 @@
 //! `cargo xtask run --real-node`: the same sample on the machine's real node, with the product as it is
 //! installed. The images are built and imported into the node, the operator and the webhook run as pods of
 //! the operator image (from `pure_install::Installation`), and the OneAgent DaemonSet really runs the fake
-//! OneAgent, pulled from the fake tenant's registry. The steps follow `crates/cli/tests/e2e_real_node.rs`.
+//! OneAgent, pulled from the fake tenant's registry. The CSI driver's DaemonSet runs there too, and the
+//! sample application's pod gets its code module from the driver's cache. The steps follow
+//! `crates/cli/tests/e2e_real_node.rs` and `e2e_real_node_csi.rs`.
 //!
 //! The fake tenant stays a process of this run, but listens on the node's address (pods have network
 //! namespaces of their own, so loopback is not it) over HTTPS with a CA of its own: the DynaKube names the
@@ -11,22 +13,27 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::Node;
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::LogParams;
+use kube::{Api, Client, ResourceExt as _};
+use pure_csi::mountinfo::Mount;
 use pure_install::Installation;
 use serde_json::json;
-use test_images::{FAKE_ONEAGENT_IMAGE, FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile};
+use test_images::{
+    FAKE_ONEAGENT_IMAGE, FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE,
+};
 use test_kit::Tools;
 use test_kit::real_node::workloads::{self, FakeOneAgent};
 use test_kit::real_node::{self as node, NODE_LABEL, NODE_NAME};
 
 use super::{
-    API_TOKEN, Binaries, DYNAKUBE, FIELD_MANAGER, NAMESPACE, Options, Session, apply_dynakube,
-    dynakube_running, oneagent_pods, sample_dynakube,
+    API_TOKEN, APPS_DYNAKUBE, Binaries, DYNAKUBE, FIELD_MANAGER, NAMESPACE, Options, SAMPLE_APP,
+    SAMPLE_BIN_VOLUME, SAMPLE_NAMESPACE, Session, apply_dynakube, apply_sample_application, dynakube_running,
+    injected_sample_pod, oneagent_pods, sample_apps_dynakube, sample_deployment, sample_dynakube,
 };
 
 /// How long the operator may take to roll out a OneAgent version on the real node: an image pull, a
@@ -34,6 +41,11 @@ use super::{
 pub(super) const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the operator and webhook pods may take to be available (image import done, first start).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the sample application may take to run with the agent: the provisioner's download and unpack,
+/// the kubelet's publish retries meanwhile, the init container and the start.
+const APP_TIMEOUT: Duration = Duration::from_secs(180);
+/// The agent library as the sample application's process maps it from `oneagent-bin`.
+const AGENT_LIBRARY: &str = "/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so";
 /// The ConfigMap with the fake tenant's CA (key `certs`) that the DynaKube names in `trustedCAs`.
 const TENANT_CA_CONFIGMAP: &str = "fake-tenant-ca";
 
@@ -179,6 +191,8 @@ impl Session {
             apply_dynakube(&client, &dynakube)
         })
         .await?;
+        // The sample application starts while the OneAgent waits for its readiness probe.
+        let csi = self.start_csi_sample(&client, &images, &api_url).await?;
         let agent = self.wait_for_fake_oneagent(None).await?;
         let pods = self
             .wait("the OneAgent pod to run", ROLLOUT_TIMEOUT, || {
@@ -198,10 +212,87 @@ impl Session {
             &tools.kubectl,
             super::Shown {
                 agent: Some(&agent),
-                injected: None,
+                injected: Some(&csi.app),
+                csi: Some(&csi),
             },
         );
         Ok(())
+    }
+
+    /// Applies the sample application with its code module from the CSI driver (DynaKube `apps` in
+    /// applicationMonitoring mode with `useCSIDriver`, its namespace, a Deployment on the real node) and
+    /// waits until the driver runs and is registered, the pod runs with the agent library mapped and the
+    /// node's status reports the version; returns what shows it.
+    async fn start_csi_sample(
+        &mut self,
+        client: &Client,
+        images: &[ImageArchive],
+        api_url: &str,
+    ) -> anyhow::Result<CsiProof> {
+        eprintln!(
+            "Applying the sample application: DynaKube {NAMESPACE}/{APPS_DYNAKUBE} (applicationMonitoring with \
+             the CSI driver), namespace {SAMPLE_NAMESPACE} and Deployment {SAMPLE_APP} on node {NODE_NAME} ..."
+        );
+        apply_sample_application(client, &apps_dynakube(api_url)).await?;
+        let csi_pod = self
+            .wait(
+                &format!("the CSI driver pod on node {NODE_NAME} to be ready"),
+                INSTALL_TIMEOUT,
+                || workloads::ready_csi_driver_pod(client, NAMESPACE),
+            )
+            .await?;
+        let node_id = self
+            .wait(
+                &format!("the kubelet to register the CSI driver {}", pure_csi::DRIVER_NAME),
+                INSTALL_TIMEOUT,
+                || workloads::csi_driver_node_id(client),
+            )
+            .await?;
+        let image = images
+            .iter()
+            .find(|i| i.name == SAMPLE_APP_IMAGE)
+            .context("the image build produced no sample application image")?;
+        let deployment = deployment(&image.reference());
+        let injected = self
+            .wait(
+                "the sample application's pod injected with the CSI volume",
+                INSTALL_TIMEOUT,
+                || injected_sample_pod(client, &deployment, true),
+            )
+            .await?;
+        let name = injected.name_any();
+        let (app, logs) = self
+            .wait(
+                "the sample application to run with the agent library from the CSI volume",
+                APP_TIMEOUT,
+                || app_with_agent(client, &name),
+            )
+            .await?;
+        let status = self
+            .wait(
+                &format!("the CSI driver's node status to report the version of DynaKube {APPS_DYNAKUBE}"),
+                APP_TIMEOUT,
+                || async {
+                    let status = workloads::csi_node_status(client, NAMESPACE).await?;
+                    Ok(status.filter(|s| s.ready_version(APPS_DYNAKUBE).is_some()))
+                },
+            )
+            .await?;
+        eprintln!(
+            "The sample application runs with the code module from the CSI driver, {:.1} s after start.",
+            self.started.elapsed().as_secs_f64()
+        );
+        let target = workloads::csi_target_path(&app.uid().unwrap_or_default(), SAMPLE_BIN_VOLUME);
+        let mount = workloads::mount_at(&target)?;
+        Ok(CsiProof {
+            csi_pod: csi_pod.name_any(),
+            node_id,
+            status,
+            app,
+            target,
+            mount,
+            report: workloads::sample_app_report(&logs),
+        })
     }
 
     /// Waits until the OneAgent pod on the real node is Ready (and runs `version`, when given).
@@ -223,6 +314,109 @@ impl Session {
         })
         .await
     }
+}
+
+/// The sample application's pod `name` once its process reports the agent library mapped, with its logs.
+async fn app_with_agent(client: &Client, name: &str) -> anyhow::Result<Option<(Pod, String)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
+    let logs = pods.logs(name, &LogParams::default()).await.unwrap_or_default();
+    if workloads::sample_app_report(&logs).is_null() {
+        bail!("pod {SAMPLE_NAMESPACE}/{name} has not started its application yet");
+    }
+    let libraries = workloads::loaded_agent_libraries(&logs);
+    if !libraries.iter().any(|l| l == AGENT_LIBRARY) {
+        bail!(
+            "the application in pod {SAMPLE_NAMESPACE}/{name} runs without {AGENT_LIBRARY} (its CSI volume \
+             is empty?): {logs}"
+        );
+    }
+    Ok(Some((pods.get(name).await?, logs)))
+}
+
+/// What shows that the sample application's code module came from the CSI driver's cache on the real node.
+pub(super) struct CsiProof {
+    /// The CSI driver's pod.
+    csi_pod: String,
+    /// The node id the kubelet registered the driver under.
+    node_id: String,
+    /// The provisioner's node status.
+    status: workloads::CsiNodeStatus,
+    /// The sample application's pod, running.
+    app: Pod,
+    /// Where the kubelet had the driver publish the pod's `oneagent-bin`.
+    target: PathBuf,
+    /// What the host's mount table has there.
+    mount: Option<Mount>,
+    /// What the application's process reported.
+    report: serde_json::Value,
+}
+
+impl CsiProof {
+    /// Prints the driver, the node's versions, the pod's volume mount and what its process mapped.
+    pub(super) fn print(&self) {
+        let driver = pure_csi::DRIVER_NAME;
+        println!(
+            "CSI driver {driver} on node {NODE_NAME}: pod {}, registered with the kubelet (node id {}).",
+            self.csi_pod, self.node_id
+        );
+        let state = &self.status.dynakubes[APPS_DYNAKUBE];
+        println!(
+            "  node status ConfigMap {NAMESPACE}/{}: versions {}; DynaKube {APPS_DYNAKUBE}: version {}, ready {}",
+            self.status.config_map,
+            serde_json::Value::from(self.status.versions.clone()),
+            state["version"].as_str().unwrap_or("none"),
+            state["ready"]
+        );
+        let node = self
+            .app
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or("none");
+        println!(
+            "  {SAMPLE_BIN_VOLUME} of pod {} on node {node}, published at {}:",
+            self.app.name_any(),
+            self.target.display()
+        );
+        match &self.mount {
+            Some(mount) => {
+                let lower: Vec<String> = mount
+                    .overlay_lower_dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                println!(
+                    "    {} mount, lower dirs (the driver's paths) {}",
+                    mount.fs_type,
+                    lower.join(" over ")
+                );
+            }
+            None => println!("    not a mount point in this machine's mount table"),
+        }
+        println!(
+            "  the application's process (pid {}) has mapped {}",
+            self.report["pid"],
+            workloads::agent_libraries(&self.report).join(", ")
+        );
+        println!();
+    }
+}
+
+/// The sample application's DynaKube with the CSI driver, trusting the fake tenant's CA.
+fn apps_dynakube(api_url: &str) -> serde_json::Value {
+    let mut dynakube = sample_apps_dynakube(api_url);
+    dynakube["spec"]["trustedCAs"] = json!(TENANT_CA_CONFIGMAP);
+    dynakube["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"] = json!(true);
+    dynakube
+}
+
+/// The sample application's Deployment on the real node, with the imported `image`.
+fn deployment(image: &str) -> serde_json::Value {
+    let mut deployment = sample_deployment(image);
+    let spec = &mut deployment["spec"]["template"]["spec"];
+    spec["nodeSelector"] = json!({ NODE_LABEL: "true" });
+    spec["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+    deployment
 }
 
 /// The real node's InternalIP, from its Node object.
@@ -286,6 +480,22 @@ mod tests {
             dynakube["spec"]["oneAgent"]["classicFullStack"]["nodeSelector"][NODE_LABEL],
             "true"
         );
+    }
+
+    #[test]
+    fn the_sample_application_uses_the_csi_driver_on_the_real_node() {
+        let dynakube = apps_dynakube("https://10.0.0.1:1/api");
+        assert_eq!(dynakube["metadata"]["name"], APPS_DYNAKUBE);
+        assert_eq!(dynakube["spec"]["trustedCAs"], TENANT_CA_CONFIGMAP);
+        assert_eq!(
+            dynakube["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"],
+            true
+        );
+        let deployment = deployment("sample-app:test");
+        let spec = &deployment["spec"]["template"]["spec"];
+        assert_eq!(spec["nodeSelector"][NODE_LABEL], "true");
+        assert_eq!(spec["containers"][0]["image"], "sample-app:test");
+        assert_eq!(spec["containers"][0]["imagePullPolicy"], "IfNotPresent");
     }
 
     #[test]
