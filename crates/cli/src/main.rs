@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use io_serving::logging::LogFormat;
 
+mod allocator;
+
+#[global_allocator]
+static ALLOCATOR: allocator::ProcessAllocator = allocator::ProcessAllocator;
+
 /// Command-line interface of the `dynatrace-operator` binary.
 #[derive(Debug, Parser)]
 #[command(name = "dynatrace-operator", version, about, propagate_version = true)]
@@ -248,7 +253,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Version { output } => print_version(output),
         Command::Operator(args) => run_operator(args),
-        Command::WebhookServer(args) => run_webhook_server(args),
+        Command::WebhookServer(args) => {
+            allocator::use_mimalloc();
+            run_webhook_server(args)
+        }
         Command::Init(args) => return run_init(args),
         Command::CsiServer(args) => run_csi_server(args),
         Command::CsiProvisioner(args) => run_csi_provisioner(args),
