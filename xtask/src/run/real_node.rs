@@ -330,7 +330,13 @@ async fn app_with_agent(client: &Client, name: &str) -> anyhow::Result<Option<(P
              is empty?): {logs}"
         );
     }
-    Ok(Some((pods.get(name).await?, logs)))
+    // The container logs before the kubelet reports the pod's phase; wait for the API to say Running too.
+    let pod = pods.get(name).await?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase != Some("Running") {
+        return Ok(None);
+    }
+    Ok(Some((pod, logs)))
 }
 
 /// What shows that the sample application's code module came from the CSI driver's cache on the real node.
