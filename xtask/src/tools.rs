@@ -99,45 +99,122 @@ pub fn ensure_csi_sanity(force: bool) -> anyhow::Result<PathBuf> {
     if !force && dir.join(COMPLETE_MARKER).exists() {
         return tools::locate_csi_sanity();
     }
+    build_single_tool(&dir, "csi-sanity", |staging| {
+        let workspace = tools::workspace_root();
+        go_build(
+            &workspace.join(tools::CSI_SANITY_MODULE),
+            "csi-sanity",
+            &single_binary_args(&staging.join("csi-sanity"), tools::CSI_SANITY_PACKAGE),
+            &[tools::CSI_SANITY_PACKAGE],
+        )?;
+        // csi-sanity prints its flags on stderr.
+        let binary = staging.join("csi-sanity");
+        let help = Command::new(&binary)
+            .arg("--help")
+            .output()
+            .with_context(|| format!("running {} --help", binary.display()))?;
+        if !String::from_utf8_lossy(&help.stderr).contains("csi.endpoint") {
+            bail!(
+                "{} --help does not list --csi.endpoint; the build is broken",
+                binary.display()
+            );
+        }
+        Ok(())
+    })?;
+    tools::locate_csi_sanity()
+}
+
+/// Builds the pinned Helm unless it is already cached; returns its path.
+pub fn ensure_helm(force: bool) -> anyhow::Result<PathBuf> {
+    if std::env::var_os(tools::TOOLS_DIR_ENV).is_some() {
+        return tools::locate_helm();
+    }
+    let dir = tools::helm_dir()?;
+    if !force && dir.join(COMPLETE_MARKER).exists() {
+        return tools::locate_helm();
+    }
     let workspace = tools::workspace_root();
-    check_go(&workspace)?;
+    let kubernetes = tools::pinned_kubernetes_version(&workspace)?;
+    let go_mod_path = workspace.join(tools::HELM_MODULE).join("go.mod");
+    let go_mod = std::fs::read_to_string(&go_mod_path)
+        .with_context(|| format!("reading {}", go_mod_path.display()))?;
+    let helm_version = tools::parse_required_version(&go_mod, tools::HELM_GO_MODULE)
+        .with_context(|| {
+            format!(
+                "{} does not require {}",
+                go_mod_path.display(),
+                tools::HELM_GO_MODULE
+            )
+        })?
+        .to_owned();
+    build_single_tool(&dir, &format!("Helm {helm_version}"), |staging| {
+        let binary = staging.join("helm");
+        let mut args: Vec<String> = ["build", "-v", "-trimpath", "-ldflags"].map(String::from).into();
+        args.push(helm_ldflags(&helm_version, &kubernetes)?);
+        args.extend([
+            "-o".to_owned(),
+            binary.display().to_string(),
+            tools::HELM_PACKAGE.to_owned(),
+        ]);
+        go_build(
+            &workspace.join(tools::HELM_MODULE),
+            &format!("Helm {helm_version}"),
+            &args,
+            &[tools::HELM_PACKAGE],
+        )?;
+        // The Kubernetes stamp is checked by the chart's tests: its kubeVersion constraint fails to render
+        // with Helm's unstamped default.
+        verify_version(&binary, "version", &format!("Version:\"{helm_version}\""))
+    })?;
+    tools::locate_helm()
+}
+
+/// `-X` flags for Helm: its own version (else `helm version` says only "v3.19") and the Kubernetes version
+/// it assumes without a cluster (else v1.20, so `helm template` and `helm lint` render for an old cluster).
+fn helm_ldflags(helm_version: &str, kubernetes: &str) -> anyhow::Result<String> {
+    let minor = kubernetes
+        .split('.')
+        .nth(1)
+        .context("malformed Kubernetes version")?;
+    let mut flags = String::from("-s -w");
+    for package in ["pkg/chartutil", "pkg/lint/rules"] {
+        flags.push_str(&format!(
+            " -X helm.sh/helm/v3/{package}.k8sVersionMajor=1 -X helm.sh/helm/v3/{package}.k8sVersionMinor={minor}"
+        ));
+    }
+    flags.push_str(&format!(
+        " -X helm.sh/helm/v3/internal/version.version={helm_version}"
+    ));
+    Ok(flags)
+}
+
+/// Builds one tool into a staging directory next to `dir` with `build`, marks it complete and moves it
+/// into place, so an interrupted build is never taken for a finished one.
+fn build_single_tool(
+    dir: &Path,
+    what: &str,
+    build: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    check_go(&tools::workspace_root())?;
     let staging = dir.with_extension("partial");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let started = Instant::now();
-    eprintln!("Building csi-sanity into {}", dir.display());
-    go_build(
-        &workspace.join(tools::CSI_SANITY_MODULE),
-        "csi-sanity",
-        &single_binary_args(&staging.join("csi-sanity"), tools::CSI_SANITY_PACKAGE),
-        &[tools::CSI_SANITY_PACKAGE],
-    )?;
-    // csi-sanity prints its flags on stderr.
-    let binary = staging.join("csi-sanity");
-    let help = Command::new(&binary)
-        .arg("--help")
-        .output()
-        .with_context(|| format!("running {} --help", binary.display()))?;
-    if !String::from_utf8_lossy(&help.stderr).contains("csi.endpoint") {
-        bail!(
-            "{} --help does not list --csi.endpoint; the build is broken",
-            binary.display()
-        );
-    }
+    eprintln!("Building {what} into {}", dir.display());
+    build(&staging).with_context(|| format!("building {what} into {}", staging.display()))?;
     std::fs::write(
         staging.join(COMPLETE_MARKER),
-        format!("csi-sanity\nbuilt in {:.0?}\n", started.elapsed()),
+        format!("{what}\nbuilt in {:.0?}\n", started.elapsed()),
     )
     .context("writing the completion marker")?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("removing the incomplete {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing the incomplete {}", dir.display()))?;
     }
-    std::fs::rename(&staging, &dir).with_context(|| format!("moving the build into {}", dir.display()))?;
-    eprintln!("Built csi-sanity in {:.0?}", started.elapsed());
-    tools::locate_csi_sanity()
+    std::fs::rename(&staging, dir).with_context(|| format!("moving the build into {}", dir.display()))?;
+    eprintln!("Built {what} in {:.0?}", started.elapsed());
+    Ok(())
 }
 
 /// `go build` arguments for Kubernetes commands: upstream's tags and the version stamps. `output` is a
@@ -423,6 +500,14 @@ mod tests {
         let flags = version_ldflags("1.36.3").unwrap();
         assert!(flags.contains("-X k8s.io/component-base/version.gitVersion=v1.36.3"));
         assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMinor=36"));
+    }
+
+    #[test]
+    fn helm_flags_stamp_its_version_and_the_pinned_kubernetes_minor() {
+        let flags = helm_ldflags("v3.19.0", "1.36.3").unwrap();
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36"));
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=36"));
+        assert!(flags.contains("-X helm.sh/helm/v3/internal/version.version=v3.19.0"));
     }
 
     #[test]
