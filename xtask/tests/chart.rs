@@ -698,3 +698,145 @@ async fn the_api_server_accepts_the_rendered_chart_in_a_dry_run() {
         );
     }
 }
+
+// ---- install, upgrade from the previous chart, uninstall ----
+
+/// A copy of the chart as the previous release: version 0.0.1, and its DynaKube CRD marked with a label
+/// that the current chart does not set (so that the upgrade visibly changes the CRD).
+fn previous_chart(dir: &std::path::Path) {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    copy(&workspace().join("chart"), dir);
+    let chart_yaml = dir.join("Chart.yaml");
+    let text = std::fs::read_to_string(&chart_yaml).unwrap();
+    let text = text.replacen(
+        &format!("version: {}", env!("CARGO_PKG_VERSION")),
+        "version: 0.0.1",
+        1,
+    );
+    std::fs::write(&chart_yaml, text).unwrap();
+    let crds = dir.join("templates/crds.yaml");
+    let text = std::fs::read_to_string(&crds).unwrap();
+    let marked = text.replacen(
+        "  name: dynakubes.dynatrace.com\n",
+        "  labels:\n    chart-test/previous: \"true\"\n  name: dynakubes.dynatrace.com\n",
+        1,
+    );
+    assert_ne!(marked, text, "the DynaKube CRD's name line moved; adapt the test");
+    std::fs::write(&crds, marked).unwrap();
+}
+
+#[tokio::test]
+async fn helm_upgrade_keeps_dynakubes_and_applies_crd_changes_and_uninstall_keeps_the_crds() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DeleteParams, PostParams};
+    use std::time::Duration;
+
+    let Some(helm) = helm() else { return };
+    // A cluster of its own: the installed webhook configurations apply to the whole cluster.
+    let cluster = test_kit::start_private_cluster(3).await.unwrap();
+    let namespace = test_kit::TestNamespace::create_in(&cluster).await.unwrap();
+    let client = namespace.client.clone();
+    let kubeconfig = namespace.kubeconfig().display().to_string();
+    let previous = workspace().join(format!("target/chart-previous-{}", std::process::id()));
+    previous_chart(&previous);
+    let current = workspace().join("chart").display().to_string();
+    let helm_in_cluster = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--namespace", &namespace.name, "--kubeconfig", &kubeconfig]);
+        let output = run_helm(&helm, &all);
+        assert!(
+            output.status.success(),
+            "helm {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let previous_dir = previous.display().to_string();
+    helm_in_cluster(&[
+        "install",
+        "dynatrace-operator",
+        &previous_dir,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+
+    // The webhook's pods run on kwok nodes and answer nothing: without the validating webhook (which
+    // fails closed) a DynaKube can be created. The upgrade puts the configuration back.
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    validating
+        .delete("dynatrace-webhook", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("dynatrace.com", "v1beta1", "DynaKube");
+    let dynakubes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace.name, &ApiResource::from_gvk(&gvk));
+    let dynakube: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta1",
+        "kind": "DynaKube",
+        "metadata": {"name": "dynakube"},
+        "spec": {
+            "apiUrl": "https://abc12345.live.dynatrace.com/api",
+            "oneAgent": {"classicFullStack": {}}
+        }
+    }))
+    .unwrap();
+    test_kit::eventually("the DynaKube is created", Duration::from_secs(30), || async {
+        Ok(dynakubes.create(&PostParams::default(), &dynakube).await.ok())
+    })
+    .await
+    .unwrap();
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let marked = |crd: &CustomResourceDefinition| {
+        crd.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("chart-test/previous"))
+    };
+    assert!(marked(&crds.get("dynakubes.dynatrace.com").await.unwrap()));
+
+    helm_in_cluster(&[
+        "upgrade",
+        "dynatrace-operator",
+        &current,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(
+        !marked(&crds.get("dynakubes.dynatrace.com").await.unwrap()),
+        "the upgrade did not apply the current chart's CRD"
+    );
+    assert!(
+        dynakubes.get_opt("dynakube").await.unwrap().is_some(),
+        "the upgrade lost the DynaKube"
+    );
+    assert!(validating.get_opt("dynatrace-webhook").await.unwrap().is_some());
+
+    helm_in_cluster(&["uninstall", "dynatrace-operator", "--wait"]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
+    assert!(deployments.get_opt("dynatrace-operator").await.unwrap().is_none());
+    assert!(validating.get_opt("dynatrace-webhook").await.unwrap().is_none());
+    assert!(crds.get_opt("oneagents.dynatrace.com").await.unwrap().is_some());
+    assert!(
+        dynakubes.get_opt("dynakube").await.unwrap().is_some(),
+        "helm uninstall removed the DynaKube"
+    );
+    std::fs::remove_dir_all(&previous).unwrap();
+}
