@@ -173,6 +173,16 @@ fn the_chart_version_and_app_version_are_the_workspace_version() {
 fn the_sample_dynakube_is_a_valid_v1beta1_dynakube() {
     let text = std::fs::read_to_string(workspace().join("samples/dynakube.yaml")).unwrap();
     let dynakube: pure_api::dynakube::v1beta1::DynaKube = serde_saphyr::from_str(&text).unwrap();
+    // What the webhook would say with the chart's CSI driver installed: nothing.
+    let cluster = pure_api::validation::ClusterView {
+        csi_driver_installed: Some(true),
+        ..Default::default()
+    };
+    let verdict = pure_api::validation::validate(&dynakube, &cluster, &Default::default());
+    assert!(
+        verdict.errors.is_empty() && verdict.warnings.is_empty(),
+        "{verdict:?}"
+    );
     assert!(dynakube.spec.one_agent.unwrap().cloud_native_full_stack.is_some());
 }
 
