@@ -17,14 +17,6 @@ app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version }}
 {{- end }}
 
-{{/* imagePullSecrets of every pod, when customPullSecret is set. */}}
-{{- define "dynatrace-operator.pullSecrets" -}}
-{{- if .Values.customPullSecret }}
-imagePullSecrets:
-  - name: {{ .Values.customPullSecret }}
-{{- end }}
-{{- end }}
-
 {{/* The security context of the operator's and the webhook's container: the image's user, nothing else. */}}
 {{- define "dynatrace-operator.restrictedContainer" -}}
 allowPrivilegeEscalation: false
