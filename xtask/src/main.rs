@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Build the Kubernetes test tools (kube-apiserver, controller manager, scheduler, kubectl, etcd, kwok,
-    /// the kubelet for the real node, csi-sanity) from the Go module proxy, unless the pinned build is already cached.
+    /// the kubelet for the real node, csi-sanity, Helm) from the Go module proxy, unless the pinned build is already cached.
     Tools {
         /// Rebuild even if the cache has them.
         #[arg(long)]
@@ -40,7 +40,7 @@ enum Task {
     },
     /// Run every check CI runs: formatting, clippy, and all tests against a real control plane.
     Test,
-    /// Regenerate the files derived from the code (the CRDs in the Helm chart).
+    /// Regenerate the files derived from the code (the CRDs and the RBAC in the Helm chart).
     Generate,
     /// Run the product locally until Ctrl-C: a local cluster, the fake tenant, the operator and the webhook
     /// server, and a sample DynaKube whose OneAgent pods run on the kwok nodes.
@@ -107,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tools = tools::ensure(force)?;
             tools::ensure_kubelet(force)?;
             tools::ensure_csi_sanity(force)?;
+            tools::ensure_helm(force)?;
             if print_dir {
                 println!("{}", tools.dir.display());
             } else {
@@ -312,13 +313,29 @@ fn image(release: bool) -> anyhow::Result<()> {
 }
 
 fn generate() -> anyhow::Result<()> {
-    let path = test_kit::tools::workspace_root().join(pure_api::crd::CHART_CRDS_PATH);
-    let yaml = pure_api::crd::chart_yaml().context("rendering the CRDs")?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let root = test_kit::tools::workspace_root();
+    let files = [
+        (
+            pure_api::crd::CHART_CRDS_PATH,
+            pure_api::crd::chart_yaml().context("rendering the CRDs")?,
+        ),
+        (
+            pure_install::chart::CHART_RBAC_PATH,
+            pure_install::chart::rbac_yaml().context("rendering the RBAC")?,
+        ),
+        (
+            pure_install::chart::CHART_CSI_RBAC_PATH,
+            pure_install::chart::csi_rbac_yaml().context("rendering the CSI driver's RBAC")?,
+        ),
+    ];
+    for (path, text) in files {
+        let path = root.join(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("Wrote {}", path.display());
     }
-    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("Wrote {}", path.display());
     Ok(())
 }
 
@@ -344,6 +361,8 @@ fn test() -> anyhow::Result<()> {
     tools::ensure_kubelet(false)?;
     // Built before the tests, so the csi-sanity test runs instead of skipping.
     tools::ensure_csi_sanity(false)?;
+    // Likewise the chart tests.
+    tools::ensure_helm(false)?;
     cargo(
         &["test", "--workspace", "--locked", "--no-fail-fast"],
         "tests failed",

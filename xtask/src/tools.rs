@@ -48,96 +48,156 @@ pub fn ensure(force: bool) -> anyhow::Result<Tools> {
 
 /// Builds the pinned kubelet unless it is already cached; returns its path.
 pub fn ensure_kubelet(force: bool) -> anyhow::Result<PathBuf> {
-    if std::env::var_os(tools::TOOLS_DIR_ENV).is_some() {
-        return tools::locate_kubelet();
-    }
-    let dir = tools::kubelet_dir()?;
-    if !force && dir.join(COMPLETE_MARKER).exists() {
-        return tools::locate_kubelet();
-    }
-    build_kubelet(&dir).with_context(|| format!("building the kubelet into {}", dir.display()))?;
-    tools::locate_kubelet()
+    ensure_single_tool(force, tools::kubelet_dir, tools::locate_kubelet, |dir| {
+        let workspace = tools::workspace_root();
+        let k8s_version = tools::pinned_kubernetes_version(&workspace)?;
+        build_single_tool(dir, &format!("the kubelet {k8s_version}"), |staging| {
+            go_build(
+                &workspace.join("tools/k8s"),
+                &format!("kubelet {k8s_version}"),
+                &kubernetes_build_args(&k8s_version, &staging.join("kubelet"), &[KUBELET_PACKAGE])?,
+                &[KUBELET_PACKAGE],
+            )?;
+            verify_version(&staging.join("kubelet"), "--version", &format!("v{k8s_version}"))
+        })
+    })
 }
 
-fn build_kubelet(dir: &Path) -> anyhow::Result<()> {
-    let workspace = tools::workspace_root();
-    let k8s_version = tools::pinned_kubernetes_version(&workspace)?;
-    check_go(&workspace)?;
+/// A tool cached on its own: `locate` when `$DTO_TOOLS_DIR` is set or `dir` holds a complete build (and
+/// `force` is off), else `build` into `dir` first.
+fn ensure_single_tool(
+    force: bool,
+    dir: fn() -> anyhow::Result<PathBuf>,
+    locate: fn() -> anyhow::Result<PathBuf>,
+    build: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
+    if std::env::var_os(tools::TOOLS_DIR_ENV).is_some() {
+        return locate();
+    }
+    let dir = dir()?;
+    if force || !dir.join(COMPLETE_MARKER).exists() {
+        build(&dir)?;
+    }
+    locate()
+}
+
+/// Builds the pinned csi-sanity unless it is already cached; returns its path.
+pub fn ensure_csi_sanity(force: bool) -> anyhow::Result<PathBuf> {
+    ensure_single_tool(force, tools::csi_sanity_dir, tools::locate_csi_sanity, |dir| {
+        build_single_tool(dir, "csi-sanity", |staging| {
+            go_build(
+                &tools::workspace_root().join(tools::CSI_SANITY_MODULE),
+                "csi-sanity",
+                &single_binary_args(&staging.join("csi-sanity"), tools::CSI_SANITY_PACKAGE),
+                &[tools::CSI_SANITY_PACKAGE],
+            )?;
+            // csi-sanity prints its flags on stderr.
+            let binary = staging.join("csi-sanity");
+            let help = Command::new(&binary)
+                .arg("--help")
+                .output()
+                .with_context(|| format!("running {} --help", binary.display()))?;
+            if !String::from_utf8_lossy(&help.stderr).contains("csi.endpoint") {
+                bail!(
+                    "{} --help does not list --csi.endpoint; the build is broken",
+                    binary.display()
+                );
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Builds the pinned Helm unless it is already cached; returns its path.
+pub fn ensure_helm(force: bool) -> anyhow::Result<PathBuf> {
+    ensure_single_tool(force, tools::helm_dir, tools::locate_helm, |dir| {
+        let workspace = tools::workspace_root();
+        let kubernetes = tools::pinned_kubernetes_version(&workspace)?;
+        let go_mod_path = workspace.join(tools::HELM_MODULE).join("go.mod");
+        let go_mod = std::fs::read_to_string(&go_mod_path)
+            .with_context(|| format!("reading {}", go_mod_path.display()))?;
+        let helm_version = tools::parse_required_version(&go_mod, tools::HELM_GO_MODULE)
+            .with_context(|| {
+                format!(
+                    "{} does not require {}",
+                    go_mod_path.display(),
+                    tools::HELM_GO_MODULE
+                )
+            })?
+            .to_owned();
+        build_single_tool(dir, &format!("Helm {helm_version}"), |staging| {
+            let binary = staging.join("helm");
+            let mut args: Vec<String> = ["build", "-v", "-trimpath", "-ldflags"].map(String::from).into();
+            args.push(helm_ldflags(&helm_version, &kubernetes)?);
+            args.extend([
+                "-o".to_owned(),
+                binary.display().to_string(),
+                tools::HELM_PACKAGE.to_owned(),
+            ]);
+            go_build(
+                &workspace.join(tools::HELM_MODULE),
+                &format!("Helm {helm_version}"),
+                &args,
+                &[tools::HELM_PACKAGE],
+            )?;
+            // The Kubernetes stamp is checked by the chart's tests: its kubeVersion constraint fails to
+            // render with Helm's unstamped default (v1.20).
+            verify_version(&binary, "version", &format!("Version:\"{helm_version}\""))
+        })
+    })
+}
+
+/// `36` of `1.36.3`.
+fn kubernetes_minor(version: &str) -> anyhow::Result<&str> {
+    version
+        .split('.')
+        .nth(1)
+        .with_context(|| format!("malformed Kubernetes version {version:?}"))
+}
+
+/// `-X` flags for Helm: its own version (else `helm version` says only "v3.19") and the Kubernetes version
+/// it assumes without a cluster (else v1.20, so `helm template` and `helm lint` render for an old cluster).
+fn helm_ldflags(helm_version: &str, kubernetes: &str) -> anyhow::Result<String> {
+    let minor = kubernetes_minor(kubernetes)?;
+    let mut flags = String::from("-s -w");
+    for package in ["pkg/chartutil", "pkg/lint/rules"] {
+        flags.push_str(&format!(
+            " -X helm.sh/helm/v3/{package}.k8sVersionMajor=1 -X helm.sh/helm/v3/{package}.k8sVersionMinor={minor}"
+        ));
+    }
+    flags.push_str(&format!(
+        " -X helm.sh/helm/v3/internal/version.version={helm_version}"
+    ));
+    Ok(flags)
+}
+
+/// Builds one tool into a staging directory next to `dir` with `build`, marks it complete and moves it
+/// into place, so an interrupted build is never taken for a finished one.
+fn build_single_tool(
+    dir: &Path,
+    what: &str,
+    build: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    check_go(&tools::workspace_root())?;
     let staging = dir.with_extension("partial");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let started = Instant::now();
-    eprintln!("Building the kubelet {k8s_version} into {}", dir.display());
-    go_build(
-        &workspace.join("tools/k8s"),
-        &format!("kubelet {k8s_version}"),
-        &kubernetes_build_args(&k8s_version, &staging.join("kubelet"), &[KUBELET_PACKAGE])?,
-        &[KUBELET_PACKAGE],
-    )?;
-    verify_version(&staging.join("kubelet"), "--version", &format!("v{k8s_version}"))?;
+    eprintln!("Building {what} into {}", dir.display());
+    build(&staging).with_context(|| format!("building {what} into {}", staging.display()))?;
     std::fs::write(
         staging.join(COMPLETE_MARKER),
-        format!("kubelet {k8s_version}\nbuilt in {:.0?}\n", started.elapsed()),
+        format!("{what}\nbuilt in {:.0?}\n", started.elapsed()),
     )
     .context("writing the completion marker")?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing the incomplete {}", dir.display()))?;
     }
     std::fs::rename(&staging, dir).with_context(|| format!("moving the build into {}", dir.display()))?;
-    eprintln!("Built the kubelet in {:.0?}", started.elapsed());
+    eprintln!("Built {what} in {:.0?}", started.elapsed());
     Ok(())
-}
-
-/// Builds the pinned csi-sanity unless it is already cached; returns its path.
-pub fn ensure_csi_sanity(force: bool) -> anyhow::Result<PathBuf> {
-    if std::env::var_os(tools::TOOLS_DIR_ENV).is_some() {
-        return tools::locate_csi_sanity();
-    }
-    let dir = tools::csi_sanity_dir()?;
-    if !force && dir.join(COMPLETE_MARKER).exists() {
-        return tools::locate_csi_sanity();
-    }
-    let workspace = tools::workspace_root();
-    check_go(&workspace)?;
-    let staging = dir.with_extension("partial");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
-    }
-    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let started = Instant::now();
-    eprintln!("Building csi-sanity into {}", dir.display());
-    go_build(
-        &workspace.join(tools::CSI_SANITY_MODULE),
-        "csi-sanity",
-        &single_binary_args(&staging.join("csi-sanity"), tools::CSI_SANITY_PACKAGE),
-        &[tools::CSI_SANITY_PACKAGE],
-    )?;
-    // csi-sanity prints its flags on stderr.
-    let binary = staging.join("csi-sanity");
-    let help = Command::new(&binary)
-        .arg("--help")
-        .output()
-        .with_context(|| format!("running {} --help", binary.display()))?;
-    if !String::from_utf8_lossy(&help.stderr).contains("csi.endpoint") {
-        bail!(
-            "{} --help does not list --csi.endpoint; the build is broken",
-            binary.display()
-        );
-    }
-    std::fs::write(
-        staging.join(COMPLETE_MARKER),
-        format!("csi-sanity\nbuilt in {:.0?}\n", started.elapsed()),
-    )
-    .context("writing the completion marker")?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("removing the incomplete {}", dir.display()))?;
-    }
-    std::fs::rename(&staging, &dir).with_context(|| format!("moving the build into {}", dir.display()))?;
-    eprintln!("Built csi-sanity in {:.0?}", started.elapsed());
-    tools::locate_csi_sanity()
 }
 
 /// `go build` arguments for Kubernetes commands: upstream's tags and the version stamps. `output` is a
@@ -230,10 +290,7 @@ fn single_binary_args(output: &Path, package: &str) -> Vec<String> {
 /// The `-X` flags that stamp the version (without them `--version` says v0.0.0 and Helm's kubeVersion
 /// checks fail).
 fn version_ldflags(version: &str) -> anyhow::Result<String> {
-    let minor = version
-        .split('.')
-        .nth(1)
-        .context("malformed Kubernetes version")?;
+    let minor = kubernetes_minor(version)?;
     let mut flags = String::from("-s -w");
     for package in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
         for (key, value) in [
@@ -423,6 +480,14 @@ mod tests {
         let flags = version_ldflags("1.36.3").unwrap();
         assert!(flags.contains("-X k8s.io/component-base/version.gitVersion=v1.36.3"));
         assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMinor=36"));
+    }
+
+    #[test]
+    fn helm_flags_stamp_its_version_and_the_pinned_kubernetes_minor() {
+        let flags = helm_ldflags("v3.19.0", "1.36.3").unwrap();
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36"));
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=36"));
+        assert!(flags.contains("-X helm.sh/helm/v3/internal/version.version=v3.19.0"));
     }
 
     #[test]

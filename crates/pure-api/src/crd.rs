@@ -17,11 +17,21 @@ pub const CHART_RELEASE_NAMESPACE: &str = "{{ .Release.Namespace }}";
 /// Where the CRDs are committed, relative to the workspace root.
 pub const CHART_CRDS_PATH: &str = "chart/templates/crds.yaml";
 
-/// The CRDs as committed for the Helm chart.
+/// The CRDs as committed for the Helm chart: templates (not `crds/`, which Helm never upgrades) rendered
+/// with `installCRD`, kept by `helm uninstall` so that the DynaKubes survive it.
 pub fn chart_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    to_yaml(&all(&ConversionEndpoint::Service {
+    let mut crds = all(&ConversionEndpoint::Service {
         namespace: CHART_RELEASE_NAMESPACE.to_owned(),
-    }))
+    });
+    for crd in &mut crds {
+        crd.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("helm.sh/resource-policy".to_owned(), "keep".to_owned());
+    }
+    let mut out = to_yaml(&crds)?;
+    out.push_str("{{- end }}\n");
+    Ok(out.replacen("\n---\n", "\n{{- if .Values.installCRD }}\n---\n", 1))
 }
 
 /// Path of the conversion endpoint on the webhook server.

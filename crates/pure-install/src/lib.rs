@@ -13,6 +13,7 @@
 //!
 //! Pure: no I/O. [`Installation::objects`] returns every object as JSON, in the order to apply them.
 
+pub mod chart;
 pub mod csi;
 
 use std::collections::BTreeMap;

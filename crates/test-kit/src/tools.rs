@@ -169,7 +169,7 @@ pub const CSI_SANITY_PACKAGE: &str = "github.com/kubernetes-csi/csi-test/v5/cmd/
 /// Bumped whenever csi-sanity's build recipe changes.
 pub const CSI_SANITY_RECIPE_VERSION: &str = "1";
 
-/// Environment variable that turns a missing optional test tool (csi-sanity) into a test failure
+/// Environment variable that turns a missing optional test tool (csi-sanity, Helm) into a test failure
 /// instead of a skip (CI sets it).
 pub const REQUIRE_TOOLS_ENV: &str = "DTO_REQUIRE_TOOLS";
 
@@ -183,6 +183,37 @@ pub fn csi_sanity_dir() -> anyhow::Result<PathBuf> {
 /// with what to run when it is not built.
 pub fn locate_csi_sanity() -> anyhow::Result<PathBuf> {
     locate_pinned_tool(&csi_sanity_dir()?, "csi-sanity", "csi-sanity", "under a minute")
+}
+
+/// The Go module that pins Helm, relative to the workspace root. Cached apart from the control plane
+/// (see [`helm_dir`]).
+pub const HELM_MODULE: &str = "tools/helm";
+
+/// The package of the helm command.
+pub const HELM_PACKAGE: &str = "helm.sh/helm/v3/cmd/helm";
+
+/// The module whose version `helm version` reports (stamped at build time).
+pub const HELM_GO_MODULE: &str = "helm.sh/helm/v3";
+
+/// Bumped whenever Helm's build recipe changes.
+pub const HELM_RECIPE_VERSION: &str = "1";
+
+/// Helm's cache directory for this checkout: `<cache>/helm/<hash>`, the hash covering `tools/helm`,
+/// [`HELM_RECIPE_VERSION`] and the pinned Kubernetes version (stamped into Helm as the version it assumes
+/// when no cluster is asked, so a Kubernetes bump rebuilds it).
+pub fn helm_dir() -> anyhow::Result<PathBuf> {
+    let kubernetes = pinned_kubernetes_version(&workspace_root())?;
+    pinned_tool_dir(
+        HELM_MODULE,
+        &format!("{HELM_RECIPE_VERSION}-kubernetes-{kubernetes}"),
+        "helm",
+    )
+}
+
+/// The pinned Helm: `$DTO_TOOLS_DIR/bin/helm` when that is set, else the cached build. Fails with what to
+/// run when it is not built.
+pub fn locate_helm() -> anyhow::Result<PathBuf> {
+    locate_pinned_tool(&helm_dir()?, "helm", "Helm", "about 2 minutes")
 }
 
 /// Paths of the built control plane tools.
