@@ -563,6 +563,50 @@ impl Denied {
     }
 }
 
+/// The README's table of every rule: component, role (ClusterRole or Role in the installation's
+/// namespace), API group, resources, verbs, names and the code that needs it. Markdown, one row per rule.
+pub fn markdown_table(installation: &Installation) -> String {
+    let mut out = String::from(
+        "| Component (ServiceAccount) | Role | API group | Resources | Verbs | Only the names | Why (code) |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let code = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("`{i}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for grant in installation.grants() {
+        for (role, rules) in [("ClusterRole", &grant.cluster), ("Role", &grant.namespaced)] {
+            for rule in rules {
+                let groups = rule.rule.api_groups.clone().unwrap_or_default();
+                let group = groups
+                    .iter()
+                    .map(|g| {
+                        if g.is_empty() {
+                            "core".to_owned()
+                        } else {
+                            format!("`{g}`")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                out.push_str(&format!(
+                    "| {} (`{}`) | {role} | {group} | {} | {} | {} | {} |\n",
+                    grant.component,
+                    grant.account,
+                    code(&rule.rule.resources.clone().unwrap_or_default()),
+                    code(&rule.rule.verbs),
+                    rule.rule.resource_names.as_deref().map(code).unwrap_or_default(),
+                    rule.why,
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// [`Denied::explain`] for the forbidden message in `text`, if it holds one.
 pub fn explain_forbidden(text: &str) -> Option<String> {
     Denied::find(text).map(|d| d.explain())
