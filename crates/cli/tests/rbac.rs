@@ -5,7 +5,7 @@
 //! reconciled to its DaemonSet and status, a namespace mapped and given its Secrets, a pod injected through
 //! the webhook's caches, a code module provisioned with the node's status ConfigMap written and GC run), and
 //! none of them logs a single `forbidden`. A second test takes one rule away and checks that the operator
-//! says which verb on which resource it lacks and what to do.
+//! and the webhook say which verb on which resource they lack and what to do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -490,9 +490,11 @@ fn without_verb(objects: &mut [Value], role: &str, resource: &str, verb: &str) {
 async fn a_missing_rule_is_reported_with_the_verb_the_resource_and_what_to_do() {
     let world = World::start(|objects| {
         without_verb(objects, pure_install::OPERATOR, "nodes", "list");
+        without_verb(objects, pure_install::WEBHOOK, "nodes", "list");
     })
     .await;
     let (_operator, _port) = world.operator().await;
+    let (_webhook, _metrics) = world.webhook().await;
     let log = world.log("operator");
     // The API server's message names verb and resource; the operator adds which role of the installation
     // lacks the rule, so that whoever reads the log knows what to fix.
@@ -517,4 +519,20 @@ async fn a_missing_rule_is_reported_with_the_verb_the_resource_and_what_to_do() 
     for words in [r#"may not list nodes"#, r#"add "list" on "nodes""#] {
         assert!(line.contains(words), "{words:?} missing from {line}");
     }
+    // The webhook's watches say the same about its own ClusterRole.
+    let webhook_log = world.log("webhook");
+    let line = test_kit::eventually(
+        "the webhook to say which rule the denied list of nodes needs",
+        TIMEOUT,
+        || async {
+            Ok(std::fs::read_to_string(&webhook_log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains("ClusterRole dynatrace-webhook"))
+                .map(str::to_owned))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(line.contains(r#"add "list" on "nodes""#), "{line}");
 }
