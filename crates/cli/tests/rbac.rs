@@ -2,9 +2,10 @@
 //! only the installation's ServiceAccounts and RBAC, the operator, the webhook server and the CSI provisioner
 //! run as host processes, each with a kubeconfig whose bearer token the TokenRequest API issued for its own
 //! ServiceAccount. They go through their main scenarios (webhook certificates and caBundles, a DynaKube
-//! reconciled to its DaemonSet and status, a namespace mapped and given its Secrets, a pod injected through
-//! the webhook's caches, a code module provisioned with the node's status ConfigMap written and GC run), and
-//! none of them logs a single `forbidden`. A second test takes one rule away and checks that the operator
+//! reconciled to its DaemonSet and status, a namespace mapped and given its Secrets, a workload whose pod
+//! missed injection restarted, a pod injected through the webhook's caches, a code module provisioned with
+//! the node's status ConfigMap written and GC run, a graceful stop that releases the Lease), and none of
+//! them logs a single `forbidden`. A second test takes one rule away and checks that the operator
 //! and the webhook say which verb on which resource they lack and what to do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
@@ -13,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pure_api::crd::ConversionEndpoint;
 use pure_api::dynakube::DynaKube;
@@ -342,21 +343,8 @@ async fn operator_webhook_and_csi_provisioner_do_their_work_as_their_service_acc
     // and writes its Secrets there, and a pod created there is injected through the webhook's caches.
     let node = "kwok-node-0";
     let _provisioner = world.csi_provisioner(node).await;
-    world
-        .apply(
-            dynakubes.clone(),
-            "apps",
-            json!({
-                "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
-                "metadata": { "name": "apps", "namespace": ns },
-                "spec": {
-                    "apiUrl": api_url, "tokens": "dynakube",
-                    "namespaceSelector": { "matchLabels": { SELECTOR.0: SELECTOR.1 } },
-                    "oneAgent": { "applicationMonitoring": { "useCSIDriver": true } },
-                },
-            }),
-        )
-        .await;
+    // The namespace and a Deployment in it before any DynaKube maps it: its pod runs without injection,
+    // and the operator restarts the Deployment (pod list, ReplicaSet get, Deployment patch).
     world
         .apply(
             Api::<Namespace>::all(client.clone()),
@@ -367,9 +355,68 @@ async fn operator_webhook_and_csi_provisioner_do_their_work_as_their_service_acc
             }),
         )
         .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), APPS_NAMESPACE);
+    world
+        .apply(
+            deployments.clone(),
+            "missed",
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": "missed", "namespace": APPS_NAMESPACE },
+                "spec": {
+                    "replicas": 1,
+                    "selector": { "matchLabels": { "app": "missed" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "missed" } },
+                        "spec": { "containers": [{ "name": "app", "image": "sample-app" }] },
+                    },
+                },
+            }),
+        )
+        .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS_NAMESPACE);
+    test_kit::eventually("the uninjected pod to run", TIMEOUT, || async {
+        let list = pods.list(&ListParams::default().labels("app=missed")).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| world.fail(&e));
+    let apps = |touch: &str| {
+        json!({
+            "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
+            "metadata": { "name": "apps", "namespace": ns, "annotations": {
+                "feature.dynatrace.com/restart-missed-injections": "true",
+                "rbac.dynatrace.com/touch": touch,
+            } },
+            "spec": {
+                "apiUrl": api_url, "tokens": "dynakube",
+                "namespaceSelector": { "matchLabels": { SELECTOR.0: SELECTOR.1 } },
+                "oneAgent": { "applicationMonitoring": { "useCSIDriver": true } },
+            },
+        })
+    };
+    world.apply(dynakubes.clone(), "apps", apps("0")).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), APPS_NAMESPACE);
     test_kit::eventually("the mapped namespace's init Secret", TIMEOUT, || async {
         Ok(secrets.get_opt(pure_api::dynakube::names::INIT_SECRET).await?)
+    })
+    .await
+    .unwrap_or_else(|e| world.fail(&e));
+    // A change of the DynaKube's annotations starts a missed-injection check now that the namespace is
+    // mapped.
+    world.apply(dynakubes.clone(), "apps", apps("1")).await;
+    test_kit::eventually("the uninjected pod's Deployment restarted", TIMEOUT, || async {
+        let deployment = deployments.get("missed").await?;
+        Ok(deployment
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(pure_desired::missed::RESTART_CAUSE_ANNOTATION)
+            .then_some(()))
     })
     .await
     .unwrap_or_else(|e| world.fail(&e));
@@ -387,7 +434,6 @@ async fn operator_webhook_and_csi_provisioner_do_their_work_as_their_service_acc
         Some("apps"),
         "the namespace is labelled for the DynaKube"
     );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), APPS_NAMESPACE);
     let injected = test_kit::eventually("a pod injected by the webhook", TIMEOUT, || async {
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
