@@ -269,8 +269,8 @@ where
                 Err(err) => tracing::warn!(
                     kind,
                     %err,
-                    "watching for webhook certificate changes failed; retrying with backoff (check the \
-                     operator's RBAC for list/watch)"
+                    "watching for webhook certificate changes failed: {}; retrying with backoff",
+                    crate::error::advice(&err)
                 ),
             }
         }

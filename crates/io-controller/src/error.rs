@@ -10,7 +10,7 @@ use crate::dynakube::{API_CONDITION, TOKENS_CONDITION};
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// A Kubernetes call failed; retried with a backoff.
-    #[error("{what}: {source}; check the operator's RBAC and that the API server is reachable (retrying)")]
+    #[error("{what}: {source}; {} (retrying)", advice(source))]
     Kube {
         /// What was being done.
         what: String,
@@ -114,6 +114,13 @@ impl ReconcileError {
 
 /// Attaches what was being done, naming the object, to a Kubernetes API error: the one way the controllers
 /// report a failed call.
+/// What to do about a failed Kubernetes call: for a denied request the missing rule and the role it
+/// belongs in, else the usual suspects.
+pub(crate) fn advice(error: &dyn std::fmt::Display) -> String {
+    pure_install::rbac::explain_forbidden(&error.to_string())
+        .unwrap_or_else(|| "check the operator's RBAC and that the API server is reachable".to_owned())
+}
+
 pub(crate) fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let what = what.into();
     move |source| ReconcileError::Kube { what, source }

@@ -180,7 +180,8 @@ where
                     Err(error) => tracing::warn!(
                         kind = %K::kind(&()),
                         %error,
-                        "watching failed; retrying with backoff (check the operator's RBAC for list/watch)"
+                        "watching failed: {}; retrying with backoff",
+                        crate::error::advice(&error)
                     ),
                 }
             }
@@ -498,8 +499,8 @@ where
             Err(error) => tracing::warn!(
                 kind = %K::kind(&()),
                 %error,
-                "watching failed; retrying with backoff (check the operator's RBAC: list/watch in the \
-                 namespaces that hold DynaKubes)"
+                "watching a namespace that holds DynaKubes failed: {}; retrying with backoff",
+                crate::error::advice(&error)
             ),
         }
     }

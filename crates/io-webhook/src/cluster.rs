@@ -93,7 +93,12 @@ where
                 () = shutdown.cancelled() => return,
                 item = stream.next() => match item {
                     None => return,
-                    Some(Err(err)) => tracing::warn!(%err, resource = what, "watch failed; retrying with backoff"),
+                    Some(Err(err)) => tracing::warn!(
+                        %err,
+                        resource = what,
+                        "watch failed: {}; retrying with backoff",
+                        rbac_advice(&err)
+                    ),
                     Some(Ok(_)) => {}
                 },
             }
@@ -315,4 +320,11 @@ impl ClusterCache {
             Err(err) => ProxySecret::Unreadable(err.to_string()),
         }
     }
+}
+
+/// For a denied request, the missing rule and the role it belongs in (the API server's message names only
+/// the verb and the resource); else a hint at the webhook's RBAC and the API server.
+pub(crate) fn rbac_advice(error: &dyn std::fmt::Display) -> String {
+    pure_install::rbac::explain_forbidden(&error.to_string())
+        .unwrap_or_else(|| "check the webhook's RBAC and that the API server is reachable".to_owned())
 }

@@ -221,8 +221,8 @@ impl ReloadingCertificate {
                 Some(Err(err)) => tracing::warn!(
                     secret = %secret_name,
                     %err,
-                    "watching the certificate Secret failed; retrying with backoff (check the webhook's RBAC \
-                     for get/list/watch on Secrets in its namespace)"
+                    "watching the certificate Secret failed: {}; retrying with backoff",
+                    crate::cluster::rbac_advice(&err)
                 ),
             }
         }

@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
     Container, EnvVar, HostPathVolumeSource, PodSpec, ResourceRequirements, SecurityContext, ServiceAccount,
     Toleration, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pure_desired::pod::{self, field_env, literal_env};
 use serde_json::Value;
 
-use crate::{INJECT_ANNOTATION, Installation, http_probe, labels, port, role_ref, rule, selector, to_value};
+use crate::{INJECT_ANNOTATION, Installation, http_probe, labels, port, selector, to_value};
 
 /// The driver's name, as the kubelet and the pods' inline volumes know it.
 pub const CSI_DRIVER: &str = pure_desired::oneagent::CSI_DRIVER;
@@ -117,44 +116,6 @@ impl Installation {
         out.push(to_value(&csi_driver(options)));
         out.push(to_value(&self.csi_daemonset(options)));
         out
-    }
-
-    /// The CSI pods' RBAC: a ClusterRole for events on application pods (the empty-volume warning) and the
-    /// node, a Role for the namespace's DynaKubes, their token Secrets and trusted-CAs ConfigMaps, and the
-    /// per-node status ConfigMaps the provisioner writes.
-    pub fn csi_rbac(&self) -> Vec<Value> {
-        let subject = Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: CSI_DAEMONSET.to_owned(),
-            namespace: Some(self.namespace.clone()),
-            ..Default::default()
-        };
-        let cluster_meta = ObjectMeta {
-            name: Some(CSI_DAEMONSET.to_owned()),
-            labels: Some(labels("csi-driver")),
-            ..Default::default()
-        };
-        vec![
-            to_value(&ClusterRole {
-                metadata: cluster_meta.clone(),
-                rules: Some(csi_cluster_rules()),
-                ..Default::default()
-            }),
-            to_value(&ClusterRoleBinding {
-                metadata: cluster_meta,
-                role_ref: role_ref("ClusterRole", CSI_DAEMONSET),
-                subjects: Some(vec![subject.clone()]),
-            }),
-            to_value(&Role {
-                metadata: self.meta(CSI_DAEMONSET, "csi-driver"),
-                rules: Some(csi_namespace_rules()),
-            }),
-            to_value(&RoleBinding {
-                metadata: self.meta(CSI_DAEMONSET, "csi-driver"),
-                role_ref: role_ref("Role", CSI_DAEMONSET),
-                subjects: Some(vec![subject]),
-            }),
-        ]
     }
 
     /// The DaemonSet `dynatrace-oneagent-csi-driver`: `server` and `provisioner`, both privileged (they
@@ -330,30 +291,6 @@ pub fn priority_class() -> PriorityClass {
         ),
         ..Default::default()
     }
-}
-
-/// Across the cluster: the warning event on an application pod that started with an empty volume (in
-/// the pod's namespace), and the node the driver runs on.
-fn csi_cluster_rules() -> Vec<PolicyRule> {
-    vec![
-        rule("", &["events"], &["create", "patch"]),
-        rule("events.k8s.io", &["events"], &["create", "patch"]),
-        rule("", &["nodes"], &["get"]),
-    ]
-}
-
-/// In the operator's namespace: the DynaKubes that need code modules, their token Secrets and trusted-CAs
-/// ConfigMaps (names chosen by the user, so not listed here), and the per-node status ConfigMaps.
-fn csi_namespace_rules() -> Vec<PolicyRule> {
-    vec![
-        rule("dynatrace.com", &["dynakubes"], &["get", "list", "watch"]),
-        rule("", &["secrets"], &["get", "list", "watch"]),
-        rule(
-            "",
-            &["configmaps"],
-            &["get", "list", "watch", "create", "update", "patch"],
-        ),
-    ]
 }
 
 /// Master/control-plane nodes, nodes tainted by architecture and nodes the autoscaler is draining: the

@@ -15,6 +15,7 @@
 
 pub mod chart;
 pub mod csi;
+pub mod rbac;
 
 use std::collections::BTreeMap;
 
@@ -27,9 +28,6 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, HTTPGetAction, Namespace, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
     ServiceSpec,
-};
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -134,48 +132,6 @@ impl Installation {
             labels: Some(labels(component)),
             ..Default::default()
         }
-    }
-
-    /// The RBAC of the operator and the webhook: a ClusterRole for what they read or write across the
-    /// cluster, a Role for their own namespace, each bound to its ServiceAccount.
-    pub fn rbac(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for (account, cluster_rules, namespace_rules) in [
-            (OPERATOR, operator_cluster_rules(), operator_namespace_rules()),
-            (WEBHOOK, webhook_cluster_rules(), webhook_namespace_rules()),
-        ] {
-            let subject = Subject {
-                kind: "ServiceAccount".to_owned(),
-                name: account.to_owned(),
-                namespace: Some(self.namespace.clone()),
-                ..Default::default()
-            };
-            let cluster_meta = ObjectMeta {
-                name: Some(account.to_owned()),
-                labels: Some(labels(component_of(account))),
-                ..Default::default()
-            };
-            out.push(to_value(&ClusterRole {
-                metadata: cluster_meta.clone(),
-                rules: Some(cluster_rules),
-                ..Default::default()
-            }));
-            out.push(to_value(&ClusterRoleBinding {
-                metadata: cluster_meta,
-                role_ref: role_ref("ClusterRole", account),
-                subjects: Some(vec![subject.clone()]),
-            }));
-            out.push(to_value(&Role {
-                metadata: self.meta(account, component_of(account)),
-                rules: Some(namespace_rules),
-            }));
-            out.push(to_value(&RoleBinding {
-                metadata: self.meta(account, component_of(account)),
-                role_ref: role_ref("Role", account),
-                subjects: Some(vec![subject]),
-            }));
-        }
-        out
     }
 
     /// The Service `dynatrace-webhook`: 443 → the webhook's HTTPS port.
@@ -448,135 +404,6 @@ pub fn validating_webhook_configuration(
             }]),
             ..Default::default()
         }]),
-    }
-}
-
-/// What the operator does across the cluster. Every rule is traced to the code that needs it.
-fn operator_cluster_rules() -> Vec<PolicyRule> {
-    vec![
-        // Shared watches (io-controller watches.rs): DynaKubes, legacy OneAgents, DaemonSets, Namespaces,
-        // Nodes; status written by server-side apply (status.rs); owner references with
-        // blockOwnerDeletion need update on the owners' finalizers.
-        rule(
-            "dynatrace.com",
-            &["dynakubes", "oneagents"],
-            &["get", "list", "watch", "update", "patch"],
-        ),
-        rule(
-            "dynatrace.com",
-            &[
-                "dynakubes/status",
-                "oneagents/status",
-                "dynakubes/finalizers",
-                "oneagents/finalizers",
-            ],
-            &["get", "update", "patch"],
-        ),
-        rule(
-            "apps",
-            &["daemonsets"],
-            &["get", "list", "watch", "create", "update", "patch", "delete"],
-        ),
-        // Namespace mapping labels namespaces (namespaces.rs); the cluster id is kube-system's UID.
-        rule("", &["namespaces"], &["get", "list", "watch", "update", "patch"]),
-        rule("", &["nodes"], &["get", "list", "watch"]),
-        // OneAgent pods: rollout progress and recycling (dynakube.rs, legacy.rs); the missed-injection check
-        // lists running pods' metadata (injection.rs).
-        rule("", &["pods"], &["get", "list", "watch", "delete"]),
-        // Missed-injection restarts (injection.rs, flag restart-missed-injections): a pod's ReplicaSet is
-        // read for its Deployment, and the pod template of a Deployment or StatefulSet is patched
-        // (DaemonSets: the patch verb above).
-        rule("apps", &["replicasets"], &["get"]),
-        rule("apps", &["deployments", "statefulsets"], &["patch"]),
-        // DaemonSet FailedCreate events are read; events are written through events.k8s.io.
-        rule("", &["events"], &["get", "list", "watch", "create", "patch"]),
-        rule("events.k8s.io", &["events"], &["create", "patch"]),
-        // Per-namespace Secrets: created anywhere, then only by name (namespaces.rs).
-        rule("", &["secrets"], &["create"]),
-        PolicyRule {
-            resource_names: Some(vec![
-                names::INIT_SECRET.to_owned(),
-                names::ENRICHMENT_SECRET.to_owned(),
-            ]),
-            ..rule(
-                "",
-                &["secrets"],
-                &["get", "list", "watch", "update", "patch", "delete"],
-            )
-        },
-        // The certificate controller sets the caBundles (certificates.rs).
-        rule(
-            "admissionregistration.k8s.io",
-            &["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
-            &["get", "list", "watch", "update", "patch"],
-        ),
-        rule(
-            "apiextensions.k8s.io",
-            &["customresourcedefinitions"],
-            &["get", "list", "watch", "update", "patch"],
-        ),
-    ]
-}
-
-/// What the operator does in its own namespace, where the DynaKubes, their Secrets and ConfigMaps live.
-fn operator_namespace_rules() -> Vec<PolicyRule> {
-    vec![
-        rule(
-            "",
-            &["secrets", "configmaps"],
-            &["get", "list", "watch", "create", "update", "patch", "delete"],
-        ),
-        rule("", &["serviceaccounts"], &["get", "list", "watch"]),
-        // The webhook Deployment tells the certificate controller that certificates are needed.
-        rule("apps", &["deployments"], &["get", "list", "watch"]),
-        rule(
-            "coordination.k8s.io",
-            &["leases"],
-            &["get", "list", "watch", "create", "update", "patch"],
-        ),
-    ]
-}
-
-/// What the webhook reads across the cluster (io-webhook cluster.rs): for validation, and for injection
-/// the per-namespace Secrets' presence (watched by name) and the workload owners of pods.
-fn webhook_cluster_rules() -> Vec<PolicyRule> {
-    vec![
-        rule("dynatrace.com", &["dynakubes"], &["get", "list", "watch"]),
-        rule("", &["namespaces", "nodes"], &["get", "list", "watch"]),
-        rule("apps", &["daemonsets", "replicasets"], &["get", "list", "watch"]),
-        rule("batch", &["jobs"], &["get", "list", "watch"]),
-        rule("", &["replicationcontrollers"], &["get", "list", "watch"]),
-        PolicyRule {
-            resource_names: Some(vec![
-                names::INIT_SECRET.to_owned(),
-                names::ENRICHMENT_SECRET.to_owned(),
-            ]),
-            ..rule("", &["secrets"], &["get", "list", "watch"])
-        },
-        rule("", &["events"], &["create", "patch"]),
-        rule("events.k8s.io", &["events"], &["create", "patch"]),
-    ]
-}
-
-/// What the webhook reads in its namespace: its certificate and the DynaKubes' token Secrets.
-fn webhook_namespace_rules() -> Vec<PolicyRule> {
-    vec![rule("", &["secrets"], &["get", "list", "watch"])]
-}
-
-fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(vec![group.to_owned()]),
-        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-        ..Default::default()
-    }
-}
-
-fn role_ref(kind: &str, name: &str) -> RoleRef {
-    RoleRef {
-        api_group: "rbac.authorization.k8s.io".to_owned(),
-        kind: kind.to_owned(),
-        name: name.to_owned(),
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, NodeSystemInfo, ServiceAccount, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{ObjectMeta, PostParams};
@@ -487,6 +488,39 @@ impl Cluster {
     /// made them.
     pub async fn client(&self) -> anyhow::Result<Client> {
         client_from_kubeconfig(&self.state.kubeconfig).await
+    }
+
+    /// Writes a kubeconfig at `path` that authenticates as the ServiceAccount `namespace/name` with a bearer
+    /// token from the TokenRequest API (valid for an hour), so that a process started with it has exactly
+    /// the rights the cluster's RBAC grants that account, as it would in a pod. The account must exist.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(client, namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for the ServiceAccount {namespace}/{name}"))?
+            .status
+            .with_context(|| format!("the token request for {namespace}/{name} returned no token"))?
+            .token;
+        let yaml = kubeconfig_yaml(
+            &format!("{}-{name}", self.state.name),
+            &self.state.api_server_url,
+            &self.state.ca_pem,
+            &token,
+        );
+        std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Names of the processes that are not running any more.
