@@ -202,6 +202,11 @@ pub async fn serve_with(
             continue;
         };
         refusals.accepted();
+        // Answers are small and written at once; Nagle's algorithm would only hold back a response's last
+        // segment until the client acknowledges the previous one.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %err, "setting TCP_NODELAY failed");
+        }
         let (tls, builder, router, shutdown) =
             (tls.clone(), builder.clone(), router.clone(), shutdown.clone());
         let pressure = connections.pressure.clone();
