@@ -5,18 +5,22 @@
 //!   time;
 //! - p50/p90/p99/max latency at a fixed rate of 1,000 requests/s (open loop: each request's latency counts
 //!   from when it was due by a schedule kept by its own thread, so a stalled server is not hidden by a
-//!   client that waits);
+//!   client that waits), the same from when the client really sent it (the difference is the load
+//!   generator's own scheduling), and the server's own time from its latency histogram;
 //! - the server's resident memory idle and its peak under load.
 //!
-//! A benchmark, not a test of the suite; run it by hand (a release build gives the shipped numbers):
+//! A benchmark, not a test of the suite; run it by hand on a quiet machine against the shipped build (the
+//! static musl binary of the image), with the server on a CPU of its own and the load generator and the
+//! control plane on the other:
 //!
 //! ```text
-//! cargo build --release -p dynatrace-operator
-//! BENCH_WEBHOOK=target/release/dynatrace-operator \
-//!   cargo test --release -p dynatrace-operator --test inject_bench -- --ignored --nocapture
+//! cargo build --release --target x86_64-unknown-linux-musl -p dynatrace-operator
+//! BENCH_WEBHOOK=$PWD/target/x86_64-unknown-linux-musl/release/dynatrace-operator BENCH_SERVER_CPU=1 \
+//!   taskset -c 0 cargo test --profile bench-fast -p dynatrace-operator --test inject_bench -- --ignored --nocapture
 //! ```
 //!
-//! `BENCH_RATE` (requests/s, default 1000), `BENCH_SECS` (seconds per phase, default 10) change the load.
+//! `BENCH_RATE` (requests/s, default 1000) and `BENCH_SECS` (seconds per phase, default 10) change the load;
+//! `BENCH_SERVER_CPU` (a `taskset` CPU list) pins the server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -148,6 +152,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+/// The server's own `inject` latency histogram: cumulative count per bucket bound (seconds), from its
+/// `/metrics`.
+async fn server_histogram(metrics_port: u16) -> Vec<(f64, u64)> {
+    let text = test_kit::http_get(metrics_port, "/metrics")
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("dynatrace_webhook_request_duration_seconds_bucket")
+                && l.contains(r#"endpoint="inject""#)
+        })
+        .filter_map(|l| {
+            let le = l.split(r#"le=""#).nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run by hand with --ignored --nocapture"]
 async fn pod_mutation_throughput_latency_and_memory() {
@@ -183,7 +211,17 @@ async fn pod_mutation_throughput_latency_and_memory() {
         std::path::PathBuf::from,
     );
     let log_path = test_kit::tools::workspace_root().join(LOG);
-    let server = Command::new(&binary)
+    // Optionally on a CPU of its own (`taskset` execs the server, so the pid stays the server's), away
+    // from the load generator and the control plane.
+    let mut server = match std::env::var("BENCH_SERVER_CPU") {
+        Ok(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu]).arg(&binary);
+            taskset
+        }
+        Err(_) => Command::new(&binary),
+    };
+    let server = server
         .arg("webhook-server")
         .args(["--certs-dir", certs.path().to_str().unwrap()])
         .args(["--namespace", &home.name])
@@ -293,44 +331,58 @@ async fn pod_mutation_throughput_latency_and_memory() {
 
     // Open loop at a fixed rate. The schedule is kept by a plain thread (`thread::sleep` is accurate to
     // tens of microseconds, tokio's timer only to its 1 ms tick, which would add up to 1 ms to every
-    // latency); each request is sent by a task and its latency counts from when it was due.
+    // latency), which spawns each request's task when it is due. A latency counts from when its request
+    // was due, so neither a stalled server nor a slow client is hidden; the time from when the client
+    // really sent it is reported as well, to tell the client's own delay from the server's.
     let period = Duration::from_secs(1) / u32::try_from(rate).unwrap();
     let total = rate * seconds;
-    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let started = Instant::now();
-    let scheduler = std::thread::spawn(move || {
-        for i in 0..u32::try_from(total).unwrap() {
-            let due = started + period * i;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            if due_tx.send(due).is_err() {
-                return;
-            }
-        }
-    });
     let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap());
     let cpu_before = cpu_seconds(pid).unwrap();
-    while let Some(due) = due_rx.recv().await {
-        let (http, url, body, errors) = (http.clone(), url.clone(), body.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            match http.post(&url).body(body.to_vec()).send().await {
-                Ok(response) if response.status().is_success() => {
-                    let _ = response.bytes().await;
+    let histogram_before = server_histogram(metrics_port).await;
+    let started = Instant::now();
+    let scheduler = {
+        let (runtime, http, url, body, errors) = (
+            tokio::runtime::Handle::current(),
+            http.clone(),
+            url.clone(),
+            body.clone(),
+            errors.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap());
+            for i in 0..u32::try_from(total).unwrap() {
+                let due = started + period * i;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
                 }
-                _ => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+                let (http, url, body, errors) = (http.clone(), url.clone(), body.clone(), errors.clone());
+                tasks.push(runtime.spawn(async move {
+                    let sent = Instant::now();
+                    match http.post(&url).body(body.to_vec()).send().await {
+                        Ok(response) if response.status().is_success() => {
+                            let _ = response.bytes().await;
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    (due.elapsed(), sent.elapsed())
+                }));
             }
-            due.elapsed()
-        }));
-    }
-    scheduler.join().unwrap();
+            tasks
+        })
+    };
+    let tasks = tokio::task::spawn_blocking(move || scheduler.join().unwrap())
+        .await
+        .unwrap();
     let mut latencies = Vec::with_capacity(tasks.len());
+    let mut from_send = Vec::with_capacity(tasks.len());
     for task in tasks {
-        latencies.push(task.await.unwrap());
+        let (latency, since_sent) = task.await.unwrap();
+        latencies.push(latency);
+        from_send.push(since_sent);
     }
+    from_send.sort();
     let elapsed = started.elapsed();
     let cpu = cpu_seconds(pid).unwrap() - cpu_before;
     latencies.sort();
@@ -349,6 +401,30 @@ async fn pod_mutation_throughput_latency_and_memory() {
         latencies.last().copied().unwrap_or_default(),
         errors.load(Ordering::Relaxed)
     );
+    println!(
+        "  from the send, p50 / p90 / p99 / max  {:.2?} / {:.2?} / {:.2?} / {:.2?}",
+        percentile(&from_send, 0.50),
+        percentile(&from_send, 0.90),
+        percentile(&from_send, 0.99),
+        from_send.last().copied().unwrap_or_default(),
+    );
+    // How much of the tail is the server's: its own time from request to answer (TLS and the client's
+    // scheduling excluded), as shares of requests within each bucket bound.
+    let histogram_after = server_histogram(metrics_port).await;
+    let total_after = histogram_after.last().map_or(0, |b| b.1);
+    let total_before = histogram_before.last().map_or(0, |b| b.1);
+    let answered = total_after.saturating_sub(total_before).max(1);
+    let shares: Vec<String> = histogram_after
+        .iter()
+        .filter(|(le, _)| *le <= 0.004)
+        .map(|(le, after)| {
+            let before = histogram_before.iter().find(|(b, _)| b == le).map_or(0, |b| b.1);
+            #[allow(clippy::cast_precision_loss)]
+            let share = (after - before) as f64 / answered as f64 * 100.0;
+            format!("{share:.2} % <= {:.2} ms", le * 1000.0)
+        })
+        .collect();
+    println!("  server's own time                     {}", shares.join(", "));
     println!(
         "  peak RSS (VmHWM)                     {:>8.1} MiB",
         mib(peak_rss)
