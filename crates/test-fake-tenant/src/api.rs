@@ -15,11 +15,14 @@ use serde_json::json;
 
 use crate::archive::ArchiveKey;
 use crate::images::ImageError;
+use crate::lock;
 use crate::model::{
     AgentVersion, Endpoint, Fault, Host, RequestRecord, SCOPE_API_TOKENS_READ, SCOPE_DATA_EXPORT,
-    SCOPE_INSTALLER_DOWNLOAD, TokenConfig, check_version,
+    SCOPE_ENTITIES_READ, SCOPE_INSTALLER_DOWNLOAD, SCOPE_SETTINGS_READ, SCOPE_SETTINGS_WRITE, TokenConfig,
+    check_version,
 };
 use crate::registry::{self, API_VERSION_HEADER, RegistryRequest, basic_credentials};
+use crate::settings::{EntitySelector, NewObject};
 use crate::state::Shared;
 
 /// Header with the hex SHA-256 of a download's body (an extension of this fake).
@@ -60,7 +63,14 @@ enum Route {
     },
     ConnectionInfo,
     ProcessModuleConfig,
-    TokenLookup,
+    TokenLookup {
+        v2: bool,
+    },
+    Entities,
+    SettingsObjects {
+        create: bool,
+    },
+    SettingsEffectiveValues,
     Hosts,
     Events,
     Image {
@@ -79,6 +89,7 @@ enum Route {
     AdminEvents,
     AdminAddImage,
     AdminImages,
+    AdminSettings,
     AdminNotFound,
     NotFound,
 }
@@ -118,7 +129,11 @@ impl Route {
                 "codeModules" => Self::Image { code_modules: true },
                 _ => Self::NotFound,
             },
-            ["api", "v1", "tokens", "lookup"] if post => Self::TokenLookup,
+            ["api", "v1", "tokens", "lookup"] if post => Self::TokenLookup { v2: false },
+            ["api", "v2", "apiTokens", "lookup"] if post => Self::TokenLookup { v2: true },
+            ["api", "v2", "entities"] if get => Self::Entities,
+            ["api", "v2", "settings", "objects"] if get || post => Self::SettingsObjects { create: post },
+            ["api", "v2", "settings", "effectiveValues"] if get => Self::SettingsEffectiveValues,
             ["api", "v1", "entity", "infrastructure", "hosts"] if get => Self::Hosts,
             ["api", "v1", "events"] if post => Self::Events,
             ["v2", rest @ ..] => Self::Registry {
@@ -135,6 +150,7 @@ impl Route {
                 (["events"], "GET") => Self::AdminEvents,
                 (["images"], "POST") => Self::AdminAddImage,
                 (["images"], "GET") => Self::AdminImages,
+                (["settings"], "GET") => Self::AdminSettings,
                 _ => Self::AdminNotFound,
             },
             _ => Self::NotFound,
@@ -148,7 +164,11 @@ impl Route {
             Self::Download { .. } => Endpoint::Download,
             Self::ConnectionInfo => Endpoint::ConnectionInfo,
             Self::ProcessModuleConfig => Endpoint::ProcessModuleConfig,
-            Self::TokenLookup => Endpoint::TokenLookup,
+            Self::TokenLookup { v2: false } => Endpoint::TokenLookup,
+            Self::TokenLookup { v2: true } => Endpoint::ApiTokensLookup,
+            Self::Entities => Endpoint::Entities,
+            Self::SettingsObjects { .. } => Endpoint::SettingsObjects,
+            Self::SettingsEffectiveValues => Endpoint::SettingsEffectiveValues,
             Self::Hosts => Endpoint::Hosts,
             Self::Events => Endpoint::Events,
             Self::Image { .. } => Endpoint::Images,
@@ -162,6 +182,7 @@ impl Route {
             | Self::AdminEvents
             | Self::AdminAddImage
             | Self::AdminImages
+            | Self::AdminSettings
             | Self::AdminNotFound => Endpoint::Admin,
             Self::NotFound => Endpoint::Unknown,
         }
@@ -296,6 +317,10 @@ fn fault_response(fault: &Fault) -> Response {
             "The service is unavailable; retry after 1 s (fault injected by the fake tenant)".into(),
         ),
         Fault::BadRequest { message } => error(StatusCode::BAD_REQUEST, message.clone()),
+        Fault::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "Not found: this environment has no such endpoint (fault injected by the fake tenant)",
+        ),
         // Latency and the download-only faults never get here; 401 is the remaining kind.
         _ => error(
             StatusCode::UNAUTHORIZED,
@@ -319,7 +344,13 @@ async fn answer(
         Route::Download { os, kind, version } => download(state, token, &os, &kind, version, &query).await,
         Route::ConnectionInfo => connection_info(state, token, &query),
         Route::ProcessModuleConfig => process_module_config(state, token, &query),
-        Route::TokenLookup => token_lookup(state, token, request).await,
+        Route::TokenLookup { v2 } => token_lookup(state, token, request, v2).await,
+        Route::Entities => entities(state, token, &query),
+        Route::SettingsObjects { create: false } => settings_objects(state, token, &query),
+        Route::SettingsObjects { create: true } => {
+            create_settings_objects(state, token, &query, request).await
+        }
+        Route::SettingsEffectiveValues => effective_values(state, token, &query),
         Route::Hosts => hosts(state, token),
         Route::Events => events(state, token, request).await,
         Route::Image { code_modules } => image(state, token, code_modules),
@@ -342,17 +373,19 @@ async fn answer(
         Route::AdminEvents => Ok(axum::Json(state.events()).into_response()),
         Route::AdminAddImage => admin_add_image(state, request).await,
         Route::AdminImages => Ok(axum::Json(state.images.images()).into_response()),
+        Route::AdminSettings => Ok(axum::Json(lock(&state.settings).objects(&[], &[])).into_response()),
         Route::AdminNotFound => Err(error(
             StatusCode::NOT_FOUND,
             "No such admin endpoint; use POST /admin/versions, PUT or DELETE /admin/faults, GET or DELETE \
-             /admin/requests, POST /admin/hosts, GET /admin/events or POST or GET /admin/images",
+             /admin/requests, POST /admin/hosts, GET /admin/events, POST or GET /admin/images or GET \
+             /admin/settings",
         )),
         Route::NotFound => Err(error(
             StatusCode::NOT_FOUND,
             format!(
                 "No endpoint for {} {}: the fake tenant serves the installer, connection info, process \
-                 module config, token lookup, hosts, events and image endpoints under /api and a registry \
-                 under /v2",
+                 module config, token lookup, hosts, events, image, entities and settings endpoints under \
+                 /api and a registry under /v2",
                 request.method(),
                 request.uri().path()
             ),
@@ -658,7 +691,9 @@ fn token_id(value: &str) -> String {
     value.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
 }
 
-async fn token_lookup(state: &Shared, token: Option<&str>, request: Request) -> Answer {
+/// `/api/v1/tokens/lookup` and `/api/v2/apiTokens/lookup`: the same rules; v2 answers with the token's
+/// metadata as the current API does.
+async fn token_lookup(state: &Shared, token: Option<&str>, request: Request, v2: bool) -> Answer {
     #[derive(Deserialize)]
     struct Lookup {
         token: String,
@@ -681,12 +716,118 @@ async fn token_lookup(state: &Shared, token: Option<&str>, request: Request) -> 
             ),
         ));
     }
-    Ok(axum::Json(json!({
+    let mut answer = json!({
         "id": token_id(&found.value),
         "name": format!("fake-tenant token {}", index + 1),
         "scopes": found.scopes,
-    }))
-    .into_response())
+    });
+    if v2 {
+        answer["enabled"] = json!(true);
+        answer["owner"] = json!("fake-tenant");
+        answer["creationDate"] = json!("2026-01-01T00:00:00.000Z");
+    }
+    Ok(axum::Json(answer).into_response())
+}
+
+/// A comma-separated list parameter, from one or several occurrences.
+fn list(query: &Query, name: &str) -> Vec<String> {
+    query
+        .all(name)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn entities(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
+    authorize(state, token, SCOPE_ENTITIES_READ)?;
+    let selector = query.get("entitySelector").ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "entitySelector is missing, for example type(KUBERNETES_CLUSTER),kubernetesClusterId(<uid>)",
+        )
+    })?;
+    let selector = EntitySelector::parse(selector)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("entitySelector: {e}")))?;
+    let entities: Vec<_> = lock(&state.settings)
+        .entities(&selector)
+        .into_iter()
+        .map(|e| {
+            json!({
+                "entityId": e.entity_id, "type": e.kind, "displayName": e.display_name,
+                "firstSeenTms": e.first_seen_tms, "lastSeenTms": now_millis(),
+            })
+        })
+        .collect();
+    Ok(
+        axum::Json(json!({ "totalCount": entities.len(), "pageSize": 50, "entities": entities }))
+            .into_response(),
+    )
+}
+
+fn settings_objects(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
+    authorize(state, token, SCOPE_SETTINGS_READ)?;
+    let schemas = list(query, "schemaIds");
+    if schemas.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "schemaIds is missing; name at least one schema, for example builtin:cloud.kubernetes",
+        ));
+    }
+    let items = lock(&state.settings).objects(&schemas, &list(query, "scopes"));
+    Ok(axum::Json(json!({ "items": items, "totalCount": items.len(), "pageSize": 500 })).into_response())
+}
+
+async fn create_settings_objects(
+    state: &Shared,
+    token: Option<&str>,
+    query: &Query,
+    request: Request,
+) -> Answer {
+    authorize(state, token, SCOPE_SETTINGS_WRITE)?;
+    let objects: Vec<NewObject> = read_json(
+        request,
+        r#"a JSON array of {"schemaId":"..","scope":"..","value":{..}}"#,
+    )
+    .await?;
+    let validate_only = query.flag("validateOnly");
+    let now = now_millis();
+    let mut store = lock(&state.settings);
+    let results: Vec<_> = objects
+        .into_iter()
+        .map(|object| match store.create(object, validate_only, now) {
+            Ok(_) if validate_only => json!({ "code": 200 }),
+            Ok(id) => json!({ "code": 200, "objectId": id }),
+            Err(message) => json!({ "code": 400, "error": { "code": 400, "message": message } }),
+        })
+        .collect();
+    // As the real API: 200 when every object was accepted, else 400 with the per-object results.
+    let status = if results.iter().all(|r| r["code"] == 200) {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, axum::Json(results)).into_response())
+}
+
+fn effective_values(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
+    authorize(state, token, SCOPE_SETTINGS_READ)?;
+    let schemas = list(query, "schemaIds");
+    if schemas.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "schemaIds is missing; name at least one schema, for example builtin:cloud.kubernetes",
+        ));
+    }
+    let scope = query.get("scope").unwrap_or(crate::settings::ENVIRONMENT_SCOPE);
+    let store = lock(&state.settings);
+    let items: Vec<_> = schemas
+        .iter()
+        .map(|schema| store.effective(schema, scope))
+        .collect();
+    Ok(axum::Json(json!({ "items": items, "totalCount": items.len(), "pageSize": 500 })).into_response())
 }
 
 fn now_millis() -> u64 {

@@ -3,7 +3,8 @@
 //! [`FakeTenant::start`] serves, over HTTP or HTTPS on 127.0.0.1, the endpoints the operator uses under
 //! `/api`: installer metainfo, versions and downloads (real zip archives, generated once per request shape
 //! into a temporary directory and streamed from there), connection info, process module configuration,
-//! token lookup, hosts, events and image information. Requests need `Authorization: Api-Token <token>` with
+//! token lookup (`/api/v1/tokens/lookup` and the current `/api/v2/apiTokens/lookup`), hosts, events, image
+//! information, and the v2 settings objects, effective values and entities (see [`SettingsObject`]). Requests need `Authorization: Api-Token <token>` with
 //! the endpoint's scope; errors are `{"error":{"code":..,"message":".."}}`.
 //!
 //! Tests steer it through the handle ([`FakeTenant::set_fault`], [`FakeTenant::publish_version`],
@@ -21,6 +22,7 @@
 //! | `GET /admin/events` | the event bodies posted to `/api/v1/events` |
 //! | `POST /admin/images` `{"image":"linux/oneagent:1.277.0","path":"/images/oneagent.tar"}` | loads an image into the registry (201 with its [`ImageInfo`]) |
 //! | `GET /admin/images` | the registry's images as a JSON array of [`ImageInfo`] |
+//! | `GET /admin/settings` | the settings objects as a JSON array of [`SettingsObject`] |
 //!
 //! Admin requests are logged too, and never faulted. A download fault `{"kind":"hostile","archive":"zip_slip"}`
 //! ([`Fault::Hostile`], [`HostileArchive`]) serves a hostile archive instead of the real one; a
@@ -44,6 +46,7 @@ mod images;
 mod model;
 mod registry;
 mod server;
+mod settings;
 mod state;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -57,7 +60,11 @@ pub use api::CHECKSUM_HEADER;
 pub use images::{ImageError, ImageInfo, ONEAGENT_REPOSITORY};
 pub use model::{
     Endpoint, Fault, Host, HostileArchive, MAX_PAYLOAD_BYTES, RequestRecord, SCOPE_API_TOKENS_READ,
-    SCOPE_DATA_EXPORT, SCOPE_INSTALLER_DOWNLOAD, TenantConfig, TokenConfig,
+    SCOPE_DATA_EXPORT, SCOPE_ENTITIES_READ, SCOPE_INSTALLER_DOWNLOAD, SCOPE_SETTINGS_READ,
+    SCOPE_SETTINGS_WRITE, TenantConfig, TokenConfig,
+};
+pub use settings::{
+    ENVIRONMENT_SCOPE, KUBERNETES_CLUSTER, KUBERNETES_SCHEMA, MonitoredEntity, SettingsObject,
 };
 
 use crate::archive::ArchiveCache;
@@ -265,6 +272,11 @@ impl FakeTenant {
     /// The bodies POSTed to `/api/v1/events`, oldest first.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.state.events()
+    }
+
+    /// The settings objects posted to `/api/v2/settings/objects`, in the scopes they ended up in.
+    pub fn settings_objects(&self) -> Vec<SettingsObject> {
+        lock(&self.state.settings).objects(&[], &[])
     }
 
     /// Stops accepting, lets requests in flight finish (up to 5 s), and removes the archive cache.

@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 pub const SCOPE_INSTALLER_DOWNLOAD: &str = "InstallerDownload";
 /// Scope needed by the hosts and events endpoints.
 pub const SCOPE_DATA_EXPORT: &str = "DataExport";
+/// Scope needed by `GET /api/v2/entities`.
+pub const SCOPE_ENTITIES_READ: &str = "entities.read";
+/// Scope needed to read settings objects and effective values.
+pub const SCOPE_SETTINGS_READ: &str = "settings.read";
+/// Scope needed to create settings objects.
+pub const SCOPE_SETTINGS_WRITE: &str = "settings.write";
 /// Scope that lets a token look up other tokens (a token may always look itself up).
 pub const SCOPE_API_TOKENS_READ: &str = "apiTokens.read";
 
@@ -64,9 +70,9 @@ impl Default for TenantConfig {
                     SCOPE_DATA_EXPORT,
                     "metrics.ingest",
                     "activeGateTokenManagement.create",
-                    "entities.read",
-                    "settings.read",
-                    "settings.write",
+                    SCOPE_ENTITIES_READ,
+                    SCOPE_SETTINGS_READ,
+                    SCOPE_SETTINGS_WRITE,
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -112,6 +118,14 @@ pub enum Endpoint {
     ProcessModuleConfig,
     /// `POST /api/v1/tokens/lookup`
     TokenLookup,
+    /// `POST /api/v2/apiTokens/lookup`, the current lookup.
+    ApiTokensLookup,
+    /// `GET /api/v2/entities`
+    Entities,
+    /// `GET` and `POST /api/v2/settings/objects`
+    SettingsObjects,
+    /// `GET /api/v2/settings/effectiveValues`
+    SettingsEffectiveValues,
     /// `GET /api/v1/entity/infrastructure/hosts`
     Hosts,
     /// `POST /api/v1/events`
@@ -142,6 +156,10 @@ impl Endpoint {
             Self::ConnectionInfo => "connection_info",
             Self::ProcessModuleConfig => "process_module_config",
             Self::TokenLookup => "token_lookup",
+            Self::ApiTokensLookup => "api_tokens_lookup",
+            Self::Entities => "entities",
+            Self::SettingsObjects => "settings_objects",
+            Self::SettingsEffectiveValues => "settings_effective_values",
             Self::Hosts => "hosts",
             Self::Events => "events",
             Self::Images => "images",
@@ -179,6 +197,9 @@ pub enum Fault {
     Unavailable,
     /// 401 as for a wrong token.
     Unauthorized,
+    /// 404, as from an environment that does not have the endpoint (an older Dynatrace Managed, for
+    /// example, without `/api/v2/apiTokens/lookup`).
+    NotFound,
     /// 400 with this message, as the environment answers a request it rejects (for example a network
     /// zone it does not accept).
     BadRequest {

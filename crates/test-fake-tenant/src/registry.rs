@@ -208,6 +208,11 @@ pub(crate) fn fault_response(state: &Shared, fault: &Fault) -> Response {
         Fault::BadRequest { message } => {
             registry_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", message.clone())
         }
+        Fault::NotFound => registry_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "not found (fault injected by the fake tenant)".to_owned(),
+        ),
         // Latency and the body faults never get here; 401 is the remaining kind.
         _ => unauthorized(
             state,

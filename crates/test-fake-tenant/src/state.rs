@@ -9,6 +9,7 @@ use crate::archive::ArchiveCache;
 use crate::images::{ImageError, ImageInfo, ImageStore};
 use crate::lock;
 use crate::model::{Endpoint, Fault, Host, RequestRecord, TenantConfig, TokenConfig};
+use crate::settings::SettingsStore;
 
 /// Records kept in the request log; older ones are dropped (the per-endpoint counts stay exact).
 pub(crate) const MAX_LOGGED_REQUESTS: usize = 100_000;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     hosts: Mutex<Vec<Host>>,
     events: Mutex<Vec<serde_json::Value>>,
     next_event_id: AtomicU64,
+    /// Settings objects and the entities they created.
+    pub settings: Mutex<SettingsStore>,
     /// The generated archives.
     pub archives: ArchiveCache,
     /// The registry's images.
@@ -53,6 +56,7 @@ impl Shared {
             hosts: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
             next_event_id: AtomicU64::new(1),
+            settings: Mutex::default(),
             archives,
             images: Arc::default(),
         }

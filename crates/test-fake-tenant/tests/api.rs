@@ -122,10 +122,17 @@ async fn process_module_config_with_revisions() {
     tenant.shutdown().await;
 }
 
+/// The older lookup and the current one answer by the same rules; v2 adds the token's metadata.
 #[tokio::test]
 async fn token_lookup() {
+    for (path, v2) in [("v1/tokens/lookup", false), ("v2/apiTokens/lookup", true)] {
+        token_lookup_at(path, v2).await;
+    }
+}
+
+async fn token_lookup_at(path: &str, v2: bool) {
     let tenant = start().await;
-    let url = format!("{}/v1/tokens/lookup", tenant.api_url());
+    let url = format!("{}/{path}", tenant.api_url());
     let lookup = |header: &str, body: String| {
         client(None)
             .post(&url)
@@ -141,6 +148,13 @@ async fn token_lookup() {
     .await;
     assert_eq!(body["id"], "dt0c01.test");
     assert!(body["name"].as_str().is_some_and(|n| !n.is_empty()));
+    assert_eq!(body["enabled"].as_bool(), v2.then_some(true), "{path}: {body}");
+    let endpoint = if v2 {
+        Endpoint::ApiTokensLookup
+    } else {
+        Endpoint::TokenLookup
+    };
+    assert_eq!(tenant.request_count(endpoint), 1, "{path}");
     assert_eq!(body["scopes"].as_array().unwrap().len(), 7);
     assert!(
         body["scopes"]
@@ -168,6 +182,93 @@ async fn token_lookup() {
     let bad = lookup(TOKEN, "{not json".into());
     let message = expect_error(bad.await.unwrap(), 400).await;
     assert!(message.contains("token"), "{message}");
+    tenant.shutdown().await;
+}
+
+/// Settings 2.0 as the operator of today uses them: look the cluster's entity up, create its Kubernetes
+/// settings object (which creates the entity), read it back by scope and as effective value; refused
+/// objects say why; every call needs its scope.
+#[tokio::test]
+async fn settings_objects_entities_and_effective_values() {
+    let tenant = start().await;
+    let api = tenant.api_url();
+    let entities = format!(
+        "{api}/v2/entities?entitySelector=type(KUBERNETES_CLUSTER),kubernetesClusterId(kube-uid-1)&from=-365d"
+    );
+    let body = json(get(&entities, Some(TOKEN)).await, 200).await;
+    assert_eq!(body["totalCount"], 0);
+
+    let objects = format!("{api}/v2/settings/objects");
+    let post = |token: &str, body: serde_json::Value, query: &str| {
+        client(None)
+            .post(format!("{objects}{query}"))
+            .header("Authorization", format!("Api-Token {token}"))
+            .json(&body)
+            .send()
+    };
+    let cluster = json!([{
+        "schemaId": "builtin:cloud.kubernetes", "scope": "environment",
+        "value": { "enabled": true, "label": "prod", "clusterIdEnabled": true, "clusterId": "kube-uid-1" },
+    }]);
+    let dry = json(
+        post(TOKEN, cluster.clone(), "?validateOnly=true").await.unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(dry, json!([{ "code": 200 }]));
+    assert!(
+        tenant.settings_objects().is_empty(),
+        "validateOnly stores nothing"
+    );
+    let created = json(post(TOKEN, cluster.clone(), "").await.unwrap(), 200).await;
+    let object_id = created[0]["objectId"].as_str().unwrap().to_owned();
+
+    let body = json(get(&entities, Some(TOKEN)).await, 200).await;
+    assert_eq!(body["totalCount"], 1, "{body}");
+    let entity = body["entities"][0]["entityId"].as_str().unwrap().to_owned();
+    assert!(entity.starts_with("KUBERNETES_CLUSTER-"), "{entity}");
+    assert_eq!(body["entities"][0]["displayName"], "prod");
+
+    let listed = json(
+        get(
+            &format!("{objects}?schemaIds=builtin:cloud.kubernetes&scopes={entity}"),
+            Some(TOKEN),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(listed["items"][0]["objectId"], object_id.as_str());
+    assert_eq!(listed["items"][0]["value"]["clusterId"], "kube-uid-1");
+    let effective = json(
+        get(
+            &format!("{api}/v2/settings/effectiveValues?schemaIds=builtin:cloud.kubernetes&scope={entity}"),
+            Some(TOKEN),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(effective["items"][0]["value"]["label"], "prod");
+
+    // The same cluster again: refused with the reason, nothing stored.
+    let again = post(TOKEN, cluster, "").await.unwrap();
+    assert_eq!(again.status(), 400);
+    let results: serde_json::Value = again.json().await.unwrap();
+    let message = results[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("already monitored"), "{message}");
+    assert_eq!(tenant.settings_objects().len(), 1);
+
+    // Each call needs its scope.
+    expect_error(get(&entities, Some(EXPORT_ONLY)).await, 403).await;
+    expect_error(post(EXPORT_ONLY, json!([]), "").await.unwrap(), 403).await;
+    let message = expect_error(
+        get(&format!("{objects}?scopes=environment"), Some(TOKEN)).await,
+        400,
+    )
+    .await;
+    assert!(message.contains("schemaIds"), "{message}");
+    assert_eq!(tenant.request_count(Endpoint::SettingsObjects), 6);
     tenant.shutdown().await;
 }
 
@@ -274,7 +375,7 @@ async fn authentication_and_scopes() {
 async fn unknown_paths_and_bad_parameters() {
     let tenant = start().await;
     for path in [
-        "/api/v2/settings/objects",
+        "/api/v2/activeGateTokens",
         "/api/v1/deployment/installer/agent/unix/paas/latest/nothing",
         "/api/v1/deployment/image/agent/activeGate/latest",
         "/api",
