@@ -651,7 +651,7 @@ async fn a_token_without_a_needed_scope_is_reported_with_bounded_calls_and_recov
     // The controller requeues every 2 s here, but the failed check is repeated from the status: the
     // tenant is asked once until the threshold passes or the Secret changes.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(tenant.request_count(Endpoint::TokenLookup), 1);
+    assert_eq!(tenant.request_count(Endpoint::ApiTokensLookup), 1);
     assert_eq!(tenant.request_count(Endpoint::ConnectionInfo), 0);
     let daemonsets: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
     assert!(daemonsets.get_opt("scopes-oneagent").await.unwrap().is_none());
@@ -673,7 +673,7 @@ async fn a_token_without_a_needed_scope_is_reported_with_bounded_calls_and_recov
     wait_tokens_condition(&dynakubes, "scopes", true).await;
     assert!(daemonsets.get_opt("scopes-oneagent").await.unwrap().is_some());
     assert_eq!(
-        tenant.request_count(Endpoint::TokenLookup),
+        tenant.request_count(Endpoint::ApiTokensLookup),
         2,
         "one check per Secret version"
     );

@@ -16,6 +16,7 @@ mod model;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
@@ -26,8 +27,8 @@ pub use download::DownloadStream;
 pub use error::{DownloadFailure, TenantError};
 pub use model::{
     AgentSelector, AttachRules, CommunicationHost, ConnectionInfo, DownloadRequest, DownloadedFile, Event,
-    HostInfo, ImageComponent, LatestImage, ProcessModuleConfig, ProcessModuleProperty, Progress,
-    communication_hosts,
+    HostInfo, ImageComponent, LatestImage, MonitoredEntity, NewSettingsObject, ProcessModuleConfig,
+    ProcessModuleProperty, Progress, SettingsObject, communication_hosts,
 };
 
 /// Hosts not seen for this long are ignored by [`TenantClient::hosts`].
@@ -211,6 +212,8 @@ pub struct TenantClient {
     download_idle_timeout: Duration,
     request_timeout: Duration,
     observer: Option<Arc<dyn CallObserver>>,
+    /// Set once the environment answered 404 to `/v2/apiTokens/lookup`.
+    token_lookup_v1_only: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for TenantClient {
@@ -303,6 +306,7 @@ impl TenantClient {
             download_idle_timeout: config.download_idle_timeout,
             request_timeout: config.request_timeout,
             observer: config.observer,
+            token_lookup_v1_only: Arc::default(),
         })
     }
 
@@ -492,23 +496,168 @@ impl TenantClient {
         Ok(Some(config))
     }
 
-    /// The scopes of `token`, looked up with that token itself.
+    /// The scopes of `token`, looked up with that token itself: with the current
+    /// `/v2/apiTokens/lookup`, or with `/v1/tokens/lookup` where the environment does not have it (404,
+    /// older Dynatrace Managed versions). After one 404 this client asks v1 directly.
     pub async fn token_scopes(&self, token: &str) -> Result<Vec<String>, TenantError> {
         #[derive(serde::Deserialize)]
         struct Lookup {
             scopes: Vec<String>,
         }
-        const ENDPOINT: &str = "token lookup";
+        const ENDPOINT_V2: &str = "token lookup";
+        const ENDPOINT_V1: &str = "token lookup (v1)";
         let body = serde_json::json!({ "token": token });
+        let lookup = |path: &'static str| {
+            let body = &body;
+            move || {
+                self.http
+                    .post(format!("{}{path}", self.base))
+                    .header(reqwest::header::AUTHORIZATION, format!("Api-Token {token}"))
+                    .json(body)
+                    .timeout(self.request_timeout)
+            }
+        };
+        if !self.token_lookup_v1_only.load(Ordering::Relaxed) {
+            let response = self
+                .send(
+                    ENDPOINT_V2,
+                    lookup("/v2/apiTokens/lookup"),
+                    &[StatusCode::NOT_FOUND],
+                )
+                .await?;
+            if response.status() != StatusCode::NOT_FOUND {
+                let lookup: Lookup = decode(ENDPOINT_V2, response).await?;
+                return Ok(lookup.scopes);
+            }
+            tracing::info!(
+                base = %self.base,
+                "the environment has no /v2/apiTokens/lookup; looking tokens up with /v1/tokens/lookup"
+            );
+            self.token_lookup_v1_only.store(true, Ordering::Relaxed);
+        }
+        let response = self.send(ENDPOINT_V1, lookup("/v1/tokens/lookup"), &[]).await?;
+        let lookup: Lookup = decode(ENDPOINT_V1, response).await?;
+        Ok(lookup.scopes)
+    }
+
+    /// The `KUBERNETES_CLUSTER` entity of the cluster whose kube-system namespace has `cluster_uid`, if
+    /// the environment monitors it (needs `entities.read`).
+    pub async fn kubernetes_cluster_entity(
+        &self,
+        cluster_uid: &str,
+    ) -> Result<Option<MonitoredEntity>, TenantError> {
+        #[derive(serde::Deserialize)]
+        struct Entities {
+            #[serde(default)]
+            entities: Vec<MonitoredEntity>,
+        }
+        let query = [
+            (
+                "entitySelector",
+                format!("type(KUBERNETES_CLUSTER),kubernetesClusterId({cluster_uid})"),
+            ),
+            ("from", "-365d".to_owned()),
+            ("fields", "+lastSeenTms".to_owned()),
+        ];
+        let found: Entities = self
+            .get_json("entities", "/v2/entities", Token::Api, &query)
+            .await?;
+        Ok(found.entities.into_iter().next())
+    }
+
+    /// The settings objects of `schema_id` in `scope` (needs `settings.read`).
+    pub async fn settings_objects(
+        &self,
+        schema_id: &str,
+        scope: &str,
+    ) -> Result<Vec<SettingsObject>, TenantError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            items: Vec<SettingsObject>,
+        }
+        let query = [
+            ("schemaIds", schema_id.to_owned()),
+            ("scopes", scope.to_owned()),
+            ("fields", "objectId,schemaId,schemaVersion,scope,value".to_owned()),
+        ];
+        let page: Page = self
+            .get_json("settings objects", "/v2/settings/objects", Token::Api, &query)
+            .await?;
+        Ok(page.items)
+    }
+
+    /// The value of `schema_id` in effect at `scope` (the object there, inherited or the schema's
+    /// default; needs `settings.read`).
+    pub async fn effective_settings(
+        &self,
+        schema_id: &str,
+        scope: &str,
+    ) -> Result<Option<serde_json::Value>, TenantError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            items: Vec<Item>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            value: serde_json::Value,
+        }
+        let query = [("schemaIds", schema_id.to_owned()), ("scope", scope.to_owned())];
+        let page: Page = self
+            .get_json(
+                "settings effective values",
+                "/v2/settings/effectiveValues",
+                Token::Api,
+                &query,
+            )
+            .await?;
+        Ok(page.items.into_iter().next().map(|item| item.value))
+    }
+
+    /// Creates a settings object and returns its id (needs `settings.write`). A refused object comes
+    /// back as [`TenantError::Server`] with the environment's reason.
+    pub async fn create_settings_object(&self, object: &NewSettingsObject) -> Result<String, TenantError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Outcome {
+            code: u16,
+            object_id: Option<String>,
+            error: Option<Refusal>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Refusal {
+            message: Option<String>,
+        }
+        const ENDPOINT: &str = "settings objects";
+        let body = [object];
         let build = || {
-            self.http
-                .post(format!("{}/v1/tokens/lookup", self.base))
-                .header(reqwest::header::AUTHORIZATION, format!("Api-Token {token}"))
+            self.request(Method::POST, "/v2/settings/objects", Token::Api)
                 .json(&body)
                 .timeout(self.request_timeout)
         };
-        let lookup: Lookup = decode(ENDPOINT, self.send(ENDPOINT, build, &[]).await?).await?;
-        Ok(lookup.scopes)
+        // A refused object is a 400 whose body lists each object's result, not the usual error body.
+        let response = self.send(ENDPOINT, build, &[StatusCode::BAD_REQUEST]).await?;
+        let status = response.status();
+        let results: Vec<Outcome> = decode(ENDPOINT, response).await?;
+        let Some(result) = results.into_iter().next() else {
+            return Err(TenantError::Decode {
+                endpoint: ENDPOINT,
+                reason: "the answer lists no result".into(),
+            });
+        };
+        match result.object_id {
+            Some(id) if status.is_success() => Ok(id),
+            _ => Err(TenantError::Server {
+                endpoint: ENDPOINT,
+                status: status.as_u16(),
+                code: Some(i64::from(result.code)),
+                message: result
+                    .error
+                    .and_then(|e| e.message)
+                    .unwrap_or_else(|| "the object was refused without a reason".into()),
+            }),
+        }
     }
 
     /// Hosts seen in the last 30 minutes in the configured network zone (or the default zone).

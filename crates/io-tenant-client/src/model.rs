@@ -234,3 +234,47 @@ mod tests {
         assert_eq!(got, expected);
     }
 }
+
+/// A monitored entity of the environment (`/v2/entities`), for example the cluster's
+/// `KUBERNETES_CLUSTER`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoredEntity {
+    /// For example `KUBERNETES_CLUSTER-0A1B2C3D4E5F6071`.
+    pub entity_id: String,
+    /// The name the environment shows.
+    #[serde(default)]
+    pub display_name: String,
+    /// When the environment last saw it, in ms since the epoch.
+    #[serde(default)]
+    pub last_seen_tms: Option<i64>,
+}
+
+/// A stored settings 2.0 object (`/v2/settings/objects`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsObject {
+    /// Its id.
+    pub object_id: String,
+    /// Its schema, for example `builtin:cloud.kubernetes`.
+    #[serde(default)]
+    pub schema_id: String,
+    /// Its scope: `environment` or an entity id.
+    #[serde(default)]
+    pub scope: String,
+    /// Its value.
+    #[serde(default)]
+    pub value: serde_json::Value,
+}
+
+/// A settings 2.0 object to create.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSettingsObject {
+    /// Its schema, for example `builtin:cloud.kubernetes`.
+    pub schema_id: String,
+    /// Its scope: `environment` or an entity id.
+    pub scope: String,
+    /// Its value, as the schema defines it.
+    pub value: serde_json::Value,
+}

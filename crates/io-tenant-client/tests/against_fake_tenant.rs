@@ -106,6 +106,12 @@ async fn every_endpoint_over_tls_from_a_custom_ca() {
 
     let scopes = client.token_scopes(TOKEN).await.unwrap();
     assert!(scopes.contains(&"InstallerDownload".to_owned()));
+    assert_eq!(
+        t.tenant.request_count(Endpoint::ApiTokensLookup),
+        1,
+        "the current lookup first"
+    );
+    assert_eq!(t.tenant.request_count(Endpoint::TokenLookup), 0);
     let image = client.latest_image(ImageComponent::OneAgent).await.unwrap();
     assert_eq!(image.tag, "1.278.0.20231001-000000");
     client
@@ -561,5 +567,79 @@ async fn connection_info_of_a_network_zone_falls_back_to_the_default() {
         query.contains("networkZone=nowhere") && query.contains("defaultZoneFallback=true"),
         "{query}"
     );
+    t.tenant.shutdown().await;
+}
+
+/// An environment without `/v2/apiTokens/lookup` (404) is asked with `/v1/tokens/lookup`, once it said so.
+#[tokio::test]
+async fn token_lookup_falls_back_to_v1_where_v2_is_missing() {
+    let t = https_tenant(TenantConfig::default()).await;
+    let client = client_for(&t);
+    t.tenant
+        .set_fault(Endpoint::ApiTokensLookup, Fault::NotFound, None);
+    for _ in 0..2 {
+        let scopes = client.token_scopes(TOKEN).await.unwrap();
+        assert!(scopes.contains(&"DataExport".to_owned()), "{scopes:?}");
+    }
+    assert_eq!(
+        t.tenant.request_count(Endpoint::ApiTokensLookup),
+        1,
+        "asked v2 once"
+    );
+    assert_eq!(t.tenant.request_count(Endpoint::TokenLookup), 2);
+    // Another error of v2 is an error, not a reason to ask v1.
+    let fresh = client_for(&t);
+    t.tenant
+        .set_fault(Endpoint::ApiTokensLookup, Fault::Unauthorized, None);
+    let err = fresh.token_scopes(TOKEN).await.unwrap_err();
+    assert!(
+        matches!(err, TenantError::Unauthorized { status: 401, .. }),
+        "{err}"
+    );
+    assert_eq!(t.tenant.request_count(Endpoint::TokenLookup), 2);
+    t.tenant.shutdown().await;
+}
+
+/// The cluster's monitored entity through settings 2.0: not there, created with its Kubernetes settings
+/// object, then found, its object listed by scope and its effective value read; a second object for the
+/// same cluster is refused with the environment's reason.
+#[tokio::test]
+async fn kubernetes_cluster_settings_and_entity() {
+    let t = https_tenant(TenantConfig::default()).await;
+    let client = client_for(&t);
+    let uid = "5f0c6c8e-kube-system";
+    assert_eq!(client.kubernetes_cluster_entity(uid).await.unwrap(), None);
+    let object = io_tenant_client::NewSettingsObject {
+        schema_id: "builtin:cloud.kubernetes".into(),
+        scope: "environment".into(),
+        value: serde_json::json!({
+            "enabled": true, "label": "prod-eu", "clusterIdEnabled": true, "clusterId": uid,
+        }),
+    };
+    let object_id = client.create_settings_object(&object).await.unwrap();
+    let entity = client.kubernetes_cluster_entity(uid).await.unwrap().unwrap();
+    assert!(entity.entity_id.starts_with("KUBERNETES_CLUSTER-"), "{entity:?}");
+    assert_eq!(entity.display_name, "prod-eu");
+    let objects = client
+        .settings_objects("builtin:cloud.kubernetes", &entity.entity_id)
+        .await
+        .unwrap();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].object_id, object_id);
+    assert_eq!(objects[0].value["clusterId"], uid);
+    let effective = client
+        .effective_settings("builtin:cloud.kubernetes", &entity.entity_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(effective["label"], "prod-eu");
+
+    let err = client.create_settings_object(&object).await.unwrap_err();
+    assert!(
+        matches!(err, TenantError::Server { status: 400, .. })
+            && err.to_string().contains("already monitored"),
+        "{err}"
+    );
+    assert_eq!(t.tenant.settings_objects().len(), 1);
     t.tenant.shutdown().await;
 }

@@ -62,7 +62,7 @@ pub const MAX_UNAVAILABLE: i32 = 1;
 pub const PHASE_RUNNING: &str = crate::rollout::PHASE_RUNNING;
 /// Phase while OneAgent pods are being created or replaced.
 pub const PHASE_DEPLOYING: &str = crate::rollout::PHASE_DEPLOYING;
-/// Minutes between two lookups of the same token (`/v1/tokens/lookup`).
+/// Minutes between two lookups of the same token (`/v2/apiTokens/lookup`, or `/v1/tokens/lookup` where it is missing).
 pub const TOKEN_PROBE_MINUTES: u32 = 5;
 
 const CERTS_VOLUME: &str = "certs";
@@ -416,7 +416,7 @@ pub enum TokenCheck {
     Whitespace,
     /// The token is not UTF-8 text.
     NotUtf8,
-    /// `/v1/tokens/lookup` answered 401.
+    /// The token lookup answered 401.
     Unauthorized,
     /// The token lacks its scope ([`Token::scope`]).
     ScopeMissing,
