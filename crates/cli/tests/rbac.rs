@@ -508,11 +508,12 @@ async fn operator_webhook_and_csi_provisioner_do_their_work_as_their_service_acc
     assert!(denied.is_empty(), "denied requests:\n{}", denied.join("\n"));
 }
 
-/// Removes `verb` from the rules of the ClusterRole `role` that grant it on `resource`.
+/// Removes `verb` from the rules of the ClusterRole or Role `role` that grant it on `resource`.
 fn without_verb(objects: &mut [Value], role: &str, resource: &str, verb: &str) {
     let mut removed = false;
     for object in objects.iter_mut() {
-        if object["kind"] != "ClusterRole" || object["metadata"]["name"] != role {
+        let is_role = object["kind"] == "ClusterRole" || object["kind"] == "Role";
+        if !is_role || object["metadata"]["name"] != role {
             continue;
         }
         for rule in object["rules"].as_array_mut().unwrap() {
@@ -537,10 +538,12 @@ async fn a_missing_rule_is_reported_with_the_verb_the_resource_and_what_to_do() 
     let world = World::start(|objects| {
         without_verb(objects, pure_install::OPERATOR, "nodes", "list");
         without_verb(objects, pure_install::WEBHOOK, "nodes", "list");
+        without_verb(objects, pure_install::csi::CSI_DAEMONSET, "dynakubes", "list");
     })
     .await;
     let (_operator, _port) = world.operator().await;
     let (_webhook, _metrics) = world.webhook().await;
+    let _provisioner = world.csi_provisioner("kwok-node-0").await;
     let log = world.log("operator");
     // The API server's message names verb and resource; the operator adds which role of the installation
     // lacks the rule, so that whoever reads the log knows what to fix.
@@ -551,7 +554,7 @@ async fn a_missing_rule_is_reported_with_the_verb_the_resource_and_what_to_do() 
             Ok(std::fs::read_to_string(&log)
                 .unwrap_or_default()
                 .lines()
-                .find(|l| l.contains("ClusterRole dynatrace-operator"))
+                .find(|l| l.contains("ClusterRole dynatrace-operator") && l.contains(r#"on "nodes""#))
                 .map(str::to_owned))
         },
     )
@@ -574,11 +577,36 @@ async fn a_missing_rule_is_reported_with_the_verb_the_resource_and_what_to_do() 
             Ok(std::fs::read_to_string(&webhook_log)
                 .unwrap_or_default()
                 .lines()
-                .find(|l| l.contains("ClusterRole dynatrace-webhook"))
+                .find(|l| l.contains("ClusterRole dynatrace-webhook") && l.contains(r#"on "nodes""#))
                 .map(str::to_owned))
         },
     )
     .await
     .unwrap();
     assert!(line.contains(r#"add "list" on "nodes""#), "{line}");
+    // The CSI provisioner, whose DynaKube watch is denied, says so at warning level with its Role,
+    // instead of waiting silently.
+    let provisioner_log = world.log("csi-provisioner");
+    let line = test_kit::eventually(
+        "the CSI provisioner to say which rule the denied list of DynaKubes needs",
+        TIMEOUT,
+        || async {
+            Ok(std::fs::read_to_string(&provisioner_log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains("Role dynatrace-oneagent-csi-driver"))
+                .map(str::to_owned))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}; the CSI provisioner logged:\n{}",
+            std::fs::read_to_string(&provisioner_log).unwrap_or_default()
+        )
+    });
+    let record: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["level"], "WARN", "{line}");
+    let advice = record["fields"]["advice"].as_str().unwrap_or_default();
+    assert!(advice.contains(r#"add "list" on "dynakubes""#), "{line}");
 }

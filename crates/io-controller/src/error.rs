@@ -117,8 +117,7 @@ impl ReconcileError {
 /// What to do about a failed Kubernetes call: for a denied request the missing rule and the role it
 /// belongs in, else the usual suspects.
 pub(crate) fn advice(error: &dyn std::fmt::Display) -> String {
-    pure_install::rbac::explain_forbidden(&error.to_string())
-        .unwrap_or_else(|| "check the operator's RBAC and that the API server is reachable".to_owned())
+    pure_install::rbac::advice(error, "the operator")
 }
 
 pub(crate) fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {

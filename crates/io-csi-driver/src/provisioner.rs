@@ -24,7 +24,7 @@ use futures::StreamExt as _;
 use io_code_module_installer::{InstallError, InstallOptions, Source};
 use io_tenant_client::{AgentSelector, DownloadRequest, TenantClient, TenantError};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -42,6 +42,8 @@ use crate::gc::{self, GcMetrics};
 use crate::records::{self, RecordError};
 use crate::status::NodeStatus;
 
+/// How the advice on a failed Kubernetes call names the provisioner.
+pub(crate) const CSI_DRIVER: &str = "the CSI driver (ServiceAccount dynatrace-oneagent-csi-driver)";
 /// Event reason of a failed install.
 pub const FAILED_INSTALL: &str = "FailedInstallAgentVersion";
 /// Event reason of a new version on the node.
@@ -241,6 +243,13 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(dynakube = %object.name, "provisioned"),
+                // The watch itself failed (denied, API server gone): nothing gets provisioned until it
+                // works again, so say what to fix. Reconcile errors are logged by `error_policy`.
+                Err(controller::Error::QueueError(error)) => tracing::warn!(
+                    %error,
+                    advice = %pure_install::rbac::advice(&error, CSI_DRIVER),
+                    "watching DynaKubes failed; retrying"
+                ),
                 Err(error) => tracing::debug!(%error, "reconcile did not finish"),
             }
         })
@@ -635,7 +644,12 @@ async fn publish(shared: &Shared, dynakube: &DynaKube, type_: EventType, reason:
         secondary: None,
     };
     if let Err(error) = recorder.publish(&event, &reference).await {
-        tracing::warn!(%error, %reason, "cannot publish an event");
+        tracing::warn!(
+            %error,
+            %reason,
+            advice = %pure_install::rbac::advice(&error, CSI_DRIVER),
+            "cannot publish an event"
+        );
     }
 }
 

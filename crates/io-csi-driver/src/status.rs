@@ -47,6 +47,7 @@ impl NodeStatus {
             Ok(()) => *last = Some(data),
             Err(error) => tracing::warn!(
                 %error,
+                advice = %pure_install::rbac::advice(&error, crate::provisioner::CSI_DRIVER),
                 config_map = %pure_csi::status::config_map_name(&self.node),
                 "cannot write the node's CSI status; the next reconcile tries again"
             ),

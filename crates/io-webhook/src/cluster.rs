@@ -325,6 +325,5 @@ impl ClusterCache {
 /// For a denied request, the missing rule and the role it belongs in (the API server's message names only
 /// the verb and the resource); else a hint at the webhook's RBAC and the API server.
 pub(crate) fn rbac_advice(error: &dyn std::fmt::Display) -> String {
-    pure_install::rbac::explain_forbidden(&error.to_string())
-        .unwrap_or_else(|| "check the webhook's RBAC and that the API server is reachable".to_owned())
+    pure_install::rbac::advice(error, "the webhook")
 }

@@ -612,6 +612,13 @@ pub fn explain_forbidden(text: &str) -> Option<String> {
     Denied::find(text).map(|d| d.explain())
 }
 
+/// What to do about a failed Kubernetes call of `component` (for example "the operator"): for a denied
+/// request the missing rule and the role it belongs in, else where to look.
+pub fn advice(error: &dyn std::fmt::Display, component: &str) -> String {
+    explain_forbidden(&error.to_string())
+        .unwrap_or_else(|| format!("check the RBAC of {component} and that the API server is reachable"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
