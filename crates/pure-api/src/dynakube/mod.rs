@@ -6,8 +6,14 @@
 
 pub mod conversion;
 pub mod feature_flags;
+pub mod later;
 pub mod v1alpha1;
 pub mod v1beta1;
+pub mod v1beta2;
+pub mod v1beta3;
+pub mod v1beta4;
+pub mod v1beta5;
+pub mod v1beta6;
 
 use kube::ResourceExt as _;
 use url::Url;
