@@ -4,6 +4,13 @@
 //! operator only ever sees the hub. Every other version is a spoke with a conversion to and from the hub,
 //! registered in [`SPOKES`]. Adding a version means adding a module and one entry there.
 //!
+//! The hub holds the union of every version's fields, so that whatever version an object is written in,
+//! storing it (as v1beta1) loses nothing. v1beta2 to v1beta6 are projections of the hub: the same JSON
+//! names, except that the hub's top-level `namespaceSelector` is the app-injection mode's own selector
+//! there. Storing at the reference's current version (v1beta6) instead would have needed the operator to
+//! read a version without v1beta1's `routing`, `kubernetesMonitoring`, `useCSIDriver` and mode-less
+//! `namespaceSelector`, and every older object to carry an annotation.
+//!
 //! The reference operator loses configuration on the way through v1alpha1 (cloudNativeFullStack,
 //! applicationMonitoring, hostMonitoring, namespaceSelector, ...). Here nothing is lost: the side that
 //! cannot express something keeps the other version's original in an annotation, and the way back starts
@@ -847,6 +854,118 @@ mod tests {
                 let status = phase.map_or(json!({}), |p| json!({ "phase": p }));
                 v1beta1(spec, status)
             })
+    }
+
+    fn object(api_version: &str, spec: Value) -> Value {
+        json!({
+            "apiVersion": api_version,
+            "kind": "DynaKube",
+            "metadata": { "name": "dk", "namespace": "dynatrace" },
+            "spec": spec,
+        })
+    }
+
+    #[test]
+    fn a_v1beta6_selector_per_mode_is_the_stored_top_level_selector() {
+        let original = object(
+            "dynatrace.com/v1beta6",
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "oneAgent": {
+                    "hostGroup": "prod",
+                    "cloudNativeFullStack": {
+                        "namespaceSelector": { "matchLabels": { "inject": "yes" } },
+                        "storageHostPath": "/data/oneagent",
+                        "secCompProfile": "agent.json",
+                    },
+                },
+                "metadataEnrichment": { "enabled": false },
+                "telemetryIngest": { "protocols": ["otlp"] },
+            }),
+        );
+        let stored = convert(original.clone(), HUB_API_VERSION).unwrap();
+        assert_eq!(
+            stored["spec"]["namespaceSelector"]["matchLabels"]["inject"],
+            "yes"
+        );
+        assert_eq!(stored["spec"]["oneAgent"]["hostGroup"], "prod");
+        assert!(
+            stored["spec"]["oneAgent"]["cloudNativeFullStack"]
+                .get("namespaceSelector")
+                .is_none()
+        );
+        assert!(
+            stored["metadata"].get("annotations").is_none(),
+            "v1beta1 stores it all: {stored}"
+        );
+        let hub: crate::dynakube::DynaKube = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(
+            hub.spec.telemetry_ingest.unwrap().fields["protocols"],
+            json!(["otlp"])
+        );
+
+        // v1beta3 has no telemetryIngest and no storageHostPath: kept in the annotation, back in v1beta6.
+        let v1beta3 = convert(stored, "dynatrace.com/v1beta3").unwrap();
+        assert!(v1beta3["spec"].get("telemetryIngest").is_none());
+        assert_eq!(
+            v1beta3["spec"]["oneAgent"]["cloudNativeFullStack"]["namespaceSelector"]["matchLabels"]["inject"],
+            "yes"
+        );
+        assert!(v1beta3["metadata"]["annotations"][V1BETA1_STASH_ANNOTATION].is_string());
+        assert_eq!(convert(v1beta3, "dynatrace.com/v1beta6").unwrap(), original);
+    }
+
+    #[test]
+    fn edits_through_an_older_later_version_take_effect_and_keep_the_rest() {
+        let original = object(
+            "dynatrace.com/v1beta6",
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "oneAgent": { "applicationMonitoring": { "version": "1.2.3" } },
+                "kspm": { "enabled": true },
+                "telemetryIngest": { "serviceName": "x" },
+            }),
+        );
+        let mut v1beta2 = convert(original, "dynatrace.com/v1beta2").unwrap();
+        v1beta2["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"] = json!(true);
+        v1beta2["spec"]["oneAgent"]["applicationMonitoring"]
+            .as_object_mut()
+            .unwrap()
+            .remove("version");
+        let back = convert(v1beta2, "dynatrace.com/v1beta6").unwrap();
+        let app = &back["spec"]["oneAgent"]["applicationMonitoring"];
+        assert!(
+            app.get("version").is_none(),
+            "the removal through v1beta2 counts: {back}"
+        );
+        assert_eq!(back["spec"]["kspm"]["enabled"], true);
+        assert_eq!(back["spec"]["telemetryIngest"]["serviceName"], "x");
+        // useCSIDriver exists only up to v1beta2: kept for the way back there.
+        let hub = convert(back, HUB_API_VERSION).unwrap();
+        assert_eq!(
+            hub["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"],
+            true
+        );
+    }
+
+    #[test]
+    fn a_mode_removed_through_a_later_version_stays_removed() {
+        let stored = v1beta1(
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "routing": { "enabled": true },
+                "oneAgent": { "applicationMonitoring": { "useCSIDriver": true } },
+            }),
+            json!({}),
+        );
+        let mut v1beta6 = convert(stored, "dynatrace.com/v1beta6").unwrap();
+        v1beta6["spec"]["oneAgent"] = json!({ "hostMonitoring": {} });
+        let hub = convert(v1beta6, HUB_API_VERSION).unwrap();
+        assert_eq!(hub["spec"]["oneAgent"], json!({ "hostMonitoring": {} }));
+        assert_eq!(
+            hub["spec"]["routing"]["enabled"], true,
+            "v1beta6 has no routing to change"
+        );
     }
 
     /// A spec with fields of every version, in hub shape.

@@ -1,5 +1,7 @@
-//! `dynatrace.com/v1beta2` DynaKube (first operator v1.2.0): the per-mode `namespaceSelector`, `oneAgent.hostGroup`, `metadataEnrichment`, `dynatraceApiRequestThreshold`, `secCompProfile`, and `applicationMonitoring.useCSIDriver`; the deprecated `routing` and `kubernetesMonitoring` sections are gone. A spoke around the internal model, see
-//! [`super::conversion`].
+//! `dynatrace.com/v1beta2` DynaKube (first served by the reference's v1.2.0). Compared with v1beta1: the
+//! `namespaceSelector` moves into each app-injection mode, and `oneAgent.hostGroup`, `metadataEnrichment`,
+//! `dynatraceApiRequestThreshold` and `secCompProfile` are new; the deprecated `routing` and
+//! `kubernetesMonitoring` sections are gone. A spoke around the internal model, see [`super::conversion`].
 
 use super::later::{Nothing, OneAgentSpec, UseCsiDriver, dynakube_version};
 

@@ -1,5 +1,6 @@
-//! `dynatrace.com/v1beta3` DynaKube (first operator v1.4.0): v1beta2 plus `logMonitoring`, `kspm`, `extensions` and `templates`; `applicationMonitoring.useCSIDriver` is gone (the CSI driver is used whenever it is installed). A spoke around the internal model, see
-//! [`super::conversion`].
+//! `dynatrace.com/v1beta3` DynaKube (first served by the reference's v1.4.0): v1beta2 plus `logMonitoring`,
+//! `kspm`, `extensions` and `templates`, without `applicationMonitoring.useCSIDriver` (the CSI driver is
+//! used whenever it is installed). A spoke around the internal model, see [`super::conversion`].
 
 use super::later::{Nothing, OneAgentSpec, V1beta3Sections, dynakube_version};
 

@@ -1,5 +1,5 @@
-//! `dynatrace.com/v1beta4` DynaKube (first operator v1.5.0): v1beta3 plus `telemetryIngest` and `storageHostPath`. A spoke around the internal model, see
-//! [`super::conversion`].
+//! `dynatrace.com/v1beta4` DynaKube (first served by the reference's v1.5.0): v1beta3 plus `telemetryIngest`
+//! and `storageHostPath`. A spoke around the internal model, see [`super::conversion`].
 
 use super::later::{Nothing, OneAgentSpec, StorageHostPath, V1beta4Sections, dynakube_version};
 

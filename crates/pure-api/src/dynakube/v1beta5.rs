@@ -1,5 +1,5 @@
-//! `dynatrace.com/v1beta5` DynaKube (first operator v1.8.0): the same fields as v1beta4. A spoke around the internal model, see
-//! [`super::conversion`].
+//! `dynatrace.com/v1beta5` DynaKube (first served by the reference's v1.8.0): the fields of v1beta4 (the
+//! reference changed only Go types). A spoke around the internal model, see [`super::conversion`].
 
 use super::later::{Nothing, OneAgentSpec, StorageHostPath, V1beta4Sections, dynakube_version};
 

@@ -1,5 +1,5 @@
-//! `dynatrace.com/v1beta6` DynaKube (the reference's current version): the same fields as v1beta5. A spoke around the internal model, see
-//! [`super::conversion`].
+//! `dynatrace.com/v1beta6` DynaKube, the reference's current version: the fields of v1beta5. A spoke around
+//! the internal model, see [`super::conversion`].
 
 use super::later::{Nothing, OneAgentSpec, StorageHostPath, V1beta4Sections, dynakube_version};
 
