@@ -345,6 +345,33 @@ async fn a_v1beta6_object_is_read_and_written_through_every_version_without_loss
 }
 
 #[tokio::test]
+async fn a_denial_names_the_field_as_written_in_v1beta6() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let latest: Api<v1beta6::DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let bad: v1beta6::DynaKube = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta6", "kind": "DynaKube", "metadata": { "name": "bad-selector" },
+        "spec": {
+            "apiUrl": API_URL,
+            "oneAgent": { "cloudNativeFullStack": {
+                "namespaceSelector": { "matchLabels": { "not a key!": "x" } },
+                "nodeSelector": { "bad-selector": ns.name },
+            } },
+        },
+    }))?;
+    let message = match latest.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    assert!(
+        message.contains("spec.oneAgent.cloudNativeFullStack.namespaceSelector is invalid"),
+        "{message}"
+    );
+    assert!(!message.contains("spec.namespaceSelector"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn schema_rules_hold_without_the_webhook() -> anyhow::Result<()> {
     let _ = env();
     let cluster = test_kit::shared_cluster().await?;
