@@ -970,6 +970,60 @@ mod tests {
 
     /// A spec with fields of every version, in hub shape.
     fn any_union_spec() -> impl Strategy<Value = Value> {
+        (any_union_spec_core(), any_common_fields()).prop_map(|(mut spec, common)| {
+            let (proxy, tokens, skip, cas, env, init_cpu) = common;
+            let mut put = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    spec[k] = v;
+                }
+            };
+            put(
+                "proxy",
+                proxy.map(|(value, from)| json!({ "value": value, "valueFrom": from })),
+            );
+            put("tokens", tokens.map(Value::from));
+            put("skipCertCheck", skip.map(Value::from));
+            put("trustedCAs", cas.map(Value::from));
+            for mode in ["classicFullStack", "cloudNativeFullStack", "hostMonitoring"] {
+                if let (Some(body), Some(env)) =
+                    (spec.get_mut("oneAgent").and_then(|o| o.get_mut(mode)), &env)
+                {
+                    body["env"] = json!([{ "name": env, "value": "1" }]);
+                }
+            }
+            for mode in ["cloudNativeFullStack", "applicationMonitoring"] {
+                if let (Some(body), Some(cpu)) =
+                    (spec.get_mut("oneAgent").and_then(|o| o.get_mut(mode)), &init_cpu)
+                {
+                    body["initResources"] = json!({ "requests": { "cpu": cpu } });
+                }
+            }
+            spec
+        })
+    }
+
+    type CommonFields = (
+        Option<(String, String)>,
+        Option<String>,
+        Option<bool>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+
+    /// Fields every version has, some in the modes.
+    fn any_common_fields() -> impl Strategy<Value = CommonFields> {
+        (
+            optional(("http://[a-z]{1,5}:3128", "[a-z]{1,5}")),
+            optional("[a-z]{1,6}"),
+            optional(any::<bool>()),
+            optional("[a-z]{1,6}"),
+            optional("[A-Z_]{1,8}"),
+            optional("[1-9]00m"),
+        )
+    }
+
+    fn any_union_spec_core() -> impl Strategy<Value = Value> {
         (
             (
                 prop::sample::select(vec![
