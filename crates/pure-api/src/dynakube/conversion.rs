@@ -29,7 +29,8 @@ use super::{v1alpha1, v1beta1, v1beta2, v1beta3, v1beta4, v1beta5, v1beta6};
 pub const GROUP: &str = "dynatrace.com";
 /// The hub's (storage) API version.
 pub const HUB_API_VERSION: &str = "dynatrace.com/v1beta1";
-/// Annotation on a v1alpha1 object that keeps the v1beta1 original's spec and status.
+/// Annotation on an object of another version that keeps the v1beta1 (hub) original: its spec, and its status
+/// where the version shows the status differently (v1alpha1).
 pub const V1BETA1_STASH_ANNOTATION: &str = "internal.operator.dynatrace.com/conversion-v1beta1";
 /// Annotation on a v1beta1 object that keeps what only v1alpha1 can express.
 pub const V1ALPHA1_STASH_ANNOTATION: &str = "internal.operator.dynatrace.com/conversion-v1alpha1";
