@@ -169,8 +169,31 @@ pub fn validate_as(
     }
     Verdict {
         errors,
-        warnings: warnings(dynakube),
+        warnings: warnings(dynakube)
+            .into_iter()
+            .chain(unused_code_modules_image(dynakube, spelling))
+            .collect(),
     }
+}
+
+/// From v1beta3 on the reference uses the CSI driver for applicationMonitoring whenever it is installed;
+/// this operator still decides by `useCSIDriver` (absent: no CSI driver), so an image would be ignored.
+fn unused_code_modules_image(dynakube: &DynaKube, spelling: Spelling) -> Option<String> {
+    let image_set = dynakube
+        .app_injection_spec()
+        .and_then(|a| a.code_modules_image.as_deref())
+        .is_some_and(|i| !i.is_empty());
+    (spelling == Spelling::V1beta3OrLater
+        && dynakube.mode() == Some(Mode::ApplicationMonitoring)
+        && image_set
+        && !dynakube.needs_csi_driver())
+    .then(|| {
+        "spec.oneAgent.applicationMonitoring.codeModulesImage is not used yet: this operator uses the CSI \
+         driver for applicationMonitoring only with useCSIDriver: true, a field of dynatrace.com/v1beta2 and \
+         earlier, so pods download the code modules instead. Write the DynaKube as v1beta2 with \
+         useCSIDriver: true to use the image."
+            .to_owned()
+    })
 }
 
 /// The syntax of `spec.metadataEnrichment.namespaceSelector` (v1beta2 and later).

@@ -623,6 +623,19 @@ fn from_v1beta3_a_code_modules_image_needs_an_installed_csi_driver_not_a_flag() 
         errors_as("dynatrace.com/v1beta6", spec.clone(), installed),
         Vec::<String>::new()
     );
+    // Accepted as the reference does, but this operator does not yet follow the installed driver: say so.
+    let dk = written_in("dynatrace.com/v1beta6", spec.clone());
+    let warnings = validate_as(
+        &dk,
+        "dynatrace.com/v1beta6",
+        &installed,
+        &ProxySecret::NotLookedUp,
+    )
+    .warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("codeModulesImage")),
+        "{warnings:#?}"
+    );
     let missing = ClusterView {
         csi_driver_installed: Some(false),
         ..Default::default()
