@@ -680,3 +680,48 @@ fn a_host_group_field_wins_over_the_argument_with_a_warning() {
         verdict.warnings
     );
 }
+
+/// DynaKubes shaped like the reference's samples for each version (written from its documented fields)
+/// are valid in every version they belong to.
+#[test]
+fn sample_dynakubes_of_every_later_version_are_valid() {
+    let samples = [
+        json!({
+            "apiUrl": API_URL,
+            "metadataEnrichment": { "enabled": true },
+            "oneAgent": { "cloudNativeFullStack": {
+                "namespaceSelector": { "matchLabels": { "monitor": "true" } },
+                "tolerations": [{ "effect": "NoSchedule", "key": "node-role.kubernetes.io/master", "operator": "Exists" }],
+            } },
+            "activeGate": { "capabilities": ["routing", "kubernetes-monitoring", "dynatrace-api"],
+                "resources": { "requests": { "cpu": "500m", "memory": "512Mi" }, "limits": { "cpu": "1000m", "memory": "1.5Gi" } } },
+        }),
+        json!({
+            "apiUrl": API_URL,
+            "oneAgent": { "applicationMonitoring": { "namespaceSelector": { "matchExpressions": [
+                { "key": "team", "operator": "In", "values": ["a", "b"] },
+            ] } } },
+        }),
+        json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": {}, "hostGroup": "infra" } }),
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "env": [{ "name": "ONEAGENT_ENABLE_VOLUME_STORAGE", "value": "false" }] } } }),
+    ];
+    let cluster = ClusterView {
+        csi_driver_installed: Some(true),
+        ..Default::default()
+    };
+    for version in ["v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+        let api_version = format!("dynatrace.com/{version}");
+        for sample in &samples {
+            let found = errors_as(&api_version, sample.clone(), cluster);
+            assert_eq!(found, Vec::<String>::new(), "{version}: {sample}");
+        }
+    }
+    let logs = json!({ "apiUrl": API_URL, "logMonitoring": {}, "kspm": {}, "templates": { "logMonitoring": { "imageRef": { "repository": "r", "tag": "t" } } } });
+    for version in ["v1beta3", "v1beta6"] {
+        let dk = written_in(&format!("dynatrace.com/{version}"), logs.clone());
+        assert!(
+            dk.spec.log_monitoring.is_some() && dk.spec.templates.is_some(),
+            "{version}: kept"
+        );
+    }
+}
