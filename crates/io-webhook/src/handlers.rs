@@ -274,8 +274,14 @@ async fn admit(state: &AppState, mut request: AdmissionRequest<DynamicObject>) -
     let verdict = match kind {
         "DynaKube" => {
             let api_version = format!("{}/{}", request.kind.group, request.kind.version);
+            // The API server may have converted the object to a version the webhook's rules list; messages
+            // name fields as the user wrote them, in the version of their request.
+            let written_as = request
+                .request_kind
+                .as_ref()
+                .map_or_else(|| api_version.clone(), |k| format!("{}/{}", k.group, k.version));
             match conversion::to_hub(value, &api_version) {
-                Ok(dynakube) => validate_dynakube(state, &dynakube).await,
+                Ok(dynakube) => validate_dynakube(state, &dynakube, &written_as).await,
                 Err(err) => return response.deny(err.to_string()),
             }
         }
@@ -297,10 +303,19 @@ async fn admit(state: &AppState, mut request: AdmissionRequest<DynamicObject>) -
     response
 }
 
-async fn validate_dynakube(state: &AppState, dynakube: &pure_api::dynakube::DynaKube) -> Verdict {
+async fn validate_dynakube(
+    state: &AppState,
+    dynakube: &pure_api::dynakube::DynaKube,
+    written_as: &str,
+) -> Verdict {
     let namespace = dynakube.namespace().unwrap_or_default();
     let Some(cluster) = &state.cluster else {
-        return validation::validate(dynakube, &ClusterView::default(), &ProxySecret::NotLookedUp);
+        return validation::validate_as(
+            dynakube,
+            written_as,
+            &ClusterView::default(),
+            &ProxySecret::NotLookedUp,
+        );
     };
     let snapshot = cluster.snapshot();
     let csi_driver_installed = if dynakube.needs_csi_driver() {
@@ -324,7 +339,7 @@ async fn validate_dynakube(state: &AppState, dynakube: &pure_api::dynakube::Dyna
         csi_driver_installed,
         istio_installed,
     };
-    validation::validate(dynakube, &view, &proxy_secret)
+    validation::validate_as(dynakube, written_as, &view, &proxy_secret)
 }
 
 async fn convert(State(endpoints): State<Endpoints>, body: Body) -> Response {

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt as _};
-use pure_api::dynakube::{DynaKube, v1alpha1};
+use pure_api::dynakube::{DynaKube, v1alpha1, v1beta2, v1beta3, v1beta4, v1beta5, v1beta6};
 use pure_api::oneagent::OneAgent;
 use serde_json::{Value, json};
 use test_kit::TestNamespace;
@@ -253,6 +253,121 @@ async fn objects_written_as_v1beta1_read_back_through_v1alpha1_unchanged() -> an
         back.metadata.annotations, created.metadata.annotations,
         "no conversion annotation is stored"
     );
+    Ok(())
+}
+
+/// Reads the DynaKube `name` through version `K` and writes it back unchanged, as a client of that version
+/// would; returns what that version showed.
+async fn read_and_write_back<K>(ns: &TestNamespace, name: &str) -> anyhow::Result<Value>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ns.client.clone(), &ns.name);
+    let read = api.get(name).await?;
+    api.replace(name, &PostParams::default(), &read).await?;
+    Ok(serde_json::to_value(read)?)
+}
+
+#[tokio::test]
+async fn a_v1beta6_object_is_read_and_written_through_every_version_without_loss() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let latest: Api<v1beta6::DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let original: v1beta6::DynaKube = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta6", "kind": "DynaKube", "metadata": { "name": "latest" },
+        "spec": {
+            "apiUrl": API_URL,
+            "oneAgent": {
+                "hostGroup": "prod",
+                "cloudNativeFullStack": {
+                    "namespaceSelector": { "matchLabels": { "latest": ns.name } },
+                    "nodeSelector": { "latest": ns.name },
+                    "storageHostPath": "/var/lib/dynatrace",
+                    "secCompProfile": "oneagent.json",
+                },
+            },
+            "metadataEnrichment": { "namespaceSelector": { "matchLabels": { "enrich": "yes" } } },
+            "telemetryIngest": { "protocols": ["otlp", "zipkin"] },
+            "kspm": {},
+        },
+    }))?;
+    let created = latest.create(&PostParams::default(), &original).await?;
+    assert_eq!(
+        created.spec.dynatrace_api_request_threshold,
+        Some(15),
+        "the reference's default applies"
+    );
+    assert_eq!(
+        created.spec.metadata_enrichment.as_ref().and_then(|m| m.enabled),
+        Some(true)
+    );
+
+    let stored: DynaKube = Api::namespaced(ns.client.clone(), &ns.name).get("latest").await?;
+    assert_eq!(
+        stored
+            .spec
+            .one_agent
+            .as_ref()
+            .and_then(|o| o.host_group.as_deref()),
+        Some("prod")
+    );
+    assert!(
+        stored.spec.namespace_selector.is_some(),
+        "the per-mode selector is the internal one"
+    );
+
+    let v1beta3 = read_and_write_back::<v1beta3::DynaKube>(&ns, "latest").await?;
+    assert!(
+        v1beta3["spec"].get("telemetryIngest").is_none(),
+        "v1beta3 has no telemetryIngest"
+    );
+    let v1alpha1 = read_and_write_back::<v1alpha1::DynaKube>(&ns, "latest").await?;
+    assert!(v1alpha1["spec"].get("classicFullStack").is_none());
+    read_and_write_back::<DynaKube>(&ns, "latest").await?;
+    read_and_write_back::<v1beta2::DynaKube>(&ns, "latest").await?;
+    read_and_write_back::<v1beta4::DynaKube>(&ns, "latest").await?;
+    read_and_write_back::<v1beta5::DynaKube>(&ns, "latest").await?;
+
+    let back = latest.get("latest").await?;
+    assert_eq!(
+        back.spec, created.spec,
+        "nothing was lost on the way through every version"
+    );
+    assert_eq!(
+        back.metadata.annotations, created.metadata.annotations,
+        "no conversion annotation is stored"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_denial_names_the_field_as_written_in_v1beta6() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let latest: Api<v1beta6::DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let bad: v1beta6::DynaKube = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta6", "kind": "DynaKube", "metadata": { "name": "bad-selector" },
+        "spec": {
+            "apiUrl": API_URL,
+            "oneAgent": { "cloudNativeFullStack": {
+                "namespaceSelector": { "matchLabels": { "not a key!": "x" } },
+                "nodeSelector": { "bad-selector": ns.name },
+            } },
+        },
+    }))?;
+    let message = match latest.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    assert!(
+        message.contains("spec.oneAgent.cloudNativeFullStack.namespaceSelector is invalid"),
+        "{message}"
+    );
+    assert!(!message.contains("spec.namespaceSelector"), "{message}");
     Ok(())
 }
 

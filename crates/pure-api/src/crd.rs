@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt as _;
 use kube::core::crd::merge_crds;
 
-use crate::dynakube::{v1alpha1, v1beta1};
+use crate::dynakube::{v1alpha1, v1beta1, v1beta2, v1beta3, v1beta4, v1beta5, v1beta6};
 use crate::oneagent::OneAgent;
 
 /// Name of the webhook Service in the Helm chart.
@@ -54,9 +54,19 @@ pub enum ConversionEndpoint {
     },
 }
 
-/// The DynaKube CRD: v1alpha1 and v1beta1 served, v1beta1 stored, conversion through the webhook.
+/// The DynaKube CRD: v1alpha1 to v1beta6 served, conversion through the webhook. v1beta1 is stored: it is
+/// the internal model, which holds every version's fields (see [`crate::dynakube::v1beta1`]), so an
+/// object written in any version is stored without loss and the operator reads it without conversion.
 pub fn dynakube(endpoint: &ConversionEndpoint) -> CustomResourceDefinition {
-    let versions = vec![v1alpha1::DynaKube::crd(), v1beta1::DynaKube::crd()];
+    let versions = vec![
+        v1alpha1::DynaKube::crd(),
+        v1beta1::DynaKube::crd(),
+        v1beta2::DynaKube::crd(),
+        v1beta3::DynaKube::crd(),
+        v1beta4::DynaKube::crd(),
+        v1beta5::DynaKube::crd(),
+        v1beta6::DynaKube::crd(),
+    ];
     let mut crd = match merge_crds(versions, "v1beta1") {
         Ok(crd) => crd,
         // Both come from derives in this crate with the same names; a mismatch is a programming error
@@ -144,7 +154,7 @@ fn add_dynakube_rules(root: &mut JSONSchemaProps) {
     else {
         return;
     };
-    // Only v1beta1 has the four modes; v1alpha1's oneAgent is the image settings.
+    // v1beta1 and later have the four modes; v1alpha1's oneAgent is the image settings.
     let Some(modes) = one_agent
         .properties
         .as_mut()
@@ -152,7 +162,13 @@ fn add_dynakube_rules(root: &mut JSONSchemaProps) {
     else {
         return;
     };
-    if let Some(app) = modes.get_mut("applicationMonitoring") {
+    // From v1beta3 on there is no `useCSIDriver`: whether a code-modules image can be used depends on the
+    // CSI driver being installed, which only the webhook knows.
+    if let Some(app) = modes.get_mut("applicationMonitoring").filter(|app| {
+        app.properties
+            .as_ref()
+            .is_some_and(|p| p.contains_key("useCSIDriver"))
+    }) {
         app.x_kubernetes_validations = Some(vec![ValidationRule {
             rule: "!has(self.codeModulesImage) || self.codeModulesImage == '' || \
                    (has(self.useCSIDriver) && self.useCSIDriver)"
@@ -190,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn dynakube_serves_two_versions_and_stores_v1beta1() {
+    fn dynakube_serves_every_version_and_stores_v1beta1() {
         let crd = dynakube(&service());
         let mut versions: Vec<_> = crd
             .spec
@@ -199,7 +215,18 @@ mod tests {
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
         versions.sort();
-        assert_eq!(versions, vec![("v1alpha1", true, false), ("v1beta1", true, true)]);
+        assert_eq!(
+            versions,
+            vec![
+                ("v1alpha1", true, false),
+                ("v1beta1", true, true),
+                ("v1beta2", true, false),
+                ("v1beta3", true, false),
+                ("v1beta4", true, false),
+                ("v1beta5", true, false),
+                ("v1beta6", true, false),
+            ]
+        );
         assert_eq!(crd.spec.names.short_names, Some(vec!["dk".to_owned()]));
         assert_eq!(crd.spec.names.categories, Some(vec!["dynatrace".to_owned()]));
         let conversion = crd.spec.conversion.unwrap();
@@ -230,7 +257,9 @@ mod tests {
                 .collect()
         };
         assert_eq!(columns("v1alpha1"), vec!["ApiUrl", "Tokens", "Age"]);
-        assert_eq!(columns("v1beta1"), vec!["ApiUrl", "Status", "Age"]);
+        for version in ["v1beta1", "v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+            assert_eq!(columns(version), vec!["ApiUrl", "Status", "Age"], "{version}");
+        }
         let oneagent = oneagent();
         let names: Vec<_> = oneagent.spec.versions[0]
             .additional_printer_columns
@@ -239,6 +268,105 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(names, vec!["ApiUrl", "Tokens", "Version", "Phase", "Age"]);
+    }
+
+    /// The schema of `spec` in one version.
+    fn spec_schema(crd: &CustomResourceDefinition, version: &str) -> JSONSchemaProps {
+        let version = crd.spec.versions.iter().find(|v| v.name == version).unwrap();
+        let root = version
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap();
+        root.properties.as_ref().unwrap()["spec"].clone()
+    }
+
+    /// The schema at a dotted path below `spec`, if the version has it.
+    fn field(spec: &JSONSchemaProps, path: &str) -> Option<JSONSchemaProps> {
+        path.split('.')
+            .try_fold(spec.clone(), |schema, key| schema.properties?.get(key).cloned())
+    }
+
+    #[test]
+    fn each_version_has_exactly_the_reference_fields() {
+        let crd = dynakube(&service());
+        let has = |version: &str, path: &str| field(&spec_schema(&crd, version), path).is_some();
+        for later in ["v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+            assert!(
+                has(later, "oneAgent.cloudNativeFullStack.namespaceSelector"),
+                "{later}"
+            );
+            assert!(
+                has(later, "oneAgent.applicationMonitoring.namespaceSelector"),
+                "{later}"
+            );
+            assert!(has(later, "oneAgent.hostGroup"), "{later}");
+            assert!(has(later, "oneAgent.hostMonitoring.secCompProfile"), "{later}");
+            assert!(has(later, "metadataEnrichment.namespaceSelector"), "{later}");
+            assert!(has(later, "dynatraceApiRequestThreshold"), "{later}");
+            assert!(
+                !has(later, "namespaceSelector"),
+                "{later}: the selector is per mode"
+            );
+            assert!(
+                !has(later, "routing") && !has(later, "kubernetesMonitoring"),
+                "{later}"
+            );
+        }
+        assert!(has("v1beta2", "oneAgent.applicationMonitoring.useCSIDriver"));
+        assert!(!has("v1beta3", "oneAgent.applicationMonitoring.useCSIDriver"));
+        assert!(!has("v1beta2", "logMonitoring") && has("v1beta3", "logMonitoring"));
+        for section in ["kspm", "extensions", "templates"] {
+            assert!(has("v1beta3", section) && has("v1beta6", section), "{section}");
+        }
+        assert!(!has("v1beta3", "telemetryIngest") && has("v1beta4", "telemetryIngest"));
+        assert!(!has("v1beta3", "oneAgent.classicFullStack.storageHostPath"));
+        assert!(has("v1beta4", "oneAgent.classicFullStack.storageHostPath"));
+        assert!(has("v1beta6", "oneAgent.cloudNativeFullStack.storageHostPath"));
+        // The storage version holds every version's fields.
+        for path in [
+            "namespaceSelector",
+            "routing",
+            "oneAgent.hostGroup",
+            "oneAgent.applicationMonitoring.useCSIDriver",
+            "oneAgent.cloudNativeFullStack.storageHostPath",
+            "metadataEnrichment",
+            "telemetryIngest",
+        ] {
+            assert!(has("v1beta1", path), "{path}");
+        }
+        let v1beta6 = spec_schema(&crd, "v1beta6");
+        let default = |path: &str| field(&v1beta6, path).and_then(|f| f.default).map(|d| d.0);
+        assert_eq!(
+            default("dynatraceApiRequestThreshold"),
+            Some(serde_json::json!(15))
+        );
+        assert_eq!(
+            default("metadataEnrichment.enabled"),
+            Some(serde_json::json!(true))
+        );
+        let rules = |version: &str| {
+            field(&spec_schema(&crd, version), "oneAgent.applicationMonitoring")
+                .and_then(|f| f.x_kubernetes_validations)
+                .map_or(0, |r| r.len())
+        };
+        assert_eq!(
+            (rules("v1beta2"), rules("v1beta3")),
+            (1, 0),
+            "the useCSIDriver rule where it exists"
+        );
+        for version in ["v1beta1", "v1beta2", "v1beta6"] {
+            let modes_rule = field(&spec_schema(&crd, version), "oneAgent")
+                .unwrap()
+                .x_kubernetes_validations;
+            assert_eq!(
+                modes_rule.map(|r| r.len()),
+                Some(1),
+                "{version}: one mode at most"
+            );
+        }
     }
 
     #[test]

@@ -673,7 +673,7 @@ impl fmt::Debug for InitConfig {
 /// | `hasHost` | true for cloudNativeFullStack only |
 /// | `monitoringNodes` | [`InitSecretFacts::monitoring_nodes`] |
 /// | `tlsCert` | [`InitSecretFacts::tls_cert`] |
-/// | `hostGroup` | `--set-host-group` of the cloudNativeFullStack args |
+/// | `hostGroup` | `spec.oneAgent.hostGroup`, else `--set-host-group` of the cloudNativeFullStack args |
 /// | `clusterID` | [`InitSecretFacts::cluster_id`] |
 /// | `initialConnectRetry` | the `oneagent-initial-connect-retry-ms` flag, -1 when unset |
 pub fn init_config(dynakube: &DynaKube, facts: &InitSecretFacts<'_>) -> InitConfig {

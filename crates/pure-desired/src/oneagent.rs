@@ -294,7 +294,23 @@ fn args(dynakube: &DynaKube, mode: Mode, host: &HostInjectSpec, has_proxy: bool)
     args.push("--set-host-property=OperatorVersion=$(DT_OPERATOR_VERSION)".to_owned());
     args.push("--set-tenant=$(DT_TENANT)".to_owned());
     args.push("--set-server={$(DT_SERVER)}".to_owned());
-    args.extend(host.args.iter().flatten().cloned());
+    // `spec.oneAgent.hostGroup` (v1beta2 and later) replaces a host group given as an argument.
+    let host_group = dynakube
+        .spec
+        .one_agent
+        .as_ref()
+        .and_then(|o| o.host_group.as_deref())
+        .filter(|g| !g.is_empty());
+    args.extend(
+        host.args
+            .iter()
+            .flatten()
+            .filter(|a| host_group.is_none() || !a.starts_with("--set-host-group"))
+            .cloned(),
+    );
+    if let Some(group) = host_group {
+        args.push(format!("--set-host-group={group}"));
+    }
     args.push(match mode {
         Mode::ClassicFullStack => "--set-host-id-source=auto".to_owned(),
         _ => "--set-host-id-source=k8s-node-name".to_owned(),
@@ -966,6 +982,24 @@ mod tests {
                 "--set-host-id-source=auto",
             ]
         );
+    }
+
+    /// v1beta2 and later: `spec.oneAgent.hostGroup` becomes the installer's argument and replaces one
+    /// given in `args`.
+    #[test]
+    fn the_host_group_field_becomes_the_argument_and_wins() {
+        let mut dk = dynakube(CLOUD);
+        let one_agent = dk.spec.one_agent.as_mut().unwrap();
+        one_agent.host_group = Some("from-field".into());
+        one_agent.cloud_native_full_stack.as_mut().unwrap().host.args = Some(strings(&[
+            "--set-host-group=from-arg",
+            "--set-monitoring-mode=fullstack",
+        ]));
+        let ds = build(&dk);
+        let args = args_of(&ds);
+        assert!(args.contains(&"--set-host-group=from-field"), "{args:?}");
+        assert!(!args.contains(&"--set-host-group=from-arg"), "{args:?}");
+        assert!(args.contains(&"--set-monitoring-mode=fullstack"), "{args:?}");
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! operator only ever sees the hub. Every other version is a spoke with a conversion to and from the hub,
 //! registered in [`SPOKES`]. Adding a version means adding a module and one entry there.
 //!
+//! The hub holds the union of every version's fields, so that whatever version an object is written in,
+//! storing it (as v1beta1) loses nothing. v1beta2 to v1beta6 are projections of the hub: the same JSON
+//! names, except that the hub's top-level `namespaceSelector` is the app-injection mode's own selector
+//! there. Storing at the reference's current version (v1beta6) instead would have needed the operator to
+//! read a version without v1beta1's `routing`, `kubernetesMonitoring`, `useCSIDriver` and mode-less
+//! `namespaceSelector`, and every older object to carry an annotation.
+//!
 //! The reference operator loses configuration on the way through v1alpha1 (cloudNativeFullStack,
 //! applicationMonitoring, hostMonitoring, namespaceSelector, ...). Here nothing is lost: the side that
 //! cannot express something keeps the other version's original in an annotation, and the way back starts
@@ -16,13 +23,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{v1alpha1, v1beta1};
+use super::{v1alpha1, v1beta1, v1beta2, v1beta3, v1beta4, v1beta5, v1beta6};
 
 /// The API group of DynaKube.
 pub const GROUP: &str = "dynatrace.com";
 /// The hub's (storage) API version.
 pub const HUB_API_VERSION: &str = "dynatrace.com/v1beta1";
-/// Annotation on a v1alpha1 object that keeps the v1beta1 original's spec and status.
+/// Annotation on an object of another version that keeps the v1beta1 (hub) original: its spec, and its status
+/// where the version shows the status differently (v1alpha1).
 pub const V1BETA1_STASH_ANNOTATION: &str = "internal.operator.dynatrace.com/conversion-v1beta1";
 /// Annotation on a v1beta1 object that keeps what only v1alpha1 can express.
 pub const V1ALPHA1_STASH_ANNOTATION: &str = "internal.operator.dynatrace.com/conversion-v1alpha1";
@@ -61,16 +69,43 @@ struct Spoke {
 }
 
 /// Every served version other than the hub.
-const SPOKES: &[Spoke] = &[Spoke {
-    api_version: "dynatrace.com/v1alpha1",
-    to_hub: |value| {
-        Ok(v1alpha1_to_hub(parse::<v1alpha1::DynaKube>(
-            value,
-            "dynatrace.com/v1alpha1",
-        )?))
+const SPOKES: &[Spoke] = &[
+    Spoke {
+        api_version: "dynatrace.com/v1alpha1",
+        to_hub: |value| {
+            Ok(v1alpha1_to_hub(parse::<v1alpha1::DynaKube>(
+                value,
+                "dynatrace.com/v1alpha1",
+            )?))
+        },
+        from_hub: |hub| to_value(hub_to_v1alpha1(hub)),
     },
-    from_hub: |hub| to_value(hub_to_v1alpha1(hub)),
-}];
+    Spoke {
+        api_version: "dynatrace.com/v1beta2",
+        to_hub: |value| later_to_hub::<v1beta2::DynaKube>(value, "dynatrace.com/v1beta2"),
+        from_hub: |hub| later_from_hub::<v1beta2::DynaKube>(hub, "dynatrace.com/v1beta2"),
+    },
+    Spoke {
+        api_version: "dynatrace.com/v1beta3",
+        to_hub: |value| later_to_hub::<v1beta3::DynaKube>(value, "dynatrace.com/v1beta3"),
+        from_hub: |hub| later_from_hub::<v1beta3::DynaKube>(hub, "dynatrace.com/v1beta3"),
+    },
+    Spoke {
+        api_version: "dynatrace.com/v1beta4",
+        to_hub: |value| later_to_hub::<v1beta4::DynaKube>(value, "dynatrace.com/v1beta4"),
+        from_hub: |hub| later_from_hub::<v1beta4::DynaKube>(hub, "dynatrace.com/v1beta4"),
+    },
+    Spoke {
+        api_version: "dynatrace.com/v1beta5",
+        to_hub: |value| later_to_hub::<v1beta5::DynaKube>(value, "dynatrace.com/v1beta5"),
+        from_hub: |hub| later_from_hub::<v1beta5::DynaKube>(hub, "dynatrace.com/v1beta5"),
+    },
+    Spoke {
+        api_version: "dynatrace.com/v1beta6",
+        to_hub: |value| later_to_hub::<v1beta6::DynaKube>(value, "dynatrace.com/v1beta6"),
+        from_hub: |hub| later_from_hub::<v1beta6::DynaKube>(hub, "dynatrace.com/v1beta6"),
+    },
+];
 
 /// The served API versions, hub first.
 pub fn served_versions() -> Vec<&'static str> {
@@ -183,6 +218,141 @@ struct V1alpha1Stash {
     classic_full_stack: Option<v1alpha1::FullStackSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     active_gate: Option<v1alpha1::ActiveGateSpec>,
+}
+
+/// The OneAgent modes that inject code modules: from v1beta2 on each has its own `namespaceSelector`,
+/// which is the hub's top-level one (at most one mode is set, so there is only ever one).
+const APP_MODES: [&str; 2] = ["cloudNativeFullStack", "applicationMonitoring"];
+
+/// Hub spec (JSON) to the shape of v1beta2 and later: the top-level `namespaceSelector` moves into the
+/// app-injection mode, if there is one. The version's type then drops what the version lacks.
+fn hub_spec_to_later(mut spec: Value) -> Value {
+    let Some(fields) = spec.as_object_mut() else {
+        return spec;
+    };
+    let mode = APP_MODES.into_iter().find(|mode| {
+        fields
+            .get("oneAgent")
+            .and_then(|o| o.get(mode))
+            .is_some_and(Value::is_object)
+    });
+    if let Some(mode) = mode
+        && let Some(selector) = fields.remove("namespaceSelector")
+        && let Some(body) = fields
+            .get_mut("oneAgent")
+            .and_then(|o| o.get_mut(mode))
+            .and_then(Value::as_object_mut)
+    {
+        body.insert("namespaceSelector".to_owned(), selector);
+    }
+    spec
+}
+
+/// The way back of [`hub_spec_to_later`]: the app-injection mode's `namespaceSelector` becomes the
+/// top-level one.
+fn later_spec_to_hub(mut spec: Value) -> Value {
+    let Some(fields) = spec.as_object_mut() else {
+        return spec;
+    };
+    let mut selector = None;
+    if let Some(one_agent) = fields.get_mut("oneAgent").and_then(Value::as_object_mut) {
+        for mode in APP_MODES {
+            if let Some(found) = one_agent
+                .get_mut(mode)
+                .and_then(Value::as_object_mut)
+                .and_then(|body| body.remove("namespaceSelector"))
+            {
+                selector = selector.or(Some(found));
+            }
+        }
+    }
+    if let Some(selector) = selector {
+        fields.insert("namespaceSelector".to_owned(), selector);
+    }
+    spec
+}
+
+/// What version `T` shows of a hub spec, in hub shape: the fields it lacks are gone.
+fn later_view<T: Serialize + DeserializeOwned>(
+    hub_spec: &Value,
+    api_version: &str,
+) -> Result<Value, ConversionError> {
+    let object = serde_json::json!({ "metadata": {}, "spec": hub_spec_to_later(hub_spec.clone()) });
+    let mut typed = to_value(parse::<T>(object, api_version)?)?;
+    Ok(later_spec_to_hub(typed["spec"].take()))
+}
+
+/// Adds to `target` what `original` has and `projected` (the original as a version shows it) lacks,
+/// without creating objects `target` does not have: a mode removed through a version stays removed.
+fn merge_residue(target: &mut Value, original: &Value, projected: &Value) {
+    let (Some(target), Some(original)) = (target.as_object_mut(), original.as_object()) else {
+        return;
+    };
+    for (key, value) in original {
+        match projected.get(key) {
+            None => {
+                target.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+            Some(shown) => {
+                if let Some(inner) = target.get_mut(key) {
+                    merge_residue(inner, value, shown);
+                }
+            }
+        }
+    }
+}
+
+/// Hub to a version from v1beta2 on. When the version cannot express the whole hub, the hub's spec goes
+/// into [`V1BETA1_STASH_ANNOTATION`], as for v1alpha1.
+fn later_from_hub<T: Serialize + DeserializeOwned>(
+    hub: v1beta1::DynaKube,
+    api_version: &'static str,
+) -> Result<Value, ConversionError> {
+    let v1beta1::DynaKube {
+        mut metadata,
+        spec,
+        status,
+    } = hub;
+    let hub_spec = to_value(&spec)?;
+    let shown = later_view::<T>(&hub_spec, api_version)?;
+    let back: v1beta1::DynaKubeSpec = parse(serde_json::json!(shown), HUB_API_VERSION)?;
+    if back != spec {
+        let original = V1beta1Stash { spec, status: None };
+        put_stash(&mut metadata, V1BETA1_STASH_ANNOTATION, &original);
+    }
+    let object = serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "DynaKube",
+        "metadata": metadata,
+        "spec": hub_spec_to_later(shown),
+        "status": status,
+    });
+    to_value(parse::<T>(object, api_version)?)
+}
+
+/// A version from v1beta2 on to the hub: the object's fields, plus what only the stashed hub original
+/// had.
+fn later_to_hub<T: Serialize + DeserializeOwned>(
+    value: Value,
+    api_version: &'static str,
+) -> Result<v1beta1::DynaKube, ConversionError> {
+    let mut object = to_value(parse::<T>(value, api_version)?)?;
+    let mut metadata: ObjectMeta = parse(object["metadata"].take(), api_version)?;
+    let mut spec = later_spec_to_hub(object["spec"].take());
+    if let Some(stash) = take_stash::<V1beta1Stash>(&mut metadata, V1BETA1_STASH_ANNOTATION) {
+        let original = to_value(&stash.spec)?;
+        let projected = later_view::<T>(&original, api_version)?;
+        merge_residue(&mut spec, &original, &projected);
+    }
+    let status = match object["status"].take() {
+        Value::Null => None,
+        status => Some(parse(status, api_version)?),
+    };
+    Ok(v1beta1::DynaKube {
+        metadata,
+        spec: parse(spec, api_version)?,
+        status,
+    })
 }
 
 /// v1beta1 (hub) to v1alpha1.
@@ -685,6 +855,328 @@ mod tests {
                 let status = phase.map_or(json!({}), |p| json!({ "phase": p }));
                 v1beta1(spec, status)
             })
+    }
+
+    fn object(api_version: &str, spec: Value) -> Value {
+        json!({
+            "apiVersion": api_version,
+            "kind": "DynaKube",
+            "metadata": { "name": "dk", "namespace": "dynatrace" },
+            "spec": spec,
+        })
+    }
+
+    #[test]
+    fn a_v1beta6_selector_per_mode_is_the_stored_top_level_selector() {
+        let original = object(
+            "dynatrace.com/v1beta6",
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "oneAgent": {
+                    "hostGroup": "prod",
+                    "cloudNativeFullStack": {
+                        "namespaceSelector": { "matchLabels": { "inject": "yes" } },
+                        "storageHostPath": "/data/oneagent",
+                        "secCompProfile": "agent.json",
+                    },
+                },
+                "metadataEnrichment": { "enabled": false },
+                "telemetryIngest": { "protocols": ["otlp"] },
+            }),
+        );
+        let stored = convert(original.clone(), HUB_API_VERSION).unwrap();
+        assert_eq!(
+            stored["spec"]["namespaceSelector"]["matchLabels"]["inject"],
+            "yes"
+        );
+        assert_eq!(stored["spec"]["oneAgent"]["hostGroup"], "prod");
+        assert!(
+            stored["spec"]["oneAgent"]["cloudNativeFullStack"]
+                .get("namespaceSelector")
+                .is_none()
+        );
+        assert!(
+            stored["metadata"].get("annotations").is_none(),
+            "v1beta1 stores it all: {stored}"
+        );
+        let hub: crate::dynakube::DynaKube = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(
+            hub.spec.telemetry_ingest.unwrap().fields["protocols"],
+            json!(["otlp"])
+        );
+
+        // v1beta3 has no telemetryIngest and no storageHostPath: kept in the annotation, back in v1beta6.
+        let v1beta3 = convert(stored, "dynatrace.com/v1beta3").unwrap();
+        assert!(v1beta3["spec"].get("telemetryIngest").is_none());
+        assert_eq!(
+            v1beta3["spec"]["oneAgent"]["cloudNativeFullStack"]["namespaceSelector"]["matchLabels"]["inject"],
+            "yes"
+        );
+        assert!(v1beta3["metadata"]["annotations"][V1BETA1_STASH_ANNOTATION].is_string());
+        assert_eq!(convert(v1beta3, "dynatrace.com/v1beta6").unwrap(), original);
+    }
+
+    #[test]
+    fn edits_through_an_older_later_version_take_effect_and_keep_the_rest() {
+        let original = object(
+            "dynatrace.com/v1beta6",
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "oneAgent": { "applicationMonitoring": { "version": "1.2.3" } },
+                "kspm": { "enabled": true },
+                "telemetryIngest": { "serviceName": "x" },
+            }),
+        );
+        let mut v1beta2 = convert(original, "dynatrace.com/v1beta2").unwrap();
+        v1beta2["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"] = json!(true);
+        v1beta2["spec"]["oneAgent"]["applicationMonitoring"]
+            .as_object_mut()
+            .unwrap()
+            .remove("version");
+        let back = convert(v1beta2, "dynatrace.com/v1beta6").unwrap();
+        let app = &back["spec"]["oneAgent"]["applicationMonitoring"];
+        assert!(
+            app.get("version").is_none(),
+            "the removal through v1beta2 counts: {back}"
+        );
+        assert_eq!(back["spec"]["kspm"]["enabled"], true);
+        assert_eq!(back["spec"]["telemetryIngest"]["serviceName"], "x");
+        // useCSIDriver exists only up to v1beta2: kept for the way back there.
+        let hub = convert(back, HUB_API_VERSION).unwrap();
+        assert_eq!(
+            hub["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"],
+            true
+        );
+    }
+
+    #[test]
+    fn a_mode_removed_through_a_later_version_stays_removed() {
+        let stored = v1beta1(
+            json!({
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "routing": { "enabled": true },
+                "oneAgent": { "applicationMonitoring": { "useCSIDriver": true } },
+            }),
+            json!({}),
+        );
+        let mut v1beta6 = convert(stored, "dynatrace.com/v1beta6").unwrap();
+        v1beta6["spec"]["oneAgent"] = json!({ "hostMonitoring": {} });
+        let hub = convert(v1beta6, HUB_API_VERSION).unwrap();
+        assert_eq!(hub["spec"]["oneAgent"], json!({ "hostMonitoring": {} }));
+        assert_eq!(
+            hub["spec"]["routing"]["enabled"], true,
+            "v1beta6 has no routing to change"
+        );
+    }
+
+    /// A spec with fields of every version, in hub shape.
+    fn any_union_spec() -> impl Strategy<Value = Value> {
+        (any_union_spec_core(), any_common_fields()).prop_map(|(mut spec, common)| {
+            let (proxy, tokens, skip, cas, env, init_cpu) = common;
+            let mut put = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    spec[k] = v;
+                }
+            };
+            put(
+                "proxy",
+                proxy.map(|(value, from)| json!({ "value": value, "valueFrom": from })),
+            );
+            put("tokens", tokens.map(Value::from));
+            put("skipCertCheck", skip.map(Value::from));
+            put("trustedCAs", cas.map(Value::from));
+            for mode in ["classicFullStack", "cloudNativeFullStack", "hostMonitoring"] {
+                if let (Some(body), Some(env)) =
+                    (spec.get_mut("oneAgent").and_then(|o| o.get_mut(mode)), &env)
+                {
+                    body["env"] = json!([{ "name": env, "value": "1" }]);
+                }
+            }
+            for mode in ["cloudNativeFullStack", "applicationMonitoring"] {
+                if let (Some(body), Some(cpu)) =
+                    (spec.get_mut("oneAgent").and_then(|o| o.get_mut(mode)), &init_cpu)
+                {
+                    body["initResources"] = json!({ "requests": { "cpu": cpu } });
+                }
+            }
+            spec
+        })
+    }
+
+    type CommonFields = (
+        Option<(String, String)>,
+        Option<String>,
+        Option<bool>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+
+    /// Fields every version has, some in the modes.
+    fn any_common_fields() -> impl Strategy<Value = CommonFields> {
+        (
+            optional(("http://[a-z]{1,5}:3128", "[a-z]{1,5}")),
+            optional("[a-z]{1,6}"),
+            optional(any::<bool>()),
+            optional("[a-z]{1,6}"),
+            optional("[A-Z_]{1,8}"),
+            optional("[1-9]00m"),
+        )
+    }
+
+    fn any_union_spec_core() -> impl Strategy<Value = Value> {
+        (
+            (
+                prop::sample::select(vec![
+                    "classicFullStack",
+                    "cloudNativeFullStack",
+                    "applicationMonitoring",
+                    "hostMonitoring",
+                    "none",
+                ]),
+                host_spec(),
+                optional("[a-z]{1,8}"),
+                optional(any::<bool>()),
+                optional(prop::collection::btree_map("[a-z]{1,5}", "[a-z]{1,5}", 0..3)),
+            ),
+            (
+                optional("[a-z]{1,6}"),
+                optional("[a-z/]{1,8}"),
+                optional("[a-z]{1,8}"),
+                optional(any::<bool>()),
+                optional("[a-z]{1,6}"),
+                optional(0u16..100),
+                optional(any::<bool>()),
+                optional(prop::sample::select(vec!["logMonitoring", "kspm", "templates", "telemetryIngest"])),
+                optional(any::<bool>()),
+                optional(any::<bool>()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (mode, mut host, zone, istio, ns_labels),
+                    (host_group, storage, seccomp, csi, image, threshold, enrichment, section, routing, ag),
+                )| {
+                    let mut spec = json!({ "apiUrl": "https://abc.live.dynatrace.com/api" });
+                    if let Some(storage) = storage {
+                        host["storageHostPath"] = json!(storage);
+                    }
+                    if let Some(seccomp) = seccomp {
+                        host["secCompProfile"] = json!(seccomp);
+                    }
+                    if mode != "none" {
+                        let body = match mode {
+                            "applicationMonitoring" => {
+                                let mut app = json!({});
+                                if let Some(csi) = csi {
+                                    app["useCSIDriver"] = json!(csi);
+                                }
+                                if let Some(image) = &image {
+                                    app["codeModulesImage"] = json!(image);
+                                }
+                                app
+                            }
+                            "cloudNativeFullStack" => {
+                                if let Some(image) = &image {
+                                    host["codeModulesImage"] = json!(image);
+                                }
+                                host
+                            }
+                            _ => host,
+                        };
+                        spec["oneAgent"] = json!({ mode: body });
+                    }
+                    if let Some(group) = host_group {
+                        spec["oneAgent"]["hostGroup"] = json!(group);
+                    }
+                    if let Some(zone) = zone {
+                        spec["networkZone"] = json!(zone);
+                    }
+                    if let Some(istio) = istio {
+                        spec["enableIstio"] = json!(istio);
+                    }
+                    if let Some(labels) = ns_labels {
+                        spec["namespaceSelector"] = json!({ "matchLabels": labels });
+                    }
+                    if let Some(threshold) = threshold {
+                        spec["dynatraceApiRequestThreshold"] = json!(threshold);
+                    }
+                    if let Some(enabled) = enrichment {
+                        spec["metadataEnrichment"] =
+                            json!({ "enabled": enabled, "namespaceSelector": { "matchLabels": { "e": "1" } } });
+                    }
+                    if let Some(section) = section {
+                        spec[section] = json!({ "enabled": true, "nested": { "x": [1, 2] } });
+                    }
+                    if let Some(enabled) = routing {
+                        spec["routing"] = json!({ "enabled": enabled, "replicas": 2 });
+                    }
+                    if let Some(with_image) = ag {
+                        spec["activeGate"] = if with_image {
+                            json!({ "capabilities": ["routing"], "image": "ag:1" })
+                        } else {
+                            json!({ "capabilities": ["kubernetes-monitoring"], "replicas": 3 })
+                        };
+                    }
+                    spec
+                },
+            )
+    }
+
+    const ALL_VERSIONS: [&str; 7] = [
+        "dynatrace.com/v1alpha1",
+        "dynatrace.com/v1beta1",
+        "dynatrace.com/v1beta2",
+        "dynatrace.com/v1beta3",
+        "dynatrace.com/v1beta4",
+        "dynatrace.com/v1beta5",
+        "dynatrace.com/v1beta6",
+    ];
+
+    /// An object as a user writes it in `api_version`: what that version shows of `spec`, without any
+    /// conversion annotation.
+    fn written_in(spec: Value, status: Value, api_version: &str) -> Value {
+        let mut object = convert(v1beta1(spec, status), api_version).unwrap();
+        let metadata = object["metadata"].as_object_mut().unwrap();
+        if let Some(annotations) = metadata.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.remove(V1BETA1_STASH_ANNOTATION);
+            if annotations.is_empty() {
+                metadata.remove("annotations");
+            }
+        }
+        object
+    }
+
+    proptest! {
+        #[test]
+        fn every_object_in_every_version_round_trips_through_every_other(
+            spec in any_union_spec(),
+            phase in optional("[A-Z][a-z]{3,8}"),
+            from in prop::sample::select(ALL_VERSIONS.to_vec()),
+        ) {
+            let status = phase.map_or(json!({}), |p| json!({ "phase": p }));
+            let original = written_in(spec, status, from);
+            for through in ALL_VERSIONS {
+                let there = convert(original.clone(), through).unwrap();
+                prop_assert_eq!(there["apiVersion"].as_str(), Some(through));
+                let back = convert(there.clone(), from).unwrap();
+                prop_assert_eq!(&back, &original, "{} -> {} -> {}: via {}", from, through, from, there);
+                // The same through storage: written in `from`, stored as the hub, read in `through`.
+                let stored = convert(original.clone(), HUB_API_VERSION).unwrap();
+                let read = convert(stored, through).unwrap();
+                prop_assert_eq!(convert(read, from).unwrap(), original.clone());
+            }
+        }
+
+        #[test]
+        fn every_stored_object_survives_a_write_through_every_version(
+            spec in any_union_spec(),
+            through in prop::sample::select(ALL_VERSIONS.to_vec()),
+        ) {
+            let stored = v1beta1(spec, json!({ "phase": "Running" }));
+            let there = convert(stored.clone(), through).unwrap();
+            prop_assert_eq!(convert(there, HUB_API_VERSION).unwrap(), stored);
+        }
     }
 
     proptest! {

@@ -6,8 +6,14 @@
 
 pub mod conversion;
 pub mod feature_flags;
+pub mod later;
 pub mod v1alpha1;
 pub mod v1beta1;
+pub mod v1beta2;
+pub mod v1beta3;
+pub mod v1beta4;
+pub mod v1beta5;
+pub mod v1beta6;
 
 use kube::ResourceExt as _;
 use url::Url;
@@ -209,8 +215,18 @@ impl DynaKube {
         self.host_spec().is_some_and(|h| h.auto_update.unwrap_or(true))
     }
 
-    /// The host group, from a `--set-host-group=<group>` argument (cloudNativeFullStack only).
+    /// The host group: `spec.oneAgent.hostGroup` (v1beta2 and later), else a `--set-host-group=<group>`
+    /// argument (cloudNativeFullStack only).
     pub fn host_group(&self) -> Option<&str> {
+        if let Some(group) = self
+            .spec
+            .one_agent
+            .as_ref()
+            .and_then(|o| o.host_group.as_deref())
+            .filter(|g| !g.is_empty())
+        {
+            return Some(group);
+        }
         if self.mode() != Some(Mode::CloudNativeFullStack) {
             return None;
         }

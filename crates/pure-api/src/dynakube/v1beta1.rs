@@ -3,6 +3,14 @@
 //!
 //! Every optional field is an `Option`, so that what a user wrote (including an explicit `false` or an
 //! empty list) survives a round trip through the API server and through conversion unchanged.
+//!
+//! The internal model holds the union of every served version: besides the reference's v1beta1 fields it
+//! has the fields that v1beta2 to v1beta6 added (`oneAgent.hostGroup`, `metadataEnrichment`,
+//! `dynatraceApiRequestThreshold`, `secCompProfile`, `storageHostPath`, `logMonitoring`, `kspm`,
+//! `extensions`, `templates`, `telemetryIngest`). v1beta1 is also the storage version, so an object written
+//! in any version is stored without loss; the price is that v1beta1 accepts these later fields too (a
+//! superset of the reference's v1beta1). Later versions' per-mode `namespaceSelector` is the top-level
+//! `namespaceSelector` here: at most one mode is set, so there is only ever one.
 
 use std::collections::BTreeMap;
 
@@ -95,6 +103,57 @@ pub struct DynaKubeSpec {
     /// Deprecated ActiveGate Kubernetes-monitoring section. Accepted and kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_monitoring: Option<LegacyActiveGateSpec>,
+
+    /// Minimum minutes between calls to the Dynatrace API for the same purpose (v1beta2 and later; the
+    /// reference defaults it to 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynatrace_api_request_threshold: Option<u16>,
+
+    /// Metadata enrichment of application pods (v1beta2 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_enrichment: Option<MetadataEnrichment>,
+
+    /// Log monitoring settings (v1beta3 and later). Accepted and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_monitoring: Option<KeptSection>,
+
+    /// Kubernetes security posture management settings (v1beta3 and later). Accepted and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kspm: Option<KeptSection>,
+
+    /// Extensions settings (v1beta3 and later). Accepted and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<KeptSection>,
+
+    /// Templates of the components other features deploy (v1beta3 and later). Accepted and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<KeptSection>,
+
+    /// Telemetry ingest settings (v1beta4 and later). Accepted and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry_ingest: Option<KeptSection>,
+}
+
+/// Metadata enrichment: which namespaces' pods get Kubernetes metadata attached to their telemetry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataEnrichment {
+    /// Whether metadata enrichment runs (the reference defaults it to true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Namespaces whose pods are enriched. Empty selects every namespace except the ignored ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// A section this operator accepts and keeps as written, without acting on it yet.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct KeptSection {
+    /// The section's fields, unchanged.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub fields: BTreeMap<String, serde_json::Value>,
 }
 
 /// A proxy URL, given literally or through a Secret.
@@ -130,6 +189,10 @@ pub struct OneAgentSpec {
     /// OneAgent on every selected node for infrastructure monitoring only; no injection into processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_monitoring: Option<HostInjectSpec>,
+
+    /// Host group of the OneAgents (v1beta2 and later); wins over a `--set-host-group` argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_group: Option<String>,
 }
 
 /// Settings of a OneAgent that runs on nodes (a DaemonSet).
@@ -185,6 +248,14 @@ pub struct HostInjectSpec {
     /// Resources of the OneAgent container. A CPU request of 100m is added when none is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_agent_resources: Option<ResourceRequirements>,
+
+    /// Name of a seccomp profile on the nodes for the OneAgent container (v1beta2 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sec_comp_profile: Option<String>,
+
+    /// Host directory where OneAgents keep their data (v1beta4 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_host_path: Option<String>,
 }
 
 /// Settings of code-module injection into application pods.

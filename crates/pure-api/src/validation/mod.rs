@@ -84,15 +84,73 @@ impl Verdict {
     }
 }
 
-/// Validates a DynaKube against every rule.
+/// How the user's API version spells the fields that messages name. The rules run on the internal model,
+/// so they hold for every version; only the names in the messages differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spelling {
+    /// v1alpha1: classicFullStack at the top of `spec`.
+    V1alpha1,
+    /// v1beta1 (and the internal model): one top-level `namespaceSelector`.
+    V1beta1,
+    /// v1beta2: the selector inside each app-injection mode; `useCSIDriver` still exists.
+    V1beta2,
+    /// v1beta3 and later: as v1beta2, without `useCSIDriver` (the CSI driver is used when installed).
+    V1beta3OrLater,
+}
+
+impl Spelling {
+    /// The spelling of an `apiVersion` (`dynatrace.com/v1beta6`); unknown versions read as v1beta1.
+    pub fn of(api_version: &str) -> Self {
+        match api_version.rsplit('/').next().unwrap_or_default() {
+            "v1alpha1" => Self::V1alpha1,
+            "v1beta2" => Self::V1beta2,
+            "v1beta3" | "v1beta4" | "v1beta5" | "v1beta6" => Self::V1beta3OrLater,
+            _ => Self::V1beta1,
+        }
+    }
+
+    /// The path of a mode's section.
+    fn mode(self, mode: Mode) -> String {
+        match (self, mode) {
+            (Self::V1alpha1, Mode::ClassicFullStack) => "spec.classicFullStack".to_owned(),
+            _ => format!("spec.oneAgent.{}", mode.field()),
+        }
+    }
+
+    /// The path of the app-injection namespace selector, for the DynaKube's mode.
+    fn namespace_selector(self, mode: Option<Mode>) -> String {
+        match (self, mode) {
+            (
+                Self::V1beta2 | Self::V1beta3OrLater,
+                Some(mode @ (Mode::CloudNativeFullStack | Mode::ApplicationMonitoring)),
+            ) => format!("{}.namespaceSelector", self.mode(mode)),
+            _ => "spec.namespaceSelector".to_owned(),
+        }
+    }
+}
+
+/// Validates a DynaKube against every rule, naming fields as v1beta1 spells them.
 pub fn validate(dynakube: &DynaKube, cluster: &ClusterView<'_>, proxy_secret: &ProxySecret) -> Verdict {
+    validate_as(dynakube, "dynatrace.com/v1beta1", cluster, proxy_secret)
+}
+
+/// Validates a DynaKube (the internal model) that the user wrote in `api_version`: every rule holds for
+/// every version, and messages name the fields as that version spells them.
+pub fn validate_as(
+    dynakube: &DynaKube,
+    api_version: &str,
+    cluster: &ClusterView<'_>,
+    proxy_secret: &ProxySecret,
+) -> Verdict {
+    let spelling = Spelling::of(api_version);
     let mut errors = Vec::new();
     errors.extend(api_url_errors(&dynakube.spec.api_url));
     errors.extend(csi_driver_errors(dynakube, cluster));
     errors.extend(proxy_errors(dynakube, proxy_secret));
     errors.extend(one_agent_mode_errors(dynakube));
-    errors.extend(node_selector_errors(dynakube, cluster));
-    errors.extend(namespace_selector_errors(dynakube, cluster));
+    errors.extend(node_selector_errors(dynakube, cluster, spelling));
+    errors.extend(namespace_selector_errors(dynakube, cluster, spelling));
+    errors.extend(metadata_enrichment_errors(dynakube));
     if !dynakube.feature_flags().readonly_host_fs() && dynakube.feature_flags().multiple_osagents_on_node() {
         errors.push(messages::READONLY_FS_DISABLED_WITH_MULTIPLE_OSAGENTS.to_owned());
     }
@@ -103,7 +161,7 @@ pub fn validate(dynakube: &DynaKube, cluster: &ClusterView<'_>, proxy_secret: &P
                 .to_owned(),
         );
     }
-    errors.extend(code_modules_image_errors(dynakube));
+    errors.extend(code_modules_image_errors(dynakube, cluster, spelling));
     errors.extend(volume_storage_errors(dynakube));
     let name = dynakube.name_any();
     if !name.is_empty() && !is_dns1035_label(&name) {
@@ -111,8 +169,48 @@ pub fn validate(dynakube: &DynaKube, cluster: &ClusterView<'_>, proxy_secret: &P
     }
     Verdict {
         errors,
-        warnings: warnings(dynakube),
+        warnings: warnings(dynakube)
+            .into_iter()
+            .chain(unused_code_modules_image(dynakube, spelling))
+            .collect(),
     }
+}
+
+/// From v1beta3 on the reference uses the CSI driver for applicationMonitoring whenever it is installed;
+/// this operator still decides by `useCSIDriver` (absent: no CSI driver), so an image would be ignored.
+fn unused_code_modules_image(dynakube: &DynaKube, spelling: Spelling) -> Option<String> {
+    let image_set = dynakube
+        .app_injection_spec()
+        .and_then(|a| a.code_modules_image.as_deref())
+        .is_some_and(|i| !i.is_empty());
+    (spelling == Spelling::V1beta3OrLater
+        && dynakube.mode() == Some(Mode::ApplicationMonitoring)
+        && image_set
+        && !dynakube.needs_csi_driver())
+    .then(|| {
+        "spec.oneAgent.applicationMonitoring.codeModulesImage is not used yet: this operator uses the CSI \
+         driver for applicationMonitoring only with useCSIDriver: true, a field of dynatrace.com/v1beta2 and \
+         earlier, so pods download the code modules instead. Write the DynaKube as v1beta2 with \
+         useCSIDriver: true to use the image."
+            .to_owned()
+    })
+}
+
+/// The syntax of `spec.metadataEnrichment.namespaceSelector` (v1beta2 and later).
+fn metadata_enrichment_errors(dynakube: &DynaKube) -> Vec<String> {
+    let problems = dynakube
+        .spec
+        .metadata_enrichment
+        .as_ref()
+        .and_then(|m| m.namespace_selector.as_ref())
+        .map(selector_problems)
+        .unwrap_or_default();
+    problems
+        .into_iter()
+        .map(|p| {
+            format!("spec.metadataEnrichment.namespaceSelector is invalid: {p}. Fix the label selector.")
+        })
+        .collect()
 }
 
 /// Validates a legacy OneAgent resource: its API URL, the syntax of its node selector, and its name.
@@ -318,11 +416,11 @@ fn examples(items: &[String]) -> String {
 /// must not select the same node. With nodes in the cluster the nodes both select are compared (any
 /// overlap counts, not only subset selectors); without nodes, a selector that is empty or a subset of the
 /// other is a conflict. Every conflicting DynaKube is named.
-fn node_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<String> {
+fn node_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>, spelling: Spelling) -> Vec<String> {
     let Some(host) = dynakube.host_spec() else {
         return Vec::new();
     };
-    let mode = dynakube.mode().map_or("", Mode::field);
+    let mode = dynakube.mode().map_or_else(String::new, |m| spelling.mode(m));
     let selector = host.node_selector.clone().unwrap_or_default();
     let mut errors: Vec<String> = selector
         .iter()
@@ -332,9 +430,7 @@ fn node_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<S
             key_problem.into_iter().chain(value_problem)
         })
         .map(|problem| {
-            format!(
-                "spec.oneAgent.{mode}.nodeSelector is invalid: {problem}. Fix the label in the node selector."
-            )
+            format!("{mode}.nodeSelector is invalid: {problem}. Fix the label in the node selector.")
         })
         .collect();
     if !errors.is_empty() || dynakube.feature_flags().multiple_osagents_on_node() {
@@ -370,7 +466,7 @@ fn node_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<S
         };
         if let Some(why) = conflict {
             errors.push(format!(
-                "The node selector spec.oneAgent.{mode}.nodeSelector conflicts with DynaKube {}: {why}. A node \
+                "The node selector {mode}.nodeSelector conflicts with DynaKube {}: {why}. A node \
                  runs one OneAgent, so make the node selectors disjoint (or set \
                  {}{}: \"true\" if several OneAgents per node are intended).",
                 qualified(other),
@@ -410,7 +506,12 @@ fn injects_into(dynakube: &DynaKube, namespace: &ObjectMeta, ignored: &[Regex]) 
 }
 
 /// Rule 12, and the syntax of the namespace selector: a namespace is injected by at most one DynaKube.
-fn namespace_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<String> {
+fn namespace_selector_errors(
+    dynakube: &DynaKube,
+    cluster: &ClusterView<'_>,
+    spelling: Spelling,
+) -> Vec<String> {
+    let field = spelling.namespace_selector(dynakube.mode());
     let problems = dynakube
         .spec
         .namespace_selector
@@ -420,7 +521,7 @@ fn namespace_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> 
     if !problems.is_empty() {
         return problems
             .into_iter()
-            .map(|p| format!("spec.namespaceSelector is invalid: {p}. Fix the label selector."))
+            .map(|p| format!("{field} is invalid: {p}. Fix the label selector."))
             .collect();
     }
     if !dynakube.needs_app_injection() {
@@ -452,13 +553,13 @@ fn namespace_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> 
             continue;
         }
         let what = if empty_selector {
-            "The DynaKube has no spec.namespaceSelector, so it would inject into every namespace, but"
+            format!("The DynaKube has no {field}, so it would inject into every namespace, but")
         } else {
-            "The DynaKube's spec.namespaceSelector selects namespaces that"
+            format!("The DynaKube's {field} selects namespaces that")
         };
         errors.push(format!(
             "{what} DynaKube {} already injects into {}. A namespace can be injected by one DynaKube only: \
-             narrow spec.namespaceSelector so the two select different namespaces.",
+             narrow {field} so the two select different namespaces.",
             qualified(other),
             examples(&shared)
         ));
@@ -467,15 +568,37 @@ fn namespace_selector_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> 
 }
 
 /// Rule 15: a code-modules image needs the CSI driver.
-fn code_modules_image_errors(dynakube: &DynaKube) -> Vec<String> {
+fn code_modules_image_errors(
+    dynakube: &DynaKube,
+    cluster: &ClusterView<'_>,
+    spelling: Spelling,
+) -> Vec<String> {
     let image_set = dynakube
         .app_injection_spec()
         .and_then(|a| a.code_modules_image.as_deref())
         .is_some_and(|i| !i.is_empty());
-    if dynakube.mode() == Some(Mode::ApplicationMonitoring) && image_set && !dynakube.needs_csi_driver() {
-        vec![messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()]
-    } else {
+    if dynakube.mode() != Some(Mode::ApplicationMonitoring) || !image_set {
+        return Vec::new();
+    }
+    if spelling == Spelling::V1beta3OrLater {
+        // No useCSIDriver any more: the CSI driver is used whenever it is installed.
+        return if cluster.csi_driver_installed == Some(false) {
+            vec![format!(
+                "spec.oneAgent.applicationMonitoring.codeModulesImage is set, but code modules from an image \
+                 are provided by the CSI driver, and the DaemonSet {} does not exist in namespace {:?}. Install \
+                 the operator with the CSI driver (Helm value csidriver.enabled=true), or remove \
+                 codeModulesImage.",
+                names::CSI_DAEMONSET,
+                dynakube.namespace().unwrap_or_default()
+            )]
+        } else {
+            Vec::new()
+        };
+    }
+    if dynakube.needs_csi_driver() {
         Vec::new()
+    } else {
+        vec![messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()]
     }
 }
 
@@ -548,6 +671,23 @@ fn warnings(dynakube: &DynaKube) -> Vec<String> {
             ff::PREFIX,
             ff::READONLY_HOST_FS
         ));
+    }
+    let host_group_arg = dynakube
+        .host_spec()
+        .and_then(|h| h.args.as_ref())
+        .is_some_and(|args| args.iter().any(|a| a.starts_with("--set-host-group")));
+    let host_group_field = dynakube
+        .spec
+        .one_agent
+        .as_ref()
+        .and_then(|o| o.host_group.as_deref())
+        .is_some_and(|g| !g.is_empty());
+    if host_group_arg && host_group_field {
+        warnings.push(
+            "spec.oneAgent.hostGroup and a --set-host-group argument are both set; the field wins. Remove the \
+             argument."
+                .to_owned(),
+        );
     }
     let deprecated: BTreeSet<&str> = DEPRECATED_FLAGS
         .iter()

@@ -523,3 +523,205 @@ fn oneagent_resources_are_checked_too() {
         "{denial}"
     );
 }
+
+/// A DynaKube as written in `api_version`, read as the internal model (what the webhook validates).
+fn written_in(api_version: &str, spec: Value) -> DynaKube {
+    let object = json!({
+        "apiVersion": api_version,
+        "kind": "DynaKube",
+        "metadata": { "name": "dynakube", "namespace": "dynatrace" },
+        "spec": spec,
+    });
+    crate::dynakube::conversion::to_hub(object, api_version).unwrap()
+}
+
+fn errors_as(api_version: &str, spec: Value, cluster: ClusterView<'_>) -> Vec<String> {
+    validate_as(
+        &written_in(api_version, spec),
+        api_version,
+        &cluster,
+        &ProxySecret::NotLookedUp,
+    )
+    .errors
+}
+
+#[test]
+fn messages_name_the_fields_as_written_in_the_users_version() {
+    let bad = json!({ "matchLabels": { "bad key!": "x" } });
+    let cloud_native = json!({
+        "apiUrl": API_URL,
+        "oneAgent": { "cloudNativeFullStack": { "namespaceSelector": bad, "nodeSelector": { "bad key!": "x" } } },
+    });
+    for version in ["dynatrace.com/v1beta2", "dynatrace.com/v1beta6"] {
+        let found = errors_as(version, cloud_native.clone(), ClusterView::default());
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("spec.oneAgent.cloudNativeFullStack.namespaceSelector is invalid")),
+            "{version}: {found:#?}"
+        );
+        assert!(
+            !found.iter().any(|e| e.contains("spec.namespaceSelector")),
+            "{version}: {found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("spec.oneAgent.cloudNativeFullStack.nodeSelector is invalid")),
+            "{version}: {found:#?}"
+        );
+    }
+    let v1beta1 = json!({
+        "apiUrl": API_URL, "namespaceSelector": bad, "oneAgent": { "cloudNativeFullStack": {} },
+    });
+    let found = errors_as("dynatrace.com/v1beta1", v1beta1, ClusterView::default());
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("spec.namespaceSelector is invalid")),
+        "{found:#?}"
+    );
+
+    let v1alpha1 = json!({
+        "apiUrl": API_URL, "classicFullStack": { "enabled": true, "nodeSelector": { "bad key!": "x" } },
+    });
+    let found = errors_as("dynatrace.com/v1alpha1", v1alpha1, ClusterView::default());
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("spec.classicFullStack.nodeSelector is invalid")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn the_metadata_enrichment_selector_is_checked_in_every_version_that_has_it() {
+    let spec = json!({
+        "apiUrl": API_URL, "metadataEnrichment": { "namespaceSelector": { "matchLabels": { "bad key!": "x" } } },
+    });
+    for version in ["dynatrace.com/v1beta2", "dynatrace.com/v1beta6"] {
+        let found = errors_as(version, spec.clone(), ClusterView::default());
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("spec.metadataEnrichment.namespaceSelector is invalid")),
+            "{version}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn from_v1beta3_a_code_modules_image_needs_an_installed_csi_driver_not_a_flag() {
+    let spec = json!({
+        "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "cm:1" } },
+    });
+    let installed = ClusterView {
+        csi_driver_installed: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(
+        errors_as("dynatrace.com/v1beta6", spec.clone(), installed),
+        Vec::<String>::new()
+    );
+    // Accepted as the reference does, but this operator does not yet follow the installed driver: say so.
+    let dk = written_in("dynatrace.com/v1beta6", spec.clone());
+    let warnings = validate_as(
+        &dk,
+        "dynatrace.com/v1beta6",
+        &installed,
+        &ProxySecret::NotLookedUp,
+    )
+    .warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("codeModulesImage")),
+        "{warnings:#?}"
+    );
+    let missing = ClusterView {
+        csi_driver_installed: Some(false),
+        ..Default::default()
+    };
+    let found = errors_as("dynatrace.com/v1beta6", spec.clone(), missing);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("csidriver.enabled"), "{found:#?}");
+    assert!(
+        !found[0].contains("useCSIDriver"),
+        "v1beta6 has no useCSIDriver: {found:#?}"
+    );
+    // v1beta2 still has the flag, and the message names it.
+    let found = errors_as("dynatrace.com/v1beta2", spec, ClusterView::default());
+    assert!(
+        found.iter().any(|e| e.contains("useCSIDriver: true")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn a_host_group_field_wins_over_the_argument_with_a_warning() {
+    let dk = written_in(
+        "dynatrace.com/v1beta6",
+        json!({
+            "apiUrl": API_URL,
+            "oneAgent": { "hostGroup": "field", "cloudNativeFullStack": { "args": ["--set-host-group=arg"] } },
+        }),
+    );
+    assert_eq!(dk.host_group(), Some("field"));
+    let verdict = validate_as(
+        &dk,
+        "dynatrace.com/v1beta6",
+        &ClusterView::default(),
+        &ProxySecret::NotLookedUp,
+    );
+    assert!(
+        verdict
+            .warnings
+            .iter()
+            .any(|w| w.contains("spec.oneAgent.hostGroup")),
+        "{:#?}",
+        verdict.warnings
+    );
+}
+
+/// DynaKubes shaped like the reference's samples for each version (written from its documented fields)
+/// are valid in every version they belong to.
+#[test]
+fn sample_dynakubes_of_every_later_version_are_valid() {
+    let samples = [
+        json!({
+            "apiUrl": API_URL,
+            "metadataEnrichment": { "enabled": true },
+            "oneAgent": { "cloudNativeFullStack": {
+                "namespaceSelector": { "matchLabels": { "monitor": "true" } },
+                "tolerations": [{ "effect": "NoSchedule", "key": "node-role.kubernetes.io/master", "operator": "Exists" }],
+            } },
+            "activeGate": { "capabilities": ["routing", "kubernetes-monitoring", "dynatrace-api"],
+                "resources": { "requests": { "cpu": "500m", "memory": "512Mi" }, "limits": { "cpu": "1000m", "memory": "1.5Gi" } } },
+        }),
+        json!({
+            "apiUrl": API_URL,
+            "oneAgent": { "applicationMonitoring": { "namespaceSelector": { "matchExpressions": [
+                { "key": "team", "operator": "In", "values": ["a", "b"] },
+            ] } } },
+        }),
+        json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": {}, "hostGroup": "infra" } }),
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "env": [{ "name": "ONEAGENT_ENABLE_VOLUME_STORAGE", "value": "false" }] } } }),
+    ];
+    let cluster = ClusterView {
+        csi_driver_installed: Some(true),
+        ..Default::default()
+    };
+    for version in ["v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+        let api_version = format!("dynatrace.com/{version}");
+        for sample in &samples {
+            let found = errors_as(&api_version, sample.clone(), cluster);
+            assert_eq!(found, Vec::<String>::new(), "{version}: {sample}");
+        }
+    }
+    let logs = json!({ "apiUrl": API_URL, "logMonitoring": {}, "kspm": {}, "templates": { "logMonitoring": { "imageRef": { "repository": "r", "tag": "t" } } } });
+    for version in ["v1beta3", "v1beta6"] {
+        let dk = written_in(&format!("dynatrace.com/{version}"), logs.clone());
+        assert!(
+            dk.spec.log_monitoring.is_some() && dk.spec.templates.is_some(),
+            "{version}: kept"
+        );
+    }
+}
