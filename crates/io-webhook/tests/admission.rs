@@ -122,39 +122,128 @@ fn readme_dynakubes() -> Vec<Value> {
         .collect()
 }
 
+/// Every DynaKube version the CRD serves.
+const VERSIONS: [&str; 7] = [
+    "v1alpha1", "v1beta1", "v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6",
+];
+
+/// The DynaKube API of the test's namespace in `version`, untyped, so that any version's object is
+/// written and read as it is.
+fn dynakubes_as(ns: &TestNamespace, version: &str) -> Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("dynatrace.com", version, "DynaKube");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "dynakubes");
+    Api::namespaced_with(ns.client.clone(), &ns.name, &resource)
+}
+
+/// The version of an object's `apiVersion`.
+fn version_of(object: &Value) -> String {
+    object["apiVersion"]
+        .as_str()
+        .and_then(|v| v.strip_prefix("dynatrace.com/"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn readme_examples_of_every_mode_are_admitted() -> anyhow::Result<()> {
     let ns = namespace().await?;
     install_csi_driver_marker(&ns).await?;
     let examples = readme_dynakubes();
-    let mut modes: Vec<String> = examples
-        .iter()
-        .flat_map(|e| {
-            e["spec"]["oneAgent"]
-                .as_object()
-                .into_iter()
-                .flat_map(|o| o.keys().cloned())
-        })
-        .collect();
-    modes.sort();
-    assert_eq!(
-        modes,
-        [
-            "applicationMonitoring",
-            "classicFullStack",
-            "cloudNativeFullStack",
-            "hostMonitoring"
-        ]
-    );
-    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    // Each documented version shows all four modes.
+    let mut versions: Vec<String> = examples.iter().map(version_of).collect();
+    versions.sort();
+    versions.dedup();
+    assert_eq!(versions, ["v1beta1", "v1beta6"]);
+    for version in &versions {
+        let mut modes: Vec<String> = examples
+            .iter()
+            .filter(|e| version_of(e) == *version)
+            .flat_map(|e| {
+                e["spec"]["oneAgent"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys().filter(|k| k.as_str() != "hostGroup").cloned())
+            })
+            .collect();
+        modes.sort();
+        assert_eq!(
+            modes,
+            [
+                "applicationMonitoring",
+                "classicFullStack",
+                "cloudNativeFullStack",
+                "hostMonitoring"
+            ],
+            "the {version} examples"
+        );
+    }
     for example in examples {
-        let mut example: DynaKube = serde_json::from_value(example)?;
-        example.metadata.namespace = None;
-        let name = example.name_any();
-        dynakubes
-            .create(&PostParams::default(), &example)
+        let version = version_of(&example);
+        let mut object: kube::api::DynamicObject = serde_json::from_value(example)?;
+        object.metadata.namespace = None;
+        let name = object.name_any();
+        dynakubes_as(&ns, &version)
+            .create(&PostParams::default(), &object)
             .await
-            .map_err(|e| anyhow::anyhow!("README example {name} was not admitted: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("README example {name} ({version}) was not admitted: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A DynaKube written in each served version (the README's cloud-native example, as that version shows
+/// it) is read back in every other version, and then in its own version unchanged.
+#[tokio::test]
+async fn a_dynakube_written_in_every_version_reads_back_in_every_other() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let example = readme_dynakubes()
+        .into_iter()
+        .find(|e| e["metadata"]["name"] == "cloud-native-current")
+        .expect("the README's v1beta6 cloud-native example");
+    let mut seed: kube::api::DynamicObject = serde_json::from_value(example)?;
+    seed.metadata.namespace = None;
+    seed.metadata.name = Some("seed".into());
+    dynakubes_as(&ns, "v1beta6")
+        .create(&PostParams::default(), &seed)
+        .await?;
+    for version in VERSIONS {
+        // As a client of `version` would write it: what that version shows of the seed, under a new name
+        // and with a node selector of its own (two DynaKubes may not select the same nodes).
+        let shown = dynakubes_as(&ns, version).get("seed").await?;
+        let mut object = serde_json::to_value(&shown)?;
+        let name = format!("written-in-{version}");
+        object["metadata"] = json!({ "name": name });
+        for mode in ["cloudNativeFullStack", "classicFullStack"] {
+            for path in [&["spec", "oneAgent", mode][..], &["spec", mode][..]] {
+                let mut at = &mut object;
+                for key in path {
+                    at = &mut at[*key];
+                }
+                if at.is_object() {
+                    at["nodeSelector"] = json!({ "node-pool": name });
+                }
+            }
+        }
+        let object: kube::api::DynamicObject = serde_json::from_value(object)?;
+        let created = dynakubes_as(&ns, version)
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing a DynaKube in {version}: {e}"))?;
+        for other in VERSIONS {
+            let read = dynakubes_as(&ns, other)
+                .get(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading {name} in {other}: {e}"))?;
+            assert_eq!(
+                read.types.as_ref().map(|t| t.api_version.as_str()),
+                Some(format!("dynatrace.com/{other}").as_str())
+            );
+        }
+        let back = dynakubes_as(&ns, version).get(&name).await?;
+        assert_eq!(
+            back.data["spec"], created.data["spec"],
+            "{name}: the spec reads back as written after reads in every version"
+        );
     }
     Ok(())
 }
