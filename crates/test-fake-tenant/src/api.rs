@@ -767,8 +767,8 @@ fn entities(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
     )
 }
 
-fn settings_objects(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
-    authorize(state, token, SCOPE_SETTINGS_READ)?;
+/// The `schemaIds` a settings call needs: at least one.
+fn schema_ids(query: &Query) -> Result<Vec<String>, ApiError> {
     let schemas = list(query, "schemaIds");
     if schemas.is_empty() {
         return Err(error(
@@ -776,6 +776,12 @@ fn settings_objects(state: &Shared, token: Option<&str>, query: &Query) -> Answe
             "schemaIds is missing; name at least one schema, for example builtin:cloud.kubernetes",
         ));
     }
+    Ok(schemas)
+}
+
+fn settings_objects(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
+    authorize(state, token, SCOPE_SETTINGS_READ)?;
+    let schemas = schema_ids(query)?;
     let items = lock(&state.settings).objects(&schemas, &list(query, "scopes"));
     Ok(axum::Json(json!({ "items": items, "totalCount": items.len(), "pageSize": 500 })).into_response())
 }
@@ -814,13 +820,7 @@ async fn create_settings_objects(
 
 fn effective_values(state: &Shared, token: Option<&str>, query: &Query) -> Answer {
     authorize(state, token, SCOPE_SETTINGS_READ)?;
-    let schemas = list(query, "schemaIds");
-    if schemas.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "schemaIds is missing; name at least one schema, for example builtin:cloud.kubernetes",
-        ));
-    }
+    let schemas = schema_ids(query)?;
     let scope = query.get("scope").unwrap_or(crate::settings::ENVIRONMENT_SCOPE);
     let store = lock(&state.settings);
     let items: Vec<_> = schemas
