@@ -90,6 +90,7 @@ const NO_COLOR: &str = "NO_COLOR=1";
 /// File in the cluster's directory holding the pid of the `cargo xtask run` that uses the cluster.
 const RUN_PID_FILE: &str = "run.pid";
 
+mod helm;
 mod real_node;
 
 /// Runs everything until Ctrl-C or SIGTERM (or until ready, with `--exit-when-ready`), then cleans up.
@@ -237,6 +238,10 @@ struct Session {
     real_node: bool,
     /// How long the operator may take to roll out the OneAgent pods.
     rollout_timeout: Duration,
+    /// The Helm release this run installed (with the real node), uninstalled at the end.
+    release: Option<helm::Release>,
+    /// What the summary says about the release once its pods are Ready.
+    installed: Option<String>,
 }
 
 impl Session {
@@ -263,6 +268,8 @@ impl Session {
             } else {
                 ROLLOUT_TIMEOUT
             },
+            release: None,
+            installed: None,
         })
     }
 
@@ -697,6 +704,10 @@ impl Session {
             self.started.elapsed().as_secs_f64()
         );
         println!();
+        if let Some(installed) = &self.installed {
+            println!("{installed}");
+            println!();
+        }
         let header = ["POD", "NODE", "PHASE", "VERSION"].map(String::from);
         print!("{}", table(std::iter::once(&header).chain(pods)));
         println!();
@@ -715,7 +726,8 @@ impl Session {
         );
         println!();
         if let Some(pod) = injected {
-            print_injected_pod(pod);
+            // On the real node the cloudNativeFullStack DynaKube maps the sample namespace itself.
+            print_injected_pod(pod, if self.real_node { DYNAKUBE } else { APPS_DYNAKUBE });
         }
         if let Some(csi) = csi {
             csi.print();
@@ -781,6 +793,14 @@ impl Session {
     /// Stops what this run started; the cluster only if this run started it and `--keep-cluster` is off.
     fn shutdown(&mut self, runtime: &Runtime) -> anyhow::Result<()> {
         let mut errors = Vec::new();
+        // Uninstalled as users do it, while the cluster still runs: first what the operator manages, then the
+        // release.
+        if let (Some(release), Some(client)) = (self.release.take(), self.client.clone()) {
+            eprintln!("Deleting the sample, then `helm uninstall {}` ...", helm::RELEASE);
+            if let Err(err) = runtime.block_on(real_node::uninstall(&client, &release)) {
+                errors.push(format!("{err:#}"));
+            }
+        }
         if !self.children.is_empty() {
             let what = if self.real_node {
                 "the fake tenant"
@@ -998,6 +1018,12 @@ async fn apply_sample_application(client: &Client, dynakube: &serde_json::Value)
         .patch(APPS_DYNAKUBE, &params, &Patch::Apply(dynakube))
         .await
         .with_context(|| format!("applying the DynaKube {NAMESPACE}/{APPS_DYNAKUBE}"))?;
+    apply_sample_namespace(client).await
+}
+
+/// Applies the sample application's namespace, labelled for the DynaKube that maps it.
+async fn apply_sample_namespace(client: &Client) -> anyhow::Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
     let namespace = json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": { "name": SAMPLE_NAMESPACE, "labels": { SAMPLE_SELECTOR.0: SAMPLE_SELECTOR.1 } },
@@ -1080,11 +1106,11 @@ fn csi_bin_volume(pod: &Pod) -> bool {
         .any(|v| v.name == SAMPLE_BIN_VOLUME && v.csi.is_some())
 }
 
-/// Prints what the webhook added to the sample application's pod.
-fn print_injected_pod(pod: &Pod) {
+/// Prints what the webhook added to the sample application's pod on behalf of `dynakube`.
+fn print_injected_pod(pod: &Pod, dynakube: &str) {
     let Some(spec) = pod.spec.as_ref() else { return };
     println!(
-        "Sample application {SAMPLE_NAMESPACE}/{} (phase {}), injected by DynaKube {APPS_DYNAKUBE}:",
+        "Sample application {SAMPLE_NAMESPACE}/{} (phase {}), injected by DynaKube {dynakube}:",
         pod.name_any(),
         pod.status
             .as_ref()
