@@ -22,8 +22,8 @@ const LEFT_KINDS: &str = "deployments,daemonsets,services,serviceaccounts,secret
                           leases.coordination.k8s.io,poddisruptionbudgets";
 /// What stays in the release namespace after `helm uninstall` by design, by name prefix: the token Secret
 /// and CA ConfigMap the user created for the DynaKube, the webhook's certificate Secret and the leader
-/// Lease the operator wrote (no owner to garbage-collect them, as in the reference), what every namespace
-/// has, and the CSI provisioner's node status ConfigMap.
+/// Lease and node cache ConfigMap the operator wrote (no owner to garbage-collect them, as in the
+/// reference), what every namespace has, and the CSI provisioner's node status ConfigMap.
 pub(super) const LEFT_BY_DESIGN: &[&str] = &[
     "secret/dynakube",
     "configmap/fake-tenant-ca",
@@ -32,6 +32,7 @@ pub(super) const LEFT_BY_DESIGN: &[&str] = &[
     "configmap/kube-root-ca.crt",
     "serviceaccount/default",
     "configmap/dynatrace-csi-",
+    "configmap/dynatrace-node-cache",
 ];
 
 /// A Helm release of the chart in this workspace's `chart/`, in the run's namespace.
