@@ -50,9 +50,10 @@ pub struct Options {
     /// through the nodes (for example `1.278.0.20231001-000000`).
     #[arg(long, value_name = "VERSION")]
     pub update_to: Option<String>,
-    /// Add the machine's real node (needs root): the operator and the webhook run on it as pods of the
-    /// locally built image, and the OneAgent DaemonSet runs the fake OneAgent there for real, pulled from
-    /// the fake tenant's registry.
+    /// Add the machine's real node (needs root): `helm install` of `chart/` runs the operator, the webhook
+    /// and the CSI driver on it as pods of the locally built image, and the cloudNativeFullStack OneAgent
+    /// DaemonSet runs the fake OneAgent there for real, pulled from the fake tenant's registry; at exit the
+    /// release is uninstalled again.
     #[arg(long)]
     pub real_node: bool,
     /// With --real-node: build the images with the release profile (slower) instead of the test profile.
@@ -110,6 +111,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             bail!("--real-node: this machine cannot run the real node: {reason}; leave out --real-node");
         }
         crate::tools::ensure_kubelet(false)?;
+        // The real node's system is installed with the chart.
+        crate::tools::ensure_helm(false)?;
         real_node::check_version(options.update_to.as_deref())?;
     }
     let started = Instant::now();
@@ -776,7 +779,7 @@ impl Session {
             return;
         }
         let stops = if self.real_node {
-            "the fake tenant stops"
+            "the sample is deleted, `helm uninstall` removes the release (checked), the fake tenant stops"
         } else {
             "the operator, the webhook server and the fake tenant stop, the webhook registration is removed"
         };

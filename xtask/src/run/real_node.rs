@@ -1,9 +1,11 @@
-//! `cargo xtask run --real-node`: the same sample on the machine's real node, with the product as it is
-//! installed. The images are built and imported into the node, the operator and the webhook run as pods of
-//! the operator image (from `pure_install::Installation`), and the OneAgent DaemonSet really runs the fake
-//! OneAgent, pulled from the fake tenant's registry. The CSI driver's DaemonSet runs there too, and the
-//! sample application's pod gets its code module from the driver's cache. The steps follow
-//! `crates/cli/tests/e2e_real_node.rs` and `e2e_real_node_csi.rs`.
+//! `cargo xtask run --real-node`: the sample on the machine's real node, with the product installed the way
+//! users install it. The images are built and imported into the node, the chart in `chart/` is installed with
+//! `helm install` (operator, both webhook replicas and the CSI driver as pods of the operator image), and
+//! the cloudNativeFullStack DynaKube's OneAgent DaemonSet really runs the fake OneAgent, pulled from the fake
+//! tenant's registry, on the CSI driver's `host` volume; the sample application's pod in the namespace it
+//! maps gets its code module from the driver's cache. At exit the sample is deleted and the release
+//! uninstalled, with a check that nothing of it is left. The steps follow `crates/cli/tests/e2e_real_node.rs`
+//! and `e2e_real_node_csi.rs`.
 //!
 //! The fake tenant stays a process of this run, but listens on the node's address (pods have network
 //! namespaces of their own, so loopback is not it) over HTTPS with a CA of its own: the DynaKube names the
@@ -162,7 +164,7 @@ impl Session {
             .find(|i| i.name == OPERATOR_IMAGE)
             .context("the image build produced no operator image")?;
         let release = helm::Release::new(
-            crate::tools::ensure_helm(false)?,
+            test_kit::tools::locate_helm()?,
             tools.kubectl.clone(),
             kubeconfig,
             self.dir.join("helm"),
