@@ -322,7 +322,11 @@ impl Session {
             let client = client.clone();
             async move {
                 let agent = workloads::ready_fake_oneagent(&client, NAMESPACE).await?;
-                Ok(agent.filter(|a| version.is_none_or(|v| a.version == v)))
+                match agent.filter(|a| version.is_none_or(|v| a.version == v)) {
+                    Some(agent) => Ok(Some(agent)),
+                    // Kept as the last error, so that a timeout says what the pods were doing.
+                    None => bail!("{}", oneagent_pod_states(&client).await?),
+                }
             }
         })
         .await
@@ -373,6 +377,72 @@ pub(super) async fn uninstall(client: &Client, release: &helm::Release) -> anyho
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     release.uninstall(client).await
+}
+
+/// The OneAgent pods' phase, container states and events in one line, and the node's pressure conditions:
+/// what a timeout waiting for them reports.
+async fn oneagent_pod_states(client: &Client) -> anyhow::Result<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=oneagent"))
+        .await?;
+    let mut states: Vec<String> = pods
+        .items
+        .iter()
+        .map(|pod| {
+            let status = pod.status.clone().unwrap_or_default();
+            let containers: Vec<String> = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| {
+                    let state = c.state.as_ref().map_or_else(String::new, |s| {
+                        if let Some(waiting) = &s.waiting {
+                            format!(
+                                "waiting {} {}",
+                                waiting.reason.as_deref().unwrap_or_default(),
+                                waiting.message.as_deref().unwrap_or_default()
+                            )
+                        } else if let Some(done) = &s.terminated {
+                            format!(
+                                "terminated {} (exit {})",
+                                done.reason.as_deref().unwrap_or_default(),
+                                done.exit_code
+                            )
+                        } else {
+                            "running".to_owned()
+                        }
+                    });
+                    format!(
+                        "{} {state}, ready {}, restarts {}",
+                        c.name, c.ready, c.restart_count
+                    )
+                })
+                .collect();
+            format!(
+                "pod {} phase {} {} [{}]",
+                pod.name_any(),
+                status.phase.as_deref().unwrap_or("none"),
+                status.message.as_deref().unwrap_or_default(),
+                containers.join("; ")
+            )
+        })
+        .collect();
+    if states.is_empty() {
+        states.push("no OneAgent pod".to_owned());
+    }
+    let node = Api::<Node>::all(client.clone()).get(NODE_NAME).await?;
+    let pressure: Vec<String> = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_.ends_with("Pressure") && c.status == "True")
+        .map(|c| c.type_)
+        .collect();
+    if !pressure.is_empty() {
+        states.push(format!("node {NODE_NAME} has {}", pressure.join(", ")));
+    }
+    Ok(states.join("; "))
 }
 
 /// The sample application's pod `name` once its process reports the agent library mapped, with its logs.
