@@ -50,9 +50,10 @@ pub struct Options {
     /// through the nodes (for example `1.278.0.20231001-000000`).
     #[arg(long, value_name = "VERSION")]
     pub update_to: Option<String>,
-    /// Add the machine's real node (needs root): the operator and the webhook run on it as pods of the
-    /// locally built image, and the OneAgent DaemonSet runs the fake OneAgent there for real, pulled from
-    /// the fake tenant's registry.
+    /// Add the machine's real node (needs root): `helm install` of `chart/` runs the operator, the webhook
+    /// and the CSI driver on it as pods of the locally built image, and the cloudNativeFullStack OneAgent
+    /// DaemonSet runs the fake OneAgent there for real, pulled from the fake tenant's registry; at exit the
+    /// release is uninstalled again.
     #[arg(long)]
     pub real_node: bool,
     /// With --real-node: build the images with the release profile (slower) instead of the test profile.
@@ -90,6 +91,7 @@ const NO_COLOR: &str = "NO_COLOR=1";
 /// File in the cluster's directory holding the pid of the `cargo xtask run` that uses the cluster.
 const RUN_PID_FILE: &str = "run.pid";
 
+mod helm;
 mod real_node;
 
 /// Runs everything until Ctrl-C or SIGTERM (or until ready, with `--exit-when-ready`), then cleans up.
@@ -109,6 +111,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             bail!("--real-node: this machine cannot run the real node: {reason}; leave out --real-node");
         }
         crate::tools::ensure_kubelet(false)?;
+        // The real node's system is installed with the chart.
+        crate::tools::ensure_helm(false)?;
         real_node::check_version(options.update_to.as_deref())?;
     }
     let started = Instant::now();
@@ -237,6 +241,10 @@ struct Session {
     real_node: bool,
     /// How long the operator may take to roll out the OneAgent pods.
     rollout_timeout: Duration,
+    /// The Helm release this run installed (with the real node), uninstalled at the end.
+    release: Option<helm::Release>,
+    /// What the summary says about the release once its pods are Ready.
+    installed: Option<String>,
 }
 
 impl Session {
@@ -263,6 +271,8 @@ impl Session {
             } else {
                 ROLLOUT_TIMEOUT
             },
+            release: None,
+            installed: None,
         })
     }
 
@@ -697,6 +707,10 @@ impl Session {
             self.started.elapsed().as_secs_f64()
         );
         println!();
+        if let Some(installed) = &self.installed {
+            println!("{installed}");
+            println!();
+        }
         let header = ["POD", "NODE", "PHASE", "VERSION"].map(String::from);
         print!("{}", table(std::iter::once(&header).chain(pods)));
         println!();
@@ -715,7 +729,8 @@ impl Session {
         );
         println!();
         if let Some(pod) = injected {
-            print_injected_pod(pod);
+            // On the real node the cloudNativeFullStack DynaKube maps the sample namespace itself.
+            print_injected_pod(pod, if self.real_node { DYNAKUBE } else { APPS_DYNAKUBE });
         }
         if let Some(csi) = csi {
             csi.print();
@@ -764,7 +779,7 @@ impl Session {
             return;
         }
         let stops = if self.real_node {
-            "the fake tenant stops"
+            "the sample is deleted, `helm uninstall` removes the release (checked), the fake tenant stops"
         } else {
             "the operator, the webhook server and the fake tenant stop, the webhook registration is removed"
         };
@@ -781,6 +796,14 @@ impl Session {
     /// Stops what this run started; the cluster only if this run started it and `--keep-cluster` is off.
     fn shutdown(&mut self, runtime: &Runtime) -> anyhow::Result<()> {
         let mut errors = Vec::new();
+        // Uninstalled as users do it, while the cluster still runs: first what the operator manages, then the
+        // release.
+        if let (Some(release), Some(client)) = (self.release.take(), self.client.clone()) {
+            eprintln!("Deleting the sample, then `helm uninstall {}` ...", helm::RELEASE);
+            if let Err(err) = runtime.block_on(real_node::uninstall(&client, &release)) {
+                errors.push(format!("{err:#}"));
+            }
+        }
         if !self.children.is_empty() {
             let what = if self.real_node {
                 "the fake tenant"
@@ -998,6 +1021,12 @@ async fn apply_sample_application(client: &Client, dynakube: &serde_json::Value)
         .patch(APPS_DYNAKUBE, &params, &Patch::Apply(dynakube))
         .await
         .with_context(|| format!("applying the DynaKube {NAMESPACE}/{APPS_DYNAKUBE}"))?;
+    apply_sample_namespace(client).await
+}
+
+/// Applies the sample application's namespace, labelled for the DynaKube that maps it.
+async fn apply_sample_namespace(client: &Client) -> anyhow::Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
     let namespace = json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": { "name": SAMPLE_NAMESPACE, "labels": { SAMPLE_SELECTOR.0: SAMPLE_SELECTOR.1 } },
@@ -1080,11 +1109,11 @@ fn csi_bin_volume(pod: &Pod) -> bool {
         .any(|v| v.name == SAMPLE_BIN_VOLUME && v.csi.is_some())
 }
 
-/// Prints what the webhook added to the sample application's pod.
-fn print_injected_pod(pod: &Pod) {
+/// Prints what the webhook added to the sample application's pod on behalf of `dynakube`.
+fn print_injected_pod(pod: &Pod, dynakube: &str) {
     let Some(spec) = pod.spec.as_ref() else { return };
     println!(
-        "Sample application {SAMPLE_NAMESPACE}/{} (phase {}), injected by DynaKube {APPS_DYNAKUBE}:",
+        "Sample application {SAMPLE_NAMESPACE}/{} (phase {}), injected by DynaKube {dynakube}:",
         pod.name_any(),
         pod.status
             .as_ref()

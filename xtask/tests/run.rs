@@ -148,9 +148,11 @@ fn run_puts_oneagent_pods_on_the_kwok_nodes_and_leaves_nothing_running() {
     eprintln!("xtask run --exit-when-ready took {elapsed:?}");
 }
 
-/// `cargo xtask run --real-node --exit-when-ready --update-to <newer fake OneAgent>`: the operator and the
-/// webhook as pods, the OneAgent pod Ready on the real node with what the fake OneAgent printed, the sample
-/// application with its code module from the CSI driver's cache, then the update, and nothing left behind.
+/// `cargo xtask run --real-node --exit-when-ready --update-to <newer fake OneAgent>`: the chart installed
+/// with `helm install` (operator, both webhook replicas, CSI driver Ready on the real node), the
+/// cloudNativeFullStack OneAgent pod Ready on the real node with what the fake OneAgent printed, the sample
+/// application in the namespace it maps with its code module from the CSI driver's cache, then the update,
+/// `helm uninstall` leaving nothing of the release but the CRDs, and nothing left behind.
 #[test]
 fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
     if let Some(reason) = test_kit::real_node::unsupported_reason() {
@@ -198,6 +200,19 @@ fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
         output.status
     );
 
+    // The release, every component Ready on the real node, the webhook with both replicas.
+    let installed = stdout
+        .lines()
+        .find(|l| l.starts_with("Helm release dynatrace-operator of chart "))
+        .unwrap_or_else(|| panic!("no Helm release in the output:\n{stdout}"));
+    assert!(
+        installed.contains("in namespace dynatrace")
+            && installed.contains(
+                "operator 1/1 Ready, webhook 2/2 Ready, CSI driver 1/1 Ready, all on node real-node"
+            ),
+        "{installed}"
+    );
+
     // Before the update: the pod on the real node, Running, and what the fake OneAgent printed.
     let (before, after) = stdout
         .split_once(&format!("Published OneAgent {new}"))
@@ -230,6 +245,7 @@ fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
         "{before}"
     );
     assert!(before.contains("oneagent-bin (csi)"), "{before}");
+    assert!(before.contains("injected by DynaKube dynakube:"), "{before}");
     let line = |prefix: &str| -> &str {
         before
             .lines()
@@ -245,7 +261,7 @@ fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
     let status = line("node status ConfigMap dynatrace/dynatrace-csi-real-node:");
     assert!(
         status.contains(&format!(r#"versions ["{old}"]"#))
-            && status.contains(&format!("DynaKube apps: version {old}, ready true")),
+            && status.contains(&format!("DynaKube dynakube: version {old}, ready true")),
         "{status}"
     );
     let volume = line("oneagent-bin of pod sample-app-");
@@ -267,6 +283,16 @@ fn run_on_the_real_node_shows_the_oneagent_it_started_and_updates_it() {
     assert_eq!(rows[0][1], "real-node", "{after}");
     assert_eq!(rows[0][3], new, "{after}");
     assert_eq!(report(after)["version"], new, "{after}");
+
+    // The uninstall: nothing of the release left but the CRDs, and what users created in the namespace.
+    let uninstalled = after
+        .lines()
+        .find(|l| l.starts_with("helm uninstall dynatrace-operator: nothing of the release is left"))
+        .unwrap_or_else(|| panic!("no clean uninstall in the output:\n{after}"));
+    assert!(
+        uninstalled.contains("but the CRDs dynakubes.dynatrace.com"),
+        "{uninstalled}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut left = marked_processes(&marker);

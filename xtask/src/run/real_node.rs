@@ -1,15 +1,16 @@
-//! `cargo xtask run --real-node`: the same sample on the machine's real node, with the product as it is
-//! installed. The images are built and imported into the node, the operator and the webhook run as pods of
-//! the operator image (from `pure_install::Installation`), and the OneAgent DaemonSet really runs the fake
-//! OneAgent, pulled from the fake tenant's registry. The CSI driver's DaemonSet runs there too, and the
-//! sample application's pod gets its code module from the driver's cache. The steps follow
-//! `crates/cli/tests/e2e_real_node.rs` and `e2e_real_node_csi.rs`.
+//! `cargo xtask run --real-node`: the sample on the machine's real node, with the product installed the way
+//! users install it. The images are built and imported into the node, the chart in `chart/` is installed with
+//! `helm install` (operator, both webhook replicas and the CSI driver as pods of the operator image), and
+//! the cloudNativeFullStack DynaKube's OneAgent DaemonSet really runs the fake OneAgent, pulled from the fake
+//! tenant's registry, on the CSI driver's `host` volume; the sample application's pod in the namespace it
+//! maps gets its code module from the driver's cache. At exit the sample is deleted and the release
+//! uninstalled, with a check that nothing of it is left. The steps follow `crates/cli/tests/e2e_real_node.rs`
+//! and `e2e_real_node_csi.rs`.
 //!
 //! The fake tenant stays a process of this run, but listens on the node's address (pods have network
 //! namespaces of their own, so loopback is not it) over HTTPS with a CA of its own: the DynaKube names the
 //! CA in `trustedCAs` for the operator, and containerd is told to trust it for the registry.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -17,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::LogParams;
+use kube::api::{ListParams, LogParams};
 use kube::{Api, Client, ResourceExt as _};
 use pure_csi::mountinfo::Mount;
-use pure_install::Installation;
 use serde_json::json;
 use test_images::{
     FAKE_ONEAGENT_IMAGE, FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE,
@@ -31,9 +32,9 @@ use test_kit::real_node::workloads::{self, FakeOneAgent};
 use test_kit::real_node::{self as node, NODE_LABEL, NODE_NAME};
 
 use super::{
-    API_TOKEN, APPS_DYNAKUBE, Binaries, DYNAKUBE, FIELD_MANAGER, NAMESPACE, Options, SAMPLE_APP,
-    SAMPLE_BIN_VOLUME, SAMPLE_NAMESPACE, Session, apply_dynakube, apply_sample_application, dynakube_running,
-    injected_sample_pod, oneagent_pods, sample_apps_dynakube, sample_deployment, sample_dynakube,
+    API_TOKEN, Binaries, DYNAKUBE, FIELD_MANAGER, NAMESPACE, Options, SAMPLE_APP, SAMPLE_BIN_VOLUME,
+    SAMPLE_NAMESPACE, SAMPLE_SELECTOR, Session, apply_dynakube, apply_sample_namespace, dynakube_running,
+    helm, injected_sample_pod, oneagent_pods, sample_deployment, sample_dynakube,
 };
 
 /// How long the operator may take to roll out a OneAgent version on the real node: an image pull, a
@@ -46,6 +47,8 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
 const APP_TIMEOUT: Duration = Duration::from_secs(180);
 /// The agent library as the sample application's process maps it from `oneagent-bin`.
 const AGENT_LIBRARY: &str = "/opt/dynatrace/oneagent-paas/agent/lib64/liboneagentproc.so";
+/// The webhook's Deployment, as the chart names it.
+const WEBHOOK_DEPLOYMENT: &str = "dynatrace-webhook";
 /// The ConfigMap with the fake tenant's CA (key `certs`) that the DynaKube names in `trustedCAs`.
 const TENANT_CA_CONFIGMAP: &str = "fake-tenant-ca";
 
@@ -73,6 +76,7 @@ impl Session {
         self.cluster_up(tools, options.nodes).await?;
         let cluster = self.cluster.as_ref().context("the cluster handle is missing")?;
         let api_server = cluster.state().api_server_url.clone();
+        let kubeconfig = cluster.kubeconfig().to_owned();
         let client = cluster.client().await?;
         // A cluster started before this run has the node, but no handle to it: its address is in its status.
         let node_ip = match cluster.real_node() {
@@ -152,35 +156,45 @@ impl Session {
         node::write_registry_host(authority, &ca.cert_pem())?;
         self.tenant_ca_pem = Some(ca.cert_pem());
 
-        // The operator and the webhook as pods of our image on the real node.
+        // The chart, installed with Helm as users install it: our image, already in the node's containerd
+        // (the chart's IfNotPresent pull policy takes it from there), every component on the real node (kwok
+        // nodes have no kubelet to run them), the webhook with both replicas.
         let operator = images
             .iter()
             .find(|i| i.name == OPERATOR_IMAGE)
             .context("the image build produced no operator image")?;
-        let mut installation = Installation::new(&operator.reference());
-        installation.webhook_replicas = 1;
-        installation.node_selector = BTreeMap::from([(NODE_LABEL.to_owned(), "true".to_owned())]);
-        // The CSI driver only where pods really run (kwok nodes have no kubelet to register it with).
-        if let Some(csi) = installation.csi_driver.as_mut() {
-            csi.node_selector = installation.node_selector.clone();
-        }
+        let release = helm::Release::new(
+            test_kit::tools::locate_helm()?,
+            tools.kubectl.clone(),
+            kubeconfig,
+            self.dir.join("helm"),
+        );
         eprintln!(
-            "Installing the operator and the webhook ({}) as pods on node {NODE_NAME} ...",
+            "Installing the chart {} with `helm install {}` ({}), every component on node {NODE_NAME} ...",
+            helm::Release::chart().display(),
+            helm::RELEASE,
             operator.reference()
         );
-        test_kit::setup::apply_objects(&client, &installation.objects(), pure_install::FIELD_MANAGER)
-            .await
-            .context("applying the installation")?;
+        let values_file =
+            tokio::task::block_in_place(|| release.install(&chart_values(&operator.reference())))?;
+        self.release = Some(release);
         self.wait(
-            "the operator and webhook pods to be available",
+            "the operator, both webhook pods and the CSI driver pod to be Ready",
             INSTALL_TIMEOUT,
-            || workloads::installation_available(&client, NAMESPACE),
+            || installation_ready(&client),
         )
         .await?;
+        self.installed = Some(format!(
+            "Helm release {} of chart {} in namespace {NAMESPACE} (values {}): operator 1/1 Ready, webhook 2/2 \
+             Ready, CSI driver 1/1 Ready, all on node {NODE_NAME}.",
+            helm::RELEASE,
+            helm::Release::chart().display(),
+            values_file.display()
+        ));
 
         eprintln!(
-            "Applying the sample: token Secret, CA ConfigMap and DynaKube {NAMESPACE}/{DYNAKUBE}; the OneAgent \
-             pod is Ready after its readiness probe starts (90 s) ..."
+            "Applying the sample: token Secret, CA ConfigMap and DynaKube {NAMESPACE}/{DYNAKUBE} \
+             (cloudNativeFullStack); the OneAgent pod is Ready after its readiness probe starts (90 s) ..."
         );
         test_kit::setup::apply_objects(&client, &prerequisites(&ca.cert_pem()), FIELD_MANAGER)
             .await
@@ -192,7 +206,7 @@ impl Session {
         })
         .await?;
         // The sample application starts while the OneAgent waits for its readiness probe.
-        let csi = self.start_csi_sample(&client, &images, &api_url).await?;
+        let csi = self.start_csi_sample(&client, &images).await?;
         let agent = self.wait_for_fake_oneagent(None).await?;
         let pods = self
             .wait("the OneAgent pod to run", ROLLOUT_TIMEOUT, || {
@@ -219,21 +233,20 @@ impl Session {
         Ok(())
     }
 
-    /// Applies the sample application with its code module from the CSI driver (DynaKube `apps` in
-    /// applicationMonitoring mode with `useCSIDriver`, its namespace, a Deployment on the real node) and
-    /// waits until the driver runs and is registered, the pod runs with the agent library mapped and the
-    /// node's status reports the version; returns what shows it.
+    /// Applies the sample application with its code module from the CSI driver (the namespace the
+    /// cloudNativeFullStack DynaKube maps, a Deployment on the real node) and waits until the driver runs
+    /// and is registered, the pod runs with the agent library mapped and the node's status reports the
+    /// version; returns what shows it.
     async fn start_csi_sample(
         &mut self,
         client: &Client,
         images: &[ImageArchive],
-        api_url: &str,
     ) -> anyhow::Result<CsiProof> {
         eprintln!(
-            "Applying the sample application: DynaKube {NAMESPACE}/{APPS_DYNAKUBE} (applicationMonitoring with \
-             the CSI driver), namespace {SAMPLE_NAMESPACE} and Deployment {SAMPLE_APP} on node {NODE_NAME} ..."
+            "Applying the sample application: namespace {SAMPLE_NAMESPACE} (mapped by DynaKube \
+             {NAMESPACE}/{DYNAKUBE}) and Deployment {SAMPLE_APP} on node {NODE_NAME} ..."
         );
-        apply_sample_application(client, &apps_dynakube(api_url)).await?;
+        apply_sample_namespace(client).await?;
         let csi_pod = self
             .wait(
                 &format!("the CSI driver pod on node {NODE_NAME} to be ready"),
@@ -270,11 +283,11 @@ impl Session {
             .await?;
         let status = self
             .wait(
-                &format!("the CSI driver's node status to report the version of DynaKube {APPS_DYNAKUBE}"),
+                &format!("the CSI driver's node status to report the version of DynaKube {DYNAKUBE}"),
                 APP_TIMEOUT,
                 || async {
                     let status = workloads::csi_node_status(client, NAMESPACE).await?;
-                    Ok(status.filter(|s| s.ready_version(APPS_DYNAKUBE).is_some()))
+                    Ok(status.filter(|s| s.ready_version(DYNAKUBE).is_some()))
                 },
             )
             .await?;
@@ -309,11 +322,127 @@ impl Session {
             let client = client.clone();
             async move {
                 let agent = workloads::ready_fake_oneagent(&client, NAMESPACE).await?;
-                Ok(agent.filter(|a| version.is_none_or(|v| a.version == v)))
+                match agent.filter(|a| version.is_none_or(|v| a.version == v)) {
+                    Some(agent) => Ok(Some(agent)),
+                    // Kept as the last error, so that a timeout says what the pods were doing.
+                    None => bail!("{}", oneagent_pod_states(&client).await?),
+                }
             }
         })
         .await
     }
+}
+
+/// How long deleting the sample (DynaKube, application) may take: pods terminate, the CSI driver unpublishes.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Deletes the sample (its namespace with the application, the DynaKube) while the operator and the CSI
+/// driver still run, so they clean up what they made, waits until it is gone, then uninstalls the release
+/// and checks that nothing of it is left.
+pub(super) async fn uninstall(client: &Client, release: &helm::Release) -> anyhow::Result<()> {
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let dynakubes = Api::<pure_api::dynakube::DynaKube>::namespaced(client.clone(), NAMESPACE);
+    let gone = |result: kube::Result<()>, what: String| match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other.with_context(|| format!("deleting {what}")),
+    };
+    let params = kube::api::DeleteParams::default();
+    gone(
+        namespaces.delete(SAMPLE_NAMESPACE, &params).await.map(drop),
+        format!("namespace {SAMPLE_NAMESPACE}"),
+    )?;
+    gone(
+        dynakubes.delete(DYNAKUBE, &params).await.map(drop),
+        format!("DynaKube {NAMESPACE}/{DYNAKUBE}"),
+    )?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let deadline = std::time::Instant::now() + REMOVE_TIMEOUT;
+    loop {
+        let namespace_left = namespaces.get_opt(SAMPLE_NAMESPACE).await?.is_some();
+        let dynakube_left = dynakubes.get_opt(DYNAKUBE).await?.is_some();
+        let agents = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=oneagent"))
+            .await?
+            .items
+            .len();
+        if !namespace_left && !dynakube_left && agents == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{REMOVE_TIMEOUT:?} after deleting them, namespace {SAMPLE_NAMESPACE} exists: {namespace_left}, \
+                 DynaKube {NAMESPACE}/{DYNAKUBE} exists: {dynakube_left}, OneAgent pods: {agents}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    release.uninstall(client).await
+}
+
+/// The OneAgent pods' phase, container states and events in one line, and the node's pressure conditions:
+/// what a timeout waiting for them reports.
+async fn oneagent_pod_states(client: &Client) -> anyhow::Result<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=oneagent"))
+        .await?;
+    let mut states: Vec<String> = pods
+        .items
+        .iter()
+        .map(|pod| {
+            let status = pod.status.clone().unwrap_or_default();
+            let containers: Vec<String> = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| {
+                    let state = c.state.as_ref().map_or_else(String::new, |s| {
+                        if let Some(waiting) = &s.waiting {
+                            format!(
+                                "waiting {} {}",
+                                waiting.reason.as_deref().unwrap_or_default(),
+                                waiting.message.as_deref().unwrap_or_default()
+                            )
+                        } else if let Some(done) = &s.terminated {
+                            format!(
+                                "terminated {} (exit {})",
+                                done.reason.as_deref().unwrap_or_default(),
+                                done.exit_code
+                            )
+                        } else {
+                            "running".to_owned()
+                        }
+                    });
+                    format!(
+                        "{} {state}, ready {}, restarts {}",
+                        c.name, c.ready, c.restart_count
+                    )
+                })
+                .collect();
+            format!(
+                "pod {} phase {} {} [{}]",
+                pod.name_any(),
+                status.phase.as_deref().unwrap_or("none"),
+                status.message.as_deref().unwrap_or_default(),
+                containers.join("; ")
+            )
+        })
+        .collect();
+    if states.is_empty() {
+        states.push("no OneAgent pod".to_owned());
+    }
+    let node = Api::<Node>::all(client.clone()).get(NODE_NAME).await?;
+    let pressure: Vec<String> = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_.ends_with("Pressure") && c.status == "True")
+        .map(|c| c.type_)
+        .collect();
+    if !pressure.is_empty() {
+        states.push(format!("node {NODE_NAME} has {}", pressure.join(", ")));
+    }
+    Ok(states.join("; "))
 }
 
 /// The sample application's pod `name` once its process reports the agent library mapped, with its logs.
@@ -365,9 +494,9 @@ impl CsiProof {
             "CSI driver {driver} on node {NODE_NAME}: pod {}, registered with the kubelet (node id {}).",
             self.csi_pod, self.node_id
         );
-        let state = &self.status.dynakubes[APPS_DYNAKUBE];
+        let state = &self.status.dynakubes[DYNAKUBE];
         println!(
-            "  node status ConfigMap {NAMESPACE}/{}: versions {}; DynaKube {APPS_DYNAKUBE}: version {}, ready {}",
+            "  node status ConfigMap {NAMESPACE}/{}: versions {}; DynaKube {DYNAKUBE}: version {}, ready {}",
             self.status.config_map,
             serde_json::Value::from(self.status.versions.clone()),
             state["version"].as_str().unwrap_or("none"),
@@ -408,14 +537,6 @@ impl CsiProof {
     }
 }
 
-/// The sample application's DynaKube with the CSI driver, trusting the fake tenant's CA.
-fn apps_dynakube(api_url: &str) -> serde_json::Value {
-    let mut dynakube = sample_apps_dynakube(api_url);
-    dynakube["spec"]["trustedCAs"] = json!(TENANT_CA_CONFIGMAP);
-    dynakube["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"] = json!(true);
-    dynakube
-}
-
 /// The sample application's Deployment on the real node, with the imported `image`.
 fn deployment(image: &str) -> serde_json::Value {
     let mut deployment = sample_deployment(image);
@@ -452,13 +573,56 @@ fn prerequisites(ca_pem: &str) -> Vec<serde_json::Value> {
     ]
 }
 
-/// The sample DynaKube trusting the fake tenant's CA, its OneAgents on the real node only: pods on kwok
-/// nodes would only pretend.
+/// The sample DynaKube on the real node: cloudNativeFullStack, so its OneAgent runs read-only with its
+/// storage on the CSI driver's `host` volume and the sample namespace's pods get their code module from the
+/// driver's cache; it trusts the fake tenant's CA, and its OneAgents run on the real node only (pods on
+/// kwok nodes would only pretend).
 fn dynakube(api_url: &str) -> serde_json::Value {
     let mut dynakube = sample_dynakube(api_url);
     dynakube["spec"]["trustedCAs"] = json!(TENANT_CA_CONFIGMAP);
-    dynakube["spec"]["oneAgent"]["classicFullStack"]["nodeSelector"] = json!({ NODE_LABEL: "true" });
+    dynakube["spec"]["namespaceSelector"] =
+        json!({ "matchLabels": { SAMPLE_SELECTOR.0: SAMPLE_SELECTOR.1 } });
+    dynakube["spec"]["oneAgent"] =
+        json!({ "cloudNativeFullStack": { "nodeSelector": { NODE_LABEL: "true" } } });
     dynakube
+}
+
+/// The values of the chart's release: the locally built `image`, every component on the real node, the
+/// webhook with both replicas (its hostname spread is satisfied on one node when only that node is
+/// eligible: skew 1).
+fn chart_values(image: &str) -> serde_json::Value {
+    let on_real_node = json!({ NODE_LABEL: "true" });
+    json!({
+        "image": image,
+        "operator": { "nodeSelector": on_real_node },
+        "webhook": { "highAvailability": true, "nodeSelector": on_real_node },
+        "csidriver": { "enabled": true, "nodeSelector": on_real_node },
+    })
+}
+
+/// Whether the operator, both webhook replicas and the CSI driver's pod on the real node are Ready, and the
+/// operator has written the webhooks' caBundle; the reason as the error otherwise.
+async fn installation_ready(client: &Client) -> anyhow::Result<Option<()>> {
+    if workloads::installation_available(client, NAMESPACE)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let webhook = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+        .get(WEBHOOK_DEPLOYMENT)
+        .await?;
+    let ready = webhook.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    if ready < 2 {
+        bail!("{ready} of 2 pods of Deployment {NAMESPACE}/{WEBHOOK_DEPLOYMENT} are Ready");
+    }
+    if workloads::ready_csi_driver_pod(client, NAMESPACE)
+        .await?
+        .is_none()
+    {
+        bail!("the CSI driver's pod on node {NODE_NAME} is not Ready yet");
+    }
+    Ok(Some(()))
 }
 
 /// Writes `content` to `path`, created with `mode`.
@@ -478,30 +642,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sample_trusts_the_tenant_ca_and_selects_the_real_node() {
+    fn the_sample_is_cloud_native_on_the_real_node_and_maps_the_sample_namespace() {
         let dynakube = dynakube("https://10.0.0.1:1/api");
+        assert_eq!(dynakube["metadata"]["name"], DYNAKUBE);
         assert_eq!(dynakube["spec"]["apiUrl"], "https://10.0.0.1:1/api");
         assert_eq!(dynakube["spec"]["trustedCAs"], TENANT_CA_CONFIGMAP);
+        let one_agent = dynakube["spec"]["oneAgent"].as_object().unwrap();
+        assert_eq!(one_agent.keys().collect::<Vec<_>>(), ["cloudNativeFullStack"]);
         assert_eq!(
-            dynakube["spec"]["oneAgent"]["classicFullStack"]["nodeSelector"][NODE_LABEL],
+            one_agent["cloudNativeFullStack"]["nodeSelector"][NODE_LABEL],
             "true"
         );
-    }
-
-    #[test]
-    fn the_sample_application_uses_the_csi_driver_on_the_real_node() {
-        let dynakube = apps_dynakube("https://10.0.0.1:1/api");
-        assert_eq!(dynakube["metadata"]["name"], APPS_DYNAKUBE);
-        assert_eq!(dynakube["spec"]["trustedCAs"], TENANT_CA_CONFIGMAP);
         assert_eq!(
-            dynakube["spec"]["oneAgent"]["applicationMonitoring"]["useCSIDriver"],
-            true
+            dynakube["spec"]["namespaceSelector"]["matchLabels"][SAMPLE_SELECTOR.0],
+            SAMPLE_SELECTOR.1
         );
         let deployment = deployment("sample-app:test");
         let spec = &deployment["spec"]["template"]["spec"];
         assert_eq!(spec["nodeSelector"][NODE_LABEL], "true");
         assert_eq!(spec["containers"][0]["image"], "sample-app:test");
         assert_eq!(spec["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    }
+
+    #[test]
+    fn the_chart_runs_every_component_on_the_real_node_with_both_webhook_replicas() {
+        let values = chart_values("dynatrace-operator:test");
+        assert_eq!(values["image"], "dynatrace-operator:test");
+        assert_eq!(values["webhook"]["highAvailability"], true);
+        for component in ["operator", "webhook", "csidriver"] {
+            assert_eq!(
+                values[component]["nodeSelector"][NODE_LABEL], "true",
+                "{component}"
+            );
+        }
     }
 
     #[test]
