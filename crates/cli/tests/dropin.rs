@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -214,11 +214,28 @@ async fn the_reference_crd_is_replaced_every_stored_dynakube_is_served_reconcile
     let client = cluster.client().await.unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let apply = PatchParams::apply("reference-operator").force();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({ "metadata": { "name": NAMESPACE } })).unwrap(),
-        )
+    // The installation's accounts and RBAC: the operator runs as its ServiceAccount, so the migration's
+    // rules are proven too.
+    let installation = pure_install::Installation::new("dynatrace-operator:dropin-test");
+    assert_eq!(installation.namespace, NAMESPACE);
+    let objects: Vec<Value> = installation
+        .objects()
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "Namespace"
+                        | "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .collect();
+    test_kit::setup::apply_objects(&client, &objects, "dropin-test")
         .await
         .unwrap();
 
@@ -339,11 +356,16 @@ async fn the_reference_crd_is_replaced_every_stored_dynakube_is_served_reconcile
     let health = test_kit::cluster::free_port().unwrap();
     let operator_log = dir.path().join("operator.log");
     let log = std::fs::File::create(&operator_log).unwrap();
+    let operator_kubeconfig = dir.path().join("operator.kubeconfig");
+    cluster
+        .service_account_kubeconfig(NAMESPACE, pure_install::OPERATOR, &operator_kubeconfig)
+        .await
+        .unwrap();
     let _operator = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_dynatrace-operator"))
             .args(["operator", "--namespace", NAMESPACE, "--pod-name", "operator-0"])
             .args(["--health-address", &format!("127.0.0.1:{health}")])
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("KUBECONFIG", &operator_kubeconfig)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
