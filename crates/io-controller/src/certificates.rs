@@ -239,7 +239,7 @@ fn seconds_until(time: SystemTime) -> u64 {
 }
 
 /// Aborts the watch tasks when the controller stops.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct AbortOnDrop(pub(crate) Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -250,7 +250,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Watches the objects `api` and `config` select (metadata only) and wakes the loop on every event.
-fn spawn_trigger<K>(
+pub(crate) fn spawn_trigger<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,

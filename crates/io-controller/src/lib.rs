@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
 pub mod status;
+pub mod storage_migration;
 mod wake;
 pub mod watches;
 
@@ -31,7 +32,7 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 pub use metrics::Metrics;
 
 /// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent,
-/// namespace mapping, node lifecycle, missed-injection detection and, when `certificates` is given, the webhook certificates. With
+/// namespace mapping, node lifecycle, missed-injection detection, the DynaKube storage migration and, when `certificates` is given, the webhook certificates. With
 /// leader election, this is what the leader runs. `operator_namespace` is never labelled for injection and
 /// holds the node cache.
 pub async fn run_all(
@@ -73,9 +74,14 @@ pub async fn run_all(
         },
         shutdown.clone(),
     );
+    let migration = storage_migration::run(client.clone(), metrics.clone(), shutdown.clone());
     let dynakubes = controllers(&watches, client, operator_version, requeue, metrics, shutdown);
     let _running = watches.start();
-    futures::future::join5(dynakubes, certificates, namespaces, nodes, injection).await;
+    futures::future::join(
+        futures::future::join5(dynakubes, certificates, namespaces, nodes, injection),
+        migration,
+    )
+    .await;
 }
 
 /// Runs the DynaKube and legacy OneAgent controllers until `shutdown` completes. They watch their

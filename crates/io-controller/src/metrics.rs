@@ -65,6 +65,8 @@ pub struct Metrics {
     status_writes: Family<ControllerLabels, Counter>,
     pods_not_injected: Family<DynaKubeLabels, Gauge>,
     missed_injection_restarts: Family<DynaKubeLabels, Counter>,
+    storage_migration_rewrites: Counter,
+    storage_migrations: Counter,
     ready: Arc<AtomicBool>,
 }
 
@@ -134,7 +136,22 @@ impl Metrics {
              restart-missed-injections)",
             missed_injection_restarts.clone(),
         );
+        let storage_migration_rewrites = Counter::default();
+        registry.register(
+            "storage_migration_rewrites",
+            "DynaKubes rewritten so that the API server stores them at the CRD's storage version",
+            storage_migration_rewrites.clone(),
+        );
+        let storage_migrations = Counter::default();
+        registry.register(
+            "storage_migrations",
+            "Storage migrations finished: every DynaKube rewritten and the CRD's status.storedVersions \
+             trimmed to the storage version",
+            storage_migrations.clone(),
+        );
         Self {
+            storage_migration_rewrites,
+            storage_migrations,
             status_writes,
             pods_not_injected,
             missed_injection_restarts,
@@ -170,6 +187,16 @@ impl Metrics {
         self.status_writes
             .get_or_create(&ControllerLabels { controller })
             .get()
+    }
+
+    /// Records one DynaKube rewritten by the storage migration.
+    pub fn storage_migration_rewrote(&self) {
+        self.storage_migration_rewrites.inc();
+    }
+
+    /// Records a finished storage migration.
+    pub fn storage_migration_done(&self) {
+        self.storage_migrations.inc();
     }
 
     /// Records the running pods of a DynaKube's namespaces that were not injected.

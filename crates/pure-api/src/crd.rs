@@ -34,6 +34,9 @@ pub fn chart_yaml() -> Result<String, serde_saphyr::ser::Error> {
     Ok(out.replacen("\n---\n", "\n{{- if .Values.installCRD }}\n---\n", 1))
 }
 
+/// The DynaKube version the API server stores: the internal model, which holds every version's fields.
+pub const DYNAKUBE_STORAGE_VERSION: &str = "v1beta1";
+
 /// Path of the conversion endpoint on the webhook server.
 pub const CONVERT_PATH: &str = "/convert";
 
@@ -67,7 +70,7 @@ pub fn dynakube(endpoint: &ConversionEndpoint) -> CustomResourceDefinition {
         v1beta5::DynaKube::crd(),
         v1beta6::DynaKube::crd(),
     ];
-    let mut crd = match merge_crds(versions, "v1beta1") {
+    let mut crd = match merge_crds(versions, DYNAKUBE_STORAGE_VERSION) {
         Ok(crd) => crd,
         // Both come from derives in this crate with the same names; a mismatch is a programming error
         // that the unit tests catch.

@@ -7,4 +7,5 @@ pub mod crd;
 pub mod dynakube;
 pub mod oneagent;
 pub mod selector;
+pub mod storage_migration;
 pub mod validation;

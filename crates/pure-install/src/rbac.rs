@@ -172,7 +172,8 @@ fn operator_cluster_rules() -> Vec<Rule> {
             &["dynakubes", "oneagents"],
             &["get", "list", "watch", "patch"],
             "io-controller watches.rs: the DynaKube and OneAgent caches (list, watch); status.rs: takes over \
-             status fields an earlier operator wrote (get, patch of managedFields)",
+             status fields an earlier operator wrote (get, patch of managedFields); storage_migration.rs: \
+             rewrites every DynaKube at the storage version (list, get, patch)",
         ),
         rule(
             "dynatrace.com",
@@ -262,7 +263,16 @@ fn operator_cluster_rules() -> Vec<Rule> {
             &["customresourcedefinitions"],
             &[DYNAKUBE_CRD],
             &["get", "list", "watch", "patch"],
-            "io-controller certificates.rs: the caBundle of the DynaKube CRD's conversion webhook",
+            "io-controller certificates.rs: the caBundle of the DynaKube CRD's conversion webhook; \
+             storage_migration.rs: reads its storage version and storedVersions",
+        ),
+        named(
+            "apiextensions.k8s.io",
+            &["customresourcedefinitions/status"],
+            &[DYNAKUBE_CRD],
+            &["patch"],
+            "io-controller storage_migration.rs: trims status.storedVersions to the storage version once every \
+             DynaKube is rewritten",
         ),
     ]
 }
