@@ -1284,6 +1284,13 @@ async fn operator_objects(
             {
                 continue;
             }
+            // DynaKubes are listed at their storage version: the recommended one (v1beta6) would be
+            // converted through the webhook, which this cluster does not run.
+            let mut resource = resource.clone();
+            if resource.group == "dynatrace.com" && resource.kind == "DynaKube" {
+                resource.version = pure_api::crd::DYNAKUBE_STORAGE_VERSION.to_owned();
+                resource.api_version = format!("dynatrace.com/{}", resource.version);
+            }
             let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
             for object in api.list(&ListParams::default()).await?.items {
                 if written_by_the_operator(&object) && object.metadata.uid.as_deref() != Some(except_uid) {
