@@ -422,11 +422,21 @@ async fn the_budget_spreads_restarts_over_intervals() {
             "two restarts within one interval: {times:?}"
         );
     }
-    let first = events(&ns, dk)
+    // Each check restarts one workload and says how many wait. Which check first saw all three pods
+    // depends on timing, so any restart event may be the one that names the waiting ones.
+    let restarts: Vec<_> = events(&ns, dk)
         .await
         .into_iter()
-        .find(|(_, reason, _)| reason == "MissedInjectionRestart")
-        .unwrap();
-    assert!(first.2.contains("restarted 1 workload(s)"), "{first:?}");
-    assert!(first.2.contains("more wait for the next check"), "{first:?}");
+        .filter(|(_, reason, _)| reason == "MissedInjectionRestart")
+        .collect();
+    assert!(
+        !restarts.is_empty() && restarts.iter().all(|e| e.2.contains("restarted 1 workload(s)")),
+        "{restarts:?}"
+    );
+    assert!(
+        restarts
+            .iter()
+            .any(|e| e.2.contains("more wait for the next check")),
+        "{restarts:?}"
+    );
 }
