@@ -27,30 +27,6 @@ const VERSIONS: [&str; 7] = [
     "v1alpha1", "v1beta1", "v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6",
 ];
 
-/// The reference's CRD at HEAD, reduced to what the API server needs: three served versions, one stored,
-/// schemas that keep every field.
-fn reference_crd(storage: &str) -> Value {
-    let versions: Vec<Value> = ["v1beta4", "v1beta5", "v1beta6"]
-        .iter()
-        .map(|v| {
-            json!({
-                "name": v, "served": true, "storage": *v == storage,
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                "subresources": { "status": {} },
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": { "name": CRD },
-        "spec": {
-            "group": "dynatrace.com", "scope": "Namespaced",
-            "names": { "kind": "DynaKube", "listKind": "DynaKubeList", "plural": "dynakubes", "singular": "dynakube" },
-            "versions": versions,
-        },
-    })
-}
-
 /// DynaKubes as users of the reference write them: `(version, name, spec, annotations)`.
 fn written(api_url: &str) -> Vec<(&'static str, &'static str, Value, Value)> {
     let enrichment = json!({ "enabled": true, "namespaceSelector": { "matchLabels": { "enrich": "yes" } } });
@@ -246,9 +222,13 @@ async fn the_reference_crd_is_replaced_every_stored_dynakube_is_served_reconcile
     let api_url = tenant.api_url();
     let mut objects = Vec::new();
     for storage in ["v1beta5", "v1beta6"] {
-        crds.patch(CRD, &apply, &Patch::Apply(reference_crd(storage)))
-            .await
-            .unwrap();
+        crds.patch(
+            CRD,
+            &apply,
+            &Patch::Apply(test_kit::setup::reference_dynakube_crd(storage)),
+        )
+        .await
+        .unwrap();
         test_kit::eventually("the reference CRD to store the version", TIMEOUT, || async {
             let crd = crds.get(CRD).await?;
             let stored = crd.status.and_then(|s| s.stored_versions).unwrap_or_default();

@@ -15,7 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pure_api::storage_migration::StorageMigration;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const CRD: &str = "dynakubes.dynatrace.com";
@@ -23,29 +23,6 @@ const NAMESPACES: [&str; 2] = ["migrate-a", "migrate-b"];
 /// More than the migration's page of 100.
 const PER_NAMESPACE: usize = 60;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn reference_crd() -> Value {
-    let versions: Vec<Value> = ["v1beta4", "v1beta5", "v1beta6"]
-        .iter()
-        .map(|v| {
-            json!({
-                "name": v, "served": true, "storage": *v == "v1beta5",
-                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
-                "subresources": { "status": {} },
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": { "name": CRD },
-        "spec": {
-            "group": "dynatrace.com", "scope": "Namespaced",
-            "names": { "kind": "DynaKube", "listKind": "DynaKubeList", "plural": "dynakubes", "singular": "dynakube" },
-            "versions": versions,
-        },
-    })
-}
-
 fn api(client: &Client, version: &str, namespace: &str) -> Api<DynamicObject> {
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("dynatrace.com", version, "DynaKube"),
@@ -63,7 +40,7 @@ async fn every_dynakube_is_rewritten_at_the_storage_version_and_stored_versions_
     crds.patch(
         CRD,
         &PatchParams::apply("reference-operator").force(),
-        &Patch::Apply(reference_crd()),
+        &Patch::Apply(test_kit::setup::reference_dynakube_crd("v1beta5")),
     )
     .await
     .unwrap();

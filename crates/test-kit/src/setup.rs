@@ -263,6 +263,32 @@ impl RunningTask {
     }
 }
 
+/// A stand-in for the reference operator's DynaKube CRD at its HEAD: v1beta4, v1beta5 and v1beta6 served,
+/// `storage` stored, schemas that keep every field and no conversion. Apply it, store objects, then apply
+/// it again with another `storage` to get the `status.storedVersions` a cluster upgraded through those
+/// versions has.
+pub fn reference_dynakube_crd(storage: &str) -> serde_json::Value {
+    let versions: Vec<serde_json::Value> = ["v1beta4", "v1beta5", "v1beta6"]
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": v, "served": true, "storage": *v == storage,
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } },
+                "subresources": { "status": {} },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": { "name": "dynakubes.dynatrace.com" },
+        "spec": {
+            "group": "dynatrace.com", "scope": "Namespaced",
+            "names": { "kind": "DynaKube", "listKind": "DynaKubeList", "plural": "dynakubes", "singular": "dynakube" },
+            "versions": versions,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
