@@ -16,7 +16,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
@@ -26,7 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{PartialObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use pure_webhook_certificates::{CertificatePolicy, DYNAKUBE_CRD_NAME, SECRET_NAME, WEBHOOK_NAME};
 use serde::de::DeserializeOwned;
@@ -117,6 +116,7 @@ impl Outcome {
 /// Why a reconcile failed (the controllers' one error model). It is retried with backoff.
 pub use crate::error::ReconcileError as Error;
 use crate::error::kube_error;
+use crate::wake::{AbortOnDrop, spawn_trigger};
 
 /// Runs the controller until `shutdown` completes: reconciles, then waits for the next renewal (at most
 /// [`MAX_WAIT`]), a change of the webhook Deployment, the Secret, either webhook configuration or the
@@ -130,34 +130,39 @@ pub async fn run(client: Client, config: CertificateConfig, shutdown: impl Futur
             Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &config.namespace),
             name(WEBHOOK_NAME),
             "Deployment",
+            "webhook certificates",
             trigger.clone(),
         ),
         spawn_trigger(
             Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace),
             name(SECRET_NAME),
             "Secret",
+            "webhook certificates",
             trigger.clone(),
         ),
         spawn_trigger(
             Api::<PartialObjectMeta<ValidatingWebhookConfiguration>>::all(client.clone()),
             name(WEBHOOK_NAME),
             "ValidatingWebhookConfiguration",
+            "webhook certificates",
             trigger.clone(),
         ),
         spawn_trigger(
             Api::<PartialObjectMeta<MutatingWebhookConfiguration>>::all(client.clone()),
             name(WEBHOOK_NAME),
             "MutatingWebhookConfiguration",
+            "webhook certificates",
             trigger.clone(),
         ),
         spawn_trigger(
             Api::<PartialObjectMeta<CustomResourceDefinition>>::all(client.clone()),
             name(DYNAKUBE_CRD_NAME),
             "CustomResourceDefinition",
+            "webhook certificates",
             trigger.clone(),
         ),
     ];
-    let _abort_watches = AbortOnDrop(Vec::from(watches));
+    let _abort_watches: AbortOnDrop = watches.into_iter().collect();
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = MIN_BACKOFF;
@@ -236,45 +241,6 @@ fn seconds_until(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::now())
         .unwrap_or_default()
         .as_secs()
-}
-
-/// Aborts the watch tasks when the controller stops.
-pub(crate) struct AbortOnDrop(pub(crate) Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
-
-/// Watches the objects `api` and `config` select (metadata only) and wakes the loop on every event.
-pub(crate) fn spawn_trigger<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    kind: &'static str,
-    trigger: Arc<Notify>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default,
-{
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                Ok(_) => trigger.notify_one(),
-                Err(err) => tracing::warn!(
-                    kind,
-                    %err,
-                    "watching for webhook certificate changes failed: {}; retrying with backoff",
-                    crate::error::advice(&err)
-                ),
-            }
-        }
-    })
 }
 
 /// One reconcile: brings the Secret and every caBundle in line with the policy at the current time.

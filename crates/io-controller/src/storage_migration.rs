@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::error::{ReconcileError as Error, kube_error};
 use crate::metrics::Metrics;
+use crate::wake::{AbortOnDrop, spawn_trigger};
 
 /// Objects listed per page.
 const PAGE: u32 = 100;
@@ -56,12 +57,13 @@ pub enum Outcome {
 /// Runs the migration whenever the DynaKube CRD changes, until `shutdown` completes.
 pub async fn run(client: Client, metrics: Metrics, shutdown: impl Future<Output = ()>) {
     let trigger = Arc::new(Notify::new());
-    let _abort_watch = crate::certificates::AbortOnDrop(vec![crate::certificates::spawn_trigger(
+    let _abort_watch = AbortOnDrop::from(spawn_trigger(
         Api::<PartialObjectMeta<CustomResourceDefinition>>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={DYNAKUBE_CRD_NAME}")),
         "CustomResourceDefinition",
+        "storage migration",
         trigger.clone(),
-    )]);
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = MIN_BACKOFF;
     loop {

@@ -36,6 +36,8 @@ use pure_api::oneagent::OneAgent;
 use pure_desired::mapping;
 use serde::de::DeserializeOwned;
 
+use crate::wake::AbortOnDrop;
+
 /// Objects per page of an initial list: a page of 500 Secrets is megabytes of JSON at once.
 pub const PAGE_SIZE: u32 = 100;
 
@@ -441,7 +443,7 @@ where
                         Api::namespaced(client.clone(), namespace),
                         subscribers.clone(),
                     ));
-                    running.insert(namespace.clone(), AbortOnDrop(task));
+                    running.insert(namespace.clone(), AbortOnDrop::from(task));
                 }
             }
         }))
@@ -467,15 +469,6 @@ fn report_namespaces<H: Resource<DynamicType = ()> + Clone>(
 enum Holder {
     DynaKube = 0,
     OneAgent = 1,
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The metadata watch of one namespace of a [`ScopedWatch`].
