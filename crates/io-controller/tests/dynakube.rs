@@ -1493,3 +1493,65 @@ async fn a_legacy_oneagent_forgets_the_instances_of_nodes_that_are_gone() {
     delete_node(&ns, &nodes[1]).await;
     instances_are(vec![nodes[0].clone()], GONE_NODE_WAIT).await;
 }
+
+/// The samples under `samples/dynakube/` (every served version, every mode), stored at the storage version as
+/// the conversion webhook would store them, are reconciled: each reaches phase Running, and each host mode's
+/// DaemonSet runs a OneAgent pod on exactly the node its sample selects.
+#[tokio::test]
+async fn the_samples_of_every_version_are_reconciled() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    let node_label = format!("sample-{}", ns.name);
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let samples = test_kit::samples::dynakubes().unwrap();
+    let mut daemonsets = Vec::new();
+    for sample in &samples {
+        let name = sample.name();
+        let stored = pure_api::dynakube::conversion::convert(
+            sample.confined(&env.api_url, &node_label),
+            pure_api::dynakube::conversion::HUB_API_VERSION,
+        )
+        .unwrap_or_else(|e| panic!("converting the sample {name}: {e}"));
+        let dynakube: DynaKube = serde_json::from_value(stored).unwrap();
+        if dynakube.needs_one_agent() {
+            let node = ns
+                .create_node(&name, &[(node_label.as_str(), name.as_str())], Vec::new())
+                .await
+                .unwrap();
+            daemonsets.push((format!("{name}-oneagent"), BTreeSet::from([node.name_any()])));
+        }
+        token_secret(&ns, &name).await;
+        dynakubes.create(&PostParams::default(), &dynakube).await.unwrap();
+    }
+    for sample in &samples {
+        let name = sample.name();
+        test_kit::eventually(&format!("the sample {name} to be Running"), WAIT, || async {
+            let dk = dynakubes.get(&name).await?;
+            Ok((dk.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    let applied: Api<DaemonSet> = Api::namespaced(ns.client.clone(), &ns.name);
+    for (daemonset, nodes) in &daemonsets {
+        wait_for_pods_on(&ns, daemonset, nodes).await;
+        // The samples' toleration of control-plane nodes reaches the pods.
+        let tolerations = applied
+            .get(daemonset)
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.tolerations)
+            .unwrap_or_default();
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.key.as_deref() == Some("node-role.kubernetes.io/control-plane")),
+            "{daemonset}: {tolerations:?}"
+        );
+    }
+    // Every host mode of every version: the v1alpha1 sample and three per later version.
+    assert_eq!(daemonsets.len(), 1 + 3 * 6);
+}

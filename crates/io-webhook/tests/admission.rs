@@ -190,6 +190,42 @@ async fn readme_examples_of_every_mode_are_admitted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The samples under `samples/dynakube/` (every served version, every mode) are admitted in the version they
+/// are written in, and read back in it with every field they set.
+#[tokio::test]
+async fn the_samples_of_every_version_are_admitted_as_written() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let samples = test_kit::samples::dynakubes()?;
+    for sample in &samples {
+        let written = sample.confined(API_URL, &format!("sample-{}", ns.name));
+        let object: kube::api::DynamicObject = serde_json::from_value(written.clone())?;
+        let api = dynakubes_as(&ns, &sample.version);
+        let name = sample.name();
+        api.create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| anyhow::anyhow!("the sample {name} was not admitted: {e}"))?;
+        let read = serde_json::to_value(api.get(&name).await?)?;
+        assert!(
+            contains(&read["spec"], &written["spec"]),
+            "{name} reads back without a field it sets:\n{:#}\nwritten:\n{:#}",
+            read["spec"],
+            written["spec"]
+        );
+    }
+    Ok(())
+}
+
+/// Whether `outer` has everything `inner` has (objects key by key; anything else equal).
+fn contains(outer: &Value, inner: &Value) -> bool {
+    match (outer, inner) {
+        (Value::Object(outer), Value::Object(inner)) => inner
+            .iter()
+            .all(|(key, value)| outer.get(key).is_some_and(|o| contains(o, value))),
+        _ => outer == inner,
+    }
+}
+
 /// A DynaKube written in each served version (the README's cloud-native example, as that version shows
 /// it) is read back in every other version, and then in its own version unchanged.
 #[tokio::test]

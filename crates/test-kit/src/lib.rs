@@ -18,6 +18,7 @@ pub mod pki;
 pub mod process;
 pub mod procfs;
 pub mod real_node;
+pub mod samples;
 pub mod setup;
 pub mod tools;
 
