@@ -184,6 +184,7 @@ pub fn validate_as(
             .into_iter()
             .chain(unused_code_modules_image(dynakube, spelling))
             .chain(deprecated_auto_update(dynakube, spelling))
+            .chain(overridden_flags(dynakube, spelling))
             .collect(),
     }
 }
@@ -753,6 +754,44 @@ fn control_character_errors(dynakube: &DynaKube, spelling: Spelling) -> Vec<Stri
         .map(|(field, value)| {
             format!(
                 "{field} ({value:?}) contains a control character (such as a line break or tab), which                  OneAgent cannot take. Remove it."
+            )
+        })
+        .collect()
+}
+
+/// Flags that a spec field replaced and that the field, when set, overrides. From v1beta2 on the API server
+/// fills in `dynatraceApiRequestThreshold: 15`, so there the threshold flag never applies.
+fn overridden_flags(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let flags = dynakube.feature_flags();
+    let mut overridden = Vec::new();
+    if let (Some(_), Some(minutes)) = (
+        flags.raw(ff::API_REQUEST_THRESHOLD),
+        dynakube.spec.dynatrace_api_request_threshold,
+    ) {
+        overridden.push((
+            ff::API_REQUEST_THRESHOLD,
+            format!("spec.dynatraceApiRequestThreshold ({minutes})"),
+        ));
+    }
+    if let (Some(_), Some(mode), Some(profile)) = (
+        flags.raw(ff::SECCOMP_PROFILE),
+        dynakube.mode(),
+        dynakube
+            .host_spec()
+            .and_then(|h| h.sec_comp_profile.as_deref())
+            .filter(|p| !p.is_empty()),
+    ) {
+        overridden.push((
+            ff::SECCOMP_PROFILE,
+            format!("{}.secCompProfile ({profile:?})", spelling.mode(mode)),
+        ));
+    }
+    overridden
+        .into_iter()
+        .map(|(flag, field)| {
+            format!(
+                "annotation {}{flag} has no effect: {field} is set and wins. Remove the annotation and set the                  field to the value you want.",
+                ff::PREFIX
             )
         })
         .collect()

@@ -1043,3 +1043,39 @@ fn auto_update_is_deprecated_from_v1beta3_on() {
         }
     }
 }
+
+#[test]
+fn a_flag_the_spec_field_overrides_warns() {
+    let threshold_flag = "feature.dynatrace.com/dynatrace-api-request-threshold";
+    let seccomp_flag = "feature.dynatrace.com/oneagent-seccomp-profile";
+    let annotations = json!({ threshold_flag: "0", seccomp_flag: "flag.json" });
+    let warnings_of = |spec: Value| {
+        validate(
+            &with_flags(spec, annotations.clone()),
+            &ClusterView::default(),
+            &ProxySecret::NotLookedUp,
+        )
+        .warnings
+    };
+    let both = warnings_of(json!({
+        "apiUrl": API_URL, "dynatraceApiRequestThreshold": 15,
+        "oneAgent": { "hostMonitoring": { "secCompProfile": "field.json" } },
+    }));
+    assert!(
+        both.iter().any(|w| w.contains(threshold_flag)
+            && w.contains("spec.dynatraceApiRequestThreshold")
+            && w.contains("no effect")),
+        "{both:#?}"
+    );
+    assert!(
+        both.iter().any(|w| w.contains(seccomp_flag)
+            && w.contains("spec.oneAgent.hostMonitoring.secCompProfile")
+            && w.contains("no effect")),
+        "{both:#?}"
+    );
+    let flags_only = warnings_of(json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": {} } }));
+    assert!(
+        !flags_only.iter().any(|w| w.contains("no effect")),
+        "{flags_only:#?}"
+    );
+}
