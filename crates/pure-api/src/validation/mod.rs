@@ -174,6 +174,7 @@ pub fn validate_as(
     errors.extend(one_agent_version_errors(dynakube, spelling));
     errors.extend(one_agent_args_errors(dynakube, spelling));
     errors.extend(control_character_errors(dynakube, spelling));
+    errors.extend(host_path_errors(dynakube, spelling));
     let name = dynakube.name_any();
     if !name.is_empty() && !is_dns1035_label(&name) {
         errors.push(messages::NAME_VIOLATES_DNS1035.to_owned());
@@ -795,6 +796,36 @@ fn overridden_flags(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `storageHostPath` and `secCompProfile` become a hostPath volume and a Localhost seccomp profile of the
+/// OneAgent DaemonSet. The API server refuses a seccomp profile that is absolute or climbs with `..`, and
+/// a hostPath with `..`; a relative hostPath has no meaning on the node. Refused here, where the user sees
+/// why, rather than as a DaemonSet the operator cannot apply.
+fn host_path_errors(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let (Some(mode), Some(host)) = (dynakube.mode(), dynakube.host_spec()) else {
+        return Vec::new();
+    };
+    let section = spelling.mode(mode);
+    let climbs = |path: &str| path.split('/').any(|segment| segment == "..");
+    let mut errors = Vec::new();
+    if let Some(path) = host.storage_host_path.as_deref().filter(|p| !p.is_empty())
+        && (!path.starts_with('/') || climbs(path))
+    {
+        errors.push(format!(
+            "{section}.storageHostPath ({path:?}) must be an absolute path on the node without '..', \
+             for example /var/opt/dynatrace."
+        ));
+    }
+    if let Some(profile) = host.sec_comp_profile.as_deref().filter(|p| !p.is_empty())
+        && (profile.starts_with('/') || climbs(profile))
+    {
+        errors.push(format!(
+            "{section}.secCompProfile ({profile:?}) must be a path relative to the kubelet's seccomp \
+             directory (usually /var/lib/kubelet/seccomp) without '..', for example profiles/oneagent.json."
+        ));
+    }
+    errors
 }
 
 /// `autoUpdate` is deprecated from v1beta3 on (it still works: unset or true follows the latest version).

@@ -1079,3 +1079,72 @@ fn a_flag_the_spec_field_overrides_warns() {
         "{flags_only:#?}"
     );
 }
+
+/// Values the API server would refuse in the OneAgent DaemonSet are refused on the DynaKube already, where
+/// the user can see why.
+#[test]
+fn storage_host_path_and_sec_comp_profile_must_be_paths_the_daemonset_can_use() {
+    let with = |settings: Value| {
+        errors(&dynakube(
+            json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": settings } }),
+        ))
+    };
+    for good in ["/var/opt/dynatrace", "/", "/a/b.c/d-e"] {
+        assert_eq!(
+            with(json!({ "storageHostPath": good })),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    for bad in ["var/opt", "./x", "/var/../etc", "/a/.."] {
+        let found = with(json!({ "storageHostPath": bad }));
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.hostMonitoring.storageHostPath")
+                && found[0].contains("absolute"),
+            "{found:#?}"
+        );
+    }
+    for good in ["oneagent.json", "profiles/oneagent.json", "a..b.json"] {
+        assert_eq!(
+            with(json!({ "secCompProfile": good })),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    for bad in [
+        "/var/lib/kubelet/seccomp/oneagent.json",
+        "../oneagent.json",
+        "a/../b.json",
+    ] {
+        let found = with(json!({ "secCompProfile": bad }));
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.hostMonitoring.secCompProfile") && found[0].contains("relative"),
+            "{found:#?}"
+        );
+    }
+    // Named as written, in the versions that have the fields.
+    for version in ["v1beta4", "v1beta6"] {
+        let spec = json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": {
+            "storageHostPath": "rel", "secCompProfile": "/abs.json",
+        } } });
+        let found = errors_as(
+            &format!("dynatrace.com/{version}"),
+            spec,
+            ClusterView {
+                csi_driver_installed: Some(true),
+                ..Default::default()
+            },
+        );
+        assert_eq!(found.len(), 2, "{version}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.cloudNativeFullStack.storageHostPath"),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].contains("spec.oneAgent.cloudNativeFullStack.secCompProfile"),
+            "{found:#?}"
+        );
+    }
+}
