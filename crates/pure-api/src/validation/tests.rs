@@ -787,16 +787,20 @@ fn the_oneagent_version_must_have_the_full_format_in_every_version() {
     let empty = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": { "version": "" } } }));
     assert_eq!(errors(&empty), Vec::<String>::new());
     for (api_version, section) in EVERY_VERSION {
-        if api_version.ends_with("v1alpha1") {
-            continue; // v1alpha1 has no version field
-        }
-        let found = errors_as(
-            api_version,
-            classic_in(api_version, json!({ "version": "1.2" })),
-            ClusterView::default(),
-        );
+        let (spec, field) = if api_version.ends_with("v1alpha1") {
+            // v1alpha1 keeps the version beside the image, in spec.oneAgent.
+            let mut spec = classic_in(api_version, json!({}));
+            spec["oneAgent"] = json!({ "version": "1.2" });
+            (spec, "spec.oneAgent.version".to_owned())
+        } else {
+            (
+                classic_in(api_version, json!({ "version": "1.2" })),
+                format!("{section}.version"),
+            )
+        };
+        let found = errors_as(api_version, spec, ClusterView::default());
         assert!(
-            found.iter().any(|e| e.contains(&format!("{section}.version"))),
+            found.iter().any(|e| e.contains(&format!("{field} \"1.2\""))),
             "{api_version}: {found:#?}"
         );
     }
