@@ -414,8 +414,7 @@ async fn converge(
     notes: &mut Notes,
 ) -> Result<Converged, ReconcileError> {
     let namespace = dynakube.namespace().unwrap_or_default();
-    let flags = dynakube.feature_flags();
-    let threshold = flags.api_request_threshold_minutes();
+    let threshold = dynakube.api_request_threshold_minutes();
 
     let (secret_version, tokens) = read_tokens(ctx, dynakube).await?;
     let tenant = tenant_client(dynakube, ctx, &tokens).await?;

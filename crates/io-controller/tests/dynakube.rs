@@ -685,6 +685,50 @@ async fn a_token_without_a_needed_scope_is_reported_with_bounded_calls_and_recov
     tenant.shutdown().await;
 }
 
+/// `spec.dynatraceApiRequestThreshold` (v1beta2 and later) wins over the flag: with the flag at 0 (no
+/// throttling) and the field at 60 minutes, a failing token check is made once, not on every requeue.
+#[tokio::test]
+async fn the_api_request_threshold_field_wins_over_the_flag() {
+    env(); // starts the shared controller
+    let config = TenantConfig {
+        tokens: vec![test_fake_tenant::TokenConfig {
+            value: "dt0c01.narrow".into(),
+            scopes: vec!["DataExport".into()],
+        }],
+        ..TenantConfig::default()
+    };
+    let tenant = FakeTenant::start(config, Listen::Http).await.unwrap();
+    let ns = TestNamespace::create().await.unwrap();
+    oneagent_service_account(&ns).await;
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "threshold" },
+        "stringData": { "apiToken": "dt0c01.narrow" },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let mut dk = dynakube(
+        "threshold",
+        &tenant.api_url(),
+        json!({ "classicFullStack": { "nodeSelector": { "none": ns.name.clone() } } }),
+    );
+    dk.metadata.annotations = Some(
+        [(
+            "feature.dynatrace.com/dynatrace-api-request-threshold".to_owned(),
+            "0".to_owned(),
+        )]
+        .into(),
+    );
+    dk.spec.dynatrace_api_request_threshold = Some(60);
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    wait_tokens_condition(&dynakubes, "threshold", false).await;
+    // The controller requeues every 2 s here; the flag alone would let every reconcile ask again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(tenant.request_count(Endpoint::ApiTokensLookup), 1);
+    tenant.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_applied_daemonset_matches_the_reviewed_snapshot_field_by_field() {
     let env = env();

@@ -496,6 +496,44 @@ async fn a_denial_names_the_field_as_written_in_v1beta6() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The HEAD rules (§2.4) hold for a v1beta6 object, every problem in one denial, named as v1beta6 spells it.
+#[tokio::test]
+async fn the_head_oneagent_rules_deny_a_v1beta6_object_naming_its_fields() -> anyhow::Result<()> {
+    let ns = namespace().await?;
+    install_csi_driver_marker(&ns).await?;
+    let latest: Api<v1beta6::DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    let bad: v1beta6::DynaKube = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta6", "kind": "DynaKube", "metadata": { "name": "bad-args" },
+        "spec": {
+            "apiUrl": API_URL,
+            "networkZone": "zone\nb",
+            "oneAgent": {
+                "hostGroup": "prod\tx",
+                "cloudNativeFullStack": {
+                    "version": "1.277.0",
+                    "args": ["--set-host-id-source=fqdn", "--set-host-group=a", "--set-host-group=b"],
+                    "nodeSelector": { "bad-args": ns.name },
+                },
+            },
+        },
+    }))?;
+    let message = match latest.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(e)) => e.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    for expected in [
+        "5 error(s) found",
+        "spec.oneAgent.cloudNativeFullStack.version \"1.277.0\" is not a OneAgent version",
+        "spec.oneAgent.cloudNativeFullStack.args sets --set-host-id-source",
+        "spec.oneAgent.cloudNativeFullStack.args has --set-host-group more than once",
+        "spec.networkZone",
+        "spec.oneAgent.hostGroup",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn schema_rules_hold_without_the_webhook() -> anyhow::Result<()> {
     let _ = env();

@@ -105,6 +105,43 @@ async fn validate_denies_with_every_error_and_allows_a_good_dynakube() {
     t.server.shutdown().await;
 }
 
+/// `autoUpdate` is deprecated from v1beta3 on: a v1beta6 request that sets it is allowed with a warning
+/// naming the field; the same object in v1beta2 gets none.
+#[tokio::test]
+async fn validate_warns_about_auto_update_from_v1beta3_on() {
+    let t = start(None).await;
+    for (version, warned) in [("v1beta2", false), ("v1beta3", true), ("v1beta6", true)] {
+        let api_version = format!("dynatrace.com/{version}");
+        let object = json!({
+            "apiVersion": api_version, "kind": "DynaKube",
+            "metadata": { "name": "dynakube", "namespace": "dynatrace" },
+            "spec": {
+                "apiUrl": "https://abc.live.dynatrace.com/api",
+                "oneAgent": { "classicFullStack": { "autoUpdate": false } },
+            },
+        });
+        let review = admission_review("DynaKube", &api_version, object);
+        let answer = https(t.server.addr, &t.ca_pem, "POST", "/validate", &review)
+            .await
+            .unwrap();
+        let response: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            response["response"]["allowed"], true,
+            "{version}: {}",
+            answer.body
+        );
+        let warnings: Vec<&str> = response["response"]["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|w| w.contains("spec.oneAgent.classicFullStack.autoUpdate is deprecated"))
+            .collect();
+        assert_eq!(warnings.len(), usize::from(warned), "{version}: {}", answer.body);
+    }
+    t.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn convert_answers_a_conversion_review() {
     let t = start(None).await;

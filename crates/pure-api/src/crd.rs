@@ -83,6 +83,7 @@ pub fn dynakube(endpoint: &ConversionEndpoint) -> CustomResourceDefinition {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             add_dynakube_rules(schema);
+            deprecate_auto_update(&version.name, schema);
         }
     }
     let client_config = match endpoint {
@@ -187,6 +188,39 @@ fn add_dynakube_rules(root: &mut JSONSchemaProps) {
         message: Some(messages::CONFLICTING_ONE_AGENT_MODES.to_owned()),
         ..Default::default()
     }]);
+}
+
+/// `autoUpdate` is deprecated from v1beta3 on, and `kubectl explain` says so there. v1beta2 has no schema
+/// default (the reference's is true): the API server would apply it whenever a v1beta2 client writes an
+/// object back, adding `autoUpdate: true` that the user never wrote (and that v1beta3+ clients would then
+/// be warned about). Unset means true in every version, so the behaviour is the reference's either way.
+fn deprecate_auto_update(version: &str, root: &mut JSONSchemaProps) {
+    if !matches!(version, "v1beta3" | "v1beta4" | "v1beta5" | "v1beta6") {
+        return;
+    }
+    let Some(modes) = root
+        .properties
+        .as_mut()
+        .and_then(|p| p.get_mut("spec"))
+        .and_then(|spec| spec.properties.as_mut())
+        .and_then(|p| p.get_mut("oneAgent"))
+        .and_then(|one_agent| one_agent.properties.as_mut())
+    else {
+        return;
+    };
+    for mode in ["classicFullStack", "cloudNativeFullStack", "hostMonitoring"] {
+        if let Some(auto_update) = modes
+            .get_mut(mode)
+            .and_then(|m| m.properties.as_mut())
+            .and_then(|p| p.get_mut("autoUpdate"))
+        {
+            auto_update.description = Some(
+                "Deprecated, to be removed: pin a version with `version` instead. Whether OneAgents are \
+                 updated automatically to the environment's latest version (unset means true)."
+                    .to_owned(),
+            );
+        }
+    }
 }
 
 fn dns1035_name_rule() -> ValidationRule {
@@ -350,6 +384,24 @@ mod tests {
             default("metadataEnrichment.enabled"),
             Some(serde_json::json!(true))
         );
+        let auto_update = |version: &str, mode: &str| {
+            field(
+                &spec_schema(&crd, version),
+                &format!("oneAgent.{mode}.autoUpdate"),
+            )
+            .unwrap()
+        };
+        for mode in ["classicFullStack", "cloudNativeFullStack", "hostMonitoring"] {
+            for version in ["v1beta1", "v1beta2", "v1beta3", "v1beta6"] {
+                let field = auto_update(version, mode);
+                assert_eq!(field.default, None, "{version} {mode}: unset means true");
+                assert_eq!(
+                    field.description.unwrap_or_default().starts_with("Deprecated"),
+                    !matches!(version, "v1beta1" | "v1beta2"),
+                    "{version} {mode}"
+                );
+            }
+        }
         let rules = |version: &str| {
             field(&spec_schema(&crd, version), "oneAgent.applicationMonitoring")
                 .and_then(|f| f.x_kubernetes_validations)

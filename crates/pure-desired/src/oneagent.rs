@@ -378,15 +378,15 @@ fn resources(host: &HostInjectSpec) -> ResourceRequirements {
     )
 }
 
-/// Privileged when the flag says so, else only the capabilities the OneAgent needs (and the flag's
-/// seccomp profile). Read-only OneAgents also run as user and group 1000.
+/// Privileged when the flag says so, else only the capabilities the OneAgent needs (and the seccomp
+/// profile of `secCompProfile` or the flag). Read-only OneAgents also run as user and group 1000.
 fn security_context(dynakube: &DynaKube, readonly: bool) -> SecurityContext {
     let flags = dynakube.feature_flags();
     let mut context = if flags.oneagent_privileged() {
         pod::privileged()
     } else {
         SecurityContext {
-            seccomp_profile: flags.oneagent_seccomp_profile().map(|profile| SeccompProfile {
+            seccomp_profile: dynakube.oneagent_seccomp_profile().map(|profile| SeccompProfile {
                 type_: "Localhost".to_owned(),
                 localhost_profile: Some(profile.to_owned()),
             }),
@@ -405,8 +405,8 @@ fn trusted_cas(dynakube: &DynaKube) -> Option<&str> {
     dynakube.spec.trusted_cas.as_deref().filter(|c| !c.is_empty())
 }
 
-/// The tenant token, the host's root, the CSI storage of read-only OneAgents and the trusted CAs, each
-/// with its mount.
+/// The tenant token, the host's root, the volume storage (`storageHostPath`, else the CSI storage of
+/// read-only OneAgents) and the trusted CAs, each with its mount.
 fn volumes(dynakube: &DynaKube, name: &str, readonly: bool) -> Volumes {
     let mut volumes = Volumes::default();
     volumes
@@ -418,7 +418,15 @@ fn volumes(dynakube: &DynaKube, name: &str, readonly: bool) -> Volumes {
             pod::sub_path_mount(TENANT_TOKEN_VOLUME, TENANT_TOKEN_PATH, TENANT_TOKEN_KEY, true),
         )
         .add(host_root_volume(), HOST_ROOT_PATH, readonly);
-    if readonly {
+    // `storageHostPath` wins over the CSI driver's per-node storage, and gives classicFullStack and
+    // writable OneAgents the same directory (they use it with ONEAGENT_ENABLE_VOLUME_STORAGE=true).
+    if let Some(path) = dynakube.oneagent_storage_host_path() {
+        volumes.add(
+            pod::host_path_volume_of_type(STORAGE_VOLUME, path, "DirectoryOrCreate"),
+            STORAGE_PATH,
+            false,
+        );
+    } else if readonly {
         volumes.add(
             pod::csi_volume(
                 STORAGE_VOLUME,
@@ -870,6 +878,72 @@ mod tests {
             })
         );
         assert!(security.capabilities.is_some());
+    }
+
+    #[test]
+    fn the_sec_comp_profile_field_wins_over_the_flag() {
+        for mode in HOST_MODES {
+            let dk = flag(
+                dynakube_with(mode, json!({ "secCompProfile": "profiles/field.json" })),
+                "oneagent-seccomp-profile",
+                "profiles/flag.json",
+            );
+            let ds = build(&dk);
+            let security = container(&ds).security_context.as_ref().unwrap();
+            assert_eq!(
+                security.seccomp_profile,
+                Some(SeccompProfile {
+                    type_: "Localhost".into(),
+                    localhost_profile: Some("profiles/field.json".into()),
+                }),
+                "{mode}"
+            );
+            assert!(security.capabilities.is_some(), "{mode}");
+            // Privileged containers get no profile, whichever way it is given.
+            let privileged = build(&flag(dk, "oneagent-privileged", "true"));
+            let security = container(&privileged).security_context.as_ref().unwrap();
+            assert_eq!(security.seccomp_profile, None, "{mode}");
+        }
+    }
+
+    /// `storageHostPath` replaces the CSI storage of read-only OneAgents, and gives the other host modes
+    /// the same volume at the same place.
+    #[test]
+    fn storage_host_path_becomes_the_volume_storage_in_every_host_mode() {
+        let expected = Volume {
+            name: "osagent-storage".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/var/opt/dynatrace".into(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Default::default()
+        };
+        let with_path = |mode| dynakube_with(mode, json!({ "storageHostPath": "/var/opt/dynatrace" }));
+        let cases = [
+            (CLASSIC, with_path(CLASSIC), false),
+            (HOST, with_path(HOST), true),
+            (CLOUD, with_path(CLOUD), true),
+            (
+                "hostMonitoring, read-only flag off",
+                flag(with_path(HOST), "oneagent-readonly-host-fs", "false"),
+                false,
+            ),
+        ];
+        for (what, dk, readonly) in cases {
+            let ds = build(&dk);
+            assert_eq!(volume(&ds, "osagent-storage"), Some(&expected), "{what}");
+            let mount = mount_of(&ds, "osagent-storage").unwrap();
+            assert_eq!(mount.mount_path, "/mnt/volume_storage_mount", "{what}");
+            assert_eq!(mount.read_only, None, "{what}");
+            assert_eq!(
+                mount_of(&ds, "host-root").unwrap().read_only,
+                readonly.then_some(true),
+                "{what}: the host root stays as the mode has it"
+            );
+        }
+        // An empty field counts as unset: read-only OneAgents keep the CSI volume.
+        let ds = build(&dynakube_with(HOST, json!({ "storageHostPath": "" })));
+        assert_readonly(&ds, true);
     }
 
     fn with_proxy(mode: &str, value: Option<&str>, value_from: Option<&str>) -> DynaKube {

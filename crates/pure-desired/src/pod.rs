@@ -204,6 +204,16 @@ pub fn host_path_volume(name: &str, path: &str) -> Volume {
     }
 }
 
+/// A hostPath volume whose path the kubelet checks (or creates) as `type_`, for example
+/// `DirectoryOrCreate`.
+pub fn host_path_volume_of_type(name: &str, path: &str, type_: &str) -> Volume {
+    let mut volume = host_path_volume(name, path);
+    if let Some(source) = volume.host_path.as_mut() {
+        source.type_ = Some(type_.to_owned());
+    }
+    volume
+}
+
 /// Volume `name` with every key of the Secret `secret`.
 pub fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {

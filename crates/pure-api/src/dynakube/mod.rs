@@ -215,6 +215,36 @@ impl DynaKube {
         self.host_spec().is_some_and(|h| h.auto_update.unwrap_or(true))
     }
 
+    /// Minimum minutes between calls to the Dynatrace API for the same purpose (token scopes, connection
+    /// info, versions). `spec.dynatraceApiRequestThreshold` (v1beta2 and later) wins over the
+    /// `dynatrace-api-request-threshold` flag; without either it is 15. 0 means no throttling, as for the
+    /// flag and in the reference (a zero interval is always over).
+    pub fn api_request_threshold_minutes(&self) -> u32 {
+        self.spec
+            .dynatrace_api_request_threshold
+            .map_or_else(|| self.feature_flags().api_request_threshold_minutes(), u32::from)
+    }
+
+    /// The Localhost seccomp profile of the OneAgent container: the host mode's `secCompProfile`
+    /// (v1beta2 and later) wins over the `oneagent-seccomp-profile` flag. Empty values count as unset; none
+    /// without a node OneAgent.
+    pub fn oneagent_seccomp_profile(&self) -> Option<&str> {
+        self.host_spec()?
+            .sec_comp_profile
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .or_else(|| self.feature_flags().oneagent_seccomp_profile())
+    }
+
+    /// The host directory for the OneAgent's volume storage: the host mode's `storageHostPath` (v1beta4
+    /// and later), when set and not empty.
+    pub fn oneagent_storage_host_path(&self) -> Option<&str> {
+        self.host_spec()?
+            .storage_host_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+    }
+
     /// The host group: `spec.oneAgent.hostGroup` (v1beta2 and later), else a `--set-host-group=<group>`
     /// argument (cloudNativeFullStack only).
     pub fn host_group(&self) -> Option<&str> {
@@ -452,6 +482,83 @@ mod tests {
         let classic =
             dynakube(serde_json::json!({ "classicFullStack": { "args": ["--set-host-group=prod"] } }));
         assert_eq!(classic.host_group(), None);
+    }
+
+    fn with_annotation(mut dk: DynaKube, key: &str, value: &str) -> DynaKube {
+        dk.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(key.to_owned(), value.to_owned());
+        dk
+    }
+
+    #[test]
+    fn the_api_request_threshold_field_wins_over_the_flag() {
+        const FLAG: &str = "feature.dynatrace.com/dynatrace-api-request-threshold";
+        let plain = dynakube(serde_json::json!({ "hostMonitoring": {} }));
+        assert_eq!(plain.api_request_threshold_minutes(), 15, "default");
+        let flagged = with_annotation(plain.clone(), FLAG, "3");
+        assert_eq!(flagged.api_request_threshold_minutes(), 3, "the flag alone");
+        for (field, expected) in [(0, 0), (7, 7), (u16::MAX, 65535)] {
+            let mut dk = flagged.clone();
+            dk.spec.dynatrace_api_request_threshold = Some(field);
+            assert_eq!(
+                dk.api_request_threshold_minutes(),
+                expected,
+                "field {field} over the flag"
+            );
+            dk.metadata.annotations = None;
+            assert_eq!(
+                dk.api_request_threshold_minutes(),
+                expected,
+                "field {field} alone"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sec_comp_profile_field_wins_over_the_flag_in_every_host_mode() {
+        const FLAG: &str = "feature.dynatrace.com/oneagent-seccomp-profile";
+        for mode in ["classicFullStack", "hostMonitoring", "cloudNativeFullStack"] {
+            let plain = dynakube(serde_json::json!({ mode: {} }));
+            assert_eq!(plain.oneagent_seccomp_profile(), None, "{mode}");
+            let flagged = with_annotation(plain, FLAG, "from-flag.json");
+            assert_eq!(
+                flagged.oneagent_seccomp_profile(),
+                Some("from-flag.json"),
+                "{mode}"
+            );
+            let both = with_annotation(
+                dynakube(serde_json::json!({ mode: { "secCompProfile": "from-field.json" } })),
+                FLAG,
+                "from-flag.json",
+            );
+            assert_eq!(both.oneagent_seccomp_profile(), Some("from-field.json"), "{mode}");
+            let empty = with_annotation(
+                dynakube(serde_json::json!({ mode: { "secCompProfile": "" } })),
+                FLAG,
+                "from-flag.json",
+            );
+            assert_eq!(
+                empty.oneagent_seccomp_profile(),
+                Some("from-flag.json"),
+                "{mode}: an empty field counts as unset"
+            );
+        }
+        let app = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
+        assert_eq!(with_annotation(app, FLAG, "x").oneagent_seccomp_profile(), None);
+    }
+
+    #[test]
+    fn the_storage_host_path_of_every_host_mode() {
+        for mode in ["classicFullStack", "hostMonitoring", "cloudNativeFullStack"] {
+            let dk = dynakube(serde_json::json!({ mode: { "storageHostPath": "/var/opt/dt" } }));
+            assert_eq!(dk.oneagent_storage_host_path(), Some("/var/opt/dt"), "{mode}");
+            let empty = dynakube(serde_json::json!({ mode: { "storageHostPath": "" } }));
+            assert_eq!(empty.oneagent_storage_host_path(), None, "{mode}");
+        }
+        let app = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
+        assert_eq!(app.oneagent_storage_host_path(), None);
     }
 
     #[test]

@@ -117,6 +117,14 @@ impl Spelling {
         }
     }
 
+    /// The path of a host mode's OneAgent version (v1alpha1 keeps it in `spec.oneAgent`).
+    fn version(self, mode: Mode) -> String {
+        match self {
+            Self::V1alpha1 => "spec.oneAgent.version".to_owned(),
+            _ => format!("{}.version", self.mode(mode)),
+        }
+    }
+
     /// The path of the app-injection namespace selector, for the DynaKube's mode.
     fn namespace_selector(self, mode: Option<Mode>) -> String {
         match (self, mode) {
@@ -163,6 +171,10 @@ pub fn validate_as(
     }
     errors.extend(code_modules_image_errors(dynakube, cluster, spelling));
     errors.extend(volume_storage_errors(dynakube));
+    errors.extend(one_agent_version_errors(dynakube, spelling));
+    errors.extend(one_agent_args_errors(dynakube, spelling));
+    errors.extend(control_character_errors(dynakube, spelling));
+    errors.extend(host_path_errors(dynakube, spelling));
     let name = dynakube.name_any();
     if !name.is_empty() && !is_dns1035_label(&name) {
         errors.push(messages::NAME_VIOLATES_DNS1035.to_owned());
@@ -172,6 +184,8 @@ pub fn validate_as(
         warnings: warnings(dynakube)
             .into_iter()
             .chain(unused_code_modules_image(dynakube, spelling))
+            .chain(deprecated_auto_update(dynakube, spelling))
+            .chain(overridden_flags(dynakube, spelling))
             .collect(),
     }
 }
@@ -622,6 +636,208 @@ fn volume_storage_errors(dynakube: &DynaKube) -> Vec<String> {
         )],
         _ => Vec::new(),
     }
+}
+
+/// Whether `version` has the form of a OneAgent version, `<major>.<minor>.<patch>.<yyyymmdd>-<hhmmss>`,
+/// all digits (the reference's `^\d+.\d+.\d+.\d{8}-\d{6}$`, with literal dots).
+fn is_oneagent_version(version: &str) -> bool {
+    let digits = |part: &str, len: Option<usize>| {
+        !part.is_empty()
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && len.is_none_or(|len| part.len() == len)
+    };
+    let Some((dotted, time)) = version.split_once('-') else {
+        return false;
+    };
+    let parts: Vec<&str> = dotted.split('.').collect();
+    matches!(parts.as_slice(), [major, minor, patch, date]
+        if digits(major, None) && digits(minor, None) && digits(patch, None) && digits(date, Some(8)))
+        && digits(time, Some(6))
+}
+
+/// The OneAgent version of a host mode, when pinned, has the full format: the image tag and the update
+/// logic depend on it.
+fn one_agent_version_errors(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let (Some(mode), Some(version)) = (
+        dynakube.mode(),
+        dynakube
+            .host_spec()
+            .and_then(|h| h.version.as_deref())
+            .filter(|v| !v.is_empty()),
+    ) else {
+        return Vec::new();
+    };
+    if is_oneagent_version(version) {
+        return Vec::new();
+    }
+    vec![format!(
+        "{} {version:?} is not a OneAgent version. Use the form <major>.<minor>.<patch>.<yyyymmdd>-<hhmmss>,          all digits (for example 1.277.0.20230914-094321, as listed by the environment), or remove it to          follow the environment's latest version.",
+        spelling.version(mode)
+    )]
+}
+
+/// Installer arguments that may be given more than once (each value once).
+const REPEATABLE_ARGS: &[&str] = &["--set-host-property", "--set-host-tag"];
+/// The installer argument the operator sets itself in cloudNativeFullStack.
+const HOST_ID_SOURCE_ARG: &str = "--set-host-id-source";
+
+/// The OneAgent's installer arguments: only host properties and tags repeat (each value once), and
+/// cloudNativeFullStack leaves the host-id source to the operator.
+fn one_agent_args_errors(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let (Some(mode), Some(args)) = (
+        dynakube.mode(),
+        dynakube.host_spec().and_then(|h| h.args.as_ref()),
+    ) else {
+        return Vec::new();
+    };
+    let field = format!("{}.args", spelling.mode(mode));
+    let mut errors = Vec::new();
+    let mut seen_names = BTreeSet::new();
+    let mut seen_args = BTreeSet::new();
+    let mut reported = BTreeSet::new();
+    for arg in args {
+        let name = arg.split_once('=').map_or(arg.as_str(), |(name, _)| name);
+        let duplicate = if REPEATABLE_ARGS.contains(&name) {
+            (!seen_args.insert(arg.as_str())).then(|| arg.clone())
+        } else {
+            (!seen_names.insert(name)).then(|| name.to_owned())
+        };
+        if let Some(what) = duplicate
+            && reported.insert(what.clone())
+        {
+            let rule = if REPEATABLE_ARGS.contains(&name) {
+                "the same host property or tag may be given once"
+            } else {
+                "only --set-host-property and --set-host-tag may be given more than once"
+            };
+            errors.push(format!(
+                "{field} has {what} more than once: {rule}. Remove the duplicate."
+            ));
+        }
+    }
+    if mode == Mode::CloudNativeFullStack && seen_names.contains(HOST_ID_SOURCE_ARG) {
+        errors.push(format!(
+            "{field} sets {HOST_ID_SOURCE_ARG}, which cloudNativeFullStack does not allow: the operator sets              it to k8s-node-name so that hosts match their Kubernetes nodes. Remove the argument."
+        ));
+    }
+    errors
+}
+
+/// Control characters (line breaks, tabs, NUL, ...) in values that end up in the OneAgent's command line
+/// and configuration files.
+fn control_character_errors(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let mut values: Vec<(String, &str)> = Vec::new();
+    if let Some(zone) = dynakube.spec.network_zone.as_deref() {
+        values.push(("spec.networkZone".to_owned(), zone));
+    }
+    if let Some(group) = dynakube
+        .spec
+        .one_agent
+        .as_ref()
+        .and_then(|o| o.host_group.as_deref())
+    {
+        values.push(("spec.oneAgent.hostGroup".to_owned(), group));
+    }
+    if let (Some(mode), Some(args)) = (
+        dynakube.mode(),
+        dynakube.host_spec().and_then(|h| h.args.as_ref()),
+    ) {
+        let field = format!("{}.args", spelling.mode(mode));
+        values.extend(
+            args.iter()
+                .enumerate()
+                .map(|(i, arg)| (format!("{field}[{i}]"), arg.as_str())),
+        );
+    }
+    values
+        .into_iter()
+        .filter(|(_, value)| value.chars().any(char::is_control))
+        .map(|(field, value)| {
+            format!(
+                "{field} ({value:?}) contains a control character (such as a line break or tab), which                  OneAgent cannot take. Remove it."
+            )
+        })
+        .collect()
+}
+
+/// Flags that a spec field replaced and that the field, when set, overrides. From v1beta2 on the API server
+/// fills in `dynatraceApiRequestThreshold: 15`, so there the threshold flag never applies.
+fn overridden_flags(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let flags = dynakube.feature_flags();
+    let mut overridden = Vec::new();
+    if let (Some(_), Some(minutes)) = (
+        flags.raw(ff::API_REQUEST_THRESHOLD),
+        dynakube.spec.dynatrace_api_request_threshold,
+    ) {
+        overridden.push((
+            ff::API_REQUEST_THRESHOLD,
+            format!("spec.dynatraceApiRequestThreshold ({minutes})"),
+        ));
+    }
+    if let (Some(_), Some(mode), Some(profile)) = (
+        flags.raw(ff::SECCOMP_PROFILE),
+        dynakube.mode(),
+        dynakube
+            .host_spec()
+            .and_then(|h| h.sec_comp_profile.as_deref())
+            .filter(|p| !p.is_empty()),
+    ) {
+        overridden.push((
+            ff::SECCOMP_PROFILE,
+            format!("{}.secCompProfile ({profile:?})", spelling.mode(mode)),
+        ));
+    }
+    overridden
+        .into_iter()
+        .map(|(flag, field)| {
+            format!(
+                "annotation {}{flag} has no effect: {field} is set and wins. Remove the annotation and set the                  field to the value you want.",
+                ff::PREFIX
+            )
+        })
+        .collect()
+}
+
+/// `storageHostPath` and `secCompProfile` become a hostPath volume and a Localhost seccomp profile of the
+/// OneAgent DaemonSet. The API server refuses a seccomp profile that is absolute or climbs with `..`, and
+/// a hostPath with `..`; a relative hostPath has no meaning on the node. Refused here, where the user sees
+/// why, rather than as a DaemonSet the operator cannot apply.
+fn host_path_errors(dynakube: &DynaKube, spelling: Spelling) -> Vec<String> {
+    let (Some(mode), Some(host)) = (dynakube.mode(), dynakube.host_spec()) else {
+        return Vec::new();
+    };
+    let section = spelling.mode(mode);
+    let climbs = |path: &str| path.split('/').any(|segment| segment == "..");
+    let mut errors = Vec::new();
+    if let Some(path) = host.storage_host_path.as_deref().filter(|p| !p.is_empty())
+        && (!path.starts_with('/') || climbs(path))
+    {
+        errors.push(format!(
+            "{section}.storageHostPath ({path:?}) must be an absolute path on the node without '..', \
+             for example /var/opt/dynatrace."
+        ));
+    }
+    if let Some(profile) = host.sec_comp_profile.as_deref().filter(|p| !p.is_empty())
+        && (profile.starts_with('/') || climbs(profile))
+    {
+        errors.push(format!(
+            "{section}.secCompProfile ({profile:?}) must be a path relative to the kubelet's seccomp \
+             directory (usually /var/lib/kubelet/seccomp) without '..', for example profiles/oneagent.json."
+        ));
+    }
+    errors
+}
+
+/// `autoUpdate` is deprecated from v1beta3 on (it still works: unset or true follows the latest version).
+fn deprecated_auto_update(dynakube: &DynaKube, spelling: Spelling) -> Option<String> {
+    let mode = dynakube.mode()?;
+    dynakube.host_spec()?.auto_update?;
+    (spelling == Spelling::V1beta3OrLater).then(|| {
+        let section = spelling.mode(mode);
+        format!(
+            "{section}.autoUpdate is deprecated from dynatrace.com/v1beta3 on and will be removed. Remove it:              without {section}.version OneAgents follow the environment's latest version, and setting              {section}.version pins one."
+        )
+    })
 }
 
 /// Flags that still work but will become spec fields (the reference warns about them).

@@ -725,3 +725,430 @@ fn sample_dynakubes_of_every_later_version_are_valid() {
         );
     }
 }
+
+/// Every version a DynaKube can be written in, with the path of its classicFullStack section.
+const EVERY_VERSION: [(&str, &str); 7] = [
+    ("dynatrace.com/v1alpha1", "spec.classicFullStack"),
+    ("dynatrace.com/v1beta1", "spec.oneAgent.classicFullStack"),
+    ("dynatrace.com/v1beta2", "spec.oneAgent.classicFullStack"),
+    ("dynatrace.com/v1beta3", "spec.oneAgent.classicFullStack"),
+    ("dynatrace.com/v1beta4", "spec.oneAgent.classicFullStack"),
+    ("dynatrace.com/v1beta5", "spec.oneAgent.classicFullStack"),
+    ("dynatrace.com/v1beta6", "spec.oneAgent.classicFullStack"),
+];
+
+/// A classicFullStack spec in `api_version`'s shape with the given OneAgent settings.
+fn classic_in(api_version: &str, settings: Value) -> Value {
+    if api_version.ends_with("v1alpha1") {
+        let mut section = json!({ "enabled": true });
+        if let (Some(section), Some(settings)) = (section.as_object_mut(), settings.as_object()) {
+            section.extend(settings.clone());
+        }
+        json!({ "apiUrl": API_URL, "classicFullStack": section })
+    } else {
+        json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": settings } })
+    }
+}
+
+#[test]
+fn the_oneagent_version_must_have_the_full_format_in_every_version() {
+    let good = ["1.277.0.20230914-094321", "10.0.12.20991231-235959"];
+    let bad = [
+        "1.277.0",
+        "1.277.0.20230914",
+        "1.277.0.2023091-094321",
+        "1.277.0.20230914-09432",
+        "1.277.x.20230914-094321",
+        "1.277.0.20230914-094321 ",
+        "v1.277.0.20230914-094321",
+        "1.277.0.20230914_094321",
+        "1..0.20230914-094321",
+        "1.2.3.4.20230914-094321",
+        "latest",
+    ];
+    for mode in ["classicFullStack", "hostMonitoring", "cloudNativeFullStack"] {
+        for version in good {
+            let dk = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { mode: { "version": version } } }));
+            assert_eq!(errors(&dk), Vec::<String>::new(), "{mode} {version}");
+        }
+        for version in bad {
+            let dk = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { mode: { "version": version } } }));
+            let found = errors(&dk);
+            assert_eq!(found.len(), 1, "{mode} {version:?}: {found:#?}");
+            assert!(
+                found[0].contains(&format!("spec.oneAgent.{mode}.version"))
+                    && found[0].contains(&format!("{version:?}"))
+                    && found[0].contains("<major>.<minor>.<patch>.<yyyymmdd>-<hhmmss>"),
+                "{found:#?}"
+            );
+        }
+    }
+    // Unset or empty: the environment's latest version.
+    let empty = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": { "version": "" } } }));
+    assert_eq!(errors(&empty), Vec::<String>::new());
+    for (api_version, section) in EVERY_VERSION {
+        let (spec, field) = if api_version.ends_with("v1alpha1") {
+            // v1alpha1 keeps the version beside the image, in spec.oneAgent.
+            let mut spec = classic_in(api_version, json!({}));
+            spec["oneAgent"] = json!({ "version": "1.2" });
+            (spec, "spec.oneAgent.version".to_owned())
+        } else {
+            (
+                classic_in(api_version, json!({ "version": "1.2" })),
+                format!("{section}.version"),
+            )
+        };
+        let found = errors_as(api_version, spec, ClusterView::default());
+        assert!(
+            found.iter().any(|e| e.contains(&format!("{field} \"1.2\""))),
+            "{api_version}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn oneagent_args_may_repeat_only_host_properties_and_tags_with_different_values() {
+    let args_error = |args: Value| {
+        errors(&dynakube(
+            json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": { "args": args } } }),
+        ))
+    };
+    let fine = json!([
+        "--set-host-property=team=a",
+        "--set-host-property=owner=b",
+        "--set-host-tag=tier=web",
+        "--set-host-tag=critical",
+        "--set-monitoring-mode=fullstack",
+        "--set-app-log-content-access=true",
+    ]);
+    assert_eq!(args_error(fine), Vec::<String>::new());
+    for (args, named) in [
+        (
+            json!([
+                "--set-monitoring-mode=fullstack",
+                "--set-monitoring-mode=infra-only"
+            ]),
+            "--set-monitoring-mode",
+        ),
+        (
+            json!(["--set-host-group=a", "--set-host-group=a"]),
+            "--set-host-group",
+        ),
+        (
+            json!(["--set-host-tag=tier=web", "--set-host-tag=tier=web"]),
+            "--set-host-tag=tier=web",
+        ),
+        (
+            json!(["--set-host-property=team=a", "--set-host-property=team=a"]),
+            "--set-host-property=team=a",
+        ),
+    ] {
+        let found = args_error(args.clone());
+        assert_eq!(found.len(), 1, "{args}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.classicFullStack.args") && found[0].contains(named),
+            "{args}: {found:#?}"
+        );
+    }
+    for (api_version, section) in EVERY_VERSION {
+        let found = errors_as(
+            api_version,
+            classic_in(
+                api_version,
+                json!({ "args": ["--set-host-group=a", "--set-host-group=b"] }),
+            ),
+            ClusterView::default(),
+        );
+        assert!(
+            found.iter().any(|e| e.contains(&format!("{section}.args"))),
+            "{api_version}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_host_id_source_argument_is_forbidden_in_cloud_native_full_stack_only() {
+    let with_arg = |mode: &str| {
+        dynakube(json!({
+            "apiUrl": API_URL, "oneAgent": { mode: { "args": ["--set-host-id-source=fqdn"] } },
+        }))
+    };
+    let found = errors(&with_arg("cloudNativeFullStack"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("spec.oneAgent.cloudNativeFullStack.args")
+            && found[0].contains("--set-host-id-source"),
+        "{found:#?}"
+    );
+    assert_eq!(errors(&with_arg("classicFullStack")), Vec::<String>::new());
+    assert_eq!(errors(&with_arg("hostMonitoring")), Vec::<String>::new());
+    for version in ["v1beta1", "v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+        let api_version = format!("dynatrace.com/{version}");
+        let spec = json!({
+            "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": { "args": ["--set-host-id-source=auto"] } },
+        });
+        let found = errors_as(&api_version, spec, ClusterView::default());
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("spec.oneAgent.cloudNativeFullStack.args")),
+            "{version}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn control_characters_are_forbidden_in_host_group_network_zone_and_args() {
+    for bad in ["a\nb", "a\rb", "a\tb", "a\u{0}b", "a\u{7f}b", "a\u{85}b"] {
+        let dk = dynakube(json!({
+            "apiUrl": API_URL, "networkZone": bad,
+            "oneAgent": { "hostGroup": bad, "hostMonitoring": { "args": ["--set-host-tag=x", bad] } },
+        }));
+        let found = errors(&dk);
+        assert_eq!(found.len(), 3, "{bad:?}: {found:#?}");
+        assert!(found.iter().any(|e| e.contains("spec.networkZone")), "{found:#?}");
+        assert!(
+            found.iter().any(|e| e.contains("spec.oneAgent.hostGroup")),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("spec.oneAgent.hostMonitoring.args[1]")),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().all(|e| e.contains("control character")),
+            "{found:#?}"
+        );
+    }
+    let fine = dynakube(json!({
+        "apiUrl": API_URL, "networkZone": "zone-a.eu_1",
+        "oneAgent": { "hostGroup": "prod ü-1", "hostMonitoring": { "args": ["--set-host-tag=a b"] } },
+    }));
+    assert_eq!(errors(&fine), Vec::<String>::new());
+    for (api_version, section) in EVERY_VERSION {
+        let mut spec = classic_in(api_version, json!({ "args": ["--set-host-tag=a\nb"] }));
+        spec["networkZone"] = json!("zone\n");
+        let found = errors_as(api_version, spec, ClusterView::default());
+        assert!(
+            found.iter().any(|e| e.contains(&format!("{section}.args[0]"))),
+            "{api_version}: {found:#?}"
+        );
+        assert!(
+            found.iter().any(|e| e.contains("spec.networkZone")),
+            "{api_version}: {found:#?}"
+        );
+    }
+    for version in ["v1beta2", "v1beta6"] {
+        let spec =
+            json!({ "apiUrl": API_URL, "oneAgent": { "hostGroup": "a\u{1b}b", "hostMonitoring": {} } });
+        let found = errors_as(&format!("dynatrace.com/{version}"), spec, ClusterView::default());
+        assert!(
+            found.iter().any(|e| e.contains("spec.oneAgent.hostGroup")),
+            "{version}: {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_host_group_warning_in_every_version_with_the_field() {
+    for version in ["v1beta1", "v1beta2", "v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+        let api_version = format!("dynatrace.com/{version}");
+        let dk = written_in(
+            &api_version,
+            json!({
+                "apiUrl": API_URL,
+                "oneAgent": { "hostGroup": "field", "hostMonitoring": { "args": ["--set-host-group=arg"] } },
+            }),
+        );
+        let verdict = validate_as(
+            &dk,
+            &api_version,
+            &ClusterView::default(),
+            &ProxySecret::NotLookedUp,
+        );
+        assert_eq!(verdict.errors, Vec::<String>::new(), "{version}");
+        assert!(
+            verdict
+                .warnings
+                .iter()
+                .any(|w| w.contains("spec.oneAgent.hostGroup") && w.contains("--set-host-group")),
+            "{version}: {:#?}",
+            verdict.warnings
+        );
+    }
+}
+
+#[test]
+fn auto_update_is_deprecated_from_v1beta3_on() {
+    let auto_update_warnings = |api_version: &str, mode: &str, auto_update: Value| {
+        let mut settings = json!({});
+        if !auto_update.is_null() {
+            settings["autoUpdate"] = auto_update;
+        }
+        let dk = written_in(
+            api_version,
+            json!({ "apiUrl": API_URL, "oneAgent": { mode: settings } }),
+        );
+        validate_as(
+            &dk,
+            api_version,
+            &ClusterView::default(),
+            &ProxySecret::NotLookedUp,
+        )
+        .warnings
+        .into_iter()
+        .filter(|w| w.contains("autoUpdate"))
+        .collect::<Vec<_>>()
+    };
+    for mode in ["classicFullStack", "hostMonitoring", "cloudNativeFullStack"] {
+        for version in ["v1beta3", "v1beta4", "v1beta5", "v1beta6"] {
+            let api_version = format!("dynatrace.com/{version}");
+            for value in [json!(true), json!(false)] {
+                let found = auto_update_warnings(&api_version, mode, value.clone());
+                assert_eq!(found.len(), 1, "{version} {mode} {value}: {found:#?}");
+                assert!(
+                    found[0].contains(&format!("spec.oneAgent.{mode}.autoUpdate"))
+                        && found[0].contains(&format!("spec.oneAgent.{mode}.version"))
+                        && found[0].contains("deprecated")
+                        && found[0].contains("removed"),
+                    "{found:#?}"
+                );
+            }
+            assert_eq!(
+                auto_update_warnings(&api_version, mode, Value::Null),
+                Vec::<String>::new(),
+                "{version} {mode}: unset"
+            );
+        }
+        for version in ["v1beta1", "v1beta2"] {
+            let api_version = format!("dynatrace.com/{version}");
+            assert_eq!(
+                auto_update_warnings(&api_version, mode, json!(false)),
+                Vec::<String>::new(),
+                "{version} {mode}"
+            );
+        }
+    }
+    // The behaviour is the same in every version: unset or true follows the latest version.
+    for version in ["v1beta2", "v1beta6"] {
+        let api_version = format!("dynatrace.com/{version}");
+        for (value, follows) in [(json!(null), true), (json!(true), true), (json!(false), false)] {
+            let mut settings = json!({});
+            if !value.is_null() {
+                settings["autoUpdate"] = value.clone();
+            }
+            let dk = written_in(
+                &api_version,
+                json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": settings } }),
+            );
+            assert_eq!(dk.should_auto_update_one_agent(), follows, "{version} {value}");
+        }
+    }
+}
+
+#[test]
+fn a_flag_the_spec_field_overrides_warns() {
+    let threshold_flag = "feature.dynatrace.com/dynatrace-api-request-threshold";
+    let seccomp_flag = "feature.dynatrace.com/oneagent-seccomp-profile";
+    let annotations = json!({ threshold_flag: "0", seccomp_flag: "flag.json" });
+    let warnings_of = |spec: Value| {
+        validate(
+            &with_flags(spec, annotations.clone()),
+            &ClusterView::default(),
+            &ProxySecret::NotLookedUp,
+        )
+        .warnings
+    };
+    let both = warnings_of(json!({
+        "apiUrl": API_URL, "dynatraceApiRequestThreshold": 15,
+        "oneAgent": { "hostMonitoring": { "secCompProfile": "field.json" } },
+    }));
+    assert!(
+        both.iter().any(|w| w.contains(threshold_flag)
+            && w.contains("spec.dynatraceApiRequestThreshold")
+            && w.contains("no effect")),
+        "{both:#?}"
+    );
+    assert!(
+        both.iter().any(|w| w.contains(seccomp_flag)
+            && w.contains("spec.oneAgent.hostMonitoring.secCompProfile")
+            && w.contains("no effect")),
+        "{both:#?}"
+    );
+    let flags_only = warnings_of(json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": {} } }));
+    assert!(
+        !flags_only.iter().any(|w| w.contains("no effect")),
+        "{flags_only:#?}"
+    );
+}
+
+/// Values the API server would refuse in the OneAgent DaemonSet are refused on the DynaKube already, where
+/// the user can see why.
+#[test]
+fn storage_host_path_and_sec_comp_profile_must_be_paths_the_daemonset_can_use() {
+    let with = |settings: Value| {
+        errors(&dynakube(
+            json!({ "apiUrl": API_URL, "oneAgent": { "hostMonitoring": settings } }),
+        ))
+    };
+    for good in ["/var/opt/dynatrace", "/", "/a/b.c/d-e"] {
+        assert_eq!(
+            with(json!({ "storageHostPath": good })),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    for bad in ["var/opt", "./x", "/var/../etc", "/a/.."] {
+        let found = with(json!({ "storageHostPath": bad }));
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.hostMonitoring.storageHostPath")
+                && found[0].contains("absolute"),
+            "{found:#?}"
+        );
+    }
+    for good in ["oneagent.json", "profiles/oneagent.json", "a..b.json"] {
+        assert_eq!(
+            with(json!({ "secCompProfile": good })),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    for bad in [
+        "/var/lib/kubelet/seccomp/oneagent.json",
+        "../oneagent.json",
+        "a/../b.json",
+    ] {
+        let found = with(json!({ "secCompProfile": bad }));
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.hostMonitoring.secCompProfile") && found[0].contains("relative"),
+            "{found:#?}"
+        );
+    }
+    // Named as written, in the versions that have the fields.
+    for version in ["v1beta4", "v1beta6"] {
+        let spec = json!({ "apiUrl": API_URL, "oneAgent": { "cloudNativeFullStack": {
+            "storageHostPath": "rel", "secCompProfile": "/abs.json",
+        } } });
+        let found = errors_as(
+            &format!("dynatrace.com/{version}"),
+            spec,
+            ClusterView {
+                csi_driver_installed: Some(true),
+                ..Default::default()
+            },
+        );
+        assert_eq!(found.len(), 2, "{version}: {found:#?}");
+        assert!(
+            found[0].contains("spec.oneAgent.cloudNativeFullStack.storageHostPath"),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].contains("spec.oneAgent.cloudNativeFullStack.secCompProfile"),
+            "{found:#?}"
+        );
+    }
+}
