@@ -327,6 +327,13 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             config.policy.extra_dns_names = args.webhook_cert_dns_names.clone();
             config
         });
+        // Owner of the Lease and the node cache, so that they go with the Deployment (`helm uninstall`).
+        let owner = io_controller::owner::deployment_owner(
+            &client,
+            &args.namespace,
+            io_controller::owner::OPERATOR_DEPLOYMENT,
+        )
+        .await;
         let result = if args.leader_elect {
             let mut leader = io_controller::leader::LeaderConfig::new(
                 &args.namespace,
@@ -334,6 +341,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             );
             leader.lease_duration = std::time::Duration::from_secs(args.lease_duration);
             leader.renew_deadline = std::time::Duration::from_secs(args.renew_deadline);
+            leader.owner = owner.clone();
             let lead_client = client.clone();
             let lead_metrics = metrics.clone();
             let namespace = args.namespace.clone();
@@ -344,6 +352,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
                     requeue,
                     lead_metrics,
                     namespace,
+                    owner,
                     certificates,
                     async move {
                         let _ = stop.await;
@@ -359,6 +368,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
                 requeue,
                 metrics,
                 args.namespace.clone(),
+                owner,
                 certificates,
                 shutdown,
             )

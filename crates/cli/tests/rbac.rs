@@ -283,6 +283,24 @@ async fn operator_webhook_and_csi_provisioner_do_their_work_as_their_service_acc
     let world = World::start(|_| {}).await;
     let ns = world.namespace().to_owned();
     let client = world.client.clone();
+    // The CSI status of a node that no longer exists: the operator's node controller deletes it (it reads
+    // the node, then deletes the ConfigMap).
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let stale_status = pure_csi::status::config_map_name(&format!("{ns}-gone"));
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {
+                    "name": stale_status,
+                    "labels": { (pure_csi::status::NODE_LABEL): format!("{ns}-gone") },
+                },
+                "data": { "versions": "[]" },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
 
     let (mut operator, operator_port) = world.operator().await;
     let (_webhook, webhook_metrics) = world.webhook().await;
@@ -295,6 +313,12 @@ async fn operator_webhook_and_csi_provisioner_do_their_work_as_their_service_acc
         TIMEOUT,
         || ready(webhook_metrics),
     )
+    .await
+    .unwrap_or_else(|e| world.fail(&e));
+
+    test_kit::eventually("the operator to delete the stale CSI status", TIMEOUT, || async {
+        Ok(config_maps.get_opt(&stale_status).await?.is_none().then_some(()))
+    })
     .await
     .unwrap_or_else(|e| world.fail(&e));
 

@@ -9,7 +9,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::Metrics;
@@ -18,7 +21,7 @@ use crate::Metrics;
 pub const LEASE_NAME: &str = "dynatrace-operator-lock";
 
 /// How the Lease is held.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LeaderConfig {
     /// Namespace of the Lease (the operator's namespace).
     pub namespace: String,
@@ -31,6 +34,9 @@ pub struct LeaderConfig {
     /// How long the holder may take to renew before it gives up (`LEADER_ELECTION_RENEW_DEADLINE`); the
     /// Lease is renewed `lease_duration - renew_deadline` before it expires.
     pub renew_deadline: Duration,
+    /// Owner of the Lease (the operator Deployment, see [`crate::owner`]), set when the Lease is created
+    /// and added to one that lacks it, so that the Lease goes with the Deployment; `None` leaves it as it is.
+    pub owner: Option<OwnerReference>,
 }
 
 impl LeaderConfig {
@@ -42,6 +48,7 @@ impl LeaderConfig {
             identity: identity.into(),
             lease_duration: Duration::from_secs(30),
             renew_deadline: Duration::from_secs(20),
+            owner: None,
         }
     }
 
@@ -101,6 +108,14 @@ where
         name: config.lease_name.clone(),
         source,
     };
+    if let Some(owner) = &config.owner
+        && let Err(error) = ensure_owner(&client, &config, owner).await
+    {
+        // Only the clean-up after an uninstall depends on it; leading does not.
+        tracing::warn!(lease = %config.lease_name, namespace = %config.namespace, %error,
+            advice = %crate::error::advice(&error),
+            "cannot give the Lease its owner; it stays after the operator is removed");
+    }
     let manager = LeaseManagerBuilder::new(client, &config.lease_name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
@@ -176,6 +191,50 @@ where
         Err(_) => tracing::warn!("releasing the Lease took over 5 s; a standby takes over when it expires"),
     }
     result
+}
+
+/// Creates the Lease with `owner`, or adds `owner` to the existing Lease that lacks it (one written by an
+/// earlier version). The lease manager then uses the Lease as it finds it; its writes touch only the spec.
+async fn ensure_owner(
+    client: &Client,
+    config: &LeaderConfig,
+    owner: &OwnerReference,
+) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let mut lease = match api.get_opt(&config.lease_name).await? {
+        Some(lease) => lease,
+        None => {
+            let new = Lease {
+                metadata: ObjectMeta {
+                    name: Some(config.lease_name.clone()),
+                    namespace: Some(config.namespace.clone()),
+                    owner_references: Some(vec![owner.clone()]),
+                    ..ObjectMeta::default()
+                },
+                spec: None,
+            };
+            match api.create(&PostParams::default(), &new).await {
+                Ok(_) => return Ok(()),
+                // Another replica created it first: add the owner to theirs.
+                Err(kube::Error::Api(status)) if status.code == 409 => api.get(&config.lease_name).await?,
+                Err(error) => return Err(error),
+            }
+        }
+    };
+    if !crate::owner::add_owner(&mut lease.metadata.owner_references, owner) {
+        return Ok(());
+    }
+    // The resourceVersion makes a concurrent change of the owners a conflict rather than lost.
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": lease.metadata.resource_version,
+            "ownerReferences": lease.metadata.owner_references,
+        }
+    });
+    api.patch(&config.lease_name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    tracing::info!(lease = %config.lease_name, owner = %owner.name, "gave the Lease its owner");
+    Ok(())
 }
 
 /// This replica's identity: the pod name (or host name) with a random suffix, so that a restarted process

@@ -10,6 +10,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
+pub mod owner;
 pub mod status;
 pub mod storage_migration;
 mod wake;
@@ -34,13 +35,15 @@ pub use metrics::Metrics;
 /// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent,
 /// namespace mapping, node lifecycle, missed-injection detection, the DynaKube storage migration and, when `certificates` is given, the webhook certificates. With
 /// leader election, this is what the leader runs. `operator_namespace` is never labelled for injection and
-/// holds the node cache.
+/// holds the node cache; `owner` (the operator Deployment, [`owner::deployment_owner`]) owns the cache.
+#[allow(clippy::too_many_arguments)] // each is one independent setting of the process
 pub async fn run_all(
     client: Client,
     operator_version: String,
     requeue: Requeue,
     metrics: Metrics,
     operator_namespace: String,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     certificates: Option<certificates::CertificateConfig>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -59,12 +62,9 @@ pub async fn run_all(
     let mut mapping = namespaces::NamespaceConfig::new(&operator_namespace);
     mapping.metrics = Some(metrics.clone());
     let namespaces = namespaces::controller(&watches, client.clone(), mapping, shutdown.clone());
-    let nodes = nodes::controller(
-        &watches,
-        client.clone(),
-        nodes::NodeConfig::new(&operator_namespace, metrics.clone()),
-        shutdown.clone(),
-    );
+    let mut node_config = nodes::NodeConfig::new(&operator_namespace, metrics.clone());
+    node_config.cache_owner = owner;
+    let nodes = nodes::controller(&watches, client.clone(), node_config, shutdown.clone());
     let injection = injection::controller(
         &watches,
         client.clone(),

@@ -16,6 +16,8 @@
 //!   is gone is marked (once, through the same hourly rule) and dropped; stale entries are dropped. Diffing
 //!   against the store instead of acting on the event alone also catches deletions missed while the
 //!   operator was down or its watch was interrupted, and needs no finalizer on the nodes.
+//!   The same comparison removes the CSI driver's status ConfigMaps `dynatrace-csi-<node>` of deleted
+//!   nodes (owned by the CSI DaemonSet, so the garbage collector leaves them while the driver stays).
 //!
 //! A reconcile leaves a node alone (and looks again a second later) while the cleanup's store does not
 //! show it: otherwise a brand-new node could look deleted, or a stale copy of a deleted node could come
@@ -32,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt as _};
 use io_tenant_client::{AttachRules, Event, TenantClient};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -68,8 +70,8 @@ pub struct NodeConfig {
     pub operator_namespace: String,
     /// Metrics: reconciles of controller `nodes` and the tenant calls.
     pub metrics: Metrics,
-    /// Owner of the node cache ConfigMap when it is created (the reference uses the operator Deployment);
-    /// `None` leaves it without owner.
+    /// Owner of the node cache ConfigMap (the operator Deployment, see [`crate::owner`]): set when it is
+    /// created and added to one that lacks it, so that it goes with the Deployment; `None` leaves it as is.
     pub cache_owner: Option<OwnerReference>,
     /// How often an owned node is reconciled without a change, which keeps its entry fresh (well below the
     /// hour after which unseen entries are dropped).
@@ -386,7 +388,13 @@ impl Shared {
     ) -> Result<(), ReconcileError> {
         let namespace = &self.config.operator_namespace;
         let mut desired = cache.to_config_map(namespace, current.as_ref());
-        if !cache_changed(current.as_ref(), &desired) {
+        // A cache written by an earlier version lacks the owner: written once more to get it.
+        let owner_added = self
+            .config
+            .cache_owner
+            .as_ref()
+            .is_some_and(|owner| crate::owner::add_owner(&mut desired.metadata.owner_references, owner));
+        if !owner_added && !cache_changed(current.as_ref(), &desired) {
             return Ok(());
         }
         let api = self.cache_api();
@@ -395,10 +403,7 @@ impl Shared {
                 api.replace(NODE_CACHE_NAME, &PostParams::default(), &desired)
                     .await
             }
-            None => {
-                desired.metadata.owner_references = self.config.cache_owner.clone().map(|o| vec![o]);
-                api.create(&PostParams::default(), &desired).await
-            }
+            None => api.create(&PostParams::default(), &desired).await,
         };
         match written {
             Ok(written) => {
@@ -412,6 +417,63 @@ impl Shared {
                 ))(error))
             }
         }
+    }
+
+    /// Deletes the CSI driver's status ConfigMaps (`pure_csi::status`) of nodes that no longer exist. Their
+    /// owner is the CSI DaemonSet, so the garbage collector removes them with the driver but not with their
+    /// node; the operator sees node deletions here anyway, so it cleans up, once for all nodes (rather than
+    /// every node's provisioner racing for it with cluster-wide rights).
+    async fn remove_stale_status(&self, in_cluster: &BTreeSet<String>) -> Result<(), ReconcileError> {
+        let namespace = &self.config.operator_namespace;
+        let api = self.cache_api();
+        let maps = api
+            .list_metadata(&ListParams::default().labels(pure_csi::status::NODE_LABEL))
+            .await
+            .map_err(kube_error(format!(
+                "listing the CSI status ConfigMaps in namespace {namespace}"
+            )))?;
+        let names = maps.items.iter().filter_map(|m| m.metadata.name.as_deref());
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        for name in pure_csi::status::stale_config_maps(names, in_cluster) {
+            let Some(node) = pure_csi::status::node_of(name) else {
+                continue;
+            };
+            // The node list may lag behind a node created a moment ago, whose driver already wrote its
+            // status: the API server has the last word.
+            if nodes
+                .get_metadata_opt(node)
+                .await
+                .map_err(kube_error(format!("reading the node {node}")))?
+                .is_some()
+            {
+                continue;
+            }
+            let uid = maps
+                .items
+                .iter()
+                .find(|m| m.metadata.name.as_deref() == Some(name))
+                .and_then(|m| m.metadata.uid.clone());
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => {
+                    tracing::info!(node = %node, config_map = %name, "removed the CSI status of a deleted node")
+                }
+                // Gone already, or replaced by a new one of a new node of that name.
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+                Err(error) => {
+                    return Err(kube_error(format!("deleting the ConfigMap {namespace}/{name}"))(
+                        error,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends the mark to the DynaKube's environment. `Ok` when it is settled: sent, or skipped because the
@@ -516,6 +578,10 @@ impl Shared {
         }
         self.save(&mut state, current, &cache).await?;
         drop(state);
+        if let Err(error) = self.remove_stale_status(&in_cluster).await {
+            settled = false;
+            tracing::warn!(%error, "cannot remove the CSI status ConfigMaps of deleted nodes; trying again later");
+        }
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,10 +1,14 @@
 //! The node status (`pure_csi::status`): the ConfigMap `dynatrace-csi-<node>` in the DynaKubes'
-//! namespace, owned by the Node object so that it is deleted with the node. Recomputed from the data
-//! directory after every reconcile and GC run, written (server-side apply) only when it changed.
+//! namespace, owned by the CSI DaemonSet so that the garbage collector deletes it with the driver
+//! (`helm uninstall`); the operator's node controller deletes the ones of deleted nodes. Recomputed from
+//! the data directory after every reconcile and GC run, written (server-side apply) only when it changed.
+//! The apply names the whole owner list, so a status written by an earlier version, owned by the Node,
+//! changes owner at its first write.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
@@ -22,6 +26,9 @@ pub struct NodeStatus {
     node: String,
     /// The content last written; `None` before the first write of this process.
     last: tokio::sync::Mutex<Option<BTreeMap<String, String>>>,
+    /// The owner, read once: the CSI DaemonSet, `None` when it is not there (the provisioner runs without
+    /// it, as in tests).
+    owner: tokio::sync::OnceCell<Option<OwnerReference>>,
 }
 
 impl NodeStatus {
@@ -32,6 +39,7 @@ impl NodeStatus {
             namespace,
             node,
             last: tokio::sync::Mutex::default(),
+            owner: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -55,17 +63,7 @@ impl NodeStatus {
     }
 
     async fn write(&self, data: &BTreeMap<String, String>) -> Result<(), kube::Error> {
-        let owner = match Api::<Node>::all(self.client.clone()).get_opt(&self.node).await? {
-            Some(node) => node.controller_owner_ref(&()).map(|mut owner: OwnerReference| {
-                owner.controller = Some(false);
-                owner.block_owner_deletion = None;
-                owner
-            }),
-            None => {
-                tracing::warn!(node = %self.node, "the Node object is missing; the status ConfigMap has no owner");
-                None
-            }
-        };
+        let owner = self.owner.get_or_try_init(|| self.read_owner()).await?.clone();
         let mut map = ConfigMap::default();
         map.metadata.name = Some(pure_csi::status::config_map_name(&self.node));
         map.metadata.namespace = Some(self.namespace.clone());
@@ -76,10 +74,7 @@ impl NodeStatus {
                 "dynatrace-operator".to_owned(),
             ),
             ("app.kubernetes.io/component".to_owned(), "csi-driver".to_owned()),
-            (
-                "csi.oneagent.dynatrace.com/node".to_owned(),
-                label_value(&self.node),
-            ),
+            (pure_csi::status::NODE_LABEL.to_owned(), label_value(&self.node)),
         ]));
         map.data = Some(data.clone());
         let mut value = serde_json::to_value(&map).map_err(kube::Error::SerdeError)?;
@@ -93,6 +88,39 @@ impl NodeStatus {
             )
             .await?;
         Ok(())
+    }
+}
+
+impl NodeStatus {
+    /// The CSI DaemonSet as the status's owner. Missing or not readable: no owner, logged once, for the
+    /// status is written all the same. Other errors are returned, and the next write asks again.
+    async fn read_owner(&self) -> Result<Option<OwnerReference>, kube::Error> {
+        let name = pure_install::csi::CSI_DAEMONSET;
+        match Api::<DaemonSet>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt(name)
+            .await
+        {
+            Ok(Some(daemon_set)) => Ok(daemon_set.controller_owner_ref(&()).map(|mut owner| {
+                // Plain ownership: the DaemonSet controls only its pods, and blocking its deletion would
+                // need `update` on its finalizers.
+                owner.controller = None;
+                owner.block_owner_deletion = None;
+                owner
+            })),
+            Ok(None) => {
+                tracing::info!(daemon_set = %format!("{}/{name}", self.namespace),
+                    "not running from the CSI DaemonSet; the node status ConfigMap gets no owner and stays \
+                     after the driver is removed");
+                Ok(None)
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                tracing::warn!(daemon_set = %format!("{}/{name}", self.namespace), message = %status.message,
+                    "may not read the CSI DaemonSet; the node status ConfigMap gets no owner and stays after \
+                     the driver is removed (grant get on it by name)");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 

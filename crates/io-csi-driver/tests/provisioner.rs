@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use io_csi_driver::provisioner::{self, FAILED_INSTALL, INSTALLED, Metrics, ProvisionerConfig};
 use io_csi_driver::{gc, records};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -39,12 +40,27 @@ struct World {
 
 impl World {
     async fn start(gc_interval: Duration) -> Self {
+        Self::start_with(gc_interval, |_, _, _| async {}).await
+    }
+
+    /// Like [`World::start`], with `prepare(client, namespace, node)` run before the provisioner starts.
+    async fn start_with<F, Fut>(gc_interval: Duration, prepare: F) -> Self
+    where
+        F: FnOnce(Client, String, String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let ns = TestNamespace::create().await.unwrap();
         install_crds(&ns.client).await;
         let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
             .await
             .unwrap();
         let node = ns.create_node("csi", &[], Vec::new()).await.unwrap();
+        prepare(
+            ns.client.clone(),
+            ns.name.clone(),
+            node.metadata.name.clone().unwrap(),
+        )
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path().join("a/b/data"));
         let mut world = Self {
@@ -270,11 +286,8 @@ async fn a_dynakube_gets_its_version_config_layer_record_status_and_event() {
     .unwrap();
     let data = status.data.unwrap();
     assert_eq!(data["versions"], format!("[\"{V2}\"]"));
-    let owner = &status.metadata.owner_references.unwrap()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.name.as_str()),
-        ("Node", world.node.as_str())
-    );
+    // No CSI DaemonSet in this namespace (the provisioner runs as a task): no owner.
+    assert_eq!(status.metadata.owner_references.unwrap_or_default(), []);
 
     // A DynaKube that no longer needs the driver loses its record.
     world
@@ -293,6 +306,96 @@ async fn a_dynakube_gets_its_version_config_layer_record_status_and_event() {
     })
     .await
     .unwrap();
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn the_status_is_owned_by_the_csi_daemon_set_also_when_an_earlier_version_gave_it_to_the_node() {
+    let mut world = World::start_with(Duration::from_secs(3600), |client, ns, node| async move {
+        let daemon_set: DaemonSet = serde_json::from_value(json!({
+            "metadata": { "name": pure_install::csi::CSI_DAEMONSET },
+            "spec": {
+                "selector": { "matchLabels": { "app": "csi" } },
+                "template": {
+                    "metadata": { "labels": { "app": "csi" } },
+                    // On no node: only the DaemonSet's identity matters.
+                    "spec": {
+                        "nodeSelector": { "no-such-label": "x" },
+                        "containers": [{ "name": "csi", "image": "csi" }],
+                    },
+                },
+            },
+        }))
+        .unwrap();
+        Api::<DaemonSet>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &daemon_set)
+            .await
+            .unwrap();
+        // The status as an earlier version wrote it: owned by the Node.
+        let node_object = Api::<Node>::all(client.clone()).get(&node).await.unwrap();
+        let old = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": pure_csi::status::config_map_name(&node),
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": node,
+                    "uid": node_object.metadata.uid.unwrap(), "controller": false,
+                }],
+            },
+            "data": { "versions": "[]" },
+        });
+        Api::<ConfigMap>::namespaced(client, &ns)
+            .patch(
+                &pure_csi::status::config_map_name(&node),
+                &PatchParams::apply(io_csi_driver::status::FIELD_MANAGER).force(),
+                &Patch::Apply(old),
+            )
+            .await
+            .unwrap();
+    })
+    .await;
+    let daemon_set = Api::<DaemonSet>::namespaced(world.ns.client.clone(), &world.ns.name)
+        .get(pure_install::csi::CSI_DAEMONSET)
+        .await
+        .unwrap();
+    world
+        .dynakube("dk", json!({ "cloudNativeFullStack": {} }), Some(V2))
+        .await;
+    world.provisioned("dk", V2).await;
+    let status = eventually("the status written by this version", WAIT, || async {
+        Ok(world
+            .node_status()
+            .await
+            .filter(|m| m.data.as_ref().is_some_and(|d| d["versions"].contains(V2))))
+    })
+    .await
+    .unwrap();
+    let owners = status.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owners.len(),
+        1,
+        "only the DaemonSet, no longer the Node: {owners:?}"
+    );
+    let owner = &owners[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+        (
+            "DaemonSet",
+            pure_install::csi::CSI_DAEMONSET,
+            daemon_set.metadata.uid.as_deref().unwrap()
+        )
+    );
+    assert_ne!(
+        owner.controller,
+        Some(true),
+        "the DaemonSet does not control ConfigMaps"
+    );
+    assert_ne!(owner.block_owner_deletion, Some(true));
+    assert_eq!(
+        status.metadata.labels.unwrap()[pure_csi::status::NODE_LABEL],
+        world.node,
+        "the label the operator finds stale statuses by"
+    );
     world.stop().await;
 }
 

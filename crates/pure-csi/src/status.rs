@@ -1,5 +1,6 @@
 //! What a node's provisioner shows the operator: the ConfigMap `dynatrace-csi-<node>` in the DynaKubes'
-//! namespace, owned by the Node (so it goes when the node goes). Its data:
+//! namespace, labelled [`NODE_LABEL`] and owned by the CSI DaemonSet (so `helm uninstall` removes it); the
+//! operator's node controller deletes the ones of nodes that are gone ([`stale_config_maps`]). Its data:
 //!
 //! - `versions`: the complete code-module versions on the node, a JSON array, sorted;
 //! - `dynakubes`: per DynaKube with a record on the node, a JSON object
@@ -17,9 +18,36 @@ pub const VERSIONS_KEY: &str = "versions";
 /// Key of the per-DynaKube state.
 pub const DYNAKUBES_KEY: &str = "dynakubes";
 
+/// Prefix of the ConfigMap's name; the node name follows.
+const NAME_PREFIX: &str = "dynatrace-csi-";
+
+/// Label on every status ConfigMap: the node's name (cut to the 63 characters a label value holds).
+pub const NODE_LABEL: &str = "csi.oneagent.dynatrace.com/node";
+
 /// The ConfigMap's name for `node`.
 pub fn config_map_name(node: &str) -> String {
-    format!("dynatrace-csi-{node}")
+    format!("{NAME_PREFIX}{node}")
+}
+
+/// The status ConfigMaps among `names` (ConfigMaps labelled [`NODE_LABEL`]) whose node is not in `nodes`:
+/// left by nodes that were deleted, which the garbage collector does not remove (their owner is the
+/// DaemonSet, which outlives a node). Names without the status prefix are never stale.
+pub fn stale_config_maps<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    nodes: &BTreeSet<String>,
+) -> Vec<&'a str> {
+    names
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix(NAME_PREFIX)
+                .is_some_and(|node| !node.is_empty() && !nodes.contains(node))
+        })
+        .collect()
+}
+
+/// The node a status ConfigMap `name` belongs to.
+pub fn node_of(name: &str) -> Option<&str> {
+    name.strip_prefix(NAME_PREFIX).filter(|n| !n.is_empty())
 }
 
 /// The ConfigMap's data for the complete `versions` and the `records` by DynaKube name.
@@ -82,5 +110,21 @@ mod tests {
         assert_eq!(dynakubes["waiting"]["version"], serde_json::Value::Null);
         assert_eq!(dynakubes["missing"]["ready"], false);
         assert_eq!(config_map_name("node-1"), "dynatrace-csi-node-1");
+    }
+
+    #[test]
+    fn maps_of_missing_nodes_are_stale() {
+        let nodes = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        let names = [
+            "dynatrace-csi-a",
+            "dynatrace-csi-gone",
+            "dynatrace-csi-",
+            "other",
+            "dynatrace-csi-b",
+        ];
+        assert_eq!(stale_config_maps(names, &nodes), ["dynatrace-csi-gone"]);
+        assert_eq!(node_of("dynatrace-csi-gone"), Some("gone"));
+        assert_eq!(node_of("dynatrace-csi-"), None);
+        assert_eq!(node_of("other"), None);
     }
 }

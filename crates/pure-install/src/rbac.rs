@@ -206,8 +206,9 @@ fn operator_cluster_rules() -> Vec<Rule> {
         rule(
             "",
             &["nodes"],
-            &["list", "watch"],
-            "io-controller watches.rs: the node cache (DaemonSet node selection, nodes.rs host lifecycle)",
+            &["get", "list", "watch"],
+            "io-controller watches.rs: the node cache (DaemonSet node selection, nodes.rs host lifecycle) \
+             (list, watch); nodes.rs: that a node is gone before its CSI status ConfigMap is deleted (get)",
         ),
         rule(
             "",
@@ -291,10 +292,10 @@ fn operator_namespace_rules() -> Vec<Rule> {
         rule(
             "",
             &["configmaps"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["get", "list", "watch", "create", "update", "patch", "delete"],
             "io-dynakube-inputs: trusted-CAs ConfigMaps (get); io-controller watches.rs: ConfigMap metadata \
-             (list, watch); nodes.rs: the node cache (create, update); dynakube.rs: connection-info \
-             ConfigMaps (server-side apply)",
+             (list, watch); nodes.rs: the node cache (create, update), the CSI status ConfigMaps of deleted \
+             nodes (list, delete); dynakube.rs: connection-info ConfigMaps (server-side apply)",
         ),
         rule(
             "",
@@ -314,6 +315,14 @@ fn operator_namespace_rules() -> Vec<Rule> {
             &[WEBHOOK],
             &["get", "list", "watch"],
             "io-controller certificates.rs: the webhook Deployment says that certificates are needed",
+        ),
+        named(
+            "apps",
+            &["deployments"],
+            &[OPERATOR],
+            &["get"],
+            "io-controller owner.rs: the operator Deployment owns the Lease and the node cache (garbage \
+             collected with it)",
         ),
         rule(
             "coordination.k8s.io",
@@ -408,22 +417,14 @@ fn webhook_namespace_rules() -> Vec<Rule> {
 }
 
 /// Across the cluster: the warning event on an application pod that started with an empty volume (in
-/// the pod's namespace), and the node the driver runs on.
+/// the pod's namespace).
 fn csi_cluster_rules() -> Vec<Rule> {
-    vec![
-        rule(
-            "events.k8s.io",
-            &["events"],
-            &["create", "patch"],
-            "io-csi-driver events.rs, provisioner.rs: events on pods and DynaKubes (kube's Recorder)",
-        ),
-        rule(
-            "",
-            &["nodes"],
-            &["get"],
-            "io-csi-driver status.rs: the node owns its status ConfigMap",
-        ),
-    ]
+    vec![rule(
+        "events.k8s.io",
+        &["events"],
+        &["create", "patch"],
+        "io-csi-driver events.rs, provisioner.rs: events on pods and DynaKubes (kube's Recorder)",
+    )]
 }
 
 /// In the operator's namespace: the DynaKubes that need code modules, their token Secrets and trusted-CAs
@@ -449,6 +450,14 @@ fn csi_namespace_rules() -> Vec<Rule> {
             &["get", "create", "patch"],
             "io-dynakube-inputs: trusted-CAs ConfigMaps (get); io-csi-driver status.rs: the node's status \
              ConfigMap (server-side apply: create, patch)",
+        ),
+        named(
+            "apps",
+            &["daemonsets"],
+            &[crate::csi::CSI_DAEMONSET],
+            &["get"],
+            "io-csi-driver status.rs: the CSI DaemonSet owns the node status ConfigMaps (garbage collected \
+             with it)",
         ),
     ]
 }

@@ -21,18 +21,15 @@ const LEFT_TIMEOUT: Duration = Duration::from_secs(120);
 const LEFT_KINDS: &str = "deployments,daemonsets,services,serviceaccounts,secrets,configmaps,roles,rolebindings,\
                           leases.coordination.k8s.io,poddisruptionbudgets";
 /// What stays in the release namespace after `helm uninstall` by design, by name prefix: the token Secret
-/// and CA ConfigMap the user created for the DynaKube, the leader Lease and node cache ConfigMap the
-/// operator wrote and the CSI provisioner's node status ConfigMaps (no owner to garbage-collect them, as in
-/// the reference), and what every namespace has. The webhook's certificate Secret is not among them: the
-/// garbage collector removes it with the webhook Deployment that owns it.
+/// and CA ConfigMap the user created for the DynaKube, and what every namespace has. What the components
+/// created is not among them: the garbage collector removes it with its owner (the webhook certificate
+/// Secret with the webhook Deployment, the leader Lease and node cache with the operator Deployment, the CSI
+/// node status ConfigMaps with the CSI DaemonSet).
 pub(super) const LEFT_BY_DESIGN: &[&str] = &[
     "secret/dynakube",
     "configmap/fake-tenant-ca",
-    "lease.coordination.k8s.io/dynatrace-",
     "configmap/kube-root-ca.crt",
     "serviceaccount/default",
-    "configmap/dynatrace-csi-",
-    "configmap/dynatrace-node-cache",
 ];
 
 /// A Helm release of the chart in this workspace's `chart/`, in the run's namespace.

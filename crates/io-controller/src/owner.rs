@@ -1,0 +1,110 @@
+//! The operator Deployment as the owner of what the operator creates in its namespace without a DynaKube to
+//! own it (the leader Lease, the node cache), so that Kubernetes' garbage collector removes them with the
+//! Deployment, that is with `helm uninstall`.
+//!
+//! The references are plain owner references: not `controller` (the Deployment controller adopts only
+//! ReplicaSets) and without `blockOwnerDeletion` (that needs `update` on the Deployment's finalizers).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Api, Client, Resource as _};
+
+/// Name of the operator's Deployment, as the chart installs it.
+pub const OPERATOR_DEPLOYMENT: &str = pure_install::OPERATOR;
+
+/// An owner reference to `deployment` in `namespace` for garbage collection, or `None` when it cannot be
+/// read: the operator then runs outside that Deployment (`cargo xtask run`, a test) and what it creates
+/// outlives it. Never an error: the operator works without the owner. Logged once, here.
+pub async fn deployment_owner(client: &Client, namespace: &str, deployment: &str) -> Option<OwnerReference> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    match api.get_opt(deployment).await {
+        Ok(Some(found)) => {
+            let owner = garbage_collection_owner(&found);
+            if owner.is_none() {
+                tracing::warn!(deployment = %format!("{namespace}/{deployment}"),
+                    "the Deployment has no uid; the Lease and node cache get no owner");
+            }
+            owner
+        }
+        Ok(None) => {
+            tracing::info!(
+                deployment = %format!("{namespace}/{deployment}"),
+                "not running from the operator Deployment; the leader Lease and the node cache get no owner \
+                 and stay after the operator is removed"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(
+                deployment = %format!("{namespace}/{deployment}"), %error,
+                advice = %crate::error::advice(&error),
+                "cannot read the operator Deployment; the leader Lease and the node cache get no owner and \
+                 stay after helm uninstall (delete them by hand)"
+            );
+            None
+        }
+    }
+}
+
+/// A reference to `owner` that only ties the dependent's lifetime to it: not `controller`, no
+/// `blockOwnerDeletion`. `None` for an object without uid (not read from the API server).
+pub fn garbage_collection_owner(owner: &Deployment) -> Option<OwnerReference> {
+    owner.controller_owner_ref(&()).map(|mut reference| {
+        reference.controller = None;
+        reference.block_owner_deletion = None;
+        reference
+    })
+}
+
+/// Adds `owner` to `references` unless an owner of the same uid is there. Returns whether it added it.
+pub fn add_owner(references: &mut Option<Vec<OwnerReference>>, owner: &OwnerReference) -> bool {
+    let list = references.get_or_insert_with(Vec::new);
+    if list.iter().any(|r| r.uid == owner.uid) {
+        return false;
+    }
+    list.push(owner.clone());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn owner(uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: OPERATOR_DEPLOYMENT.into(),
+            uid: uid.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_owner_is_added_once() {
+        let mut references = None;
+        assert!(add_owner(&mut references, &owner("a")));
+        assert!(!add_owner(&mut references, &owner("a")));
+        assert!(add_owner(&mut references, &owner("b")));
+        assert_eq!(references.map(|r| r.len()), Some(2));
+    }
+
+    #[test]
+    fn the_reference_neither_controls_nor_blocks() {
+        let mut deployment = Deployment::default();
+        assert_eq!(garbage_collection_owner(&deployment), None);
+        deployment.metadata.name = Some(OPERATOR_DEPLOYMENT.into());
+        deployment.metadata.uid = Some("u".into());
+        let reference = garbage_collection_owner(&deployment).unwrap();
+        assert_eq!(
+            (reference.kind.as_str(), reference.uid.as_str()),
+            ("Deployment", "u")
+        );
+        assert_eq!(
+            (reference.controller, reference.block_owner_deletion),
+            (None, None)
+        );
+    }
+}
