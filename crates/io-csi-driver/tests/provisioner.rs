@@ -296,6 +296,19 @@ async fn a_dynakube_gets_its_version_config_layer_record_status_and_event() {
     world.stop().await;
 }
 
+/// applicationMonitoring without `useCSIDriver` (v1beta3 and later have none) uses the driver wherever it
+/// is installed, and the provisioner runs only there: it provisions such a DynaKube too.
+#[tokio::test]
+async fn application_monitoring_without_use_csi_driver_is_provisioned() {
+    let mut world = World::start(Duration::from_secs(3600)).await;
+    world
+        .dynakube("follow", json!({ "applicationMonitoring": {} }), Some(V2))
+        .await;
+    let record = world.provisioned("follow", V2).await;
+    assert_eq!(record.tenant_uuid, "abc12345");
+    world.stop().await;
+}
+
 #[tokio::test]
 async fn two_dynakubes_of_one_version_download_it_once() {
     let mut world = World::start(Duration::from_secs(3600)).await;
