@@ -696,6 +696,21 @@ fn warnings(dynakube: &DynaKube) -> Vec<String> {
                 .to_owned(),
         );
     }
+    let enrichment_field = dynakube
+        .spec
+        .metadata_enrichment
+        .as_ref()
+        .is_some_and(|m| m.enabled.is_some());
+    let enrichment_flag =
+        flags.raw(ff::METADATA_ENRICHMENT).is_some() || flags.raw(ff::DISABLE_METADATA_ENRICHMENT).is_some();
+    if enrichment_field && enrichment_flag {
+        warnings.push(format!(
+            "spec.metadataEnrichment.enabled and the annotation {}{} are both set; the field wins. Remove the \
+             annotation.",
+            ff::PREFIX,
+            ff::METADATA_ENRICHMENT
+        ));
+    }
     let deprecated: BTreeSet<&str> = DEPRECATED_FLAGS
         .iter()
         .copied()

@@ -838,3 +838,26 @@ fn metadata_enrichment_selectors_conflict_like_injection_selectors() {
     );
     assert_eq!(errors_in(&d, cluster), Vec::<String>::new());
 }
+
+#[test]
+fn the_metadata_enrichment_field_and_flag_together_warn_that_the_field_wins() {
+    let both = with_flags(
+        json!({ "apiUrl": API_URL, "metadataEnrichment": { "enabled": true }, "oneAgent": { "applicationMonitoring": {} } }),
+        json!({ "feature.dynatrace.com/metadata-enrichment": "false" }),
+    );
+    let warnings = validate(&both, &ClusterView::default(), &ProxySecret::NotLookedUp).warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spec.metadataEnrichment.enabled") && w.contains("the field wins")),
+        "{warnings:#?}"
+    );
+    let field_only = dynakube(
+        json!({ "apiUrl": API_URL, "metadataEnrichment": { "enabled": true }, "oneAgent": { "applicationMonitoring": {} } }),
+    );
+    let warnings = validate(&field_only, &ClusterView::default(), &ProxySecret::NotLookedUp).warnings;
+    assert!(
+        !warnings.iter().any(|w| w.contains("metadataEnrichment")),
+        "{warnings:#?}"
+    );
+}
