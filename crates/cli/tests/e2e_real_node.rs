@@ -310,7 +310,8 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_updates_and_
         "no agent outside a mapped namespace: {logs}"
     );
 
-    // Code-module injection, installer mode: an applicationMonitoring DynaKube selects the namespace
+    // Code-module injection, installer mode (useCSIDriver: false, since without it the installed CSI
+    // driver would serve the code module): an applicationMonitoring DynaKube selects the namespace
     // sample-apps; the operator labels it and writes its init Secret; the webhook pod injects the sample
     // application's pod; its init container (our image, `init`) downloads the code module from the fake
     // tenant, and the application's process really loads the agent library.
@@ -321,7 +322,7 @@ async fn the_operator_and_webhook_run_as_pods_and_the_oneagent_runs_updates_and_
                     "metadata": { "name": APPS_DYNAKUBE, "namespace": NAMESPACE },
                     "spec": { "apiUrl": tenant.api_url(), "trustedCAs": "tenant-ca", "tokens": DYNAKUBE,
                               "namespaceSelector": { "matchLabels": { "e2e.dynatrace.com/inject": "true" } },
-                              "oneAgent": { "applicationMonitoring": {} } } }),
+                              "oneAgent": { "applicationMonitoring": { "useCSIDriver": false } } } }),
             json!({ "apiVersion": "v1", "kind": "Namespace",
                     "metadata": { "name": APPS_NAMESPACE, "labels": { "e2e.dynatrace.com/inject": "true" } } }),
         ],

@@ -1080,7 +1080,9 @@ async fn resolve_codemodules_version(
     code_modules: &mut Option<VersionStatus>,
     threshold: u32,
 ) -> Result<(), ReconcileError> {
-    if !dynakube.needs_csi_driver() {
+    // Also when the driver is only used if installed: the operator does not know whether it is, and one
+    // look-up per threshold is cheap.
+    if !dynakube.csi_driver_use().may_use() {
         *code_modules = None;
         return Ok(());
     }

@@ -1044,8 +1044,12 @@ async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controlle
     delete_node(&ns, &nodes[1]).await;
     instances_are(vec![nodes[0].clone()], GONE_NODE_WAIT).await;
 
-    // Without OneAgents on the nodes, nothing about them stays in the status.
-    let switch = json!({ "spec": { "oneAgent": { "classicFullStack": null, "applicationMonitoring": {} } } });
+    // Without OneAgents on the nodes, nothing about them stays in the status. (Never the CSI driver: a
+    // DynaKube that may use it also gets `status.codeModules`, whose first probe writes the status again.)
+    let switch = json!({ "spec": { "oneAgent": {
+        "classicFullStack": null,
+        "applicationMonitoring": { "useCSIDriver": false },
+    } } });
     dynakubes
         .patch("status", &PatchParams::default(), &Patch::Merge(&switch))
         .await

@@ -37,7 +37,8 @@ async fn the_status_an_earlier_operator_wrote_keeps_only_what_is_reported() {
     let dk: DynaKube = serde_json::from_value(json!({
         "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
         "metadata": { "name": "upgraded" },
-        "spec": { "apiUrl": tenant.api_url(), "oneAgent": { "applicationMonitoring": {} } },
+        // Never the CSI driver, so no code-module version of the operator's own replaces the earlier one.
+        "spec": { "apiUrl": tenant.api_url(), "oneAgent": { "applicationMonitoring": { "useCSIDriver": false } } },
     }))
     .unwrap();
     dynakubes.create(&PostParams::default(), &dk).await.unwrap();

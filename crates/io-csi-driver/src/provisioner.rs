@@ -295,7 +295,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
     let name = dynakube.name_any();
     let layout = &shared.layout;
     let record_path = layout.dynakube_record(&name)?;
-    if !dynakube.needs_csi_driver() || dynakube.meta().deletion_timestamp.is_some() {
+    if !dynakube.csi_driver_use().may_use() || dynakube.meta().deletion_timestamp.is_some() {
         // Its configuration layers stay until GC finds them unmounted.
         records::remove(&record_path)?;
         return Ok(Action::await_change());

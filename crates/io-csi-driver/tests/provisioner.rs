@@ -309,6 +309,19 @@ async fn a_dynakube_gets_its_version_config_layer_record_status_and_event() {
     world.stop().await;
 }
 
+/// applicationMonitoring without `useCSIDriver` (v1beta3 and later have none) uses the driver wherever it
+/// is installed, and the provisioner runs only there: it provisions such a DynaKube too.
+#[tokio::test]
+async fn application_monitoring_without_use_csi_driver_is_provisioned() {
+    let mut world = World::start(Duration::from_secs(3600)).await;
+    world
+        .dynakube("follow", json!({ "applicationMonitoring": {} }), Some(V2))
+        .await;
+    let record = world.provisioned("follow", V2).await;
+    assert_eq!(record.tenant_uuid, "abc12345");
+    world.stop().await;
+}
+
 #[tokio::test]
 async fn the_status_is_owned_by_the_csi_daemon_set_also_when_an_earlier_version_gave_it_to_the_node() {
     let mut world = World::start_with(Duration::from_secs(3600), |client, ns, node| async move {

@@ -318,7 +318,7 @@ async fn validate_dynakube(
         );
     };
     let snapshot = cluster.snapshot();
-    let csi_driver_installed = if dynakube.needs_csi_driver() {
+    let csi_driver_installed = if dynakube.csi_driver_use().may_use() {
         cluster.csi_driver_installed(&namespace)
     } else {
         None

@@ -555,7 +555,7 @@ async fn schema_rules_hold_without_the_webhook() -> anyhow::Result<()> {
     assert!(message.contains("multiple OneAgent modes"), "{message}");
     let image_without_csi = dynakube(
         "image-without-csi",
-        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "registry/cm:1" } } }),
+        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "registry/cm:1", "useCSIDriver": false } } }),
     );
     let message = denial(dynakubes.create(&PostParams::default(), &image_without_csi).await);
     assert!(message.contains("codeModulesImage is set"), "{message}");

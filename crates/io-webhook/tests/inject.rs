@@ -91,7 +91,11 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
             "app-csi",
             json!({ "applicationMonitoring": { "useCSIDriver": true } }),
         ),
-        dynakube("app", json!({ "applicationMonitoring": {} })),
+        // Explicitly never the CSI driver (without the field it would follow the installed driver).
+        dynakube(
+            "app",
+            json!({ "applicationMonitoring": { "useCSIDriver": false } }),
+        ),
     ] {
         let name = dk.name_any();
         dynakubes.create(&PostParams::default(), &dk).await?;

@@ -166,8 +166,9 @@ fn add_dynakube_rules(root: &mut JSONSchemaProps) {
     else {
         return;
     };
-    // From v1beta3 on there is no `useCSIDriver`: whether a code-modules image can be used depends on the
-    // CSI driver being installed, which only the webhook knows.
+    // Only `useCSIDriver: false` rules the image out (v1beta2's schema defaults it to false). Unset (v1beta1,
+    // and v1beta3 on, which have no such field), whether the image can be used depends on the CSI driver
+    // being installed, which only the webhook knows.
     if let Some(app) = modes.get_mut("applicationMonitoring").filter(|app| {
         app.properties
             .as_ref()
@@ -175,7 +176,7 @@ fn add_dynakube_rules(root: &mut JSONSchemaProps) {
     }) {
         app.x_kubernetes_validations = Some(vec![ValidationRule {
             rule: "!has(self.codeModulesImage) || self.codeModulesImage == '' || \
-                   (has(self.useCSIDriver) && self.useCSIDriver)"
+                   !has(self.useCSIDriver) || self.useCSIDriver"
                 .to_owned(),
             message: Some(messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()),
             ..Default::default()

@@ -1,7 +1,11 @@
 //! Namespace mapping (spec §4.1) and the Secrets replicated into mapped namespaces (§4.2).
 //!
-//! A namespace labelled `dynakube.internal.dynatrace.com/instance=<dk>` gets code modules injected by that
-//! DynaKube. [`map_namespaces`] decides the label of every namespace from every DynaKube at once;
+//! A namespace labelled `dynakube.internal.dynatrace.com/instance=<dk>` belongs to that DynaKube: its pods
+//! get code modules injected, metadata enrichment, or both, as the DynaKube's selectors say
+//! ([`pure_api::dynakube::NamespaceSelectors`]: `spec.namespaceSelector` for the code modules,
+//! `spec.metadataEnrichment.namespaceSelector` for enrichment). A namespace is labelled when either selects
+//! it; the webhook, which has the namespace's labels and the DynaKube in its caches, evaluates the two
+//! selectors again to know which parts apply, so one label is enough. [`map_namespaces`] decides the label of every namespace from every DynaKube at once;
 //! [`init_secret`] and [`data_ingest_secret`] build the Secrets each mapped namespace holds.
 //!
 //! Differences from the reference, on purpose:
@@ -24,9 +28,9 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
-use pure_api::dynakube::{DynaKube, Mode, names};
-use pure_api::selector::{Labels, selector_matches, selector_problems};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use pure_api::dynakube::{DynaKube, Mode, NamespacePurposes, NamespaceSelectors, names};
+use pure_api::selector::Labels;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -133,8 +137,10 @@ impl<'a> NamespaceView<'a> {
 pub struct Injector {
     /// The DynaKube.
     pub dynakube: DynaKubeRef,
-    /// The namespace selector, or why it is invalid.
-    selector: Result<LabelSelector, Vec<String>>,
+    /// The injection and enrichment selectors.
+    selectors: NamespaceSelectors,
+    /// Why a selector is invalid; empty when both are valid.
+    problems: Vec<String>,
     ignored: Vec<Regex>,
 }
 
@@ -148,15 +154,11 @@ impl Injector {
         {
             return None;
         }
-        let selector = dynakube.spec.namespace_selector.clone().unwrap_or_default();
-        let problems = selector_problems(&selector);
+        let selectors = dynakube.namespace_selectors();
         Some(Self {
             dynakube: DynaKubeRef::of(dynakube),
-            selector: if problems.is_empty() {
-                Ok(selector)
-            } else {
-                Err(problems)
-            },
+            problems: selectors.problems(),
+            selectors,
             // An invalid pattern matches nothing, as in the reference (Go ignores the compile error).
             ignored: ignored_namespace_patterns(dynakube)
                 .iter()
@@ -171,28 +173,53 @@ impl Injector {
         self.ignored.iter().any(|r| r.is_match(namespace))
     }
 
-    /// Whether the DynaKube selects the namespace: not ignored, and its selector matches the labels (an
-    /// empty selector matches every namespace). With an invalid selector, exactly the namespaces that carry
-    /// its label already stay selected: nothing flaps until the selector is fixed.
+    /// Whether the DynaKube selects the namespace for injection or enrichment ([`Injector::purposes`]).
     pub fn selects(&self, namespace: &NamespaceView<'_>) -> bool {
+        self.purposes(namespace).any()
+    }
+
+    /// What the DynaKube does in the namespace: nothing when it is ignored, else what its selectors match
+    /// (an empty selector matches every namespace). With an invalid selector, exactly the namespaces that
+    /// carry its label already stay selected, for both: nothing flaps until the selector is fixed.
+    pub fn purposes(&self, namespace: &NamespaceView<'_>) -> NamespacePurposes {
         if self.ignores(namespace.name) {
-            return false;
+            return NamespacePurposes::default();
         }
-        match &self.selector {
-            Ok(selector) => {
-                let empty = Labels::new();
-                selector_matches(selector, namespace.labels.unwrap_or(&empty))
-            }
-            Err(_) => namespace.current() == Some(self.dynakube.name.as_str()),
+        if self.problems.is_empty() {
+            let empty = Labels::new();
+            self.selectors.purposes(namespace.labels.unwrap_or(&empty))
+        } else {
+            frozen(
+                &self.selectors,
+                namespace.current() == Some(self.dynakube.name.as_str()),
+            )
         }
     }
 
-    /// Why the namespace selector is invalid; empty when it is valid.
+    /// Why a namespace selector is invalid; empty when both are valid.
     pub fn selector_problems(&self) -> &[String] {
-        match &self.selector {
-            Ok(_) => &[],
-            Err(problems) => problems,
-        }
+        &self.problems
+    }
+}
+
+/// What a DynaKube does in a namespace labelled for it, for the pod webhook: what its selectors match
+/// ([`pure_api::dynakube::NamespaceSelectors`]), or both while a selector is invalid (the mapping keeps
+/// such labels, [`Injector::purposes`]). Ignored namespaces are not labelled, so they need no check here.
+pub fn labelled_purposes(dynakube: &DynaKube, labels: &Labels) -> NamespacePurposes {
+    let selectors = dynakube.namespace_selectors();
+    if selectors.problems().is_empty() {
+        selectors.purposes(labels)
+    } else {
+        frozen(&selectors, true)
+    }
+}
+
+/// The purposes of a namespace while a selector is invalid: where it is labelled, every part the
+/// DynaKube has turned on.
+fn frozen(selectors: &NamespaceSelectors, labelled: bool) -> NamespacePurposes {
+    NamespacePurposes {
+        inject: labelled && selectors.inject.is_some(),
+        enrich: labelled && selectors.enrich.is_some(),
     }
 }
 
@@ -387,7 +414,8 @@ pub fn conflict_condition(
             message: format!(
                 "{} namespace(s) are selected by this and another DynaKube, and a namespace can be injected by \
                  one DynaKube only: {}. They keep the injection label they have, or get none. Make the \
-                 DynaKubes' spec.namespaceSelector (or the namespaces' labels) select each namespace once.",
+                 DynaKubes' spec.namespaceSelector and spec.metadataEnrichment.namespaceSelector (or the \
+                 namespaces' labels) select each namespace once.",
                 conflicts.len(),
                 named.join(", ")
             ),
@@ -791,13 +819,14 @@ pub fn data_ingest_url(dynakube: &DynaKube) -> Result<String, DesiredError> {
 
 /// The data-ingest Secret `dynatrace-data-ingest-endpoint` (spec §4.2): key `endpoint.properties` with
 /// `DT_METRICS_INGEST_URL=<`[`data_ingest_url`]`>` and `DT_METRICS_INGEST_API_TOKEN=<dataIngestToken>`
-/// (empty without one, as the reference), one per line. `None` when the `metadata-enrichment` flag is off:
-/// nothing reads the Secret then (the reference wrote an empty file instead).
+/// (empty without one, as the reference), one per line. `None` when metadata enrichment is off
+/// ([`DynaKube::metadata_enrichment_enabled`]): nothing reads the Secret then (the reference wrote an empty
+/// file instead).
 pub fn data_ingest_secret(
     dynakube: &DynaKube,
     tokens: &Tokens,
 ) -> Result<Option<SecretTemplate>, DesiredError> {
-    if !dynakube.feature_flags().metadata_enrichment() {
+    if !dynakube.metadata_enrichment_enabled() {
         return Ok(None);
     }
     let url = data_ingest_url(dynakube)?;
@@ -1689,6 +1718,99 @@ mod tests {
             let dynakube = cloud_native(json!({}), annotations);
             assert_eq!(data_ingest_secret(&dynakube, &tokens(false, true)), Ok(None));
         }
+    }
+
+    #[test]
+    fn the_metadata_enrichment_field_wins_over_the_flag_for_the_data_ingest_secret() {
+        let off = cloud_native(
+            json!({ "metadataEnrichment": { "enabled": false } }),
+            json!({ "feature.dynatrace.com/metadata-enrichment": "true" }),
+        );
+        assert_eq!(data_ingest_secret(&off, &tokens(false, true)), Ok(None));
+        let on = cloud_native(
+            json!({ "metadataEnrichment": { "enabled": true } }),
+            json!({ "feature.dynatrace.com/metadata-enrichment": "false" }),
+        );
+        assert!(data_ingest_secret(&on, &tokens(false, true)).unwrap().is_some());
+    }
+
+    /// A namespace belongs to a DynaKube when its injection or its enrichment selector selects it.
+    fn split(name: &str, enabled: bool) -> DynaKube {
+        dk_in(
+            OPERATOR_NS,
+            name,
+            json!({
+                "namespaceSelector": { "matchLabels": { "inject": name } },
+                "metadataEnrichment": {
+                    "enabled": enabled,
+                    "namespaceSelector": { "matchLabels": { "enrich": name } },
+                },
+                "oneAgent": { "applicationMonitoring": {} },
+            }),
+            json!({}),
+        )
+    }
+
+    #[test]
+    fn namespaces_selected_for_enrichment_only_are_labelled_too() {
+        let cluster = Cluster::new(&[
+            ("injected", &[("inject", "dk")]),
+            ("enriched", &[("enrich", "dk")]),
+            ("both", &[("inject", "dk"), ("enrich", "dk")]),
+            ("neither", &[]),
+        ]);
+        let mapping = cluster.map(&[split("dk", true)]);
+        let labelled: BTreeSet<&str> = mapping.assigned.keys().map(String::as_str).collect();
+        assert_eq!(labelled, BTreeSet::from(["both", "enriched", "injected"]));
+        let injector = Injector::new(&split("dk", true)).unwrap();
+        let view = |name: &str| cluster.views().find(|v| v.name == name).unwrap();
+        let purposes = |name: &str| injector.purposes(&view(name));
+        assert_eq!(
+            purposes("enriched"),
+            NamespacePurposes {
+                inject: false,
+                enrich: true
+            }
+        );
+        assert_eq!(
+            purposes("injected"),
+            NamespacePurposes {
+                inject: true,
+                enrich: false
+            }
+        );
+
+        // Enrichment off: its selector claims nothing.
+        let mapping = cluster.map(&[split("dk", false)]);
+        let labelled: BTreeSet<&str> = mapping.assigned.keys().map(String::as_str).collect();
+        assert_eq!(labelled, BTreeSet::from(["both", "injected"]));
+    }
+
+    #[test]
+    fn enrichment_of_one_dynakube_and_injection_of_another_conflict() {
+        let cluster = Cluster::new(&[
+            ("shared", &[("inject", "a"), ("enrich", "b")]),
+            ("a-only", &[("inject", "a")]),
+        ]);
+        let mapping = cluster.map(&[split("a", true), split("b", true)]);
+        assert_eq!(mapping.conflicts.len(), 1, "{mapping:#?}");
+        assert_eq!(mapping.conflicts[0].namespace, "shared");
+        assert_eq!(mapping.desired_label("a-only"), Some("a"));
+        assert_eq!(mapping.desired_label("shared"), None);
+    }
+
+    #[test]
+    fn an_invalid_enrichment_selector_freezes_the_mapping() {
+        let mut dk = split("dk", true);
+        dk.spec.metadata_enrichment = serde_json::from_value(json!({
+            "namespaceSelector": { "matchExpressions": [{ "key": "enrich", "operator": "Equals" }] },
+        }))
+        .unwrap();
+        let cluster = Cluster::new(&[("kept", &[(INSTANCE_LABEL, "dk")]), ("new", &[("inject", "dk")])]);
+        let mapping = cluster.map(&[dk]);
+        assert_eq!(mapping.invalid_selectors.len(), 1);
+        assert_eq!(mapping.desired_label("kept"), Some("dk"));
+        assert_eq!(mapping.desired_label("new"), None);
     }
 
     #[test]

@@ -300,7 +300,7 @@ pub fn codemodules_version_plan(
     let app = dynakube.app_injection_spec()?;
     let mode = dynakube.mode()?;
     let custom_image = non_empty(app.code_modules_image.as_deref())
-        .filter(|_| mode == Mode::CloudNativeFullStack || dynakube.needs_csi_driver());
+        .filter(|_| mode == Mode::CloudNativeFullStack || dynakube.csi_driver_use().may_use());
     let custom_version = dynakube
         .spec
         .one_agent
@@ -964,10 +964,19 @@ mod tests {
                 Lookup::PublicRegistry,
             ),
             (
-                // Without the CSI driver the image is not used: pods download code modules themselves.
-                mode("applicationMonitoring", json!({ "codeModulesImage": image })),
+                // Never the CSI driver: the image is not used, pods download code modules themselves.
+                mode(
+                    "applicationMonitoring",
+                    json!({ "codeModulesImage": image, "useCSIDriver": false }),
+                ),
                 VersionSource::TenantRegistry,
                 latest,
+            ),
+            (
+                // Without useCSIDriver the installed CSI driver serves the image.
+                mode("applicationMonitoring", json!({ "codeModulesImage": image })),
+                VersionSource::CustomImage,
+                custom.clone(),
             ),
             (
                 mode(

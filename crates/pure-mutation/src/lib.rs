@@ -17,6 +17,9 @@
 //!   by the init container) with a warning, instead of a CSI volume that cannot mount.
 //! - A pod counts as injected when it has our init container (either name); annotations copied from an
 //!   injected pod's manifest without the init container do not stop the injection.
+//! - Code modules and metadata enrichment follow their own namespace selectors
+//!   (`spec.metadataEnrichment.namespaceSelector`, read from the cached DynaKube against the cached
+//!   namespace labels): a namespace labelled for a DynaKube may get either part or both.
 //! - Reinvocation injects every application container that lacks what we add and recomputes
 //!   `CONTAINERS_COUNT` and `CONTAINER_<i>_*` for the whole container list (fixes §(b)15), so
 //!   `mutate(mutate(p)) == mutate(p)`.
@@ -43,8 +46,8 @@ mod tests;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use pure_api::dynakube::DynaKube;
-use pure_desired::mapping::INSTANCE_LABEL;
+use pure_api::dynakube::{CsiDriverUse, DynaKube};
+use pure_desired::mapping::{INSTANCE_LABEL, labelled_purposes};
 use pure_desired::pod::env_value;
 use serde::Serialize;
 
@@ -152,6 +155,9 @@ pub enum Skip {
     AlreadyInjected,
     /// Neither the code module nor enrichment applies (per-pod opt-in, `automatic-injection: false`).
     NotOptedIn,
+    /// The namespace is labelled for the DynaKube, but neither of its selectors (code modules,
+    /// `metadataEnrichment`) selects it any more; the operator removes the label.
+    NotSelected,
     /// The init Secret is not in the namespace yet (the operator creates it).
     InitSecretMissing,
     /// The DynaKube has no communication hosts yet (the operator fetches them).
@@ -172,6 +178,7 @@ impl Skip {
             Self::OpenShiftDebugPod => "OpenShiftDebugPod",
             Self::AlreadyInjected => "AlreadyInjected",
             Self::NotOptedIn => "NotOptedIn",
+            Self::NotSelected => "NotSelected",
             Self::InitSecretMissing => "InitSecretMissing",
             Self::EmptyConnectionInfo => "EmptyConnectionInfo",
             Self::EnrichmentSecretMissing => "EnrichmentSecretMissing",
@@ -385,14 +392,20 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
         return Ok((outcome, pod));
     }
 
+    // Which parts the namespace gets: its labels against the DynaKube's two selectors, both cached.
+    let purposes = labelled_purposes(dynakube, req.namespace.labels);
+    if !purposes.any() {
+        return Err(Skip::NotSelected);
+    }
     let automatic = flags.automatic_injection();
-    let inject_oneagent = annotation(ANNOTATION_ONEAGENT_INJECT)
-        .and_then(parse_bool)
-        .unwrap_or(automatic);
-    let mut inject_enrichment = annotation(ANNOTATION_DATA_INGEST_INJECT)
-        .and_then(parse_bool)
-        .unwrap_or(automatic)
-        && flags.metadata_enrichment();
+    let inject_oneagent = purposes.inject
+        && annotation(ANNOTATION_ONEAGENT_INJECT)
+            .and_then(parse_bool)
+            .unwrap_or(automatic);
+    let mut inject_enrichment = purposes.enrich
+        && annotation(ANNOTATION_DATA_INGEST_INJECT)
+            .and_then(parse_bool)
+            .unwrap_or(automatic);
     if !inject_oneagent && !inject_enrichment {
         return Err(Skip::NotOptedIn);
     }
@@ -427,7 +440,7 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
 
     let plan = inject_oneagent.then(|| oneagent::Plan::fresh(req, dynakube));
     if let Some(plan) = &plan
-        && dynakube.needs_csi_driver()
+        && dynakube.csi_driver_use() == CsiDriverUse::Required
         && !plan.csi
     {
         events.push(dynakube_event(

@@ -45,7 +45,7 @@ pub(crate) struct Plan {
 impl Plan {
     /// For a pod injected now.
     pub(crate) fn fresh(req: &PodRequest<'_>, dynakube: &DynaKube) -> Self {
-        let csi = dynakube.needs_csi_driver() && req.settings.csi_driver_installed;
+        let csi = dynakube.csi_driver_use().uses(req.settings.csi_driver_installed);
         Self {
             install_path: annotation(req.pod, ANNOTATION_INSTALL_PATH)
                 .filter(|p| !p.is_empty())

@@ -411,11 +411,136 @@ fn csi_mode_and_its_fallback() {
         );
         assert!(matches!(warning.regarding, EventTarget::DynaKube { .. }));
     }
-    // applicationMonitoring without useCSIDriver never uses CSI, driver or not.
+    // applicationMonitoring without useCSIDriver (v1beta3 and later, or v1beta1 without the field)
+    // follows the driver: CSI when it is installed, else installer mode without a warning.
     let facts = Facts::new(app_monitoring(), true);
     let (outcome, after) = injected(&facts, &app_pod());
+    assert_eq!(env(init(&after), env::MODE), Some("provisioned"));
+    assert!(
+        after.spec.as_ref().unwrap().volumes.as_ref().unwrap()[1]
+            .csi
+            .is_some()
+    );
+    assert_eq!(outcome.events.len(), 1);
+    let facts = Facts::new(app_monitoring(), false);
+    let (outcome, after) = injected(&facts, &app_pod());
+    assert_eq!(env(init(&after), env::MODE), Some("installer"));
+    assert_eq!(
+        outcome.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        ["Inject"],
+        "no CSIDriverMissing warning when CSI is optional"
+    );
+    // useCSIDriver: false never uses CSI, driver or not.
+    let never = dynakube(
+        "dk",
+        json!({ "applicationMonitoring": { "useCSIDriver": false } }),
+    );
+    let (outcome, after) = injected(&Facts::new(never, true), &app_pod());
     assert_eq!(env(init(&after), env::MODE), Some("installer"));
     assert_eq!(outcome.events.len(), 1);
+}
+
+/// applicationMonitoring with an injection selector and an enrichment selector of its own.
+fn split_selectors(enabled: Option<bool>) -> pure_api::dynakube::DynaKube {
+    let mut dk = app_monitoring();
+    dk.spec.namespace_selector =
+        serde_json::from_value(json!({ "matchLabels": { "inject": "yes" } })).unwrap();
+    dk.spec.metadata_enrichment = serde_json::from_value(json!({
+        "enabled": enabled,
+        "namespaceSelector": { "matchLabels": { "enrich": "yes" } },
+    }))
+    .unwrap();
+    dk
+}
+
+/// Whether the pod got the code module and enrichment.
+fn parts(after: &Pod) -> (bool, bool) {
+    let init = init(after);
+    let oneagent = env(init, env::ONEAGENT_INJECTED) == Some("true");
+    let enrichment = env(init, env::DATA_INGEST_INJECTED) == Some("true");
+    let volumes = volume_names(after);
+    assert_eq!(
+        volumes.contains(&VOLUME_ONEAGENT_BIN.to_owned()),
+        oneagent,
+        "{volumes:?}"
+    );
+    assert_eq!(
+        volumes.contains(&VOLUME_DATA_INGEST_ENDPOINT.to_owned()),
+        enrichment,
+        "{volumes:?}"
+    );
+    let app = container(after, "app");
+    assert_eq!(
+        env(app, "LD_PRELOAD").is_some() || mounts(app).iter().any(|m| m.1 == "/etc/ld.so.preload"),
+        oneagent,
+        "{:?}",
+        mounts(app)
+    );
+    (oneagent, enrichment)
+}
+
+#[test]
+fn each_part_follows_its_namespace_selector() {
+    let mut facts = Facts::new(split_selectors(None), false);
+    let label = (INSTANCE_LABEL, "dk");
+    for (labels, expected) in [
+        (vec![label, ("inject", "yes")], (true, false)),
+        (vec![label, ("enrich", "yes")], (false, true)),
+        (vec![label, ("inject", "yes"), ("enrich", "yes")], (true, true)),
+    ] {
+        facts.labels = map(&labels);
+        let (outcome, after) = injected(&facts, &app_pod());
+        assert_eq!(parts(&after), expected, "{labels:?}");
+        if !expected.0 {
+            // Without the code module the init Secret and connection info are not needed.
+            let mut no_init_secret = facts.clone();
+            no_init_secret.init_secret = false;
+            injected(&no_init_secret, &app_pod());
+            assert!(outcome.events[0].message.contains("metadata enrichment"));
+        }
+    }
+    // Labelled, but neither selector selects it (the operator removes the label).
+    facts.labels = map(&[label]);
+    assert_eq!(skipped(&facts, &app_pod()), (Skip::NotSelected, vec![]));
+    assert!(!Skip::NotSelected.is_failure());
+
+    // Enrichment off: an enrichment-only namespace gets nothing, a both namespace only the code module.
+    let mut facts = Facts::new(split_selectors(Some(false)), false);
+    facts.labels = map(&[label, ("enrich", "yes")]);
+    assert_eq!(skipped(&facts, &app_pod()).0, Skip::NotSelected);
+    facts.labels = map(&[label, ("inject", "yes"), ("enrich", "yes")]);
+    let (_, after) = injected(&facts, &app_pod());
+    assert_eq!(parts(&after), (true, false));
+}
+
+#[test]
+fn the_metadata_enrichment_field_wins_over_the_flag() {
+    let mut off = with_flags(app_monitoring(), &[("metadata-enrichment", "true")]);
+    off.spec.metadata_enrichment = serde_json::from_value(json!({ "enabled": false })).unwrap();
+    let (_, after) = injected(&Facts::new(off, false), &app_pod());
+    assert_eq!(parts(&after), (true, false));
+    let mut on = with_flags(app_monitoring(), &[("metadata-enrichment", "false")]);
+    on.spec.metadata_enrichment = serde_json::from_value(json!({ "enabled": true })).unwrap();
+    let (_, after) = injected(&Facts::new(on, false), &app_pod());
+    assert_eq!(parts(&after), (true, true));
+    // Without the field, the flag still decides.
+    let flag_off = with_flags(app_monitoring(), &[("metadata-enrichment", "false")]);
+    let (_, after) = injected(&Facts::new(flag_off, false), &app_pod());
+    assert_eq!(parts(&after), (true, false));
+}
+
+/// A namespace labelled for a DynaKube whose selector is invalid stays as it is: both parts, as the
+/// mapping keeps the label.
+#[test]
+fn an_invalid_selector_keeps_injecting_the_labelled_namespace() {
+    let mut dk = split_selectors(None);
+    dk.spec.metadata_enrichment = serde_json::from_value(json!({
+        "namespaceSelector": { "matchExpressions": [{ "key": "enrich", "operator": "Equals" }] },
+    }))
+    .unwrap();
+    let facts = Facts::new(dk, false);
+    let (_, after) = injected(&facts, &app_pod());
+    assert_eq!(parts(&after), (true, true));
 }
 
 #[test]
@@ -475,7 +600,13 @@ fn readonly_csi_follows_the_install_path() {
     );
     // The flag without CSI changes nothing.
     let facts = Facts::new(
-        with_flags(app_monitoring(), &[("injection-readonly-volume", "true")]),
+        with_flags(
+            dynakube(
+                "dk",
+                json!({ "applicationMonitoring": { "useCSIDriver": false } }),
+            ),
+            &[("injection-readonly-volume", "true")],
+        ),
         true,
     );
     let (_, after) = injected(&facts, &app_pod());

@@ -15,8 +15,11 @@ pub mod v1beta4;
 pub mod v1beta5;
 pub mod v1beta6;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt as _;
 use url::Url;
+
+use crate::selector::{Labels, selector_matches, selector_problems};
 
 pub use feature_flags::FeatureFlags;
 pub use v1beta1::{
@@ -26,6 +29,85 @@ pub use v1beta1::{
 
 /// The example API URL from the documentation, which is never a real environment.
 pub const EXAMPLE_API_URL: &str = "https://ENVIRONMENTID.live.dynatrace.com/api";
+
+/// How a DynaKube uses the CSI driver for code modules and read-only OneAgents
+/// ([`DynaKube::csi_driver_use`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsiDriverUse {
+    /// Never: the init container of each pod downloads the code modules.
+    Never,
+    /// When the CSI driver is installed; else as [`CsiDriverUse::Never`].
+    IfInstalled,
+    /// Always: validation denies the DynaKube while the CSI driver is not installed (the webhook warns
+    /// when it injects such a DynaKube's pods without it).
+    Required,
+}
+
+impl CsiDriverUse {
+    /// Whether the CSI driver is used, given whether it is installed. A driver that is not installed is
+    /// never used, even when required: validation denies such a DynaKube, and one that got in before the
+    /// driver went away falls back to downloads rather than volumes that cannot mount.
+    pub fn uses(self, installed: bool) -> bool {
+        self.may_use() && installed
+    }
+
+    /// Whether the CSI driver may be used (when installed): it then serves this DynaKube.
+    pub fn may_use(self) -> bool {
+        self != Self::Never
+    }
+}
+
+/// What a DynaKube does for the pods of one namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespacePurposes {
+    /// OneAgent code modules are injected.
+    pub inject: bool,
+    /// Pods are enriched with metadata.
+    pub enrich: bool,
+}
+
+impl NamespacePurposes {
+    /// Either: the namespace belongs to the DynaKube.
+    pub fn any(self) -> bool {
+        self.inject || self.enrich
+    }
+}
+
+/// The namespace selectors of a DynaKube ([`DynaKube::namespace_selectors`]), ignored namespaces aside.
+///
+/// Only DynaKubes that inject code modules (cloudNativeFullStack, applicationMonitoring) select
+/// namespaces at all. Metadata enrichment runs when [`DynaKube::metadata_enrichment_enabled`], in the
+/// namespaces `spec.metadataEnrichment.namespaceSelector` selects, independently of the injection
+/// selector; without it, enrichment follows the injection selector (the behaviour before the field).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NamespaceSelectors {
+    /// The code-module injection selector (`spec.namespaceSelector`, per mode from v1beta2 on); `None`
+    /// when the DynaKube does not inject code modules. Empty selects every namespace.
+    pub inject: Option<LabelSelector>,
+    /// The metadata-enrichment selector; `None` when enrichment is off.
+    pub enrich: Option<LabelSelector>,
+}
+
+impl NamespaceSelectors {
+    /// What the DynaKube does in a namespace with these labels. An invalid selector selects nothing
+    /// (check [`NamespaceSelectors::problems`] first).
+    pub fn purposes(&self, labels: &Labels) -> NamespacePurposes {
+        let matches = |s: &Option<LabelSelector>| s.as_ref().is_some_and(|s| selector_matches(s, labels));
+        NamespacePurposes {
+            inject: matches(&self.inject),
+            enrich: matches(&self.enrich),
+        }
+    }
+
+    /// Why a selector is invalid; empty when both are valid.
+    pub fn problems(&self) -> Vec<String> {
+        self.inject
+            .iter()
+            .chain(&self.enrich)
+            .flat_map(selector_problems)
+            .collect()
+    }
+}
 
 /// The OneAgent deployment modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -194,19 +276,73 @@ impl DynaKube {
         ) && self.feature_flags().readonly_host_fs()
     }
 
-    /// The CSI driver is needed: cloudNativeFullStack, applicationMonitoring with `useCSIDriver`, or
-    /// read-only OneAgents.
-    pub fn needs_csi_driver(&self) -> bool {
-        let app_monitoring_csi = self
+    /// How this DynaKube uses the CSI driver; the one place of the rule:
+    /// - [`CsiDriverUse::Required`]: cloudNativeFullStack, read-only OneAgents (hostMonitoring unless the
+    ///   flag turns it off) whose storage is the CSI `host` volume (no `storageHostPath`),
+    ///   applicationMonitoring with `useCSIDriver: true`;
+    /// - [`CsiDriverUse::Never`]: applicationMonitoring with `useCSIDriver: false` (v1beta2's default), and
+    ///   classicFullStack;
+    /// - [`CsiDriverUse::IfInstalled`]: applicationMonitoring without `useCSIDriver` (v1beta3 and later
+    ///   have no such field, v1beta1 leaves it unset): the CSI driver when it is installed, else each
+    ///   pod's init container downloads the code modules.
+    pub fn csi_driver_use(&self) -> CsiDriverUse {
+        let csi_storage = self.needs_readonly_one_agents() && self.oneagent_storage_host_path().is_none();
+        if matches!(self.mode(), Some(Mode::CloudNativeFullStack)) || csi_storage {
+            return CsiDriverUse::Required;
+        }
+        if self.mode() != Some(Mode::ApplicationMonitoring) {
+            return CsiDriverUse::Never;
+        }
+        let use_csi_driver = self
             .spec
             .one_agent
             .as_ref()
             .and_then(|o| o.application_monitoring.as_ref())
-            .and_then(|a| a.use_csi_driver)
-            .unwrap_or(false);
-        matches!(self.mode(), Some(Mode::CloudNativeFullStack))
-            || (self.mode() == Some(Mode::ApplicationMonitoring) && app_monitoring_csi)
-            || self.needs_readonly_one_agents()
+            .and_then(|a| a.use_csi_driver);
+        match use_csi_driver {
+            Some(true) => CsiDriverUse::Required,
+            Some(false) => CsiDriverUse::Never,
+            None => CsiDriverUse::IfInstalled,
+        }
+    }
+
+    /// Whether metadata enrichment runs: `spec.metadataEnrichment.enabled` when set (v1beta2 and later),
+    /// else the deprecated `metadata-enrichment` feature flag (default true). The field wins over the flag,
+    /// as in the reference's later versions, where the flag is gone.
+    pub fn metadata_enrichment_enabled(&self) -> bool {
+        self.spec
+            .metadata_enrichment
+            .as_ref()
+            .and_then(|m| m.enabled)
+            .unwrap_or_else(|| self.feature_flags().metadata_enrichment())
+    }
+
+    /// The namespaces whose pods are enriched: `spec.metadataEnrichment.namespaceSelector`, `None` when
+    /// unset (every namespace the DynaKube may use, as an empty selector).
+    pub fn metadata_enrichment_selector(&self) -> Option<&LabelSelector> {
+        self.spec
+            .metadata_enrichment
+            .as_ref()?
+            .namespace_selector
+            .as_ref()
+    }
+
+    /// The selectors of the namespaces this DynaKube injects code modules into and enriches
+    /// ([`NamespaceSelectors`]); the one place of the rule for mapping, validation and the webhook.
+    pub fn namespace_selectors(&self) -> NamespaceSelectors {
+        if !self.needs_app_injection() {
+            return NamespaceSelectors::default();
+        }
+        let inject = self.spec.namespace_selector.clone().unwrap_or_default();
+        let enrich = self.metadata_enrichment_enabled().then(|| {
+            self.metadata_enrichment_selector()
+                .cloned()
+                .unwrap_or_else(|| inject.clone())
+        });
+        NamespaceSelectors {
+            inject: Some(inject),
+            enrich,
+        }
     }
 
     /// OneAgents follow the environment's latest version (`autoUpdate` unset or true; never for
@@ -407,20 +543,23 @@ mod tests {
     fn mode_predicates_follow_the_reference() {
         let classic = dynakube(serde_json::json!({ "classicFullStack": {} }));
         assert_eq!(classic.mode(), Some(Mode::ClassicFullStack));
-        assert!(classic.needs_one_agent() && !classic.needs_app_injection() && !classic.needs_csi_driver());
+        assert!(classic.needs_one_agent() && !classic.needs_app_injection());
+        assert_eq!(classic.csi_driver_use(), CsiDriverUse::Never);
 
         let cloud = dynakube(serde_json::json!({ "cloudNativeFullStack": {} }));
-        assert!(cloud.needs_one_agent() && cloud.needs_app_injection() && cloud.needs_csi_driver());
+        assert!(cloud.needs_one_agent() && cloud.needs_app_injection());
+        assert_eq!(cloud.csi_driver_use(), CsiDriverUse::Required);
         assert!(cloud.needs_readonly_one_agents());
 
         let host = dynakube(serde_json::json!({ "hostMonitoring": {} }));
-        assert!(host.needs_one_agent() && !host.needs_app_injection() && host.needs_csi_driver());
+        assert!(host.needs_one_agent() && !host.needs_app_injection());
+        assert_eq!(host.csi_driver_use(), CsiDriverUse::Required);
 
         let app = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
-        assert!(!app.needs_one_agent() && app.needs_app_injection() && !app.needs_csi_driver());
+        assert!(!app.needs_one_agent() && app.needs_app_injection());
         assert!(!app.should_auto_update_one_agent());
         let app_csi = dynakube(serde_json::json!({ "applicationMonitoring": { "useCSIDriver": true } }));
-        assert!(app_csi.needs_csi_driver());
+        assert_eq!(app_csi.csi_driver_use(), CsiDriverUse::Required);
 
         let two = dynakube(serde_json::json!({ "classicFullStack": {}, "hostMonitoring": {} }));
         assert_eq!(two.mode(), None);
@@ -468,7 +607,147 @@ mod tests {
             )]
             .into(),
         );
-        assert!(!host.needs_csi_driver());
+        assert_eq!(host.csi_driver_use(), CsiDriverUse::Never);
+    }
+
+    /// With `storageHostPath` the read-only OneAgent keeps its data in that host directory, not on the CSI
+    /// `host` volume, so hostMonitoring needs no CSI driver; cloudNativeFullStack still does for its code
+    /// modules.
+    #[test]
+    fn storage_host_path_frees_host_monitoring_from_the_csi_driver() {
+        let host = dynakube(serde_json::json!({ "hostMonitoring": { "storageHostPath": "/var/opt/dt" } }));
+        assert_eq!(host.csi_driver_use(), CsiDriverUse::Never);
+        let cloud =
+            dynakube(serde_json::json!({ "cloudNativeFullStack": { "storageHostPath": "/var/opt/dt" } }));
+        assert_eq!(cloud.csi_driver_use(), CsiDriverUse::Required);
+    }
+
+    /// applicationMonitoring: `useCSIDriver` true requires the driver, false never uses it, absent (v1beta3
+    /// and later, or v1beta1 without the field) follows whether it is installed.
+    #[test]
+    fn application_monitoring_csi_use_follows_use_csi_driver_or_the_driver() {
+        let cases = [
+            (serde_json::json!({}), CsiDriverUse::IfInstalled, [false, true]),
+            (
+                serde_json::json!({ "useCSIDriver": true }),
+                CsiDriverUse::Required,
+                [false, true],
+            ),
+            (
+                serde_json::json!({ "useCSIDriver": false }),
+                CsiDriverUse::Never,
+                [false, false],
+            ),
+        ];
+        for (app, expected, uses) in cases {
+            let dk = dynakube(serde_json::json!({ "applicationMonitoring": app }));
+            assert_eq!(dk.csi_driver_use(), expected, "{app}");
+            assert_eq!([expected.uses(false), expected.uses(true)], uses, "{app}");
+            assert_eq!(expected.may_use(), uses[1], "{app}");
+        }
+        for mode in ["classicFullStack", "cloudNativeFullStack", "hostMonitoring"] {
+            let dk = dynakube(serde_json::json!({ mode: { "useCSIDriver": false } }));
+            assert_ne!(dk.csi_driver_use(), CsiDriverUse::IfInstalled, "{mode}");
+        }
+    }
+
+    /// Enrichment selects namespaces by its own selector when set, independently of the injection
+    /// selector: a namespace may be injected only, enriched only, or both; without an enrichment selector
+    /// it follows the injection selector, and with enrichment off nothing is enriched.
+    #[test]
+    fn namespace_purposes_per_selector() {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let inject_only = labels(&[("inject", "yes")]);
+        let enrich_only = labels(&[("enrich", "yes")]);
+        let both = labels(&[("inject", "yes"), ("enrich", "yes")]);
+        let neither = labels(&[]);
+        let purposes = |inject, enrich| NamespacePurposes { inject, enrich };
+
+        let mut dk = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
+        dk.spec.namespace_selector =
+            serde_json::from_value(serde_json::json!({ "matchLabels": { "inject": "yes" } })).unwrap();
+        let follows = dk.namespace_selectors();
+        assert_eq!(follows.purposes(&inject_only), purposes(true, true));
+        assert_eq!(follows.purposes(&enrich_only), purposes(false, false));
+
+        dk.spec.metadata_enrichment = serde_json::from_value(
+            serde_json::json!({ "namespaceSelector": { "matchLabels": { "enrich": "yes" } } }),
+        )
+        .unwrap();
+        let own = dk.namespace_selectors();
+        assert_eq!(own.purposes(&inject_only), purposes(true, false));
+        assert_eq!(own.purposes(&enrich_only), purposes(false, true));
+        assert_eq!(own.purposes(&both), purposes(true, true));
+        assert_eq!(own.purposes(&neither), purposes(false, false));
+        assert!(!own.purposes(&neither).any() && own.purposes(&enrich_only).any());
+
+        dk.spec.metadata_enrichment.as_mut().unwrap().enabled = Some(false);
+        assert_eq!(dk.namespace_selectors().purposes(&both), purposes(true, false));
+
+        let classic = dynakube(serde_json::json!({ "classicFullStack": {} }));
+        assert_eq!(
+            classic.namespace_selectors().purposes(&both),
+            purposes(false, false)
+        );
+
+        dk.spec.metadata_enrichment = serde_json::from_value(serde_json::json!({
+            "namespaceSelector": { "matchExpressions": [{ "key": "enrich", "operator": "Bogus" }] }
+        }))
+        .unwrap();
+        assert_eq!(dk.namespace_selectors().problems().len(), 1);
+        assert_eq!(
+            dk.namespace_selectors().purposes(&enrich_only),
+            purposes(false, false)
+        );
+    }
+
+    /// The field `metadataEnrichment.enabled` wins over the deprecated flag; without the field the flag
+    /// decides (default on).
+    #[test]
+    fn metadata_enrichment_field_wins_over_the_flag() {
+        let flag = |value: Option<&str>| {
+            value.map(|v| {
+                [(
+                    "feature.dynatrace.com/metadata-enrichment".to_owned(),
+                    v.to_owned(),
+                )]
+                .into_iter()
+                .collect()
+            })
+        };
+        for (field, flag_value, expected) in [
+            (None, None, true),
+            (None, Some("false"), false),
+            (None, Some("true"), true),
+            (Some(false), None, false),
+            (Some(false), Some("true"), false),
+            (Some(true), Some("false"), true),
+            (Some(true), None, true),
+        ] {
+            let mut dk = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
+            dk.metadata.annotations = flag(flag_value);
+            dk.spec.metadata_enrichment = Some(v1beta1::MetadataEnrichment {
+                enabled: field,
+                namespace_selector: None,
+            });
+            assert_eq!(
+                dk.metadata_enrichment_enabled(),
+                expected,
+                "field {field:?}, flag {flag_value:?}"
+            );
+        }
+        let mut dk = dynakube(serde_json::json!({ "applicationMonitoring": {} }));
+        assert!(dk.metadata_enrichment_selector().is_none());
+        dk.spec.metadata_enrichment = serde_json::from_value(
+            serde_json::json!({ "namespaceSelector": { "matchLabels": { "enrich": "yes" } } }),
+        )
+        .unwrap();
+        assert!(dk.metadata_enrichment_selector().is_some());
     }
 
     #[test]

@@ -295,8 +295,8 @@ pub struct ApplicationMonitoringSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 
-    /// Whether code modules come from the CSI driver's per-node cache (default false: each pod downloads
-    /// them in its init container).
+    /// Whether code modules come from the CSI driver's per-node cache: true requires the driver, false
+    /// never uses it (each pod downloads them in its init container), unset uses it when it is installed.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "useCSIDriver")]
     pub use_csi_driver: Option<bool>,
 }

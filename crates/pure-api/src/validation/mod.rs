@@ -14,10 +14,13 @@ use kube::ResourceExt as _;
 use regex::Regex;
 use url::Url;
 
-use crate::dynakube::{DynaKube, EXAMPLE_API_URL, Mode, ProxySource, feature_flags as ff, names};
+use crate::dynakube::{
+    CsiDriverUse, DynaKube, EXAMPLE_API_URL, Mode, NamespaceSelectors, ProxySource, feature_flags as ff,
+    names,
+};
 use crate::selector::{
     Labels, is_dns1035_label, label_key_problem, label_value_problem, node_selector_matches,
-    selector_matches, selector_problems,
+    selector_problems,
 };
 
 /// Environment variable of the OneAgent that turns volume storage on or off.
@@ -190,8 +193,8 @@ pub fn validate_as(
     }
 }
 
-/// From v1beta3 on the reference uses the CSI driver for applicationMonitoring whenever it is installed;
-/// this operator still decides by `useCSIDriver` (absent: no CSI driver), so an image would be ignored.
+/// An applicationMonitoring DynaKube written in v1beta3 or later that still carries `useCSIDriver: false`
+/// (kept from when it was written as v1beta2) never uses the CSI driver, so an image would be ignored.
 fn unused_code_modules_image(dynakube: &DynaKube, spelling: Spelling) -> Option<String> {
     let image_set = dynakube
         .app_injection_spec()
@@ -200,14 +203,14 @@ fn unused_code_modules_image(dynakube: &DynaKube, spelling: Spelling) -> Option<
     (spelling == Spelling::V1beta3OrLater
         && dynakube.mode() == Some(Mode::ApplicationMonitoring)
         && image_set
-        && !dynakube.needs_csi_driver())
-    .then(|| {
-        "spec.oneAgent.applicationMonitoring.codeModulesImage is not used yet: this operator uses the CSI \
-         driver for applicationMonitoring only with useCSIDriver: true, a field of dynatrace.com/v1beta2 and \
-         earlier, so pods download the code modules instead. Write the DynaKube as v1beta2 with \
-         useCSIDriver: true to use the image."
-            .to_owned()
-    })
+        && dynakube.csi_driver_use() == CsiDriverUse::Never)
+        .then(|| {
+            "spec.oneAgent.applicationMonitoring.codeModulesImage is not used: this DynaKube keeps \
+         useCSIDriver: false from when it was written as dynatrace.com/v1beta2, so pods download the code \
+         modules instead. Write the DynaKube as v1beta2 without useCSIDriver (or with useCSIDriver: true) \
+         to use the image."
+                .to_owned()
+        })
 }
 
 /// The syntax of `spec.metadataEnrichment.namespaceSelector` (v1beta2 and later).
@@ -283,8 +286,8 @@ fn api_url_errors(api_url: &str) -> Vec<String> {
 /// volume be used.
 fn csi_driver_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<String> {
     let mut errors = Vec::new();
-    let needs_csi = dynakube.needs_csi_driver();
-    if needs_csi && cluster.csi_driver_installed == Some(false) {
+    let csi = dynakube.csi_driver_use();
+    if csi == CsiDriverUse::Required && cluster.csi_driver_installed == Some(false) {
         let mode = dynakube.mode().map_or("this configuration", Mode::field);
         errors.push(format!(
             "The DynaKube uses {mode}, which needs the CSI driver, but the DaemonSet {} does not exist in \
@@ -294,7 +297,7 @@ fn csi_driver_errors(dynakube: &DynaKube, cluster: &ClusterView<'_>) -> Vec<Stri
             dynakube.namespace().unwrap_or_default()
         ));
     }
-    if dynakube.feature_flags().injection_readonly_volume() && !needs_csi {
+    if dynakube.feature_flags().injection_readonly_volume() && !csi.may_use() {
         errors.push(format!(
             "The DynaKube sets {}{}: \"true\", but its configuration does not use the CSI driver, so there is \
              no CSI volume to mount read-only. Remove the annotation, or use cloudNativeFullStack or \
@@ -511,12 +514,12 @@ fn ignored_namespace_patterns(dynakube: &DynaKube) -> Vec<Regex> {
     patterns.iter().filter_map(|p| Regex::new(p).ok()).collect()
 }
 
-fn injects_into(dynakube: &DynaKube, namespace: &ObjectMeta, ignored: &[Regex]) -> bool {
+/// Whether the DynaKube injects into or enriches the namespace: either makes the namespace its own.
+fn injects_into(selectors: &NamespaceSelectors, namespace: &ObjectMeta, ignored: &[Regex]) -> bool {
     if ignored.iter().any(|r| r.is_match(&name_of(namespace))) {
         return false;
     }
-    let selector = dynakube.spec.namespace_selector.clone().unwrap_or_default();
-    selector_matches(&selector, &labels_of(namespace))
+    selectors.purposes(&labels_of(namespace)).any()
 }
 
 /// Rule 12, and the syntax of the namespace selector: a namespace is injected by at most one DynaKube.
@@ -542,11 +545,13 @@ fn namespace_selector_errors(
         return Vec::new();
     }
     let ignored = ignored_namespace_patterns(dynakube);
+    let selectors = dynakube.namespace_selectors();
     let mine: Vec<&ObjectMeta> = cluster
         .namespaces
         .iter()
-        .filter(|ns| injects_into(dynakube, ns, &ignored))
+        .filter(|ns| injects_into(&selectors, ns, &ignored))
         .collect();
+    let enriches_apart = dynakube.metadata_enrichment_selector().is_some() && selectors.enrich.is_some();
     let empty_selector = dynakube
         .spec
         .namespace_selector
@@ -558,9 +563,10 @@ fn namespace_selector_errors(
             continue;
         }
         let other_ignored = ignored_namespace_patterns(other);
+        let other_selectors = other.namespace_selectors();
         let shared: Vec<String> = mine
             .iter()
-            .filter(|ns| injects_into(other, ns, &other_ignored))
+            .filter(|ns| injects_into(&other_selectors, ns, &other_ignored))
             .map(|ns| name_of(ns))
             .collect();
         if shared.is_empty() {
@@ -571,9 +577,15 @@ fn namespace_selector_errors(
         } else {
             format!("The DynaKube's {field} selects namespaces that")
         };
+        // Enrichment with a selector of its own claims namespaces too: name both fields then.
+        let fields = if enriches_apart || other.metadata_enrichment_selector().is_some() {
+            format!("{field} or spec.metadataEnrichment.namespaceSelector")
+        } else {
+            field.clone()
+        };
         errors.push(format!(
             "{what} DynaKube {} already injects into {}. A namespace can be injected by one DynaKube only: \
-             narrow {field} so the two select different namespaces.",
+             narrow {fields} so the two select different namespaces.",
             qualified(other),
             examples(&shared)
         ));
@@ -594,25 +606,20 @@ fn code_modules_image_errors(
     if dynakube.mode() != Some(Mode::ApplicationMonitoring) || !image_set {
         return Vec::new();
     }
-    if spelling == Spelling::V1beta3OrLater {
-        // No useCSIDriver any more: the CSI driver is used whenever it is installed.
-        return if cluster.csi_driver_installed == Some(false) {
-            vec![format!(
-                "spec.oneAgent.applicationMonitoring.codeModulesImage is set, but code modules from an image \
-                 are provided by the CSI driver, and the DaemonSet {} does not exist in namespace {:?}. Install \
-                 the operator with the CSI driver (Helm value csidriver.enabled=true), or remove \
-                 codeModulesImage.",
-                names::CSI_DAEMONSET,
-                dynakube.namespace().unwrap_or_default()
-            )]
-        } else {
-            Vec::new()
-        };
-    }
-    if dynakube.needs_csi_driver() {
-        Vec::new()
-    } else {
-        vec![messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()]
+    match dynakube.csi_driver_use() {
+        // `csi_driver_errors` reports a missing driver.
+        CsiDriverUse::Required => Vec::new(),
+        CsiDriverUse::IfInstalled if cluster.csi_driver_installed == Some(false) => vec![format!(
+            "spec.oneAgent.applicationMonitoring.codeModulesImage is set, but code modules from an image are \
+             provided by the CSI driver, and the DaemonSet {} does not exist in namespace {:?}. Install the \
+             operator with the CSI driver (Helm value csidriver.enabled=true), or remove codeModulesImage.",
+            names::CSI_DAEMONSET,
+            dynakube.namespace().unwrap_or_default()
+        )],
+        CsiDriverUse::IfInstalled => Vec::new(),
+        // Versions without useCSIDriver cannot set it: `unused_code_modules_image` warns instead.
+        CsiDriverUse::Never if spelling == Spelling::V1beta3OrLater => Vec::new(),
+        CsiDriverUse::Never => vec![messages::CODE_MODULES_IMAGE_WITHOUT_CSI.to_owned()],
     }
 }
 
@@ -904,6 +911,21 @@ fn warnings(dynakube: &DynaKube) -> Vec<String> {
              argument."
                 .to_owned(),
         );
+    }
+    let enrichment_field = dynakube
+        .spec
+        .metadata_enrichment
+        .as_ref()
+        .is_some_and(|m| m.enabled.is_some());
+    let enrichment_flag =
+        flags.raw(ff::METADATA_ENRICHMENT).is_some() || flags.raw(ff::DISABLE_METADATA_ENRICHMENT).is_some();
+    if enrichment_field && enrichment_flag {
+        warnings.push(format!(
+            "spec.metadataEnrichment.enabled and the annotation {}{} are both set; the field wins. Remove the \
+             annotation.",
+            ff::PREFIX,
+            ff::METADATA_ENRICHMENT
+        ));
     }
     let deprecated: BTreeSet<&str> = DEPRECATED_FLAGS
         .iter()

@@ -404,9 +404,16 @@ fn code_modules_image_needs_csi() {
         (
             "without CSI",
             dynakube(
-                json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "img" } } }),
+                json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "img", "useCSIDriver": false } } }),
             ),
             Some("codeModulesImage is set"),
+        ),
+        (
+            "CSI if installed, not known to be missing",
+            dynakube(
+                json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "codeModulesImage": "img" } } }),
+            ),
+            None,
         ),
     ]);
 }
@@ -623,10 +630,27 @@ fn from_v1beta3_a_code_modules_image_needs_an_installed_csi_driver_not_a_flag() 
         errors_as("dynatrace.com/v1beta6", spec.clone(), installed),
         Vec::<String>::new()
     );
-    // Accepted as the reference does, but this operator does not yet follow the installed driver: say so.
+    // Without useCSIDriver the installed driver is used, so the image is too: no warning.
     let dk = written_in("dynatrace.com/v1beta6", spec.clone());
-    let warnings = validate_as(
+    let verdict = validate_as(
         &dk,
+        "dynatrace.com/v1beta6",
+        &installed,
+        &ProxySecret::NotLookedUp,
+    );
+    assert!(verdict.warnings.is_empty(), "{:#?}", verdict.warnings);
+    // An object that keeps useCSIDriver: false from v1beta2 never uses the driver: say so.
+    let mut kept_false = dk.clone();
+    if let Some(app) = kept_false
+        .spec
+        .one_agent
+        .as_mut()
+        .and_then(|o| o.application_monitoring.as_mut())
+    {
+        app.use_csi_driver = Some(false);
+    }
+    let warnings = validate_as(
+        &kept_false,
         "dynatrace.com/v1beta6",
         &installed,
         &ProxySecret::NotLookedUp,
@@ -647,8 +671,12 @@ fn from_v1beta3_a_code_modules_image_needs_an_installed_csi_driver_not_a_flag() 
         !found[0].contains("useCSIDriver"),
         "v1beta6 has no useCSIDriver: {found:#?}"
     );
-    // v1beta2 still has the flag, and the message names it.
-    let found = errors_as("dynatrace.com/v1beta2", spec, ClusterView::default());
+    // v1beta2 still has the flag (the API server defaults it to false), and the message names it.
+    let v1beta2 = json!({
+        "apiUrl": API_URL,
+        "oneAgent": { "applicationMonitoring": { "codeModulesImage": "cm:1", "useCSIDriver": false } },
+    });
+    let found = errors_as("dynatrace.com/v1beta2", v1beta2, ClusterView::default());
     assert!(
         found.iter().any(|e| e.contains("useCSIDriver: true")),
         "{found:#?}"
@@ -1151,4 +1179,112 @@ fn storage_host_path_and_sec_comp_profile_must_be_paths_the_daemonset_can_use() 
             "{found:#?}"
         );
     }
+}
+
+/// applicationMonitoring without useCSIDriver follows the installed driver: a missing driver is no error
+/// (pods download the code modules); with useCSIDriver: true it is.
+#[test]
+fn only_a_required_csi_driver_is_an_error_when_missing() {
+    let missing = || ClusterView {
+        csi_driver_installed: Some(false),
+        ..Default::default()
+    };
+    let follows = dynakube(json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": {} } }));
+    assert_eq!(errors_in(&follows, missing()), Vec::<String>::new());
+    let never = dynakube(
+        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "useCSIDriver": false } } }),
+    );
+    assert_eq!(errors_in(&never, missing()), Vec::<String>::new());
+    let required = dynakube(
+        json!({ "apiUrl": API_URL, "oneAgent": { "applicationMonitoring": { "useCSIDriver": true } } }),
+    );
+    let found = errors_in(&required, missing());
+    assert!(
+        found.len() == 1 && found[0].contains("needs the CSI driver"),
+        "{found:#?}"
+    );
+}
+
+/// Two DynaKubes may not both claim a namespace, whether they inject into it or enrich it.
+#[test]
+fn metadata_enrichment_selectors_conflict_like_injection_selectors() {
+    let with = |name: &str, inject: Value, enrich: Value| {
+        dynakube_in(
+            "dynatrace",
+            name,
+            json!({
+                "apiUrl": API_URL,
+                "namespaceSelector": inject,
+                "metadataEnrichment": { "namespaceSelector": enrich },
+                "oneAgent": { "applicationMonitoring": {} },
+            }),
+            json!({}),
+        )
+    };
+    let a = with(
+        "a",
+        json!({ "matchLabels": { "team": "a" } }),
+        json!({ "matchLabels": { "enrich": "a" } }),
+    );
+    let namespaces = [
+        namespace("shop", json!({ "team": "a" })),
+        namespace("blog", json!({ "team": "b", "enrich": "a" })),
+    ];
+    let dynakubes = [a];
+    let cluster = ClusterView {
+        dynakubes: &dynakubes,
+        namespaces: &namespaces,
+        ..Default::default()
+    };
+    // b injects into blog, which a enriches.
+    let b = with(
+        "b",
+        json!({ "matchLabels": { "team": "b" } }),
+        json!({ "matchLabels": { "enrich": "b" } }),
+    );
+    let found = errors_in(&b, cluster);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("dynatrace/a")
+            && found[0].contains("blog")
+            && found[0].contains("spec.metadataEnrichment.namespaceSelector"),
+        "{found:#?}"
+    );
+    // c enriches shop, which a injects into.
+    let c = with(
+        "c",
+        json!({ "matchLabels": { "team": "c" } }),
+        json!({ "matchLabels": { "team": "a" } }),
+    );
+    assert_eq!(errors_in(&c, cluster).len(), 1);
+    // d claims neither.
+    let d = with(
+        "d",
+        json!({ "matchLabels": { "team": "d" } }),
+        json!({ "matchLabels": { "enrich": "d" } }),
+    );
+    assert_eq!(errors_in(&d, cluster), Vec::<String>::new());
+}
+
+#[test]
+fn the_metadata_enrichment_field_and_flag_together_warn_that_the_field_wins() {
+    let both = with_flags(
+        json!({ "apiUrl": API_URL, "metadataEnrichment": { "enabled": true }, "oneAgent": { "applicationMonitoring": {} } }),
+        json!({ "feature.dynatrace.com/metadata-enrichment": "false" }),
+    );
+    let warnings = validate(&both, &ClusterView::default(), &ProxySecret::NotLookedUp).warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spec.metadataEnrichment.enabled") && w.contains("the field wins")),
+        "{warnings:#?}"
+    );
+    let field_only = dynakube(
+        json!({ "apiUrl": API_URL, "metadataEnrichment": { "enabled": true }, "oneAgent": { "applicationMonitoring": {} } }),
+    );
+    let warnings = validate(&field_only, &ClusterView::default(), &ProxySecret::NotLookedUp).warnings;
+    assert!(
+        !warnings.iter().any(|w| w.contains("metadataEnrichment")),
+        "{warnings:#?}"
+    );
 }
