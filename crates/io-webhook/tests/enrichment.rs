@@ -20,8 +20,9 @@ use pure_api::dynakube::{DynaKube, v1beta6};
 use serde_json::{Value, json};
 use test_kit::TestNamespace;
 
+use common::INSTANCE_LABEL;
+
 const WAIT: Duration = Duration::from_secs(60);
-const INSTANCE_LABEL: &str = "dynakube.internal.dynatrace.com/instance";
 const TENANT: &str = "abc12345";
 
 /// The webhook server, the CRDs and the DynaKubes shared by the tests of this binary. The CSI driver is
@@ -110,38 +111,7 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
 /// has labelled it for `dynakube`.
 async fn mapped_namespace(dynakube: &str, labels: &[(&str, &str)]) -> anyhow::Result<TestNamespace> {
     let _ = env();
-    let ns = TestNamespace::create().await?;
-    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
-    for name in [INIT_SECRET, ENRICHMENT_SECRET] {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": { "name": name }, "stringData": { "config": "{}" }
-        }))?;
-        secrets.create(&PostParams::default(), &secret).await?;
-    }
-    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
-    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let mut attempt = 0;
-    test_kit::eventually("the namespace webhook to label the namespace", WAIT, || {
-        attempt += 1;
-        let (namespaces, labels, name) = (namespaces.clone(), labels.clone(), ns.name.clone());
-        async move {
-            // A changing annotation makes every attempt an UPDATE the webhook sees.
-            let patch = json!({ "metadata": {
-                "labels": labels,
-                "annotations": { "test.dynatrace.com/attempt": attempt.to_string() },
-            }});
-            let updated = namespaces
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await?;
-            Ok(updated
-                .labels()
-                .get(INSTANCE_LABEL)
-                .filter(|dk| dk.as_str() == dynakube)
-                .map(drop))
-        }
-    })
-    .await?;
-    Ok(ns)
+    common::mapped_namespace(dynakube, labels.iter().copied().collect(), WAIT).await
 }
 
 fn pod(name: &str) -> Pod {

@@ -20,9 +20,10 @@ use pure_api::dynakube::names::{ENRICHMENT_SECRET, INIT_SECRET};
 use serde_json::{Value, json};
 use test_kit::TestNamespace;
 
+use common::INSTANCE_LABEL;
+
 const WAIT: Duration = Duration::from_secs(60);
 const INIT_IMAGE: &str = "localhost/dynatrace-operator:inject-test";
-const INSTANCE_LABEL: &str = "dynakube.internal.dynatrace.com/instance";
 const TENANT: &str = "abc12345";
 const CODE_MODULES_VERSION: &str = "1.277.0.20230914-094321";
 
@@ -129,39 +130,9 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
 /// DynaKubes).
 async fn mapped_namespace(dynakube: &str, extra_labels: &[(&str, &str)]) -> anyhow::Result<TestNamespace> {
     let _ = env();
-    let ns = TestNamespace::create().await?;
-    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
-    for name in [INIT_SECRET, ENRICHMENT_SECRET] {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": { "name": name }, "stringData": { "config": "{}" }
-        }))?;
-        secrets.create(&PostParams::default(), &secret).await?;
-    }
-    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
     let mut labels: BTreeMap<&str, &str> = extra_labels.iter().copied().collect();
     labels.insert("inject", dynakube);
-    let mut attempt = 0;
-    test_kit::eventually("the namespace webhook to label the namespace", WAIT, || {
-        attempt += 1;
-        let (namespaces, labels, name) = (namespaces.clone(), labels.clone(), ns.name.clone());
-        async move {
-            // A changing annotation makes every attempt an UPDATE the webhook sees.
-            let patch = json!({ "metadata": {
-                "labels": labels,
-                "annotations": { "test.dynatrace.com/attempt": attempt.to_string() },
-            }});
-            let updated = namespaces
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await?;
-            Ok(updated
-                .labels()
-                .get(INSTANCE_LABEL)
-                .filter(|dk| dk.as_str() == dynakube)
-                .map(drop))
-        }
-    })
-    .await?;
-    Ok(ns)
+    common::mapped_namespace(dynakube, labels, WAIT).await
 }
 
 fn pod(name: &str, containers: &[&str]) -> Pod {

@@ -2,15 +2,24 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use io_webhook::{AppState, ClusterCache, Metrics, RunningServer, ServerConfig};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt as _};
+use pure_api::dynakube::names::{ENRICHMENT_SECRET, INIT_SECRET};
+use serde_json::json;
+use test_kit::TestNamespace;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use test_kit::pki::CertificateAuthority;
+
+pub use pure_desired::mapping::INSTANCE_LABEL;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -281,4 +290,45 @@ fn dechunk(body: &str) -> String {
         out.push_str(&tail[..size]);
         rest = tail[size..].trim_start_matches("\r\n");
     }
+}
+
+/// A test namespace with `labels` and the Secrets the operator would have written there (init and
+/// enrichment), once the namespace webhook has labelled it for `dynakube` (which also shows that the
+/// webhook's caches know that DynaKube). Waits up to `wait`.
+pub async fn mapped_namespace(
+    dynakube: &str,
+    labels: BTreeMap<&str, &str>,
+    wait: std::time::Duration,
+) -> anyhow::Result<TestNamespace> {
+    let ns = TestNamespace::create().await?;
+    let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
+    for name in [INIT_SECRET, ENRICHMENT_SECRET] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": name }, "stringData": { "config": "{}" }
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+    let mut attempt = 0;
+    test_kit::eventually("the namespace webhook to label the namespace", wait, || {
+        attempt += 1;
+        let (namespaces, labels, name) = (namespaces.clone(), labels.clone(), ns.name.clone());
+        async move {
+            // A changing annotation makes every attempt an UPDATE the webhook sees.
+            let patch = json!({ "metadata": {
+                "labels": labels,
+                "annotations": { "test.dynatrace.com/attempt": attempt.to_string() },
+            }});
+            let updated = namespaces
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            Ok(updated
+                .labels()
+                .get(INSTANCE_LABEL)
+                .filter(|dk| dk.as_str() == dynakube)
+                .map(drop))
+        }
+    })
+    .await?;
+    Ok(ns)
 }
