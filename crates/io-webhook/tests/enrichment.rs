@@ -7,20 +7,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use io_webhook::registration;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
-use pure_api::dynakube::names::{CSI_DAEMONSET, ENRICHMENT_SECRET, INIT_SECRET};
+use pure_api::dynakube::names::CSI_DAEMONSET;
 use pure_api::dynakube::{DynaKube, v1beta6};
 use serde_json::{Value, json};
 use test_kit::TestNamespace;
-
-use common::INSTANCE_LABEL;
 
 const WAIT: Duration = Duration::from_secs(60);
 const TENANT: &str = "abc12345";

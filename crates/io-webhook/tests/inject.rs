@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use pure_api::dynakube::DynaKube;
-use pure_api::dynakube::names::{ENRICHMENT_SECRET, INIT_SECRET};
+use pure_api::dynakube::names::INIT_SECRET;
 use serde_json::{Value, json};
 use test_kit::TestNamespace;
 

@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use pure_api::dynakube::names::{ENRICHMENT_SECRET, INIT_SECRET};
-use serde_json::json;
-use test_kit::TestNamespace;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use test_kit::TestNamespace;
 use test_kit::pki::CertificateAuthority;
 
 pub use pure_desired::mapping::INSTANCE_LABEL;
