@@ -147,7 +147,10 @@ async fn reconcile(dynakube: Arc<DynaKube>, ctx: Arc<Context>) -> Result<Action,
     let namespace = dynakube.namespace().unwrap_or_default();
     let name = dynakube.name_any();
     let uid = dynakube.uid().unwrap_or_default();
-    if !dynakube.needs_app_injection() || dynakube.metadata.deletion_timestamp.is_some() {
+    // Only DynaKubes that inject code modules: the check's rules follow the OneAgent annotations, so an
+    // enrichment-only DynaKube (classicFullStack, hostMonitoring) would count pods opted out of enrichment.
+    let injects = dynakube.namespace_selectors().inject.is_some();
+    if !injects || dynakube.metadata.deletion_timestamp.is_some() {
         ctx.config.metrics.forget_dynakube(&namespace, &name);
         if dynakube.status.as_ref().is_some_and(|s| s.injection.is_some()) {
             // What this check no longer reports disappears: apply an empty part.

@@ -903,6 +903,14 @@ impl Controller {
             .dynakube_tokens(dynakube)
             .await
             .map_err(InputProblem::from)?;
+        let user = |e: pure_desired::DesiredError| InputProblem::User(e.to_string());
+        if dynakube.namespace_selectors().inject.is_none() {
+            // Enrichment only (classicFullStack, hostMonitoring): nothing reads the init Secret there.
+            return Ok(mapping::data_ingest_secret(dynakube, &tokens)
+                .map_err(user)?
+                .into_iter()
+                .collect());
+        }
         let proxy = inputs
             .proxy(namespace, dynakube.proxy())
             .await
@@ -936,7 +944,6 @@ impl Controller {
             cluster_id: &cluster_id,
             monitoring_nodes: &monitoring_nodes,
         };
-        let user = |e: pure_desired::DesiredError| InputProblem::User(e.to_string());
         let mut templates = vec![mapping::init_secret(dynakube, &facts).map_err(user)?];
         templates.extend(mapping::data_ingest_secret(dynakube, &tokens).map_err(user)?);
         Ok(templates)

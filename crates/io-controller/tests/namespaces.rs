@@ -667,3 +667,46 @@ async fn a_thousand_namespaces_are_mapped() {
     );
     env.stop().await;
 }
+
+/// A classicFullStack DynaKube with an enrichment selector claims the namespaces it selects for enrichment
+/// only: they are labelled and get the data-ingest Secret, never the init Secret (nothing injects code
+/// modules there). Without the selector it claims none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrichment_only_dynakubes_label_and_get_the_data_ingest_secret_only() {
+    let env = Env::start().await;
+    env.token_secret(
+        "classic",
+        json!({ "apiToken": "dt0c01.API", "dataIngestToken": "dt0c01.INGEST" }),
+    )
+    .await;
+    env.namespace("shop", &[("enrich", "yes")]).await;
+    env.namespace("blog", &[]).await;
+    env.create_dynakube(
+        "classic",
+        json!({
+            "metadataEnrichment": { "enabled": true, "namespaceSelector": { "matchLabels": { "enrich": "yes" } } },
+            "oneAgent": { "classicFullStack": {} },
+        }),
+        json!({}),
+    )
+    .await;
+    env.wait_for_labels("shop labelled for enrichment", &[("shop", "classic")])
+        .await;
+    env.set_tenant_uuid("classic", "abc12345").await;
+    let ingest = env.wait_for_secret("shop", INGEST_SECRET, |_| true).await;
+    assert!(data(&ingest, "endpoint.properties").contains("dt0c01.INGEST"));
+    // The init Secret would have come with the data-ingest Secret, in the same pass.
+    assert!(env.secret("shop", INIT_SECRET).await.is_none());
+    assert!(env.secret("blog", INGEST_SECRET).await.is_none());
+
+    // Without the enrichment selector the DynaKube claims nothing: label and Secret go.
+    env.patch_dynakube(
+        "classic",
+        json!({ "spec": { "metadataEnrichment": { "namespaceSelector": null } } }),
+    )
+    .await;
+    env.wait_for_labels("the label goes without the selector", &[])
+        .await;
+    env.wait_for_no_secret("shop", INGEST_SECRET).await;
+    env.stop().await;
+}

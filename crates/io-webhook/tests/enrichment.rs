@@ -1,7 +1,7 @@
 //! The pod webhook through a real API server for DynaKubes written as `dynatrace.com/v1beta6`:
 //! applicationMonitoring without `useCSIDriver` uses the CSI driver exactly when it is installed, and
 //! `metadataEnrichment.namespaceSelector` enriches the namespaces it selects independently of the
-//! code-module injection selector.
+//! code-module injection selector, for a classicFullStack DynaKube too (enrichment only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -84,6 +84,19 @@ async fn set_up() -> anyhow::Result<(Env, common::TestServer)> {
             "split",
             json!({ "enabled": true, "namespaceSelector": { "matchLabels": { "enrich": "split" } } }),
         ),
+        // classicFullStack: enrichment only, in the namespaces its enrichment selector selects.
+        serde_json::from_value(json!({
+            "apiVersion": "dynatrace.com/v1beta6", "kind": "DynaKube",
+            "metadata": { "name": "classic" },
+            "spec": {
+                "apiUrl": format!("https://{TENANT}.live.dynatrace.com/api"),
+                "metadataEnrichment": {
+                    "enabled": true,
+                    "namespaceSelector": { "matchLabels": { "enrich": "classic" } },
+                },
+                "oneAgent": { "classicFullStack": {} },
+            },
+        }))?,
     ] {
         let name = dk.name_any();
         // Written through the conversion webhook, as a user of the reference's current version would.
@@ -283,4 +296,16 @@ async fn a_namespace_selected_only_for_enrichment_gets_enriched_pods_without_one
         .await
         .unwrap();
     assert_eq!(parts(&pod_there), (true, true));
+}
+
+#[tokio::test]
+async fn a_classic_full_stack_dynakube_enriches_the_namespaces_its_selector_selects() {
+    let enriched = mapped_namespace("classic", &[("enrich", "classic")])
+        .await
+        .unwrap();
+    let pod_there = create_until(&enriched.client, &enriched.name, &pod("classic"), injected)
+        .await
+        .unwrap();
+    assert_eq!(parts(&pod_there), (false, true));
+    assert_eq!(mode(&pod_there), None);
 }

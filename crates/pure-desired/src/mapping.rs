@@ -131,7 +131,8 @@ impl<'a> NamespaceView<'a> {
     }
 }
 
-/// A DynaKube that injects into namespaces (cloudNativeFullStack or applicationMonitoring), prepared to be
+/// A DynaKube that claims namespaces (cloudNativeFullStack or applicationMonitoring for both parts,
+/// classicFullStack or hostMonitoring with an enrichment selector for enrichment only), prepared to be
 /// matched against many namespaces: its ignored patterns are compiled once.
 #[derive(Debug, Clone)]
 pub struct Injector {
@@ -145,16 +146,17 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// The injector of a DynaKube; `None` when it injects nowhere: no app-injection mode, no name, or being
-    /// deleted (it has no finalizer, so it is about to go).
+    /// The injector of a DynaKube; `None` when it claims no namespace
+    /// ([`NamespaceSelectors::claims_namespaces`]), has no name, or is being deleted (it has no finalizer,
+    /// so it is about to go).
     pub fn new(dynakube: &DynaKube) -> Option<Self> {
-        if !dynakube.needs_app_injection()
+        let selectors = dynakube.namespace_selectors();
+        if !selectors.claims_namespaces()
             || dynakube.metadata.deletion_timestamp.is_some()
             || dynakube.metadata.name.as_deref().is_none_or(str::is_empty)
         {
             return None;
         }
-        let selectors = dynakube.namespace_selectors();
         Some(Self {
             dynakube: DynaKubeRef::of(dynakube),
             problems: selectors.problems(),
@@ -975,6 +977,85 @@ mod tests {
             }]
         );
         assert!(mapping.conflicts.is_empty() && mapping.invalid_selectors.is_empty());
+    }
+
+    /// A classicFullStack or hostMonitoring DynaKube claims, for enrichment only, exactly the namespaces
+    /// its `metadataEnrichment.namespaceSelector` selects; without that selector, or with enrichment off,
+    /// it claims none (and a label naming it goes).
+    #[test]
+    fn enrichment_only_dynakubes_label_what_their_enrichment_selector_selects() {
+        let mut cluster = Cluster::new(&[
+            ("shop", &[("enrich", "yes")]),
+            ("blog", &[("enrich", "no")]),
+            ("plain", &[]),
+        ]);
+        for mode in ["classicFullStack", "hostMonitoring"] {
+            let with = |enrichment: Value| {
+                dk_in(
+                    OPERATOR_NS,
+                    "dk",
+                    json!({ "metadataEnrichment": enrichment, "oneAgent": { mode: {} } }),
+                    json!({}),
+                )
+            };
+            let selecting = with(json!({ "namespaceSelector": { "matchLabels": { "enrich": "yes" } } }));
+            let mapping = cluster.map(std::slice::from_ref(&selecting));
+            assert_eq!(assigned(&mapping), BTreeMap::from([("shop", "dk")]), "{mode}");
+            assert!(mapping.conflicts.is_empty(), "{mode}");
+            let injector = Injector::new(&selecting).unwrap();
+            let shop = labels(&[("enrich", "yes")]);
+            let purposes = injector.purposes(&NamespaceView {
+                name: "shop",
+                labels: Some(&shop),
+            });
+            assert_eq!(
+                purposes,
+                NamespacePurposes {
+                    inject: false,
+                    enrich: true
+                },
+                "{mode}"
+            );
+            cluster.apply(&mapping);
+
+            for claims_nothing in [
+                with(json!({})),
+                with(
+                    json!({ "enabled": false, "namespaceSelector": { "matchLabels": { "enrich": "yes" } } }),
+                ),
+            ] {
+                let mapping = cluster.map(std::slice::from_ref(&claims_nothing));
+                assert!(assigned(&mapping).is_empty(), "{mode}: {mapping:?}");
+                assert_eq!(mapping.changes.len(), 1, "{mode}: the label goes");
+            }
+            let mut unlabelled = cluster.map(&[]);
+            cluster.apply(&unlabelled);
+            unlabelled = cluster.map(&[]);
+            assert!(unlabelled.changes.is_empty());
+        }
+    }
+
+    /// An enrichment-only DynaKube and an injecting one selecting the same namespace conflict.
+    #[test]
+    fn enrichment_only_and_injecting_dynakubes_conflict() {
+        let cluster = Cluster::new(&[("shop", &[("team", "a")]), ("blog", &[("team", "b")])]);
+        let classic = dk_in(
+            OPERATOR_NS,
+            "classic",
+            json!({
+                "metadataEnrichment": { "namespaceSelector": { "matchLabels": { "team": "a" } } },
+                "oneAgent": { "classicFullStack": {} },
+            }),
+            json!({}),
+        );
+        let app = app_monitoring("app", json!({ "matchLabels": { "team": "a" } }));
+        let mapping = cluster.map(&[classic, app]);
+        assert!(assigned(&mapping).is_empty());
+        assert_eq!(mapping.conflicts.len(), 1);
+        assert_eq!(
+            mapping.conflicts[0].dynakubes,
+            vec![dk_ref("app"), dk_ref("classic")]
+        );
     }
 
     #[test]

@@ -139,8 +139,8 @@ pub enum Skip {
         /// The name in the label.
         name: String,
     },
-    /// The namespace label names a DynaKube that does not inject code modules (its mode changed; the
-    /// operator removes the label).
+    /// The namespace label names a DynaKube that claims no namespace: it neither injects code modules nor
+    /// enriches pods (its mode or selectors changed; the operator removes the label).
     DynaKubeNotInjecting {
         /// The DynaKube's name.
         name: String,
@@ -206,8 +206,10 @@ impl Skip {
                  remove the label {INSTANCE_LABEL} from the namespace"
             ),
             Self::DynaKubeNotInjecting { name } => format!(
-                "namespace {namespace} is labelled for DynaKube {name}, whose mode does not inject code \
-                 modules; the operator removes the label on its next reconcile"
+                "namespace {namespace} is labelled for DynaKube {name}, which neither injects code modules \
+                 nor enriches pods (classicFullStack and hostMonitoring enrich only with \
+                 spec.metadataEnrichment.namespaceSelector); the operator removes the label on its next \
+                 reconcile"
             ),
             Self::InitSecretMissing => format!(
                 "the Secret {} is not in namespace {namespace} yet; the operator creates it when it \
@@ -329,7 +331,7 @@ fn decide(req: &PodRequest<'_>) -> Result<(PodOutcome, Pod), Skip> {
     let dynakube = req
         .dynakube
         .ok_or_else(|| missing(Skip::DynaKubeMissing { name: label.clone() }))?;
-    if !dynakube.needs_app_injection() {
+    if !dynakube.namespace_selectors().claims_namespaces() {
         return Err(missing(Skip::DynaKubeNotInjecting { name: label.clone() }));
     }
     let annotation = |key: &str| {

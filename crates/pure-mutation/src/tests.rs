@@ -513,6 +513,36 @@ fn each_part_follows_its_namespace_selector() {
     assert_eq!(parts(&after), (true, false));
 }
 
+/// classicFullStack and hostMonitoring DynaKubes enrich the pods of the namespaces their enrichment
+/// selector selects, and never inject code modules (their OneAgent runs on the host); without the
+/// selector they claim nothing.
+#[test]
+fn enrichment_only_modes_enrich_and_never_inject() {
+    let label = (INSTANCE_LABEL, "dk");
+    for mode in ["classicFullStack", "hostMonitoring"] {
+        let mut dk = dynakube("dk", json!({ mode: {} }));
+        let plain = Facts::new(dk.clone(), false);
+        assert!(
+            matches!(skipped(&plain, &app_pod()).0, Skip::DynaKubeNotInjecting { .. }),
+            "{mode}"
+        );
+
+        dk.spec.metadata_enrichment = serde_json::from_value(json!({
+            "namespaceSelector": { "matchLabels": { "enrich": "yes" } },
+        }))
+        .unwrap();
+        let mut facts = Facts::new(dk, true);
+        facts.labels = map(&[label, ("enrich", "yes")]);
+        // No init Secret is written for these modes: enrichment does not need it.
+        facts.init_secret = false;
+        let (_, after) = injected(&facts, &app_pod());
+        assert_eq!(parts(&after), (false, true), "{mode}");
+
+        facts.labels = map(&[label]);
+        assert_eq!(skipped(&facts, &app_pod()).0, Skip::NotSelected, "{mode}");
+    }
+}
+
 #[test]
 fn the_metadata_enrichment_field_wins_over_the_flag() {
     let mut off = with_flags(app_monitoring(), &[("metadata-enrichment", "true")]);

@@ -75,10 +75,12 @@ impl NamespacePurposes {
 
 /// The namespace selectors of a DynaKube ([`DynaKube::namespace_selectors`]), ignored namespaces aside.
 ///
-/// Only DynaKubes that inject code modules (cloudNativeFullStack, applicationMonitoring) select
-/// namespaces at all. Metadata enrichment runs when [`DynaKube::metadata_enrichment_enabled`], in the
-/// namespaces `spec.metadataEnrichment.namespaceSelector` selects, independently of the injection
-/// selector; without it, enrichment follows the injection selector (the behaviour before the field).
+/// DynaKubes that inject code modules (cloudNativeFullStack, applicationMonitoring) select namespaces for
+/// both parts. Metadata enrichment runs when [`DynaKube::metadata_enrichment_enabled`], in the namespaces
+/// `spec.metadataEnrichment.namespaceSelector` selects, independently of the injection selector; without
+/// it, enrichment follows the injection selector (the behaviour before the field). classicFullStack and
+/// hostMonitoring DynaKubes select namespaces for enrichment only (`inject` is `None`), and only through an
+/// explicit `spec.metadataEnrichment.namespaceSelector`: without it they select none.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NamespaceSelectors {
     /// The code-module injection selector (`spec.namespaceSelector`, per mode from v1beta2 on); `None`
@@ -97,6 +99,11 @@ impl NamespaceSelectors {
             inject: matches(&self.inject),
             enrich: matches(&self.enrich),
         }
+    }
+
+    /// Whether the DynaKube claims namespaces at all (for either part).
+    pub fn claims_namespaces(&self) -> bool {
+        self.inject.is_some() || self.enrich.is_some()
     }
 
     /// Why a selector is invalid; empty when both are valid.
@@ -328,8 +335,20 @@ impl DynaKube {
     }
 
     /// The selectors of the namespaces this DynaKube injects code modules into and enriches
-    /// ([`NamespaceSelectors`]); the one place of the rule for mapping, validation and the webhook.
+    /// ([`NamespaceSelectors`]); the one place of the rule for mapping, validation and the webhook. Both
+    /// are `None` when the DynaKube claims no namespace.
     pub fn namespace_selectors(&self) -> NamespaceSelectors {
+        if matches!(self.mode(), Some(Mode::ClassicFullStack | Mode::HostMonitoring)) {
+            // Enrichment only, and only with an explicit selector: an empty one would start enriching
+            // every pod of every namespace for existing users of these modes (the reference does so).
+            return NamespaceSelectors {
+                inject: None,
+                enrich: self
+                    .metadata_enrichment_enabled()
+                    .then(|| self.metadata_enrichment_selector().cloned())
+                    .flatten(),
+            };
+        }
         if !self.needs_app_injection() {
             return NamespaceSelectors::default();
         }
@@ -704,6 +723,41 @@ mod tests {
             dk.namespace_selectors().purposes(&enrich_only),
             purposes(false, false)
         );
+    }
+
+    /// Every mode, with and without an enrichment selector and with enrichment off: the injecting modes
+    /// select for both parts; classicFullStack and hostMonitoring select for enrichment only, and only
+    /// through an explicit `metadataEnrichment.namespaceSelector` (no selector claims no namespace).
+    #[test]
+    fn namespace_selectors_per_mode() {
+        let selector = |label: &str| -> LabelSelector {
+            serde_json::from_value(serde_json::json!({ "matchLabels": { label: "yes" } })).unwrap()
+        };
+        for mode in [
+            "classicFullStack",
+            "hostMonitoring",
+            "cloudNativeFullStack",
+            "applicationMonitoring",
+        ] {
+            let injecting = matches!(mode, "cloudNativeFullStack" | "applicationMonitoring");
+            let mut dk = dynakube(serde_json::json!({ mode: {} }));
+            let plain = dk.namespace_selectors();
+            assert_eq!(plain.inject.is_some(), injecting, "{mode}");
+            assert_eq!(plain.enrich.is_some(), injecting, "{mode} without a selector");
+
+            dk.spec.metadata_enrichment = serde_json::from_value(
+                serde_json::json!({ "namespaceSelector": { "matchLabels": { "enrich": "yes" } } }),
+            )
+            .unwrap();
+            let own = dk.namespace_selectors();
+            assert_eq!(own.inject.is_some(), injecting, "{mode}");
+            assert_eq!(own.enrich, Some(selector("enrich")), "{mode} with a selector");
+
+            dk.spec.metadata_enrichment.as_mut().unwrap().enabled = Some(false);
+            let off = dk.namespace_selectors();
+            assert_eq!(off.inject.is_some(), injecting, "{mode}");
+            assert_eq!(off.enrich, None, "{mode} with enrichment off");
+        }
     }
 
     /// The field `metadataEnrichment.enabled` wins over the deprecated flag; without the field the flag

@@ -213,6 +213,9 @@ fn unused_code_modules_image(dynakube: &DynaKube, spelling: Spelling) -> Option<
         })
 }
 
+/// The path of the metadata-enrichment namespace selector.
+const ENRICHMENT_SELECTOR: &str = "spec.metadataEnrichment.namespaceSelector";
+
 /// The syntax of `spec.metadataEnrichment.namespaceSelector` (v1beta2 and later).
 fn metadata_enrichment_errors(dynakube: &DynaKube) -> Vec<String> {
     let problems = dynakube
@@ -541,11 +544,11 @@ fn namespace_selector_errors(
             .map(|p| format!("{field} is invalid: {p}. Fix the label selector."))
             .collect();
     }
-    if !dynakube.needs_app_injection() {
+    let selectors = dynakube.namespace_selectors();
+    if !selectors.claims_namespaces() {
         return Vec::new();
     }
     let ignored = ignored_namespace_patterns(dynakube);
-    let selectors = dynakube.namespace_selectors();
     let mine: Vec<&ObjectMeta> = cluster
         .namespaces
         .iter()
@@ -559,11 +562,11 @@ fn namespace_selector_errors(
         .is_none_or(|s| s == &Default::default());
     let mut errors = Vec::new();
     for other in cluster.dynakubes {
-        if same_object(dynakube, other) || !other.needs_app_injection() {
+        let other_selectors = other.namespace_selectors();
+        if same_object(dynakube, other) || !other_selectors.claims_namespaces() {
             continue;
         }
         let other_ignored = ignored_namespace_patterns(other);
-        let other_selectors = other.namespace_selectors();
         let shared: Vec<String> = mine
             .iter()
             .filter(|ns| injects_into(&other_selectors, ns, &other_ignored))
@@ -572,19 +575,28 @@ fn namespace_selector_errors(
         if shared.is_empty() {
             continue;
         }
-        let what = if empty_selector {
+        let what = if selectors.inject.is_none() {
+            format!("The DynaKube's {ENRICHMENT_SELECTOR} selects namespaces that")
+        } else if empty_selector {
             format!("The DynaKube has no {field}, so it would inject into every namespace, but")
         } else {
             format!("The DynaKube's {field} selects namespaces that")
         };
+        let claims = if other_selectors.inject.is_some() {
+            "injects into"
+        } else {
+            "enriches the pods of"
+        };
         // Enrichment with a selector of its own claims namespaces too: name both fields then.
-        let fields = if enriches_apart || other.metadata_enrichment_selector().is_some() {
-            format!("{field} or spec.metadataEnrichment.namespaceSelector")
+        let fields = if selectors.inject.is_none() {
+            ENRICHMENT_SELECTOR.to_owned()
+        } else if enriches_apart || other.metadata_enrichment_selector().is_some() {
+            format!("{field} or {ENRICHMENT_SELECTOR}")
         } else {
             field.clone()
         };
         errors.push(format!(
-            "{what} DynaKube {} already injects into {}. A namespace can be injected by one DynaKube only: \
+            "{what} DynaKube {} already {claims} {}. A namespace can be claimed by one DynaKube only: \
              narrow {fields} so the two select different namespaces.",
             qualified(other),
             examples(&shared)

@@ -1288,3 +1288,63 @@ fn the_metadata_enrichment_field_and_flag_together_warn_that_the_field_wins() {
         "{warnings:#?}"
     );
 }
+
+/// A classicFullStack DynaKube enriching through its own selector claims namespaces like an injecting one:
+/// sharing one with an injecting DynaKube is a conflict, both ways; without the selector it claims none.
+#[test]
+fn enrichment_only_dynakubes_conflict_with_injecting_ones() {
+    let classic = |name: &str, enrich: Option<Value>| {
+        let mut spec = json!({ "apiUrl": API_URL, "oneAgent": { "classicFullStack": {} } });
+        if let Some(enrich) = enrich {
+            spec["metadataEnrichment"] = json!({ "namespaceSelector": enrich });
+        }
+        dynakube_in("dynatrace", name, spec, json!({}))
+    };
+    let app = dynakube_in(
+        "dynatrace",
+        "app",
+        json!({
+            "apiUrl": API_URL,
+            "namespaceSelector": { "matchLabels": { "team": "a" } },
+            "oneAgent": { "applicationMonitoring": {} },
+        }),
+        json!({}),
+    );
+    let namespaces = [
+        namespace("shop", json!({ "team": "a" })),
+        namespace("blog", json!({ "team": "b" })),
+    ];
+    let claiming = classic("classic", Some(json!({ "matchLabels": { "team": "a" } })));
+    let elsewhere = classic("elsewhere", Some(json!({ "matchLabels": { "team": "b" } })));
+    let unselected = classic("plain", None);
+
+    let with_app = [app.clone()];
+    let cluster = ClusterView {
+        dynakubes: &with_app,
+        namespaces: &namespaces,
+        ..Default::default()
+    };
+    let found = errors_in(&claiming, cluster);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("dynatrace/app")
+            && found[0].contains("shop")
+            && found[0].contains("spec.metadataEnrichment.namespaceSelector"),
+        "{found:#?}"
+    );
+    assert_eq!(errors_in(&elsewhere, cluster), Vec::<String>::new());
+    assert_eq!(errors_in(&unselected, cluster), Vec::<String>::new());
+
+    let with_classic = [claiming];
+    let cluster = ClusterView {
+        dynakubes: &with_classic,
+        namespaces: &namespaces,
+        ..Default::default()
+    };
+    let found = errors_in(&app, cluster);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("dynatrace/classic") && found[0].contains("shop"),
+        "{found:#?}"
+    );
+}
