@@ -7,7 +7,8 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{Api, Client, Resource as _};
+use kube::{Api, Client};
+use pure_desired::owner::garbage_collection_owner;
 
 /// Name of the operator's Deployment, as the chart installs it.
 pub const OPERATOR_DEPLOYMENT: &str = pure_install::OPERATOR;
@@ -46,16 +47,6 @@ pub async fn deployment_owner(client: &Client, namespace: &str, deployment: &str
     }
 }
 
-/// A reference to `owner` that only ties the dependent's lifetime to it: not `controller`, no
-/// `blockOwnerDeletion`. `None` for an object without uid (not read from the API server).
-pub fn garbage_collection_owner(owner: &Deployment) -> Option<OwnerReference> {
-    owner.controller_owner_ref(&()).map(|mut reference| {
-        reference.controller = None;
-        reference.block_owner_deletion = None;
-        reference
-    })
-}
-
 /// Adds `owner` to `references` unless an owner of the same uid is there. Returns whether it added it.
 pub fn add_owner(references: &mut Option<Vec<OwnerReference>>, owner: &OwnerReference) -> bool {
     let list = references.get_or_insert_with(Vec::new);
@@ -89,22 +80,5 @@ mod tests {
         assert!(!add_owner(&mut references, &owner("a")));
         assert!(add_owner(&mut references, &owner("b")));
         assert_eq!(references.map(|r| r.len()), Some(2));
-    }
-
-    #[test]
-    fn the_reference_neither_controls_nor_blocks() {
-        let mut deployment = Deployment::default();
-        assert_eq!(garbage_collection_owner(&deployment), None);
-        deployment.metadata.name = Some(OPERATOR_DEPLOYMENT.into());
-        deployment.metadata.uid = Some("u".into());
-        let reference = garbage_collection_owner(&deployment).unwrap();
-        assert_eq!(
-            (reference.kind.as_str(), reference.uid.as_str()),
-            ("Deployment", "u")
-        );
-        assert_eq!(
-            (reference.controller, reference.block_owner_deletion),
-            (None, None)
-        );
     }
 }

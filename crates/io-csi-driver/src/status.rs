@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Resource as _, ResourceExt as _};
+use kube::{Api, Client, ResourceExt as _};
 use pure_csi::layout::{DynakubeRecord, Layout};
 
 use crate::records;
@@ -100,13 +100,7 @@ impl NodeStatus {
             .get_opt(name)
             .await
         {
-            Ok(Some(daemon_set)) => Ok(daemon_set.controller_owner_ref(&()).map(|mut owner| {
-                // Plain ownership: the DaemonSet controls only its pods, and blocking its deletion would
-                // need `update` on its finalizers.
-                owner.controller = None;
-                owner.block_owner_deletion = None;
-                owner
-            })),
+            Ok(Some(daemon_set)) => Ok(pure_desired::owner::garbage_collection_owner(&daemon_set)),
             Ok(None) => {
                 tracing::info!(daemon_set = %format!("{}/{name}", self.namespace),
                     "not running from the CSI DaemonSet; the node status ConfigMap gets no owner and stays \

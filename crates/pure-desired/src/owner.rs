@@ -32,6 +32,21 @@ where
     Ok(reference)
 }
 
+/// A reference that only ties an object's lifetime to `owner`, for what a component creates beside its own
+/// workload (the operator's Lease and node cache, the CSI driver's node status): neither `controller` (the
+/// owner's controller does not manage the object) nor `blockOwnerDeletion` (that needs `update` on the
+/// owner's finalizers). `None` for an owner without UID (not read from the API server).
+pub fn garbage_collection_owner<K>(owner: &K) -> Option<OwnerReference>
+where
+    K: Resource<DynamicType = ()>,
+{
+    owner.controller_owner_ref(&()).map(|mut reference| {
+        reference.controller = None;
+        reference.block_owner_deletion = None;
+        reference
+    })
+}
+
 /// The metadata of the object `name` made for `owner`: in the owner's namespace, with `labels` and
 /// [`owner_reference`]. The caller has checked that the owner has a namespace.
 pub fn owned_metadata<K>(
@@ -117,5 +132,22 @@ mod tests {
         assert_eq!(meta.namespace.as_deref(), Some("dynatrace"));
         assert_eq!(meta.labels, Some(labels));
         assert_eq!(meta.owner_references.unwrap()[0].uid, "uid-1");
+    }
+
+    #[test]
+    fn a_garbage_collection_owner_neither_controls_nor_blocks() {
+        let mut deployment = k8s_openapi::api::apps::v1::Deployment::default();
+        assert_eq!(garbage_collection_owner(&deployment), None);
+        deployment.metadata.name = Some("dynatrace-operator".into());
+        deployment.metadata.uid = Some("u".into());
+        let reference = garbage_collection_owner(&deployment).unwrap();
+        assert_eq!(
+            (reference.kind.as_str(), reference.uid.as_str()),
+            ("Deployment", "u")
+        );
+        assert_eq!(
+            (reference.controller, reference.block_owner_deletion),
+            (None, None)
+        );
     }
 }
