@@ -140,26 +140,14 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Creates `pod` (deleting each attempt that `wanted` rejects, as the webhook's caches catch up) until
-/// `wanted` accepts what the API server stored.
+/// [`common::create_until`] within this binary's wait.
 async fn create_until(
     client: &Client,
     namespace: &str,
     pod: &Pod,
     wanted: impl Fn(&Pod) -> bool,
 ) -> anyhow::Result<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    test_kit::eventually("the wanted pod", WAIT, || async {
-        let created = pods.create(&PostParams::default(), pod).await?;
-        if wanted(&created) {
-            return Ok(Some(created));
-        }
-        pods.delete(&created.name_any(), &Default::default()).await?;
-        // The name is reused: wait until it is free.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(None)
-    })
-    .await
+    common::create_until(client, namespace, pod, wanted, WAIT).await
 }
 
 fn init(pod: &Pod) -> &Container {

@@ -169,26 +169,14 @@ async fn create_injected(client: &Client, namespace: &str, pod: &Pod) -> anyhow:
     create_until(client, namespace, pod, is_injected).await
 }
 
-/// Creates `pod` (deleting each attempt that `wanted` rejects) until `wanted` accepts what the API server
-/// stored.
+/// [`common::create_until`] within this binary's wait.
 async fn create_until(
     client: &Client,
     namespace: &str,
     pod: &Pod,
     wanted: impl Fn(&Pod) -> bool,
 ) -> anyhow::Result<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    test_kit::eventually("the wanted pod", WAIT, || async {
-        let created = pods.create(&PostParams::default(), pod).await?;
-        if wanted(&created) {
-            return Ok(Some(created));
-        }
-        pods.delete(&created.name_any(), &Default::default()).await?;
-        // The name is reused: wait until it is free.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(None)
-    })
-    .await
+    common::create_until(client, namespace, pod, wanted, WAIT).await
 }
 
 #[tokio::test]

@@ -332,3 +332,26 @@ pub async fn mapped_namespace(
     .await?;
     Ok(ns)
 }
+
+/// Creates `pod` (deleting each attempt that `wanted` rejects, as the webhook's caches catch up) until
+/// `wanted` accepts what the API server stored, for up to `wait`.
+pub async fn create_until(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    wanted: impl Fn(&k8s_openapi::api::core::v1::Pod) -> bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    test_kit::eventually("the wanted pod", wait, || async {
+        let created = pods.create(&PostParams::default(), pod).await?;
+        if wanted(&created) {
+            return Ok(Some(created));
+        }
+        pods.delete(&created.name_any(), &Default::default()).await?;
+        // The name is reused: wait until it is free.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok(None)
+    })
+    .await
+}
