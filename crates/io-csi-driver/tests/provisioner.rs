@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,8 +32,9 @@ struct World {
     ns: TestNamespace,
     tenant: FakeTenant,
     node: String,
-    /// Holds the data dir; the layout is below it so that escapes land in the temporary directory.
-    dir: tempfile::TempDir,
+    /// Holds the data dir; the layout is below it so that escapes land in the temporary directory. Its
+    /// mounts are undone when the test ends, even when it fails.
+    dir: common::MountedTempDir,
     layout: Layout,
     metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -61,7 +64,7 @@ impl World {
             node.metadata.name.clone().unwrap(),
         )
         .await;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::MountedTempDir::new();
         let layout = Layout::new(dir.path().join("a/b/data"));
         let mut world = Self {
             node: node.metadata.name.unwrap(),
@@ -466,6 +469,108 @@ async fn two_dynakubes_of_one_version_download_it_once() {
     .await
     .unwrap();
     assert!(world.record("one").is_some());
+    world.stop().await;
+}
+
+/// The driver's two halves together, as on a node: 200 pods of one DynaKube ask for their volume while
+/// its version is still downloading. The kubelet retries each `Unavailable` with a growing delay; the
+/// version is downloaded once, every volume is then mounted with the agent library, and all unmount
+/// cleanly.
+#[tokio::test]
+async fn two_hundred_pods_waiting_for_one_version_cause_one_download_and_all_mount() {
+    use common::{DYNAKUBE, KubeletVolume};
+    use io_csi_driver::proto::csi::node_client::NodeClient;
+    use io_csi_driver::server::{self, Options};
+
+    let mut world = World::start(Duration::from_secs(3600)).await;
+    // Slow enough that every pod asks before the version is there.
+    world
+        .tenant
+        .set_fault(Endpoint::Download, Fault::Latency { millis: 2000 }, None);
+    let socket = world.dir.path().join("plugin/csi.sock");
+    let metrics = io_csi_driver::metrics::Metrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = server::start(
+        Options {
+            endpoint: format!("unix://{}", socket.display()),
+            node_id: world.node.clone(),
+            data_dir: world.layout.root().to_owned(),
+            registration_dir: None,
+            kubelet_registration_path: "/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock".into(),
+            health_address: "127.0.0.1:0".parse().unwrap(),
+            max_mount_wait: Duration::from_secs(120),
+            version: "0.1.0-test".into(),
+        },
+        metrics.clone(),
+        io_csi_driver::events::PodEvents::disabled(metrics),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let node = NodeClient::new(common::connect(&socket).await);
+    world.dynakube(DYNAKUBE, app_monitoring_csi(), Some(V1)).await;
+
+    let kubelet = world.dir.path().join("kubelet");
+    let volumes: Vec<_> = (0..200)
+        .map(|i| KubeletVolume::new(&kubelet, &format!("pod-{i}"), "app"))
+        .collect();
+    let unavailable = std::sync::atomic::AtomicUsize::new(0);
+    let publishes = volumes.iter().map(|volume| {
+        let mut node = node.clone();
+        let unavailable = &unavailable;
+        async move {
+            // The kubelet's retry of a failed mount: a delay that doubles, here from 250 ms up to 2 s.
+            let mut delay = Duration::from_millis(250);
+            loop {
+                match volume.publish(&mut node).await {
+                    Ok(()) => return,
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    Err(status) => panic!("publish of {}: {status}", volume.volume_id),
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, futures::future::join_all(publishes))
+        .await
+        .expect("every pod's volume published within a minute");
+    assert!(
+        unavailable.load(std::sync::atomic::Ordering::Relaxed) >= volumes.len(),
+        "every pod asked before the version was there"
+    );
+    assert_eq!(world.tenant.request_count(Endpoint::Download), 1);
+    let table = io_csi_driver::mounts::read().unwrap();
+    let version = std::fs::canonicalize(world.layout.codemodule(V1).unwrap()).unwrap();
+    assert!(table.in_use_as_lower_dir(&version));
+    for volume in &volumes {
+        let target = std::fs::canonicalize(&volume.target).unwrap();
+        assert_eq!(table.at(&target).count(), 1, "{} mounted once", target.display());
+        assert!(
+            volume.target.join("agent/lib64/liboneagentproc.so").is_file(),
+            "{} has the agent library, not an empty volume",
+            volume.target.display()
+        );
+        let config = std::fs::read_to_string(volume.target.join("agent/conf/ruxitagentproc.conf")).unwrap();
+        assert!(config.contains("abc12345"), "the layer's configuration: {config}");
+    }
+
+    let unpublishes = volumes.iter().map(|volume| {
+        let mut node = node.clone();
+        async move { volume.unpublish(&mut node).await }
+    });
+    for result in futures::future::join_all(unpublishes).await {
+        result.unwrap();
+    }
+    assert!(
+        world.dir.mounts().is_empty(),
+        "left mounted: {:?}",
+        world.dir.mounts()
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
     world.stop().await;
 }
 
