@@ -334,6 +334,13 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             io_controller::owner::OPERATOR_DEPLOYMENT,
         )
         .await;
+        let settings = io_controller::OperatorSettings {
+            operator_version: version,
+            requeue,
+            operator_namespace: args.namespace.clone(),
+            owner,
+            certificates,
+        };
         let result = if args.leader_elect {
             let mut leader = io_controller::leader::LeaderConfig::new(
                 &args.namespace,
@@ -341,38 +348,18 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             );
             leader.lease_duration = std::time::Duration::from_secs(args.lease_duration);
             leader.renew_deadline = std::time::Duration::from_secs(args.renew_deadline);
-            leader.owner = owner.clone();
+            leader.owner = settings.owner.clone();
             let lead_client = client.clone();
             let lead_metrics = metrics.clone();
-            let namespace = args.namespace.clone();
             io_controller::leader::run_as_leader(client, leader, metrics, shutdown, move |stop| {
-                io_controller::run_all(
-                    lead_client,
-                    version,
-                    requeue,
-                    lead_metrics,
-                    namespace,
-                    owner,
-                    certificates,
-                    async move {
-                        let _ = stop.await;
-                    },
-                )
+                io_controller::run_all(lead_client, settings, lead_metrics, async move {
+                    let _ = stop.await;
+                })
             })
             .await
             .map_err(anyhow::Error::from)
         } else {
-            io_controller::run_all(
-                client,
-                version,
-                requeue,
-                metrics,
-                args.namespace.clone(),
-                owner,
-                certificates,
-                shutdown,
-            )
-            .await;
+            io_controller::run_all(client, settings, metrics, shutdown).await;
             Ok(())
         };
         stop_health.cancel();

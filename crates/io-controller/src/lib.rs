@@ -32,21 +32,38 @@ pub use dynakube::{Context, ReconcileError, Requeue};
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 pub use metrics::Metrics;
 
+/// The settings of the operator process's controllers (see [`run_all`]).
+#[derive(Debug, Clone)]
+pub struct OperatorSettings {
+    /// The operator's version, as reported in status and events.
+    pub operator_version: String,
+    /// Requeue intervals and timeouts.
+    pub requeue: Requeue,
+    /// The operator's namespace: never labelled for injection; holds the node cache.
+    pub operator_namespace: String,
+    /// The owner of the node cache (the operator Deployment, [`owner::deployment_owner`]); `None` outside it.
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    /// The webhook certificates to manage; `None` when another tool manages them.
+    pub certificates: Option<certificates::CertificateConfig>,
+}
+
 /// Runs every controller of the operator process until `shutdown` completes: DynaKube, legacy OneAgent,
-/// namespace mapping, node lifecycle, missed-injection detection, the DynaKube storage migration and, when `certificates` is given, the webhook certificates. With
-/// leader election, this is what the leader runs. `operator_namespace` is never labelled for injection and
-/// holds the node cache; `owner` (the operator Deployment, [`owner::deployment_owner`]) owns the cache.
-#[allow(clippy::too_many_arguments)] // each is one independent setting of the process
+/// namespace mapping, node lifecycle, missed-injection detection, the DynaKube storage migration and, when
+/// `settings.certificates` is given, the webhook certificates. With leader election, this is what the leader
+/// runs.
 pub async fn run_all(
     client: Client,
-    operator_version: String,
-    requeue: Requeue,
+    settings: OperatorSettings,
     metrics: Metrics,
-    operator_namespace: String,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-    certificates: Option<certificates::CertificateConfig>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let OperatorSettings {
+        operator_version,
+        requeue,
+        operator_namespace,
+        owner,
+        certificates,
+    } = settings;
     let shutdown =
         FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
     let certificates = {
