@@ -332,6 +332,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             &client,
             &args.namespace,
             io_controller::owner::OPERATOR_DEPLOYMENT,
+            io_controller::owner::OWNER_READ_PATIENCE,
         )
         .await;
         let settings = io_controller::OperatorSettings {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use io_controller::leader::{LeaderConfig, run_as_leader};
 use io_controller::nodes::{NodeConfig, run};
-use io_controller::owner::{OPERATOR_DEPLOYMENT, deployment_owner};
+use io_controller::owner::{OPERATOR_DEPLOYMENT, OWNER_READ_PATIENCE, deployment_owner};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -50,7 +50,7 @@ async fn operator_deployment(ns: &TestNamespace) -> OwnerReference {
         .create(&PostParams::default(), &deployment)
         .await
         .unwrap();
-    deployment_owner(&ns.client, &ns.name, OPERATOR_DEPLOYMENT)
+    deployment_owner(&ns.client, &ns.name, OPERATOR_DEPLOYMENT, OWNER_READ_PATIENCE)
         .await
         .expect("the operator Deployment as owner")
 }
@@ -96,7 +96,7 @@ async fn the_lease_is_owned_by_the_operator_deployment_new_or_left_by_an_earlier
     let ns = TestNamespace::create().await.unwrap();
     // Without the Deployment (a process outside the chart) there is no owner, and leading works.
     assert_eq!(
-        deployment_owner(&ns.client, &ns.name, OPERATOR_DEPLOYMENT).await,
+        deployment_owner(&ns.client, &ns.name, OPERATOR_DEPLOYMENT, OWNER_READ_PATIENCE).await,
         None
     );
     let unowned = lead_once(&ns, "no-owner-lock", None).await;
@@ -123,6 +123,52 @@ async fn the_lease_is_owned_by_the_operator_deployment_new_or_left_by_an_earlier
     );
     let again = lead_once(&ns, "no-owner-lock", Some(owner.clone())).await;
     assert_eq!(again.metadata.owner_references.map(|r| r.len()), Some(1));
+}
+
+/// The operator starting while its API server cannot be reached yet (a control plane restarting with it)
+/// still finds its Deployment once the server answers, instead of running without owner until its next
+/// restart. The API server is reached through a port where nothing listens for the first two seconds,
+/// then a plain TCP forwarder to the real server.
+#[tokio::test]
+async fn the_owner_is_found_when_the_api_server_answers_only_after_the_start() {
+    let ns = TestNamespace::create().await.unwrap();
+    let expected = operator_deployment(&ns).await;
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(ns.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let server = config.cluster_url.authority().unwrap().as_str().to_owned();
+    let port = test_kit::cluster::free_port().unwrap();
+    config.cluster_url = format!("https://127.0.0.1:{port}").parse().unwrap();
+    // The server certificate names the address the test reaches it on, not this port's.
+    config.tls_server_name = Some(
+        server
+            .rsplit_once(':')
+            .map_or(server.clone(), |(host, _)| host.to_owned()),
+    );
+    let late = Client::try_from(config).unwrap();
+    let forwarder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(server).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+
+    let started = std::time::Instant::now();
+    let found = deployment_owner(&late, &ns.name, OPERATOR_DEPLOYMENT, OWNER_READ_PATIENCE).await;
+    forwarder.abort();
+    assert_eq!(found, Some(expected), "the owner, read once the server answered");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for the server"
+    );
 }
 
 /// Starts the node controller of `ns` with `owner` for the cache; returns the stop signal and the task.
