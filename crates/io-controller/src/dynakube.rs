@@ -335,6 +335,7 @@ fn reported_status(stored: Option<&DynaKubeStatus>) -> DynaKubeStatus {
         updated_timestamp: stored.updated_timestamp.clone(),
         conditions: status::owned_conditions(stored.conditions.as_ref(), &OWNED_CONDITIONS),
         one_agent: stored.one_agent.clone(),
+        code_modules: stored.code_modules.clone(),
         dynatrace_api: stored.dynatrace_api.clone(),
         ..DynaKubeStatus::default()
     }

@@ -65,6 +65,58 @@ async fn application_monitoring_with_csi_gets_its_code_modules_version_in_the_st
     }
 }
 
+/// Once `status.codeModules` is written, later reconciles within the API request threshold neither look
+/// the version up again nor rewrite the status: "nothing is rewritten when nothing changed". Each change
+/// of the DynaKube's metadata makes the controller reconcile; the object must then keep the resourceVersion
+/// that change gave it.
+#[tokio::test]
+async fn reconciles_after_the_code_modules_probe_leave_the_status_alone() {
+    let env = env();
+    let ns = TestNamespace::create().await.unwrap();
+    let dynakubes: Api<DynaKube> = Api::namespaced(ns.client.clone(), &ns.name);
+    token_secret(&ns, "settled").await;
+    let dk = dynakube(
+        "settled",
+        &env.api_url,
+        json!({ "applicationMonitoring": { "useCSIDriver": true } }),
+    );
+    dynakubes.create(&PostParams::default(), &dk).await.unwrap();
+    let probed = test_kit::eventually("status.codeModules", WAIT, || async {
+        let dk = dynakubes.get("settled").await?;
+        Ok(dk
+            .status
+            .and_then(|s| s.code_modules)
+            .filter(|c| c.version.is_some()))
+    })
+    .await
+    .unwrap();
+    // Let the reconciles the first writes cause run out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for poke in 0..3 {
+        let poked = dynakubes
+            .patch(
+                "settled",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { "test/poke": poke.to_string() } } })),
+            )
+            .await
+            .unwrap();
+        // Past the second that timestamps resolve, so that a new probe would show.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let now = dynakubes.get("settled").await.unwrap();
+        assert_eq!(
+            now.status.as_ref().and_then(|s| s.code_modules.as_ref()),
+            Some(&probed),
+            "poke {poke}: the code-module version was looked up again"
+        );
+        assert_eq!(
+            now.resource_version(),
+            poked.resource_version(),
+            "poke {poke}: the status was rewritten although nothing changed"
+        );
+    }
+}
+
 struct Env {
     api_url: String,
     tenant: &'static FakeTenant,
@@ -1044,8 +1096,8 @@ async fn the_status_forgets_what_is_no_longer_reported_and_keeps_other_controlle
     delete_node(&ns, &nodes[1]).await;
     instances_are(vec![nodes[0].clone()], GONE_NODE_WAIT).await;
 
-    // Without OneAgents on the nodes, nothing about them stays in the status. (Never the CSI driver: a
-    // DynaKube that may use it also gets `status.codeModules`, whose first probe writes the status again.)
+    // Without OneAgents on the nodes, nothing about them stays in the status. (Without the CSI driver: a
+    // DynaKube that may use it also gets `status.codeModules`, whose first probe is one more status write.)
     let switch = json!({ "spec": { "oneAgent": {
         "classicFullStack": null,
         "applicationMonitoring": { "useCSIDriver": false },
