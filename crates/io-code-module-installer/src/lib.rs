@@ -22,6 +22,7 @@
 //! [`pure_code_module::archive::parse_central_directory`]) then turns the symlink entries into links and
 //! sets the executable bits.
 
+pub mod image;
 mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -301,7 +302,7 @@ async fn fill_staging(
 }
 
 /// `agent/bin/current` → the version directory, and the configuration merge; returns the version.
-fn finish_tree(root: &Path, properties: Option<&[Property]>) -> Result<String, InstallError> {
+pub(crate) fn finish_tree(root: &Path, properties: Option<&[Property]>) -> Result<String, InstallError> {
     let bin = root.join("agent/bin");
     let mut versions: Vec<String> = std::fs::read_dir(&bin)
         .map_err(|_| InstallError::Incomplete("it has no agent/bin directory".into()))?
