@@ -119,11 +119,8 @@ pub fn image_entry(name: &str) -> Result<ImageEntry, Problem> {
 /// The path of a hard link's target (as the tar gives it: relative to the image root) inside the code
 /// module; a target outside the code module, absolute or with `..` is refused, as a link that escapes.
 pub fn hard_link_target(target: &str) -> Result<String, Problem> {
-    let escapes = || Problem::LinkEscapes(target.to_owned());
-    let path = entry_path(target).map_err(|problem| match problem {
-        Problem::Absolute => Problem::AbsoluteLink(target.to_owned()),
-        _ => escapes(),
-    })?;
+    let escapes = || Problem::HardLinkEscapes(target.to_owned());
+    let path = entry_path(target).map_err(|_| escapes())?;
     match within_prefix(&path.path) {
         Some(rel) if !rel.is_empty() => Ok(rel.to_owned()),
         _ => Err(escapes()),
@@ -338,17 +335,17 @@ mod tests {
         );
         assert_eq!(
             hard_link_target("etc/shadow"),
-            Err(Problem::LinkEscapes("etc/shadow".into()))
+            Err(Problem::HardLinkEscapes("etc/shadow".into()))
         );
         assert_eq!(
             hard_link_target("opt/dynatrace/oneagent/../../../etc/shadow"),
-            Err(Problem::LinkEscapes(
+            Err(Problem::HardLinkEscapes(
                 "opt/dynatrace/oneagent/../../../etc/shadow".into()
             ))
         );
         assert_eq!(
             hard_link_target("/etc/shadow"),
-            Err(Problem::AbsoluteLink("/etc/shadow".into()))
+            Err(Problem::HardLinkEscapes("/etc/shadow".into()))
         );
         assert!(hard_link_target("opt/dynatrace/oneagent").is_err());
     }
