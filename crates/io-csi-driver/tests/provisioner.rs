@@ -1191,6 +1191,57 @@ async fn a_code_modules_image_is_installed_once_with_its_layers_and_whiteouts() 
     world.stop().await;
 }
 
+/// A multi-platform image (an index): the node's architecture is installed, named by the index's
+/// digest (what the tag resolves to).
+#[tokio::test]
+async fn an_image_index_installs_the_image_of_the_node_architecture() {
+    let mut world = World::start_https(Duration::from_secs(3600)).await;
+    let ours = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let other = if ours == "amd64" { "arm64" } else { "amd64" };
+    let platform = |library: &[u8]| {
+        let mut entries = agent_entries();
+        entries.retain(|e| !matches!(e, TarEntry::File { name, .. } if name.ends_with("liboneagentproc.so")));
+        entries.push(TarEntry::file(
+            &in_image("agent/lib64/liboneagentproc.so"),
+            library,
+        ));
+        vec![Layer::gzip(&entries).unwrap()]
+    };
+    let dir = world.images.path().join("multi");
+    let (index_digest, _) = oci_layout::write_multi_platform_image(
+        &dir,
+        "1.0",
+        &[
+            (other, platform(b"the other architecture")),
+            (ours, platform(b"this architecture")),
+        ],
+    )
+    .unwrap();
+    world.tenant.add_image("dynatrace/multi:1.0", &dir).await.unwrap();
+    let image = format!("{}/dynatrace/multi:1.0", world.tenant.addr());
+    world.dynakube("multi", app_monitoring_csi(), None).await;
+    world.pull_secret("multi", "dt0c01.test").await;
+    world.set_image("multi", &image).await;
+    let id = index_digest.replace(':', "-");
+    world.provisioned("multi", &id).await;
+    assert_eq!(
+        std::fs::read(
+            world
+                .layout
+                .codemodule(&id)
+                .unwrap()
+                .join("agent/lib64/liboneagentproc.so")
+        )
+        .unwrap(),
+        b"this architecture"
+    );
+    assert_eq!(world.tenant.request_count(Endpoint::RegistryBlobs), 1);
+    world.stop().await;
+}
+
 /// Wrong credentials, hostile layers and broken or unsupported blobs: each fails with an event naming
 /// the problem, leaves nothing under `codemodules/` and nothing outside the data dir; then a good image
 /// installs.

@@ -149,6 +149,60 @@ pub fn write_image(dir: &Path, tag: &str, layers: &[Layer]) -> io::Result<BuiltI
     })
 }
 
+/// An OCI image layout in `dir` whose tag `tag` names an image index with one linux image per
+/// `(architecture, layers)` (Go's names: `amd64`, `arm64`); returns the index's digest and the images.
+pub fn write_multi_platform_image(
+    dir: &Path,
+    tag: &str,
+    platforms: &[(&str, Vec<Layer>)],
+) -> io::Result<(String, Vec<BuiltImage>)> {
+    let mut entries = Vec::new();
+    let mut built = Vec::new();
+    for (architecture, layers) in platforms {
+        let mut described = Vec::new();
+        let mut layer_digests = Vec::new();
+        for layer in layers {
+            let digest = write_blob(dir, &layer.blob)?;
+            described.push((layer.media_type, digest.clone(), layer.blob.len() as u64));
+            layer_digests.push(digest);
+        }
+        let diff_ids: Vec<&str> = layer_digests.iter().map(String::as_str).collect();
+        let config = image_config(tag, &diff_ids);
+        let config_digest = write_blob(dir, &config)?;
+        let (manifest, manifest_digest) = write_manifest(dir, &config_digest, config.len(), &described)?;
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "platform": {"os": "linux", "architecture": architecture},
+        }));
+        built.push(BuiltImage {
+            manifest_digest,
+            layer_digests,
+        });
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string()
+    .into_bytes();
+    let index_digest = write_blob(dir, &index)?;
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest,
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }]})
+        .to_string(),
+    )?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok((index_digest, built))
+}
+
 /// One tar entry, its name written as given.
 #[derive(Debug, Clone)]
 pub enum TarEntry {
