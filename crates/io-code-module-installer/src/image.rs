@@ -142,16 +142,14 @@ pub struct ImageSource {
 }
 
 impl ImageSource {
+    /// The registry host (`host[:port]`) of `image`, to pick its credentials before the source is built.
+    pub fn registry_of(image: &str) -> Result<String, ImageError> {
+        Ok(parse(image)?.resolve_registry().to_owned())
+    }
+
     /// A source for `image` (as the DynaKube writes it); always HTTPS.
     pub fn new(image: &str, settings: RegistrySettings) -> Result<Self, ImageError> {
-        let reference: Reference =
-            image
-                .trim()
-                .parse()
-                .map_err(|e: oci_client::ParseError| ImageError::Reference {
-                    image: image.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let reference = parse(image)?;
         // One crypto provider for the whole process (the tenant client and kube-rs use ring too).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = ClientConfig {
@@ -349,6 +347,16 @@ impl ImageSource {
         result.map_err(|e| self.layer_error(&layer.digest, e))?;
         Ok((tree, received))
     }
+}
+
+fn parse(image: &str) -> Result<Reference, ImageError> {
+    image
+        .trim()
+        .parse()
+        .map_err(|e: oci_client::ParseError| ImageError::Reference {
+            image: image.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Channel depth between the network and the unpacking thread (as for the zip).

@@ -668,9 +668,9 @@ async fn install_image<'a>(
         }
         Err(error) => return Err(error.into()),
     };
-    let probe = ImageSource::new(image, RegistrySettings::default()).map_err(image_error)?;
+    let registry_host = ImageSource::registry_of(image).map_err(image_error)?;
     let credentials = match docker_config {
-        Some(config) => pure_code_module::image::registry_credentials(config.as_bytes(), probe.registry())
+        Some(config) => pure_code_module::image::registry_credentials(config.as_bytes(), &registry_host)
             .map_err(|e| ProvisionError::PullSecret {
                 secret: secret_ref.clone(),
                 image: image.to_owned(),

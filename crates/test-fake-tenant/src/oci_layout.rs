@@ -203,6 +203,97 @@ pub fn write_multi_platform_image(
     Ok((index_digest, built))
 }
 
+/// A code-modules image for benchmarks, written without holding it in memory: one gzip tar layer with
+/// the agent of `version` under `opt/dynatrace/oneagent/` and `data_mib` MiB of data files (4 MiB each,
+/// compressing about 2:1 like binaries), tagged `tag`.
+pub fn write_large_code_module_image(
+    dir: &Path,
+    tag: &str,
+    version: &str,
+    data_mib: u64,
+) -> io::Result<BuiltImage> {
+    std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+    let partial = dir.join("layer.partial");
+    let file = HashingWriter {
+        inner: std::io::BufWriter::new(std::fs::File::create(&partial)?),
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+    let mut append = |name: &str, mode: u32, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, format!("opt/dynatrace/oneagent/{name}"), data)
+    };
+    append(
+        &format!("agent/bin/{version}/oneagentutil"),
+        0o755,
+        b"#!/bin/sh\n",
+    )?;
+    append(
+        "agent/lib64/liboneagentproc.so",
+        0o755,
+        b"\x7fELF the agent library",
+    )?;
+    append("agent/conf/ruxitagentproc.conf", 0o644, b"[general]\nkey value\n")?;
+    // 1 MiB of 16 symbols (4 bits of entropy a byte), four times per file: gzip's 32 KiB window sees
+    // no repetition.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"0123456789abcdef"[(state & 15) as usize]
+        })
+        .collect();
+    let data: Vec<u8> = block.repeat(4);
+    for i in 0..data_mib.div_ceil(4) {
+        append(&format!("agent/data/{i:05}.bin"), 0o644, &data)?;
+    }
+    let mut file = builder.into_inner()?.finish()?;
+    file.flush()?;
+    let (len, hex) = (file.len, hex::encode(file.hasher.finalize()));
+    let layer_digest = format!("sha256:{hex}");
+    std::fs::rename(&partial, dir.join("blobs/sha256").join(&hex))?;
+    let config = image_config(tag, &[&layer_digest]);
+    let config_digest = write_blob(dir, &config)?;
+    let (manifest, manifest_digest) = write_manifest(
+        dir,
+        &config_digest,
+        config.len(),
+        &[(TAR_GZIP, layer_digest.clone(), len)],
+    )?;
+    write_index(dir, &[(tag, &manifest, &manifest_digest)])?;
+    Ok(BuiltImage {
+        manifest_digest,
+        layer_digests: vec![layer_digest],
+    })
+}
+
+/// A writer that hashes and counts what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// One tar entry, its name written as given.
 #[derive(Debug, Clone)]
 pub enum TarEntry {
