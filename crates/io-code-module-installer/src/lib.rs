@@ -1,6 +1,7 @@
 //! Installs the OneAgent code module into a directory: downloads the PaaS zip from the environment (latest
-//! or a version) or a plain URL, and unpacks it **while it streams**, in constant memory (one chunk channel,
-//! one copy buffer, the central directory), never holding the archive in memory or on disk.
+//! or a version) or a plain URL (or, in [`image`], pulls a code-modules image from its registry), and
+//! unpacks it **while it streams**, in constant memory (one chunk channel, one copy buffer, the central
+//! directory), never holding the archive in memory or on disk.
 //!
 //! Safety: every entry passes [`pure_code_module::archive`]'s rules (no absolute paths, no `..`, no
 //! duplicates, symlinks that stay inside even through each other, size, count and ratio limits); files are

@@ -2,10 +2,13 @@
 //! For each it writes the DynaKube's record as soon as the tenant is known, installs
 //! `status.codeModules.version` once into `codemodules/<version>` (streamed through the shared installer
 //! into `staging/`, then one rename), writes an immutable configuration layer named by the hash of its
-//! content, and only then records version and layer, which is what `csi-server` publishes from.
+//! content, and only then records version and layer, which is what `csi-server` publishes from. Without a
+//! version, `status.codeModules.imageID` (`codeModulesImage`) is pulled from its registry into
+//! `codemodules/sha256-<hex>` of its digest ([`io_code_module_installer::image`]) the same way, and that
+//! name is the record's version.
 //!
 //! Concurrency and crashes:
-//! - one download per version: a per-version async lock; a second DynaKube wanting the version waits for
+//! - one download per version (or image digest): a per-name async lock; a second DynaKube wanting the version waits for
 //!   the first install and then finds it complete;
 //! - GC never sees a version or layer between its rename and the record that wants it: those steps hold
 //!   a read guard that GC takes for writing;
