@@ -8,7 +8,9 @@
 //! cargo test --release -p dynatrace-operator --test csi_provisioner -- --ignored --nocapture
 //! ```
 //!
-//! `BENCH_ARCHIVE_MIB` (default 1024) sets the archive's size.
+//! `BENCH_ARCHIVE_MIB` (default 1024) sets the archive's size; `BENCH_IMAGE_MIB` (default 1024) the data
+//! in the code-modules image of the image benchmark (`codeModulesImage`, over HTTPS from the fake
+//! tenant's registry, against `tar -xzf` of the same layer).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -41,13 +43,17 @@ struct World {
 
 impl World {
     async fn start(payload_bytes: u64) -> Self {
+        Self::start_on(payload_bytes, Listen::Http).await
+    }
+
+    async fn start_on(payload_bytes: u64, listen: Listen) -> Self {
         let ns = TestNamespace::create().await.unwrap();
         test_kit::install_operator_crds(&ns.client).await.unwrap();
         let config = TenantConfig {
             archive_payload_bytes: payload_bytes,
             ..TenantConfig::default()
         };
-        let tenant = FakeTenant::start(config, Listen::Http).await.unwrap();
+        let tenant = FakeTenant::start(config, listen).await.unwrap();
         let node = ns.create_node("csi", &[], Vec::new()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path().join("data"));
@@ -546,5 +552,143 @@ async fn bench_unpacking_a_large_archive() {
     println!(
         "  throughput vs unzip            {:>8.0} %   (goal >= 90)",
         100.0 * unzip_secs / provisioner_secs
+    );
+}
+
+// Several threads: the fake tenant serves from this runtime while the test waits for tar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand with --release --ignored --nocapture"]
+async fn bench_installing_a_large_code_modules_image() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let data_mib: u64 = std::env::var("BENCH_IMAGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let ca = test_kit::pki::CertificateAuthority::new("fake-tenant-ca").unwrap();
+    let leaf = ca
+        .issue_server_cert(
+            "fake-tenant",
+            &["localhost"],
+            &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+        )
+        .unwrap();
+    let world = World::start_on(
+        0,
+        Listen::Https {
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+        },
+    )
+    .await;
+    let images = world.layout.root().parent().unwrap().join("image");
+    let built =
+        test_fake_tenant::oci_layout::write_large_code_module_image(&images, "bench", VERSION, data_mib)
+            .unwrap();
+    world
+        .tenant
+        .add_image("dynatrace/codemodules:bench", &images)
+        .await
+        .unwrap();
+    let blob = images
+        .join("blobs/sha256")
+        .join(built.layer_digests[0].trim_start_matches("sha256:"));
+    let blob_bytes = std::fs::metadata(&blob).unwrap().len();
+    let untar_dir = world.layout.root().parent().unwrap().join("untar");
+    std::fs::create_dir_all(&untar_dir).unwrap();
+    let started = Instant::now();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&blob)
+        .arg("-C")
+        .arg(&untar_dir)
+        .status()
+        .unwrap();
+    let tar_secs = started.elapsed().as_secs_f64();
+    assert!(status.success());
+    let unpacked_bytes = bytes_below(&untar_dir);
+    std::fs::remove_dir_all(&untar_dir).unwrap();
+
+    let client = &world.ns.client;
+    let namespace = &world.ns.name;
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "tenant-ca" }, "data": { "certs": ca.cert_pem() },
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &config_map)
+        .await
+        .unwrap();
+    let docker_config = json!({ "auths": { world.tenant.addr().to_string(): {
+        "username": "abc12345", "password": "dt0c01.test" } } });
+    for secret in [
+        json!({ "metadata": { "name": "dk" }, "stringData": { "apiToken": "dt0c01.test" } }),
+        json!({ "metadata": { "name": "dk-pull-secret" }, "type": "kubernetes.io/dockerconfigjson",
+                "stringData": { ".dockerconfigjson": docker_config.to_string() } }),
+    ] {
+        let secret: Secret = serde_json::from_value(secret).unwrap();
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    let (mut child, _) = world.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = status_kib(child.id(), "VmRSS:").unwrap();
+    let started = Instant::now();
+    let dynakube: DynaKube = serde_json::from_value(json!({
+        "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube", "metadata": { "name": "dk" },
+        "spec": { "apiUrl": world.tenant.api_url(), "trustedCAs": "tenant-ca",
+                  "oneAgent": { "applicationMonitoring": { "useCSIDriver": true } } },
+    }))
+    .unwrap();
+    let api: Api<DynaKube> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), &dynakube).await.unwrap();
+    let image = format!("{}/dynatrace/codemodules:bench", world.tenant.addr());
+    let status = json!({ "status": {
+        "codeModules": { "source": "custom-image", "imageID": image },
+        "oneAgent": { "connectionInfoStatus": { "tenantUUID": "abc12345" } },
+    } });
+    api.patch_status("dk", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    let id = built.manifest_digest.replace(':', "-");
+    eventually("the image provisioned", Duration::from_secs(1800), || async {
+        Ok(world
+            .record()
+            .filter(|r| r.version.as_deref() == Some(id.as_str()) && r.config.is_some()))
+    })
+    .await
+    .map_err(|e| format!("{e:#}\n{}", test_kit::process::log_tail(&world.log, 30)))
+    .unwrap();
+    let provisioner_secs = started.elapsed().as_secs_f64();
+    let peak = status_kib(child.id(), "VmHWM:").unwrap();
+    kill9(&mut child);
+
+    let mib_s = |secs: f64| unpacked_bytes as f64 / (1 << 20) as f64 / secs;
+    println!(
+        "csi-provisioner, code-modules image: {:.0} MiB layer (gzip), {:.0} MiB unpacked:",
+        blob_bytes as f64 / (1 << 20) as f64,
+        unpacked_bytes as f64 / (1 << 20) as f64
+    );
+    println!("  provisioner RSS idle           {:>8.1} MiB", mib(idle_rss));
+    println!(
+        "  provisioner peak RSS (VmHWM)   {:>8.1} MiB   (goal < 64)",
+        mib(peak)
+    );
+    println!(
+        "  provisioner (pull+unpack)      {:>8.2} s  {:>7.1} MiB/s unpacked",
+        provisioner_secs,
+        mib_s(provisioner_secs)
+    );
+    println!(
+        "  tar -xzf (local file)          {:>8.2} s  {:>7.1} MiB/s unpacked",
+        tar_secs,
+        mib_s(tar_secs)
+    );
+    println!(
+        "  throughput vs tar              {:>8.0} %",
+        100.0 * tar_secs / provisioner_secs
     );
 }

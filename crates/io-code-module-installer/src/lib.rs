@@ -1,6 +1,7 @@
 //! Installs the OneAgent code module into a directory: downloads the PaaS zip from the environment (latest
-//! or a version) or a plain URL, and unpacks it **while it streams**, in constant memory (one chunk channel,
-//! one copy buffer, the central directory), never holding the archive in memory or on disk.
+//! or a version) or a plain URL (or, in [`image`], pulls a code-modules image from its registry), and
+//! unpacks it **while it streams**, in constant memory (one chunk channel, one copy buffer, the central
+//! directory), never holding the archive in memory or on disk.
 //!
 //! Safety: every entry passes [`pure_code_module::archive`]'s rules (no absolute paths, no `..`, no
 //! duplicates, symlinks that stay inside even through each other, size, count and ratio limits); files are
@@ -22,6 +23,7 @@
 //! [`pure_code_module::archive::parse_central_directory`]) then turns the symlink entries into links and
 //! sets the executable bits.
 
+pub mod image;
 mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -301,7 +303,7 @@ async fn fill_staging(
 }
 
 /// `agent/bin/current` → the version directory, and the configuration merge; returns the version.
-fn finish_tree(root: &Path, properties: Option<&[Property]>) -> Result<String, InstallError> {
+pub(crate) fn finish_tree(root: &Path, properties: Option<&[Property]>) -> Result<String, InstallError> {
     let bin = root.join("agent/bin");
     let mut versions: Vec<String> = std::fs::read_dir(&bin)
         .map_err(|_| InstallError::Incomplete("it has no agent/bin directory".into()))?

@@ -22,7 +22,7 @@ const MAX_CENTRAL_DIRECTORY: u64 = 64 << 20;
 /// Largest symlink target.
 const MAX_LINK_TARGET: u64 = 4096;
 /// Copy buffer.
-const BUFFER: usize = 128 * 1024;
+pub(crate) const BUFFER: usize = 128 * 1024;
 /// Directory under which every file is world-writable (the agent writes its configuration at run time).
 const CONF_DIR: &str = "agent/conf";
 
@@ -96,6 +96,18 @@ impl Read for ChannelReader {
         self.hasher.update(&chunk);
         self.read += n as u64;
         Ok(n)
+    }
+}
+
+impl ChannelReader {
+    /// The body's failure, when it broke off.
+    pub(crate) fn failure(&self) -> Option<&DownloadFailure> {
+        self.failure.as_ref()
+    }
+
+    /// Bytes handed out and their sha256 (hex).
+    pub(crate) fn finish(self) -> (u64, String) {
+        (self.read, hex::encode(self.hasher.finalize()))
     }
 }
 
@@ -323,7 +335,7 @@ fn write_entry(
 /// Creates the directories of `relative` below `root` that are missing: mode 0755, or 0777 at and below
 /// `agent/conf` (the agent writes its configuration there at run time, as whichever user the application
 /// runs), whatever the process umask.
-fn ensure_dirs(root: &Path, relative: &str) -> Result<(), Failure> {
+pub(crate) fn ensure_dirs(root: &Path, relative: &str) -> Result<(), Failure> {
     use std::os::unix::fs::DirBuilderExt as _;
     let mut path = root.to_owned();
     let mut prefix = String::new();
@@ -403,7 +415,7 @@ fn read_data_descriptor(input: &mut Input, zip64: bool) -> Result<(u32, u64), Fa
     }
 }
 
-fn in_conf(path: &str) -> bool {
+pub(crate) fn in_conf(path: &str) -> bool {
     path.starts_with(CONF_DIR) && path.as_bytes().get(CONF_DIR.len()) == Some(&b'/')
 }
 

@@ -2,10 +2,13 @@
 //! For each it writes the DynaKube's record as soon as the tenant is known, installs
 //! `status.codeModules.version` once into `codemodules/<version>` (streamed through the shared installer
 //! into `staging/`, then one rename), writes an immutable configuration layer named by the hash of its
-//! content, and only then records version and layer, which is what `csi-server` publishes from.
+//! content, and only then records version and layer, which is what `csi-server` publishes from. Without a
+//! version, `status.codeModules.imageID` (`codeModulesImage`) is pulled from its registry into
+//! `codemodules/sha256-<hex>` of its digest ([`io_code_module_installer::image`]) the same way, and that
+//! name is the record's version.
 //!
 //! Concurrency and crashes:
-//! - one download per version: a per-version async lock; a second DynaKube wanting the version waits for
+//! - one download per version (or image digest): a per-name async lock; a second DynaKube wanting the version waits for
 //!   the first install and then finds it complete;
 //! - GC never sees a version or layer between its rename and the record that wants it: those steps hold
 //!   a read guard that GC takes for writing;
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use io_code_module_installer::image::{ImageError, ImageSource, RegistrySettings};
 use io_code_module_installer::{InstallError, InstallOptions, Source};
 use io_tenant_client::{AgentSelector, DownloadRequest, TenantClient, TenantError};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -162,6 +166,31 @@ pub enum ProvisionError {
         node: String,
         /// Why (boxed: it is large and rare).
         source: Box<InstallError>,
+    },
+    /// The install from `codeModulesImage` failed; nothing of it looks installed.
+    #[error("cannot install code modules image {image} on node {node}: {source}; {advice}")]
+    Image {
+        /// The image as the DynaKube names it.
+        image: String,
+        /// The node.
+        node: String,
+        /// Why (boxed: it is large and rare).
+        source: Box<ImageError>,
+        /// What to check.
+        advice: String,
+    },
+    /// The pull Secret's `.dockerconfigjson` cannot be read.
+    #[error(
+        "the pull Secret {secret} cannot be used for image {image}: {reason}; fix its .dockerconfigjson \
+         (type kubernetes.io/dockerconfigjson)"
+    )]
+    PullSecret {
+        /// `<namespace>:<name>`.
+        secret: String,
+        /// The image.
+        image: String,
+        /// What is wrong.
+        reason: String,
     },
     /// Writing into the data directory failed.
     #[error("cannot write {path}: {source}; check that the CSI data directory is writable and has space")]
@@ -329,17 +358,17 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
     if !dynakube.needs_app_injection() {
         return Ok(Action::requeue(Duration::from_secs(1800)));
     }
-    let Some(version) = dynakube
-        .status
-        .as_ref()
-        .and_then(|s| s.code_modules.as_ref())
+    let code_modules = dynakube.status.as_ref().and_then(|s| s.code_modules.as_ref());
+    let wanted_version = code_modules
         .and_then(|c| c.version.clone())
-        .filter(|v| !v.is_empty())
-    else {
-        // The operator sets it; its status change triggers the next reconcile.
+        .filter(|v| !v.is_empty());
+    let wanted_image = code_modules
+        .and_then(|c| c.image_id.clone())
+        .filter(|i| !i.trim().is_empty());
+    if wanted_version.is_none() && wanted_image.is_none() {
+        // The operator sets one of them; its status change triggers the next reconcile.
         return Ok(Action::requeue(Duration::from_secs(60)));
-    };
-    let version_dir = layout.codemodule(&version)?;
+    }
 
     let namespace = dynakube.namespace().unwrap_or_default();
     let (_, tokens) = shared.inputs.dynakube_tokens(dynakube).await?;
@@ -355,7 +384,27 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
         .await?;
     let properties = properties(dynakube, shared, &client, &tenant_uuid).await?;
 
-    let (installed_now, guard) = match ensure_version(shared, &client, &version, &version_dir).await {
+    // A version from the environment, else the image (`codeModulesImage`): installed under
+    // `codemodules/sha256-<hex>` of the digest it resolves to.
+    let (version, installed) = match wanted_version {
+        Some(version) => {
+            let version_dir = layout.codemodule(&version)?;
+            let installed = ensure_version(shared, &version, &version_dir, |staging| {
+                install_version(shared, &client, &version, staging)
+            })
+            .await
+            .map(|(now, guard)| (now.then(|| format!("Code-module version {version}")), guard));
+            (version, installed)
+        }
+        None => {
+            let image = wanted_image.unwrap_or_default();
+            match install_image(shared, dynakube, &image, &settings).await {
+                Ok(done) => done,
+                Err(error) => (String::new(), Err(error)),
+            }
+        }
+    };
+    let (installed_now, guard) = match installed {
         Ok(done) => done,
         Err(error) => {
             shared
@@ -374,6 +423,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
             return Err(error);
         }
     };
+    let version_dir = layout.codemodule(&version)?;
     let config = write_config_layer(shared, &name, &version_dir, &properties)?;
     record.version = Some(version.clone());
     record.config = Some(config);
@@ -381,7 +431,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
         records::write(&record_path, &record)?;
     }
     drop(guard);
-    if installed_now {
+    if let Some(what) = installed_now {
         shared
             .metrics
             .installs
@@ -392,10 +442,7 @@ async fn provision(dynakube: &DynaKube, shared: &Shared) -> Result<Action, Provi
             dynakube,
             EventType::Normal,
             INSTALLED,
-            format!(
-                "Code-module version {version} is installed on node {}",
-                shared.config.node_name
-            ),
+            format!("{what} is installed on node {}", shared.config.node_name),
         )
         .await;
     }
@@ -486,16 +533,25 @@ async fn properties(
     Ok(properties)
 }
 
-/// Makes sure `codemodules/<version>` is complete, downloading it once; returns whether this call
-/// installed it, and the GC guard, held until the record names the version.
-async fn ensure_version<'a>(
+/// The GC guard, held from a version's rename into place until the record names it.
+type GcGuard<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
+
+/// Makes sure `codemodules/<id>` (`version_dir`) is complete, installing it once with `install` (into
+/// the staging directory it is given); returns whether this call installed it, and the GC guard, held
+/// until the record names it. One install per id per node: a second caller waits for the first and
+/// finds it complete.
+async fn ensure_version<'a, F, Fut>(
     shared: &'a Shared,
-    client: &TenantClient,
-    version: &str,
+    id: &str,
     version_dir: &Path,
-) -> Result<(bool, tokio::sync::RwLockReadGuard<'a, ()>), ProvisionError> {
+    install: F,
+) -> Result<(bool, GcGuard<'a>), ProvisionError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProvisionError>>,
+{
     let version_lock = lock(&shared.version_locks)
-        .entry(version.to_owned())
+        .entry(id.to_owned())
         .or_default()
         .clone();
     let _one_download = version_lock.lock().await;
@@ -506,13 +562,32 @@ async fn ensure_version<'a>(
     drop(guard);
 
     let staging_name = format!(
-        "{version}-{}-{}",
+        "{id}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
     let staging = Staging::register(shared, staging_name);
+    install(staging.path.clone()).await?;
+    let guard = shared.gc_guard.read().await;
+    let parent = shared.layout.codemodules();
+    tokio::fs::create_dir_all(&parent)
+        .await
+        .map_err(io_error(&parent))?;
+    tokio::fs::rename(&staging.path, version_dir)
+        .await
+        .map_err(io_error(version_dir))?;
+    Ok((true, guard))
+}
+
+/// Downloads `version` from the environment into `staging`.
+async fn install_version(
+    shared: &Shared,
+    client: &TenantClient,
+    version: &str,
+    staging: PathBuf,
+) -> Result<(), ProvisionError> {
     let request = DownloadRequest {
         agent: AgentSelector {
             arch: pure_code_module::init::installer_arch(std::env::consts::ARCH).into(),
@@ -529,23 +604,13 @@ async fn ensure_version<'a>(
         ..InstallOptions::default()
     };
     let started = std::time::Instant::now();
-    let install_error = |source| ProvisionError::Install {
-        version: version.to_owned(),
-        node: shared.config.node_name.clone(),
-        source: Box::new(source),
-    };
-    let installed =
-        io_code_module_installer::install(client, &Source::Tenant(request), &staging.path, &options)
-            .await
-            .map_err(install_error)?;
-    let guard = shared.gc_guard.read().await;
-    let parent = shared.layout.codemodules();
-    tokio::fs::create_dir_all(&parent)
+    let installed = io_code_module_installer::install(client, &Source::Tenant(request), &staging, &options)
         .await
-        .map_err(io_error(&parent))?;
-    tokio::fs::rename(&staging.path, version_dir)
-        .await
-        .map_err(io_error(version_dir))?;
+        .map_err(|source| ProvisionError::Install {
+            version: version.to_owned(),
+            node: shared.config.node_name.clone(),
+            source: Box::new(source),
+        })?;
     tracing::info!(
         %version,
         archive_bytes = installed.archive_bytes,
@@ -554,7 +619,127 @@ async fn ensure_version<'a>(
         elapsed = ?started.elapsed(),
         "code-module version installed"
     );
-    Ok((true, guard))
+    Ok(())
+}
+
+/// What [`install_image`] found: the id under `codemodules/`, and the install's outcome (a description
+/// for the event when this call installed it, and the GC guard).
+type ImageOutcome<'a> = (String, Result<(Option<String>, GcGuard<'a>), ProvisionError>);
+
+/// Makes sure the code module of `image` (`status.codeModules.imageID`) is installed. The id is the
+/// digest the image resolves to (`sha256-<hex>`): an image written with `@sha256:` needs no registry
+/// call once installed; a tag is resolved on every reconcile (one HEAD of its manifest), so a tag that
+/// moves is followed. The resolution is not remembered: while the registry is unreachable the record
+/// keeps naming the last installed id, so pods keep mounting it.
+async fn install_image<'a>(
+    shared: &'a Shared,
+    dynakube: &DynaKube,
+    image: &str,
+    settings: &io_dynakube_inputs::TenantSettings<'_>,
+) -> Result<ImageOutcome<'a>, ProvisionError> {
+    let namespace = dynakube.namespace().unwrap_or_default();
+    let pull_secret = dynakube.pull_secret_name();
+    let secret_ref = format!("{namespace}:{pull_secret}");
+    let image_error = |source: ImageError| {
+        let advice = if source.is_unauthorized() {
+            format!(
+                "check that the pull Secret {secret_ref} (spec.customPullSecret, else <dynakube>-pull-secret) \
+                 holds valid credentials for this registry; the provisioner tries again with a growing delay"
+            )
+        } else {
+            "the provisioner tries again with a growing delay (check the image, that the registry is reachable \
+             from the node, spec.trustedCAs and the proxy)"
+                .to_owned()
+        };
+        ProvisionError::Image {
+            image: image.to_owned(),
+            node: shared.config.node_name.clone(),
+            source: Box::new(source),
+            advice,
+        }
+    };
+    let docker_config = match shared
+        .inputs
+        .secret_key(&namespace, &pull_secret, ".dockerconfigjson", "the pull Secret")
+        .await
+    {
+        Ok(config) => Some(config),
+        // No pull Secret (or not a dockerconfigjson one): an anonymous pull, as a container runtime does.
+        Err(io_dynakube_inputs::Error::Problem(problem)) => {
+            tracing::debug!(%problem, "no pull Secret; pulling the code modules image anonymously");
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let registry_host = ImageSource::registry_of(image).map_err(image_error)?;
+    let credentials = match docker_config {
+        Some(config) => pure_code_module::image::registry_credentials(config.as_bytes(), &registry_host)
+            .map_err(|e| ProvisionError::PullSecret {
+                secret: secret_ref.clone(),
+                image: image.to_owned(),
+                reason: e.0,
+            })?,
+        None => None,
+    };
+    let proxy = shared
+        .inputs
+        .proxy(&namespace, dynakube.proxy())
+        .await?
+        .filter(|p| !p.is_empty());
+    let registry = RegistrySettings {
+        credentials,
+        trusted_cas_pem: shared
+            .inputs
+            .trusted_cas(&namespace, settings.trusted_cas)
+            .await?,
+        proxy,
+        no_proxy: settings.no_proxy.clone(),
+    };
+    let source = ImageSource::new(image, registry).map_err(image_error)?;
+    let digest = match source.resolve().await {
+        Ok(digest) => digest,
+        Err(error) => return Ok((String::new(), Err(image_error(error)))),
+    };
+    let Some(id) = pure_csi::layout::image_version_id(&digest) else {
+        return Ok((
+            String::new(),
+            Err(image_error(ImageError::Registry {
+                image: image.to_owned(),
+                reason: format!("the registry named the digest {digest:?}, which is not <algorithm>:<hex>"),
+            })),
+        ));
+    };
+    let version_dir = shared.layout.codemodule(&id)?;
+    let (source, digest_ref, image_error_ref) = (&source, &digest, &image_error);
+    let installed = ensure_version(shared, &id, &version_dir, |staging| async move {
+        let (digest, image_error) = (digest_ref, image_error_ref);
+        let started = std::time::Instant::now();
+        let installed = source
+            .install(digest, &staging, pure_code_module::archive::Limits::default())
+            .await
+            .map_err(image_error)?;
+        tracing::info!(
+            %image,
+            %digest,
+            manifest = %installed.manifest_digest,
+            agent_version = %installed.version,
+            layers = installed.layers,
+            downloaded_bytes = installed.downloaded_bytes,
+            unpacked_bytes = installed.unpacked_bytes,
+            entries = installed.entries,
+            elapsed = ?started.elapsed(),
+            "code modules image installed"
+        );
+        Ok(())
+    })
+    .await
+    .map(|(now, guard)| {
+        (
+            now.then(|| format!("Code modules image {image} ({digest}, as {id})")),
+            guard,
+        )
+    });
+    Ok((id, installed))
 }
 
 /// A directory under `staging/` that GC leaves alone while it exists; removed when dropped (a rename

@@ -21,6 +21,7 @@ use pure_api::dynakube::DynaKube;
 use pure_csi::gc::Policy;
 use pure_csi::layout::{DynakubeRecord, Layout};
 use serde_json::{Value, json};
+use test_fake_tenant::oci_layout::{self, BuiltImage, Layer, TarEntry};
 use test_fake_tenant::{Endpoint, FakeTenant, Fault, HostileArchive, Listen, TenantConfig};
 use test_kit::{TestNamespace, eventually};
 
@@ -39,7 +40,14 @@ struct World {
     metrics: Metrics,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Set when the tenant listens on HTTPS: every DynaKube gets its CA through `trustedCAs`.
+    https: bool,
+    /// OCI layouts the registry serves in place (outside the data dir's temporary directory).
+    images: tempfile::TempDir,
 }
+
+/// The trusted-CAs ConfigMap of HTTPS worlds.
+const TRUSTED_CAS: &str = "tenant-ca";
 
 impl World {
     async fn start(gc_interval: Duration) -> Self {
@@ -52,11 +60,48 @@ impl World {
         F: FnOnce(Client, String, String) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        Self::start_inner(gc_interval, false, prepare).await
+    }
+
+    /// Like [`World::start`] with the tenant (API and registry) on HTTPS, its CA given to every
+    /// DynaKube through `trustedCAs`.
+    async fn start_https(gc_interval: Duration) -> Self {
+        Self::start_inner(gc_interval, true, |_, _, _| async {}).await
+    }
+
+    async fn start_inner<F, Fut>(gc_interval: Duration, https: bool, prepare: F) -> Self
+    where
+        F: FnOnce(Client, String, String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let ns = TestNamespace::create().await.unwrap();
         install_crds(&ns.client).await;
-        let tenant = FakeTenant::start(TenantConfig::default(), Listen::Http)
-            .await
+        let listen = if https {
+            let ca = test_kit::pki::CertificateAuthority::new("fake-tenant-ca").unwrap();
+            let leaf = ca
+                .issue_server_cert(
+                    "fake-tenant",
+                    &["localhost"],
+                    &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+                )
+                .unwrap();
+            let config_map: ConfigMap = serde_json::from_value(json!({
+                "metadata": { "name": TRUSTED_CAS },
+                "data": { "certs": ca.cert_pem() },
+            }))
             .unwrap();
+            Api::<ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+                .create(&PostParams::default(), &config_map)
+                .await
+                .unwrap();
+            Listen::Https {
+                cert_pem: leaf.cert_pem,
+                key_pem: leaf.key_pem,
+            }
+        } else {
+            Listen::Http
+        };
+        let tenant = FakeTenant::start(TenantConfig::default(), listen).await.unwrap();
         let node = ns.create_node("csi", &[], Vec::new()).await.unwrap();
         prepare(
             ns.client.clone(),
@@ -75,6 +120,8 @@ impl World {
             metrics: Metrics::new(),
             stop: None,
             task: None,
+            https,
+            images: tempfile::tempdir().unwrap(),
         };
         world.run_provisioner(gc_interval);
         world
@@ -131,7 +178,11 @@ impl World {
         let dynakube: DynaKube = serde_json::from_value(json!({
             "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
             "metadata": { "name": name },
-            "spec": { "apiUrl": self.tenant.api_url(), "oneAgent": one_agent },
+            "spec": {
+                "apiUrl": self.tenant.api_url(),
+                "oneAgent": one_agent,
+                "trustedCAs": self.https.then_some(TRUSTED_CAS),
+            },
         }))
         .unwrap();
         self.dynakubes()
@@ -166,6 +217,60 @@ impl World {
             .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
             .await
             .unwrap();
+    }
+
+    /// Sets what the operator writes for `codeModulesImage`: the image as written, no version.
+    async fn set_image(&self, name: &str, image: &str) {
+        let status = json!({ "status": {
+            "codeModules": { "source": "custom-image", "imageID": image },
+            "oneAgent": { "connectionInfoStatus": {
+                "tenantUUID": "abc12345",
+                "endpoints": "https://abc12345.live.dynatrace.com:443/communication",
+            } },
+        } });
+        self.dynakubes()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap();
+    }
+
+    /// Serves an image of `layers` as `<registry>/<repository>:<tag>` and returns its reference and
+    /// what was built.
+    async fn add_image(&self, repository_tag: &str, layers: &[Layer]) -> (String, BuiltImage) {
+        let dir = self.images.path().join(repository_tag.replace([':', '/'], "_"));
+        let tag = repository_tag.rsplit_once(':').unwrap().1;
+        let built = oci_layout::write_image(&dir, tag, layers).unwrap();
+        self.tenant.add_image(repository_tag, &dir).await.unwrap();
+        (format!("{}/{repository_tag}", self.tenant.addr()), built)
+    }
+
+    /// The pull Secret `<name>-pull-secret` with Basic credentials for the tenant's registry.
+    async fn pull_secret(&self, name: &str, password: &str) {
+        let config = json!({ "auths": { self.tenant.addr().to_string(): {
+            "username": "abc12345", "password": password,
+        } } });
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": pure_api::dynakube::names::pull_secret(name) },
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": { ".dockerconfigjson": config.to_string() },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.ns.client.clone(), &self.ns.name)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
+    /// Names under `codemodules/`.
+    fn codemodules(&self) -> Vec<String> {
+        std::fs::read_dir(self.layout.codemodules())
+            .map(|read| {
+                read.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The record; `None` also while it is not valid (one test damages it on purpose).
@@ -922,4 +1027,456 @@ fn gc_through_a_symlinked_data_dir_keeps_a_mounted_version() {
     let report = result.unwrap();
     assert!(kept, "a mounted version was deleted: {report:?}");
     assert!(report.removed.is_empty(), "{report:?}");
+}
+
+/// `opt/dynatrace/oneagent/<rel>` as a tar name.
+fn in_image(rel: &str) -> String {
+    format!("opt/dynatrace/oneagent/{rel}")
+}
+
+/// The entries of a code-modules image's base layer: the agent under `opt/dynatrace/oneagent/`, and
+/// things around it that are not the code module.
+fn agent_entries() -> Vec<TarEntry> {
+    vec![
+        TarEntry::Dir("./".into()),
+        TarEntry::file("etc/hostname", b"builder\n"),
+        TarEntry::Dir("opt/".into()),
+        TarEntry::Dir("opt/dynatrace/".into()),
+        TarEntry::Dir("opt/dynatrace/oneagent/".into()),
+        TarEntry::Dir(in_image("agent/")),
+        TarEntry::File {
+            name: in_image(&format!("agent/bin/{V2}/oneagentutil")),
+            mode: 0o755,
+            content: b"#!/bin/sh\n".to_vec(),
+        },
+        TarEntry::file(
+            &in_image("agent/lib64/liboneagentproc.so"),
+            b"\x7fELF the agent library",
+        ),
+        TarEntry::file(
+            &in_image("agent/conf/ruxitagentproc.conf"),
+            b"[general]\nkey value\n",
+        ),
+    ]
+}
+
+/// A DynaKube with `codeModulesImage` (a tag) installs the image's code module once: the tree without
+/// the prefix, later layers' whiteouts applied, record, layer, node status and event; a second DynaKube
+/// naming the same image by digest uses it without a registry call.
+#[tokio::test]
+async fn a_code_modules_image_is_installed_once_with_its_layers_and_whiteouts() {
+    let mut world = World::start_https(Duration::from_secs(3600)).await;
+    let mut base = agent_entries();
+    base.extend([
+        TarEntry::file(&in_image("agent/lib64/old.so"), b"old"),
+        TarEntry::file(&in_image("agent/plugins/a/x"), b"x"),
+        TarEntry::file(&in_image("agent/tmp/y"), b"y"),
+    ]);
+    let upper = vec![
+        TarEntry::file(&in_image("agent/lib64/.wh.old.so"), b""),
+        TarEntry::file(&in_image("agent/plugins/.wh..wh..opq"), b""),
+        TarEntry::file(&in_image("agent/plugins/b"), b"b"),
+        TarEntry::file(&in_image("agent/.wh.tmp"), b""),
+        TarEntry::Symlink(in_image("agent/lib"), "lib64".into()),
+        TarEntry::HardLink(
+            in_image("agent/lib64/copy.so"),
+            in_image("agent/lib64/liboneagentproc.so"),
+        ),
+    ];
+    let top = Layer {
+        media_type: oci_layout::DOCKER_TAR_GZIP,
+        blob: oci_layout::gzip(
+            &oci_layout::tar(&[TarEntry::file(&in_image("agent/plugins/c"), b"c")]).unwrap(),
+        )
+        .unwrap(),
+    };
+    let (image, built) = world
+        .add_image(
+            "dynatrace/codemodules:1.0",
+            &[Layer::gzip(&base).unwrap(), Layer::tar(&upper).unwrap(), top],
+        )
+        .await;
+    let id = built.manifest_digest.replace(':', "-");
+
+    world
+        .dynakube("img", json!({ "cloudNativeFullStack": {} }), None)
+        .await;
+    world.pull_secret("img", "dt0c01.test").await;
+    world.set_image("img", &image).await;
+    let record = world.provisioned("img", &id).await;
+    assert_eq!(world.tenant.request_count(Endpoint::RegistryBlobs), 3);
+
+    let dir = world.layout.codemodule(&id).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("agent/lib64/liboneagentproc.so")).unwrap(),
+        b"\x7fELF the agent library"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("agent/bin/current")).unwrap(),
+        Path::new(V2)
+    );
+    {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let util = std::fs::metadata(dir.join(format!("agent/bin/{V2}/oneagentutil"))).unwrap();
+        assert_eq!(util.permissions().mode() & 0o777, 0o755);
+        let conf = std::fs::metadata(dir.join("agent/conf/ruxitagentproc.conf")).unwrap();
+        assert_eq!(conf.permissions().mode() & 0o777, 0o666);
+        let library = std::fs::metadata(dir.join("agent/lib64/liboneagentproc.so")).unwrap();
+        let copy = std::fs::metadata(dir.join("agent/lib64/copy.so")).unwrap();
+        assert_eq!(library.ino(), copy.ino(), "a hard link");
+    }
+    // Whiteouts: a deleted file, an opaque directory (keeps what its own layer and later ones wrote),
+    // a deleted directory.
+    assert!(!dir.join("agent/lib64/old.so").exists());
+    let mut plugins: Vec<String> = std::fs::read_dir(dir.join("agent/plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    plugins.sort();
+    assert_eq!(plugins, ["b", "c"]);
+    assert!(!dir.join("agent/tmp").exists());
+    assert_eq!(
+        std::fs::read_link(dir.join("agent/lib")).unwrap(),
+        Path::new("lib64")
+    );
+    // Only the code module: nothing of the image around it, no whiteout files.
+    let mut top_level: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top_level.sort();
+    assert_eq!(top_level, ["agent"]);
+    let layer = world
+        .layout
+        .dynakube_config("img", record.config.as_deref().unwrap())
+        .unwrap()
+        .join("agent/conf/ruxitagentproc.conf");
+    let conf = std::fs::read_to_string(&layer).unwrap();
+    assert!(
+        conf.contains("key value") && conf.contains("tenant abc12345"),
+        "{conf}"
+    );
+
+    let note = world.event("img", INSTALLED).await;
+    assert!(
+        note.contains(&image) && note.contains(&built.manifest_digest),
+        "{note}"
+    );
+    eventually("node status", WAIT, || async {
+        Ok(world
+            .node_status()
+            .await
+            .filter(|m| m.data.as_ref().is_some_and(|d| d["versions"].contains(&id))))
+    })
+    .await
+    .unwrap();
+
+    // The same image by digest: no registry call at all, the same directory.
+    let (manifests, blobs) = (
+        world.tenant.request_count(Endpoint::RegistryManifests),
+        world.tenant.request_count(Endpoint::RegistryBlobs),
+    );
+    let pinned = format!(
+        "{}/dynatrace/codemodules@{}",
+        world.tenant.addr(),
+        built.manifest_digest
+    );
+    world.dynakube("pinned", app_monitoring_csi(), None).await;
+    world.set_image("pinned", &pinned).await;
+    world.provisioned("pinned", &id).await;
+    assert_eq!(world.tenant.request_count(Endpoint::RegistryBlobs), blobs);
+    assert_eq!(world.tenant.request_count(Endpoint::RegistryManifests), manifests);
+    assert!(world.events("pinned", INSTALLED).await.is_empty());
+    assert_eq!(world.codemodules(), [id]);
+    world.stop().await;
+}
+
+/// A multi-platform image (an index): the node's architecture is installed, named by the index's
+/// digest (what the tag resolves to).
+#[tokio::test]
+async fn an_image_index_installs_the_image_of_the_node_architecture() {
+    let mut world = World::start_https(Duration::from_secs(3600)).await;
+    let ours = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let other = if ours == "amd64" { "arm64" } else { "amd64" };
+    let platform = |library: &[u8]| {
+        let mut entries = agent_entries();
+        entries.retain(|e| !matches!(e, TarEntry::File { name, .. } if name.ends_with("liboneagentproc.so")));
+        entries.push(TarEntry::file(
+            &in_image("agent/lib64/liboneagentproc.so"),
+            library,
+        ));
+        vec![Layer::gzip(&entries).unwrap()]
+    };
+    let dir = world.images.path().join("multi");
+    let (index_digest, _) = oci_layout::write_multi_platform_image(
+        &dir,
+        "1.0",
+        &[
+            (other, platform(b"the other architecture")),
+            (ours, platform(b"this architecture")),
+        ],
+    )
+    .unwrap();
+    world.tenant.add_image("dynatrace/multi:1.0", &dir).await.unwrap();
+    let image = format!("{}/dynatrace/multi:1.0", world.tenant.addr());
+    world.dynakube("multi", app_monitoring_csi(), None).await;
+    world.pull_secret("multi", "dt0c01.test").await;
+    world.set_image("multi", &image).await;
+    let id = index_digest.replace(':', "-");
+    world.provisioned("multi", &id).await;
+    assert_eq!(
+        std::fs::read(
+            world
+                .layout
+                .codemodule(&id)
+                .unwrap()
+                .join("agent/lib64/liboneagentproc.so")
+        )
+        .unwrap(),
+        b"this architecture"
+    );
+    assert_eq!(world.tenant.request_count(Endpoint::RegistryBlobs), 1);
+    world.stop().await;
+}
+
+/// Wrong credentials, hostile layers and broken or unsupported blobs: each fails with an event naming
+/// the problem, leaves nothing under `codemodules/` and nothing outside the data dir; then a good image
+/// installs.
+#[tokio::test]
+async fn hostile_code_modules_images_install_nothing_then_a_good_one_installs() {
+    let mut world = World::start_https(Duration::from_secs(3600)).await;
+    let escape = world.images.path().join("escaped");
+    let with = |extra: Vec<TarEntry>| {
+        let mut entries = agent_entries();
+        entries.extend(extra);
+        vec![Layer::gzip(&entries).unwrap()]
+    };
+    let bomb = TarEntry::File {
+        name: in_image("agent/lib64/bomb.so"),
+        mode: 0o644,
+        content: vec![0u8; 64 << 20],
+    };
+    let traversal = in_image("../../../../escaped");
+    let absolute = format!("{}/absolute", escape.display());
+    let zstd = vec![Layer {
+        media_type: oci_layout::TAR_ZSTD,
+        blob: b"(zstd bytes)".to_vec(),
+    }];
+    let no_agent = vec![Layer::gzip(&[TarEntry::file("opt/dynatrace/oneagent/README", b"hi")]).unwrap()];
+    // (name, layers, password, blob fault, what the event must name)
+    type Case<'a> = (&'a str, Vec<Layer>, &'a str, Option<Fault>, String);
+    let cases: Vec<Case> = vec![
+        ("creds", with(vec![]), "dt0c01.WRONG", None, "-pull-secret".into()),
+        (
+            "traversal",
+            with(vec![TarEntry::file(&traversal, b"x")]),
+            "dt0c01.test",
+            None,
+            traversal.clone(),
+        ),
+        (
+            "absolute",
+            with(vec![TarEntry::file(&absolute, b"x")]),
+            "dt0c01.test",
+            None,
+            absolute.clone(),
+        ),
+        (
+            "symlink",
+            with(vec![TarEntry::Symlink(
+                in_image("agent/evil"),
+                "../../../../../..".into(),
+            )]),
+            "dt0c01.test",
+            None,
+            "agent/evil".into(),
+        ),
+        (
+            "hardlink",
+            with(vec![TarEntry::HardLink(
+                in_image("agent/shadow"),
+                "etc/hostname".into(),
+            )]),
+            "dt0c01.test",
+            None,
+            "hard link to \"etc/hostname\", which is outside".into(),
+        ),
+        (
+            "bomb",
+            with(vec![bomb]),
+            "dt0c01.test",
+            None,
+            in_image("agent/lib64/bomb.so"),
+        ),
+        (
+            "truncated",
+            with(vec![]),
+            "dt0c01.test",
+            Some(Fault::CutAfter { bytes: 100 }),
+            "bytes".into(),
+        ),
+        (
+            "corrupt",
+            with(vec![]),
+            "dt0c01.test",
+            Some(Fault::Corrupt),
+            "sha256 is".into(),
+        ),
+        ("zstd", zstd, "dt0c01.test", None, "tar+zstd".into()),
+        (
+            "noagent",
+            no_agent,
+            "dt0c01.test",
+            None,
+            "/opt/dynatrace/oneagent/agent".into(),
+        ),
+    ];
+    for (name, layers, password, fault, expected) in cases {
+        let (image, _) = world.add_image(&format!("hostile/{name}:1"), &layers).await;
+        match &fault {
+            Some(fault) => world
+                .tenant
+                .set_fault(Endpoint::RegistryBlobs, fault.clone(), None),
+            None => world.tenant.clear_faults(),
+        }
+        world.dynakube(name, app_monitoring_csi(), None).await;
+        world.pull_secret(name, password).await;
+        world.set_image(name, &image).await;
+        let note = world.event(name, FAILED_INSTALL).await;
+        println!("{name}: {note}");
+        assert!(
+            note.contains(&image) && note.contains(&expected),
+            "{name}: expected {expected:?} in {note}"
+        );
+        if name == "creds" {
+            assert!(
+                note.contains(&format!("{}:{name}-pull-secret", world.ns.name)),
+                "{note}"
+            );
+            // Retried with the backoff: the tag is asked for again.
+            let asked = world.tenant.request_count(Endpoint::RegistryManifests);
+            eventually("retried", WAIT, || async {
+                Ok((world.tenant.request_count(Endpoint::RegistryManifests) >= asked + 2).then_some(()))
+            })
+            .await
+            .unwrap();
+        }
+        assert!(
+            world.codemodules().is_empty(),
+            "{name}: {:?}",
+            world.codemodules()
+        );
+        let record = world.record(name).unwrap();
+        assert_eq!((record.version, record.config), (None, None), "{name}");
+        let outside: Vec<_> = world
+            .all_paths()
+            .into_iter()
+            .filter(|p| !p.starts_with(world.layout.root()))
+            .filter(|p| !world.layout.root().starts_with(p))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "{name}: written outside the data dir: {outside:?}"
+        );
+        assert!(!escape.exists(), "{name}");
+        world.dynakubes().delete(name, &Default::default()).await.unwrap();
+    }
+
+    // A good image installs, and the failed attempts left nothing in staging.
+    world.tenant.clear_faults();
+    let (image, built) = world.add_image("good/image:1", &with(vec![])).await;
+    world.dynakube("good", app_monitoring_csi(), None).await;
+    world.pull_secret("good", "dt0c01.test").await;
+    world.set_image("good", &image).await;
+    world
+        .provisioned("good", &built.manifest_digest.replace(':', "-"))
+        .await;
+    eventually("staging emptied", WAIT, || async {
+        Ok(std::fs::read_dir(world.layout.staging())
+            .map(|r| r.count() == 0)
+            .unwrap_or(true)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    world.stop().await;
+}
+
+/// The image's code module as a pod sees it: `csi-server` beside the provisioner publishes the volume
+/// with the agent library from the installed image.
+#[tokio::test]
+async fn an_installed_code_modules_image_is_published_to_a_pod() {
+    use common::{DYNAKUBE, KubeletVolume};
+    use io_csi_driver::proto::csi::node_client::NodeClient;
+    use io_csi_driver::server::{self, Options};
+
+    let mut world = World::start_https(Duration::from_secs(3600)).await;
+    let socket = world.dir.path().join("plugin/csi.sock");
+    let metrics = io_csi_driver::metrics::Metrics::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = server::start(
+        Options {
+            endpoint: format!("unix://{}", socket.display()),
+            node_id: world.node.clone(),
+            data_dir: world.layout.root().to_owned(),
+            registration_dir: None,
+            kubelet_registration_path: "/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock".into(),
+            health_address: "127.0.0.1:0".parse().unwrap(),
+            max_mount_wait: Duration::from_secs(120),
+            version: "0.1.0-test".into(),
+        },
+        metrics.clone(),
+        io_csi_driver::events::PodEvents::disabled(metrics),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let mut node = NodeClient::new(common::connect(&socket).await);
+    let (image, built) = world
+        .add_image(
+            "dynatrace/codemodules:2.0",
+            &[Layer::gzip(&agent_entries()).unwrap()],
+        )
+        .await;
+    world.dynakube(DYNAKUBE, app_monitoring_csi(), None).await;
+    world.pull_secret(DYNAKUBE, "dt0c01.test").await;
+    world.set_image(DYNAKUBE, &image).await;
+
+    let volume = KubeletVolume::new(&world.dir.path().join("kubelet"), "pod-1", "app");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match volume.publish(&mut node).await {
+                Ok(()) => return,
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(status) => panic!("publish: {status}"),
+            }
+        }
+    })
+    .await
+    .expect("the volume published within a minute");
+    assert_eq!(
+        std::fs::read(volume.target.join("agent/lib64/liboneagentproc.so")).unwrap(),
+        b"\x7fELF the agent library"
+    );
+    let config = std::fs::read_to_string(volume.target.join("agent/conf/ruxitagentproc.conf")).unwrap();
+    assert!(config.contains("abc12345"), "the layer's configuration: {config}");
+    let table = io_csi_driver::mounts::read().unwrap();
+    let id = built.manifest_digest.replace(':', "-");
+    let installed = std::fs::canonicalize(world.layout.codemodule(&id).unwrap()).unwrap();
+    assert!(table.in_use_as_lower_dir(&installed));
+
+    volume.unpublish(&mut node).await.unwrap();
+    assert!(
+        world.dir.mounts().is_empty(),
+        "left mounted: {:?}",
+        world.dir.mounts()
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    world.stop().await;
 }

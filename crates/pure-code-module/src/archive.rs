@@ -49,6 +49,9 @@ pub enum Problem {
     /// A symlink leads outside the target directory.
     #[error("it is a symlink to {0:?}, which leads outside the target directory")]
     LinkEscapes(String),
+    /// A hard link leads outside the tree it is unpacked into.
+    #[error("it is a hard link to {0:?}, which is outside the code module")]
+    HardLinkEscapes(String),
     /// Symlinks lead to each other too many times.
     #[error("it is a symlink in a loop or a chain longer than {MAX_LINK_HOPS} links")]
     LinkLoop,

@@ -3,11 +3,14 @@
 //!
 //! - [`archive`]: which zip entry names are safe to unpack, where a symlink leads once every other symlink
 //!   of the archive is taken into account, and the limits that stop size and ratio bombs;
+//! - [`image`]: installing from a container image: layer media types, the code module's subtree, whiteouts,
+//!   pull-Secret credentials;
 //! - [`proc_conf`]: merging the environment's process-module configuration into `ruxitagentproc.conf`;
 //! - [`version_dir`]: the agent version directory under `agent/bin`;
 //! - [`init`]: the init container's environment and the text of every file it writes.
 
 pub mod archive;
+pub mod image;
 pub mod init;
 pub mod proc_conf;
 

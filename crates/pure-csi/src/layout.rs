@@ -67,6 +67,25 @@ pub fn component<'a>(what: &'static str, value: &'a str) -> Result<&'a str, BadN
     }
 }
 
+/// The name under `codemodules/` of a code module installed from an image (`codeModulesImage`), from the
+/// digest of the manifest or index the image reference resolves to: `sha256:<hex>` becomes
+/// `sha256-<hex>` (a `:` cannot be in an overlay lower dir). It cannot be mistaken for an agent version
+/// (`1.277.0.20230914-094321`), and the same digest gives the same name whether the image is written
+/// with a tag or with `@sha256:`. `None` for anything but `<algorithm>:<lowercase hex>`.
+pub fn image_version_id(digest: &str) -> Option<String> {
+    let (algorithm, hex) = digest.split_once(':')?;
+    let ok = !algorithm.is_empty()
+        && algorithm
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && hex.len() >= 32
+        && hex.len() <= 128
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| format!("{algorithm}-{hex}"))
+}
+
 /// The paths under one data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -292,6 +311,24 @@ mod tests {
         }
         assert!(component("x", &"a".repeat(254)).is_err());
         assert!(component("x", "csi-0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn image_ids_from_digests() {
+        let hex = "a".repeat(64);
+        let id = image_version_id(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(id, format!("sha256-{hex}"));
+        assert!(component("version", &id).is_ok());
+        for bad in [
+            "",
+            "sha256",
+            "sha256:ABCDEF0123456789abcdef0123456789",
+            "sha256:../../x",
+            ":ab",
+            "SHA256:aaaa",
+        ] {
+            assert_eq!(image_version_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod api;
 mod archive;
 mod images;
 mod model;
+pub mod oci_layout;
 mod registry;
 mod server;
 mod settings;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use sha2::{Digest as _, Sha256};
 use test_fake_tenant::{FakeTenant, Listen, TenantConfig, TokenConfig};
 
 pub const TOKEN: &str = "dt0c01.test";
@@ -96,14 +95,8 @@ pub async fn expect_error(response: reqwest::Response, status: u16) -> String {
     message
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", sha256_hex(bytes))
-}
+#[allow(unused_imports)] // not every test uses every helper
+pub use test_fake_tenant::oci_layout::{digest, image_config, sha256_hex};
 
 /// A layer: an uncompressed tar holding one executable file.
 pub fn layer_tar(path: &str, content: &[u8]) -> Vec<u8> {
@@ -130,13 +123,10 @@ pub struct BuiltImage {
 
 /// Writes `blobs/sha256/<hex>` and returns the digest.
 pub fn write_blob(dir: &std::path::Path, bytes: &[u8]) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::write(blobs.join(sha256_hex(bytes)), bytes).unwrap();
-    digest(bytes)
+    test_fake_tenant::oci_layout::write_blob(dir, bytes).unwrap()
 }
 
-/// An image manifest for a config and layers already in `dir`.
+/// An image manifest for a config and plain tar layers already in `dir`.
 pub fn write_manifest(
     dir: &std::path::Path,
     config_digest: &str,
@@ -145,51 +135,14 @@ pub fn write_manifest(
 ) -> (Vec<u8>, String) {
     let layers: Vec<_> = layers
         .iter()
-        .map(|(digest, size)| {
-            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size})
-        })
+        .map(|(digest, size)| (test_fake_tenant::oci_layout::TAR, digest.clone(), *size))
         .collect();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_len},
-        "layers": layers,
-    }))
-    .unwrap();
-    let digest = write_blob(dir, &manifest);
-    (manifest, digest)
-}
-
-/// The image config of a OneAgent-like image with the given layer digests.
-pub fn image_config(version: &str, diff_ids: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Entrypoint": ["/opt/oneagent"], "Labels": {"com.dynatrace.build-version": version}},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap()
+    test_fake_tenant::oci_layout::write_manifest(dir, config_digest, config_len, &layers).unwrap()
 }
 
 /// Writes `index.json` and `oci-layout` naming each manifest with its tag.
 pub fn write_index(dir: &std::path::Path, manifests: &[(&str, &[u8], &str)]) {
-    let manifests: Vec<_> = manifests
-        .iter()
-        .map(|(tag, bytes, digest)| {
-            serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": digest,
-                "size": bytes.len(),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            })
-        })
-        .collect();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    test_fake_tenant::oci_layout::write_index(dir, manifests).unwrap();
 }
 
 /// An OCI image layout in `dir` with one image per `(tag, content)`: one layer whose `opt/oneagent`
