@@ -337,6 +337,53 @@ impl World {
     }
 }
 
+/// `csi-server` on a [`World`]'s data dir, as it runs beside the provisioner on a node.
+struct NodeServer {
+    node: io_csi_driver::proto::csi::node_client::NodeClient<tonic::transport::Channel>,
+    shutdown: tokio_util::sync::CancellationToken,
+    running: io_csi_driver::server::Running,
+}
+
+impl NodeServer {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.wait().await.unwrap();
+    }
+}
+
+impl World {
+    /// Starts `csi-server` on this world's data dir (no kubelet registration, no pod events).
+    async fn start_server(&self) -> NodeServer {
+        let socket = self.dir.path().join("plugin/csi.sock");
+        let metrics = io_csi_driver::metrics::Metrics::new();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = io_csi_driver::server::start(
+            io_csi_driver::server::Options {
+                endpoint: format!("unix://{}", socket.display()),
+                node_id: self.node.clone(),
+                data_dir: self.layout.root().to_owned(),
+                registration_dir: None,
+                kubelet_registration_path: "/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock"
+                    .into(),
+                health_address: "127.0.0.1:0".parse().unwrap(),
+                max_mount_wait: Duration::from_secs(120),
+                version: "0.1.0-test".into(),
+            },
+            metrics.clone(),
+            io_csi_driver::events::PodEvents::disabled(metrics),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let node = io_csi_driver::proto::csi::node_client::NodeClient::new(common::connect(&socket).await);
+        NodeServer {
+            node,
+            shutdown,
+            running,
+        }
+    }
+}
+
 async fn install_crds(client: &Client) {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     INSTALLED
@@ -584,35 +631,14 @@ async fn two_dynakubes_of_one_version_download_it_once() {
 #[tokio::test]
 async fn two_hundred_pods_waiting_for_one_version_cause_one_download_and_all_mount() {
     use common::{DYNAKUBE, KubeletVolume};
-    use io_csi_driver::proto::csi::node_client::NodeClient;
-    use io_csi_driver::server::{self, Options};
 
     let mut world = World::start(Duration::from_secs(3600)).await;
     // Slow enough that every pod asks before the version is there.
     world
         .tenant
         .set_fault(Endpoint::Download, Fault::Latency { millis: 2000 }, None);
-    let socket = world.dir.path().join("plugin/csi.sock");
-    let metrics = io_csi_driver::metrics::Metrics::new();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = server::start(
-        Options {
-            endpoint: format!("unix://{}", socket.display()),
-            node_id: world.node.clone(),
-            data_dir: world.layout.root().to_owned(),
-            registration_dir: None,
-            kubelet_registration_path: "/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock".into(),
-            health_address: "127.0.0.1:0".parse().unwrap(),
-            max_mount_wait: Duration::from_secs(120),
-            version: "0.1.0-test".into(),
-        },
-        metrics.clone(),
-        io_csi_driver::events::PodEvents::disabled(metrics),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let node = NodeClient::new(common::connect(&socket).await);
+    let server = world.start_server().await;
+    let node = server.node.clone();
     world.dynakube(DYNAKUBE, app_monitoring_csi(), Some(V1)).await;
 
     let kubelet = world.dir.path().join("kubelet");
@@ -674,8 +700,7 @@ async fn two_hundred_pods_waiting_for_one_version_cause_one_download_and_all_mou
         "left mounted: {:?}",
         world.dir.mounts()
     );
-    shutdown.cancel();
-    running.wait().await.unwrap();
+    server.stop().await;
     world.stop().await;
 }
 
@@ -1410,31 +1435,10 @@ async fn hostile_code_modules_images_install_nothing_then_a_good_one_installs() 
 #[tokio::test]
 async fn an_installed_code_modules_image_is_published_to_a_pod() {
     use common::{DYNAKUBE, KubeletVolume};
-    use io_csi_driver::proto::csi::node_client::NodeClient;
-    use io_csi_driver::server::{self, Options};
 
     let mut world = World::start_https(Duration::from_secs(3600)).await;
-    let socket = world.dir.path().join("plugin/csi.sock");
-    let metrics = io_csi_driver::metrics::Metrics::new();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = server::start(
-        Options {
-            endpoint: format!("unix://{}", socket.display()),
-            node_id: world.node.clone(),
-            data_dir: world.layout.root().to_owned(),
-            registration_dir: None,
-            kubelet_registration_path: "/var/lib/kubelet/plugins/csi.oneagent.dynatrace.com/csi.sock".into(),
-            health_address: "127.0.0.1:0".parse().unwrap(),
-            max_mount_wait: Duration::from_secs(120),
-            version: "0.1.0-test".into(),
-        },
-        metrics.clone(),
-        io_csi_driver::events::PodEvents::disabled(metrics),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let mut node = NodeClient::new(common::connect(&socket).await);
+    let server = world.start_server().await;
+    let mut node = server.node.clone();
     let (image, built) = world
         .add_image(
             "dynatrace/codemodules:2.0",
@@ -1476,7 +1480,6 @@ async fn an_installed_code_modules_image_is_published_to_a_pod() {
         "left mounted: {:?}",
         world.dir.mounts()
     );
-    shutdown.cancel();
-    running.wait().await.unwrap();
+    server.stop().await;
     world.stop().await;
 }
