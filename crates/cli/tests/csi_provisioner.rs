@@ -10,7 +10,9 @@
 //!
 //! `BENCH_ARCHIVE_MIB` (default 1024) sets the archive's size; `BENCH_IMAGE_MIB` (default 1024) the data
 //! in the code-modules image of the image benchmark (`codeModulesImage`, over HTTPS from the fake
-//! tenant's registry, against `tar -xzf` of the same layer).
+//! tenant's registry, against `tar -xzf` of the same layer). `BENCH_MEMORY_LIMIT_MIB` (for example 100,
+//! the chart's limit for the provisioner container) runs the provisioner in a memory cgroup with that
+//! limit, page cache included, and fails the benchmark if the kernel OOM-kills it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -27,6 +29,7 @@ use pure_api::dynakube::DynaKube;
 use pure_csi::layout::{DynakubeRecord, Layout};
 use serde_json::json;
 use test_fake_tenant::{FakeTenant, Listen, TenantConfig};
+use test_kit::cgroup::MemoryCgroup;
 use test_kit::procfs::{mib, status_kib};
 use test_kit::{TestNamespace, eventually};
 
@@ -482,6 +485,51 @@ async fn a_gc_killed_at_a_random_point_of_a_large_deletion_leaves_no_half_versio
 }
 
 // Several threads: the fake tenant serves from this runtime while the test waits for curl and unzip.
+/// With `BENCH_MEMORY_LIMIT_MIB`, a memory cgroup with that limit holding `child` (the provisioner).
+fn memory_limit(child: &Child) -> Option<MemoryCgroup> {
+    let limit_mib: u64 = std::env::var("BENCH_MEMORY_LIMIT_MIB").ok()?.parse().ok()?;
+    let cgroup = MemoryCgroup::create("dynatrace-csi-provisioner-bench", limit_mib).unwrap();
+    cgroup.add(child.id()).unwrap();
+    Some(cgroup)
+}
+
+/// Runs `work`, failing at once if the kernel OOM-kills the provisioner in its memory cgroup.
+async fn unless_oom_killed<T>(
+    cgroup: Option<&MemoryCgroup>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(cgroup) = cgroup else {
+        return work.await;
+    };
+    let killed = async {
+        while cgroup.usage().unwrap().oom_kills == 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        () = killed => panic!("the provisioner was OOM-killed in its memory cgroup: {:?}", cgroup.usage()),
+    }
+}
+
+/// Prints what the memory cgroup saw, if there is one, and fails on an OOM kill.
+fn report_memory_limit(cgroup: Option<&MemoryCgroup>) {
+    let Some(cgroup) = cgroup else {
+        return;
+    };
+    let usage = cgroup.usage().unwrap();
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "  memory cgroup: limit {:.0} MiB, peak {:.1} MiB (page cache included), limit reached {} times, \
+         OOM kills {}",
+        mib(usage.limit),
+        mib(usage.peak),
+        usage.limit_hits,
+        usage.oom_kills
+    );
+    assert_eq!(usage.oom_kills, 0, "the provisioner was OOM-killed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run by hand with --release --ignored --nocapture"]
 async fn bench_unpacking_a_large_archive() {
@@ -520,11 +568,12 @@ async fn bench_unpacking_a_large_archive() {
     std::fs::remove_dir_all(&unzip_dir).unwrap();
 
     let (mut child, _) = world.spawn();
+    let cgroup = memory_limit(&child);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = status_kib(child.id(), "VmRSS:").unwrap();
     let started = Instant::now();
     world.dynakube().await;
-    world.provisioned(Duration::from_secs(1800)).await;
+    unless_oom_killed(cgroup.as_ref(), world.provisioned(Duration::from_secs(1800))).await;
     let provisioner_secs = started.elapsed().as_secs_f64();
     let peak = status_kib(child.id(), "VmHWM:").unwrap();
     kill9(&mut child);
@@ -553,6 +602,7 @@ async fn bench_unpacking_a_large_archive() {
         "  throughput vs unzip            {:>8.0} %   (goal >= 90)",
         100.0 * unzip_secs / provisioner_secs
     );
+    report_memory_limit(cgroup.as_ref());
 }
 
 // Several threads: the fake tenant serves from this runtime while the test waits for tar.
@@ -634,6 +684,7 @@ async fn bench_installing_a_large_code_modules_image() {
     }
 
     let (mut child, _) = world.spawn();
+    let cgroup = memory_limit(&child);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = status_kib(child.id(), "VmRSS:").unwrap();
     let started = Instant::now();
@@ -654,14 +705,15 @@ async fn bench_installing_a_large_code_modules_image() {
         .await
         .unwrap();
     let id = built.manifest_digest.replace(':', "-");
-    eventually("the image provisioned", Duration::from_secs(1800), || async {
+    let provisioned = eventually("the image provisioned", Duration::from_secs(1800), || async {
         Ok(world
             .record()
             .filter(|r| r.version.as_deref() == Some(id.as_str()) && r.config.is_some()))
-    })
-    .await
-    .map_err(|e| format!("{e:#}\n{}", test_kit::process::log_tail(&world.log, 30)))
-    .unwrap();
+    });
+    unless_oom_killed(cgroup.as_ref(), provisioned)
+        .await
+        .map_err(|e| format!("{e:#}\n{}", test_kit::process::log_tail(&world.log, 30)))
+        .unwrap();
     let provisioner_secs = started.elapsed().as_secs_f64();
     let peak = status_kib(child.id(), "VmHWM:").unwrap();
     kill9(&mut child);
@@ -691,4 +743,5 @@ async fn bench_installing_a_large_code_modules_image() {
         "  throughput vs tar              {:>8.0} %",
         100.0 * tar_secs / provisioner_secs
     );
+    report_memory_limit(cgroup.as_ref());
 }

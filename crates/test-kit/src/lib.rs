@@ -13,6 +13,7 @@
 //! is killed. A namespace is deleted when its [`TestNamespace`] is dropped, which happens during a panic too.
 //! Tests that need a cluster of their own (for example to change nodes freely) use [`start_private_cluster`].
 
+pub mod cgroup;
 pub mod cluster;
 pub mod pki;
 pub mod process;
