@@ -4,7 +4,9 @@
 //! lists it), and an applicationMonitoring DynaKube with `useCSIDriver` gets its application pods'
 //! `oneagent-bin` published by the kubelet through our driver: the application's process loads the agent
 //! library from it, a second pod reuses the version the provisioner cached (the fake tenant counts one
-//! download), and deleting the pods unpublishes their volumes (the host's mount table). A DynaKube whose
+//! download), and deleting the pods unpublishes their volumes (the host's mount table). A DynaKube with
+//! `codeModulesImage` gets its pod's agent from the image the provisioner pulled from the environment's
+//! registry with the operator's pull Secret. A DynaKube whose
 //! version can never be provisioned still gets a running pod, with an empty volume and a warning event,
 //! within the server's bounded wait.
 //!
@@ -23,6 +25,7 @@ use kube::{Api, Client, ResourceExt as _};
 use pure_install::csi::{CSI_DAEMONSET, CSI_DRIVER, CsiDriverOptions};
 use pure_install::{FIELD_MANAGER, Installation};
 use serde_json::json;
+use test_fake_tenant::oci_layout::{self, Layer, TarEntry};
 use test_fake_tenant::{Endpoint, FakeTenant, Listen, TenantConfig};
 use test_images::{FAKE_ONEAGENT_VERSIONS, ImageArchive, OPERATOR_IMAGE, Profile, SAMPLE_APP_IMAGE};
 use test_kit::eventually;
@@ -39,6 +42,9 @@ const CSI_NAMESPACE: &str = "csi-apps";
 const BROKEN_DYNAKUBE: &str = "csi-never";
 const BROKEN_NAMESPACE: &str = "csi-never-apps";
 const NEVER_VERSION: &str = "1.1.0.20200101-000000";
+/// The DynaKube whose code modules come from `codeModulesImage`, and its namespace.
+const IMAGE_DYNAKUBE: &str = "csi-image";
+const IMAGE_NAMESPACE: &str = "csi-image-apps";
 /// The init Secret and the webhook's volume of the code module.
 const BIN_VOLUME: &str = "oneagent-bin";
 /// Image imports, container starts and the first download on a loaded 2-core machine.
@@ -189,15 +195,17 @@ async fn wait_for_init_secret(client: &Client, namespace: &str) {
     or_diagnose(found, client).await;
 }
 
+/// An applicationMonitoring DynaKube with `useCSIDriver` and the further `applicationMonitoring` fields of
+/// `more` (an object), and the namespace it selects.
 fn app_monitoring_with_csi(
     name: &str,
     namespace: &str,
     api_url: &str,
-    version: Option<&str>,
+    more: serde_json::Value,
 ) -> Vec<serde_json::Value> {
     let mut app_monitoring = json!({ "useCSIDriver": true });
-    if let Some(version) = version {
-        app_monitoring["version"] = json!(version);
+    for (key, value) in more.as_object().cloned().unwrap_or_default() {
+        app_monitoring[key] = value;
     }
     vec![
         json!({ "apiVersion": "dynatrace.com/v1beta1", "kind": "DynaKube",
@@ -238,7 +246,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
         test_images::agent_library(&test_kit::tools::cache_root().unwrap().join("images")).unwrap();
     let config = TenantConfig {
         versions: vec![FAKE_ONEAGENT_VERSIONS[0].to_owned()],
-        agent_library: Some(agent_library),
+        agent_library: Some(agent_library.clone()),
         ..TenantConfig::default()
     };
     let listen = Listen::Https {
@@ -314,7 +322,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
         CSI_DYNAKUBE,
         CSI_NAMESPACE,
         &tenant.api_url(),
-        None,
+        json!({}),
     ));
     apply(&client, &objects).await;
     wait_for_init_secret(&client, CSI_NAMESPACE).await;
@@ -418,6 +426,78 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
     or_diagnose(unpublished, &client).await;
     eprintln!("both volumes unpublished after {:.1?}", started.elapsed());
 
+    // codeModulesImage, as air-gapped clusters use it: the provisioner pulls the image from the
+    // environment's registry (HTTPS, trustedCAs, the pull Secret the operator writes) into
+    // codemodules/sha256-<hex>, and the pod's process loads the agent library from it.
+    let image_dir = tempfile::tempdir().unwrap();
+    let in_image = |path: &str| format!("opt/dynatrace/oneagent/{path}");
+    let entries = [
+        TarEntry::file(
+            &in_image(&format!("agent/bin/{}/version", FAKE_ONEAGENT_VERSIONS[0])),
+            b"e2e\n",
+        ),
+        TarEntry::File {
+            name: in_image("agent/lib64/liboneagentproc.so"),
+            mode: 0o755,
+            content: std::fs::read(&agent_library).unwrap(),
+        },
+        TarEntry::file(&in_image("agent/conf/ruxitagentproc.conf"), b"[general]\n"),
+    ];
+    let built = oci_layout::write_image(image_dir.path(), "e2e", &[Layer::gzip(&entries).unwrap()]).unwrap();
+    tenant
+        .add_image("dynatrace/codemodules:e2e", image_dir.path())
+        .await
+        .unwrap();
+    let code_modules_image = format!("{}/dynatrace/codemodules:e2e", tenant.addr());
+    apply(
+        &client,
+        &app_monitoring_with_csi(
+            IMAGE_DYNAKUBE,
+            IMAGE_NAMESPACE,
+            &tenant.api_url(),
+            json!({ "codeModulesImage": code_modules_image }),
+        ),
+    )
+    .await;
+    wait_for_init_secret(&client, IMAGE_NAMESPACE).await;
+    let image_pods: Api<Pod> = Api::namespaced(client.clone(), IMAGE_NAMESPACE);
+    let image_app = or_diagnose(
+        create_injected(&image_pods, &app(&images, "image-app")).await,
+        &client,
+    )
+    .await;
+    assert_eq!(bin_volume_driver(&image_app).as_deref(), Some(CSI_DRIVER));
+    let image_started = Instant::now();
+    let report = or_diagnose(app_report(&image_pods, "image-app", POD_TIMEOUT).await, &client).await;
+    ensure(
+        &client,
+        loaded_agent_libraries(&report).iter().any(|l| l == LIBRARY),
+        &format!("the pod's process has the agent library from the code-modules image mapped: {report}"),
+    )
+    .await;
+    let id = built.manifest_digest.replace(':', "-");
+    let status = eventually("the node status to show the image", POD_TIMEOUT, || async {
+        let status = workloads::csi_node_status(&client, NAMESPACE).await?;
+        Ok(status.filter(|s| s.ready_version(IMAGE_DYNAKUBE) == Some(id.as_str())))
+    })
+    .await;
+    or_diagnose(status, &client).await;
+    let blobs = tenant.request_count(Endpoint::RegistryBlobs);
+    ensure(
+        &client,
+        blobs >= 1 && tenant.request_count(Endpoint::Download) == 1,
+        &format!("the image came from the registry ({blobs} blob requests), not from a download"),
+    )
+    .await;
+    eprintln!(
+        "pod with the code-modules image runs with the agent {:.1?} after its creation",
+        image_started.elapsed()
+    );
+    image_pods
+        .delete("image-app", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // A DynaKube whose version the tenant does not have: the pod still starts, with an empty volume (no
     // agent) and a warning event, within the server's bound.
     apply(
@@ -426,7 +506,7 @@ async fn the_csi_driver_runs_on_the_real_node_and_publishes_cached_code_modules_
             BROKEN_DYNAKUBE,
             BROKEN_NAMESPACE,
             &tenant.api_url(),
-            Some(NEVER_VERSION),
+            json!({ "version": NEVER_VERSION }),
         ),
     )
     .await;
