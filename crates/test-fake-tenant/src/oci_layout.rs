@@ -131,6 +131,14 @@ pub struct BuiltImage {
 
 /// An OCI image layout in `dir` with one image tagged `tag` of `layers`.
 pub fn write_image(dir: &Path, tag: &str, layers: &[Layer]) -> io::Result<BuiltImage> {
+    let (manifest, built) = write_image_blobs(dir, tag, layers)?;
+    write_index(dir, &[(tag, &manifest, &built.manifest_digest)])?;
+    Ok(built)
+}
+
+/// Writes the blobs of one image (its layers, config and manifest) into `dir`; returns the manifest's
+/// bytes and what was built. The index naming it is the caller's.
+fn write_image_blobs(dir: &Path, tag: &str, layers: &[Layer]) -> io::Result<(Vec<u8>, BuiltImage)> {
     let mut described = Vec::new();
     let mut layer_digests = Vec::new();
     for layer in layers {
@@ -142,11 +150,13 @@ pub fn write_image(dir: &Path, tag: &str, layers: &[Layer]) -> io::Result<BuiltI
     let config = image_config(tag, &diff_ids);
     let config_digest = write_blob(dir, &config)?;
     let (manifest, manifest_digest) = write_manifest(dir, &config_digest, config.len(), &described)?;
-    write_index(dir, &[(tag, &manifest, &manifest_digest)])?;
-    Ok(BuiltImage {
-        manifest_digest,
-        layer_digests,
-    })
+    Ok((
+        manifest,
+        BuiltImage {
+            manifest_digest,
+            layer_digests,
+        },
+    ))
 }
 
 /// An OCI image layout in `dir` whose tag `tag` names an image index with one linux image per
@@ -159,27 +169,14 @@ pub fn write_multi_platform_image(
     let mut entries = Vec::new();
     let mut built = Vec::new();
     for (architecture, layers) in platforms {
-        let mut described = Vec::new();
-        let mut layer_digests = Vec::new();
-        for layer in layers {
-            let digest = write_blob(dir, &layer.blob)?;
-            described.push((layer.media_type, digest.clone(), layer.blob.len() as u64));
-            layer_digests.push(digest);
-        }
-        let diff_ids: Vec<&str> = layer_digests.iter().map(String::as_str).collect();
-        let config = image_config(tag, &diff_ids);
-        let config_digest = write_blob(dir, &config)?;
-        let (manifest, manifest_digest) = write_manifest(dir, &config_digest, config.len(), &described)?;
+        let (manifest, image) = write_image_blobs(dir, tag, layers)?;
         entries.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
+            "digest": image.manifest_digest,
             "size": manifest.len(),
             "platform": {"os": "linux", "architecture": architecture},
         }));
-        built.push(BuiltImage {
-            manifest_digest,
-            layer_digests,
-        });
+        built.push(image);
     }
     let index = serde_json::json!({
         "schemaVersion": 2,
