@@ -588,21 +588,20 @@ impl Tree {
                 continue;
             }
             self.remove(&rel)?;
-            if kind.is_symlink() {
-                let target = entry
+            // A link's target as UTF-8 text (what the code module's names are).
+            let link_target = |entry: &tar::Entry<'_, _>| {
+                entry
                     .link_name()
                     .ok()
                     .flatten()
                     .and_then(|t| t.to_str().map(str::to_owned))
-                    .ok_or_else(|| entry_error(&name, Problem::BadCharacter))?;
+                    .ok_or_else(|| entry_error(&name, Problem::BadCharacter))
+            };
+            if kind.is_symlink() {
+                let target = link_target(&entry)?;
                 self.links.insert(rel, target);
             } else if kind.is_hard_link() {
-                let target = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .and_then(|t| t.to_str().map(str::to_owned))
-                    .ok_or_else(|| entry_error(&name, Problem::BadCharacter))?;
+                let target = link_target(&entry)?;
                 let target = hard_link_target(&target).map_err(|p| entry_error(&name, p))?;
                 if self.links.contains_key(&target) {
                     return Err(InstallError::Archive(format!(
