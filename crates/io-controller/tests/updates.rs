@@ -159,6 +159,9 @@ struct Timeline {
     max_unavailable: usize,
     /// Pods created per node after the watch started.
     created: BTreeMap<String, BTreeSet<String>>,
+    /// When `max_unavailable` was last raised: the event that did it and each down node's pods (name:
+    /// ready or not, terminating), so that a failure says why the nodes were down.
+    worst: Vec<String>,
 }
 
 /// Watches the OneAgent pods in the namespace and records, event by event, how many of `nodes` had no
@@ -181,6 +184,7 @@ fn watch_pods_with(
     tokio::spawn(async move {
         let mut initial = BTreeSet::new();
         let mut listing = true;
+        let mut last_event = String::new();
         let mut events = std::pin::pin!(watcher(api, config));
         loop {
             let event = match events.try_next().await {
@@ -205,10 +209,17 @@ fn watch_pods_with(
                         t.created.entry(node.clone()).or_default().insert(name.clone());
                     }
                     let ready = is_ready(&pod) && pod.metadata.deletion_timestamp.is_none();
+                    last_event = format!(
+                        "{name} on {node}: ready {}, terminating {}, phase {:?}",
+                        is_ready(&pod),
+                        pod.metadata.deletion_timestamp.is_some(),
+                        pod.status.as_ref().and_then(|s| s.phase.clone())
+                    );
                     t.pods.entry(node).or_default().insert(name, ready);
                 }
                 watcher::Event::Delete(pod) => {
                     if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                        last_event = format!("{} on {node}: deleted", pod.name_any());
                         t.pods.entry(node).or_default().remove(&pod.name_any());
                     }
                 }
@@ -217,11 +228,17 @@ fn watch_pods_with(
             if listing {
                 continue;
             }
-            let down = nodes
+            let down: Vec<String> = nodes
                 .iter()
                 .filter(|n| !t.pods.get(*n).is_some_and(|p| p.values().any(|ready| *ready)))
-                .count();
-            t.max_unavailable = t.max_unavailable.max(down);
+                .map(|n| format!("{n} {:?}", t.pods.get(n)))
+                .collect();
+            if down.len() > t.max_unavailable {
+                t.max_unavailable = down.len();
+                t.worst = std::iter::once(format!("after {last_event}"))
+                    .chain(down)
+                    .collect();
+            }
         }
     });
     timeline
