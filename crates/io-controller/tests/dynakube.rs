@@ -44,15 +44,7 @@ async fn application_monitoring_with_csi_gets_its_code_modules_version_in_the_st
         token_secret(&ns, name).await;
         let dk = dynakube(name, &env.api_url, json!({ "applicationMonitoring": app }));
         dynakubes.create(&PostParams::default(), &dk).await.unwrap();
-        let status = test_kit::eventually("status.codeModules", WAIT, || async {
-            let dk = dynakubes.get(name).await?;
-            Ok(dk
-                .status
-                .and_then(|s| s.code_modules)
-                .filter(|c| c.version.is_some()))
-        })
-        .await
-        .unwrap();
+        let status = probed_code_modules(&dynakubes, name).await;
         assert_eq!(
             status.version.as_deref(),
             Some(expected.as_str()),
@@ -79,15 +71,7 @@ async fn reconciles_after_the_code_modules_probe_leave_the_status_alone() {
         json!({ "applicationMonitoring": { "useCSIDriver": true } }),
     );
     dynakubes.create(&PostParams::default(), &dk).await.unwrap();
-    let probed = test_kit::eventually("status.codeModules", WAIT, || async {
-        let dk = dynakubes.get("settled").await?;
-        Ok(dk
-            .status
-            .and_then(|s| s.code_modules)
-            .filter(|c| c.version.is_some()))
-    })
-    .await
-    .unwrap();
+    let probed = probed_code_modules(&dynakubes, "settled").await;
     // Let the reconciles the first writes cause run out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     touches_write_no_status(&dynakubes, "settled").await;
@@ -97,6 +81,22 @@ async fn reconciles_after_the_code_modules_probe_leave_the_status_alone() {
         Some(probed),
         "the code-module version was not looked up again"
     );
+}
+
+/// `name`'s `status.codeModules` once the operator has written a version there.
+async fn probed_code_modules(
+    dynakubes: &Api<DynaKube>,
+    name: &str,
+) -> pure_api::dynakube::v1beta1::VersionStatus {
+    test_kit::eventually("status.codeModules", WAIT, || async {
+        let dk = dynakubes.get(name).await?;
+        Ok(dk
+            .status
+            .and_then(|s| s.code_modules)
+            .filter(|c| c.version.is_some()))
+    })
+    .await
+    .unwrap()
 }
 
 struct Env {
